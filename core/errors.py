@@ -1,0 +1,21 @@
+"""The errors Stamen raises on bad input.
+
+Each is a ``ValueError`` so that callers who do not know Stamen still catch
+them, and each message is one line that says what was wrong and what is allowed.
+"""
+
+
+class StamenError(Exception):
+    """Base class of every error Stamen raises on purpose."""
+
+
+class ConfigError(StamenError, ValueError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+class DataError(StamenError, ValueError):
+    """A dataset file is missing or malformed, or a partition is impossible."""
+
+
+class InvalidUpdate(StamenError, ValueError):
+    """Encoded bytes (an update or a model) failed validation while decoding."""
