@@ -1,1 +1,39 @@
-"""Stamen subpackage."""
+"""Typed configuration: parsed once at the boundary, frozen and validated.
+
+Examples:
+    >>> from stamen.config import load_config
+    >>> load_config(overrides={"preset": "edge"}).qat.enabled
+    True
+"""
+
+from stamen.config.loading import (
+    PRESETS,
+    from_run_config,
+    load_config,
+    parse_assignment,
+    to_run_config,
+)
+from stamen.config.settings import (
+    Backend,
+    DataSettings,
+    FederationSettings,
+    Preset,
+    QATSettings,
+    StamenConfig,
+    TrainingSettings,
+)
+
+__all__ = [
+    "PRESETS",
+    "Backend",
+    "DataSettings",
+    "FederationSettings",
+    "Preset",
+    "QATSettings",
+    "StamenConfig",
+    "TrainingSettings",
+    "from_run_config",
+    "load_config",
+    "parse_assignment",
+    "to_run_config",
+]

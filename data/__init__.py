@@ -1,1 +1,40 @@
-"""Stamen subpackage."""
+"""Offline datasets and partitioners for simulated device fleets.
+
+Load a prepared dataset by name (or ``npz:PATH``), then split its training
+rows over devices:
+
+Examples:
+    >>> from stamen.data import PartitionConfig, load_dataset, partition_dataset
+    >>> ds = load_dataset("digits")
+    >>> parts = partition_dataset(ds, PartitionConfig(scheme="iid", num_devices=10))
+    >>> len(parts), sum(len(p) for p in parts) == ds.num_train
+    (10, True)
+"""
+
+from stamen.data.builtin import BuiltinDataset
+from stamen.data.dataset import Dataset, Normalization
+from stamen.data.loaders import dataset_names, load_dataset
+from stamen.data.partition import (
+    PartitionConfig,
+    PartitionScheme,
+    label_histogram,
+    partition,
+    partition_dataset,
+)
+from stamen.data.prepare import dataset_from_arrays
+from stamen.data.watch import WATCH_FEATURES
+
+__all__ = [
+    "WATCH_FEATURES",
+    "BuiltinDataset",
+    "Dataset",
+    "Normalization",
+    "PartitionConfig",
+    "PartitionScheme",
+    "dataset_from_arrays",
+    "dataset_names",
+    "label_histogram",
+    "load_dataset",
+    "partition",
+    "partition_dataset",
+]

@@ -1,1 +1,19 @@
-"""Stamen subpackage."""
+"""The server side: the Stamen ServerApp, the federation loop and its results."""
+
+from stamen.server.app import server_app
+from stamen.server.federation import build_strategy, run_federation, train_task
+from stamen.server.reporting import CollectingReporter, Reporters, RoundRecord, RoundReporter
+from stamen.server.results import ResultsWriter, plot_rounds
+
+__all__ = [
+    "CollectingReporter",
+    "Reporters",
+    "ResultsWriter",
+    "RoundRecord",
+    "RoundReporter",
+    "build_strategy",
+    "plot_rounds",
+    "run_federation",
+    "server_app",
+    "train_task",
+]

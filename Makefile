@@ -1,0 +1,47 @@
+# Two commands matter: `make demo` and `make test`. Both set everything up from scratch.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export FLWR_TELEMETRY_ENABLED := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test test-all lint typecheck protos benchmark clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
+	# torch first and pinned, so nothing later can pull a CUDA build.
+	$(BIN)/pip install --quiet "torch==2.13.*"
+	$(BIN)/pip install --quiet -e ".[simulation,datasets,dev]"
+	touch $(STAMP)
+
+## demo: set up, then federate MNIST with the edge preset and print the results table
+demo: $(STAMP)
+	$(BIN)/stamen simulate --preset edge --dataset mnist --rounds 20 --out runs/demo
+
+## test: set up, lint, type-check and run the default test suite
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest -q
+
+## test-all: the default suite plus the slow end-to-end tests (Ray, flwr run)
+test-all: $(STAMP)
+	$(BIN)/pytest -q -m "not benchmark"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+## benchmark: edge vs fp32 on MNIST, several seeds (about 20 minutes on 2 cores)
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/presets.py --out runs/benchmark-presets
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,214 @@
+"""The ``stamen`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from stamen import __version__
+from stamen.config import Backend, Preset, load_config, parse_assignment
+from stamen.errors import StamenError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="stamen",
+    help="Federated edge learning on Flower and PyTorch: quantization-aware, pruned models "
+    "trained on devices, compressed updates, and simulated fleets.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def version_callback(value: bool) -> None:
+    """Print the version and exit."""
+    if value:
+        console.print(f"stamen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback,
+                                          is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Stamen: federated edge learning."""
+
+
+FLAG_KEYS: dict[str, str] = {
+    "preset": "preset",
+    "dataset": "data.dataset",
+    "partition": "data.partition",
+    "alpha": "data.alpha",
+    "model": "training.model",
+    "num_devices": "federation.num_devices",
+    "devices_per_round": "federation.devices_per_round",
+    "rounds": "federation.rounds",
+    "seed": "federation.seed",
+    "backend": "federation.backend",
+    "local_epochs": "training.local_epochs",
+    "lr": "training.lr",
+    "batch_size": "training.batch_size",
+    "qat": "qat.enabled",
+    "qat_bits": "qat.weight_bits",
+    "sparsity": "pruning.target_sparsity",
+    "topk": "uplink.topk_ratio",
+    "uplink_values": "uplink.values",
+    "error_feedback": "uplink.error_feedback",
+    "downlink_values": "downlink.values",
+}
+"""Which config key each ``simulate`` flag sets."""
+
+DATA = "Data and model"
+FED = "Federation"
+COMP = "Compression"
+OUT = "Output"
+
+
+@app.command()
+def simulate(
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="TOML config file; flags override it.", rich_help_panel=OUT,
+        show_default=False)] = None,
+    preset: Annotated[Preset | None, typer.Option(
+        help="[bold]edge[/]: QAT int8, pruning to 50%, top-k+4-bit+error-feedback uplink, "
+        "int8 downlink. [bold]fp32[/]: plain FedAvg baseline.  [default: edge]",
+        rich_help_panel=COMP, show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="digits, mnist, mnist-small, watch, or npz:PATH.  [default: mnist]",
+        rich_help_panel=DATA, show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(
+        help="lenet, mobilenet or mlp.  [default: lenet]", rich_help_panel=DATA,
+        show_default=False)] = None,
+    partition: Annotated[str | None, typer.Option(
+        help="iid, dirichlet, shards or natural.  [default: dirichlet]", rich_help_panel=DATA,
+        show_default=False)] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="Dirichlet alpha; smaller is more non-IID.  [default: 0.3]", rich_help_panel=DATA,
+        show_default=False)] = None,
+    num_devices: Annotated[int | None, typer.Option(
+        help="Virtual devices in the fleet.  [default: 100]", rich_help_panel=FED,
+        show_default=False)] = None,
+    devices_per_round: Annotated[int | None, typer.Option(
+        help="Devices sampled each round.  [default: 10]", rich_help_panel=FED,
+        show_default=False)] = None,
+    rounds: Annotated[int | None, typer.Option(
+        help="Training rounds.  [default: 20]", rich_help_panel=FED, show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seeds data split, init, sampling and rounding.  [default: 0]",
+        rich_help_panel=FED, show_default=False)] = None,
+    backend: Annotated[Backend | None, typer.Option(
+        help="local: in this process. ray: Flower's Simulation Engine.  [default: local]",
+        rich_help_panel=FED, show_default=False)] = None,
+    local_epochs: Annotated[int | None, typer.Option(
+        help="Local epochs per round.  [default: 1]", rich_help_panel=DATA,
+        show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="Local SGD learning rate.  [default: 0.05]", rich_help_panel=DATA,
+        show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Local batch size.  [default: 20]", rich_help_panel=DATA,
+        show_default=False)] = None,
+    qat: Annotated[bool | None, typer.Option(
+        "--qat/--no-qat", help="Quantization-aware training on devices.", rich_help_panel=COMP,
+        show_default=False)] = None,
+    qat_bits: Annotated[int | None, typer.Option(
+        help="QAT weight bits: 8, 4 or 2.", rich_help_panel=COMP, show_default=False)] = None,
+    sparsity: Annotated[float | None, typer.Option(
+        help="Target pruning sparsity, reached halfway through the run.",
+        rich_help_panel=COMP, show_default=False)] = None,
+    topk: Annotated[float | None, typer.Option(
+        help="Uplink top-k ratio in (0, 1]; 1 sends every value.", rich_help_panel=COMP,
+        show_default=False)] = None,
+    uplink_values: Annotated[str | None, typer.Option(
+        help="Uplink value format: fp32, fp16, q8, q4, q2.", rich_help_panel=COMP,
+        show_default=False)] = None,
+    error_feedback: Annotated[bool | None, typer.Option(
+        "--error-feedback/--no-error-feedback", help="Keep the uplink residual on devices.",
+        rich_help_panel=COMP, show_default=False)] = None,
+    downlink_values: Annotated[str | None, typer.Option(
+        help="Downlink value format: fp32, fp16, q8.", rich_help_panel=COMP,
+        show_default=False)] = None,
+    assignments: Annotated[list[str] | None, typer.Option(
+        "--set", help="Any config key: --set uplink.lossless=zlib (repeatable).",
+        rich_help_panel=OUT, show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Results directory.  [default: runs/<time>-<preset>]", rich_help_panel=OUT,
+        show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the resolved config and exit.", rich_help_panel=OUT)] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show Flower's and Stamen's logs.", rich_help_panel=OUT)] = False,
+) -> None:
+    """Run a federated simulation and report accuracy and bytes per round.
+
+    Settings come from the preset, then the --config file, then flags. Results go
+    to --out: metrics.jsonl (a line per round), summary.json and rounds.png.
+
+    Example: [bold]stamen simulate --dataset digits --rounds 5 --preset fp32[/]
+    """
+    flags = {"preset": preset, "dataset": dataset, "model": model, "partition": partition,
+             "alpha": alpha, "num_devices": num_devices, "devices_per_round": devices_per_round,
+             "rounds": rounds, "seed": seed, "backend": backend, "local_epochs": local_epochs,
+             "lr": lr, "batch_size": batch_size, "qat": qat, "qat_bits": qat_bits,
+             "sparsity": sparsity, "topk": topk, "uplink_values": uplink_values,
+             "error_feedback": error_feedback, "downlink_values": downlink_values}
+    try:
+        overrides: dict[str, Any] = {}
+        for text in assignments or []:
+            key, value = parse_assignment(text)
+            overrides[key] = value
+        for name, value in flags.items():
+            if value is not None:
+                overrides[FLAG_KEYS[name]] = getattr(value, "value", value)
+        if qat_bits is not None and qat is None:
+            overrides["qat.enabled"] = True
+        config = load_config(config_file, overrides)
+    except StamenError as error:
+        fail(str(error))
+    from stamen.cli.simulate_command import run_simulation_command
+
+    if dry_run:
+        from stamen.cli.simulate_command import print_config
+
+        print_config(console, config)
+        return
+    out_dir = out or Path("runs") / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{config.preset.value}"
+    setup_logging(verbose)
+    try:
+        run_simulation_command(console, config, out_dir)
+    except StamenError as error:
+        fail(str(error))
+
+
+def setup_logging(verbose: bool) -> None:
+    """Route logs through rich; Flower's chatter only with --verbose."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+    logging.getLogger("flwr").setLevel(level)
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with status 2 (no traceback)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def main() -> None:
+    """Entry point of the ``stamen`` script."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    app()

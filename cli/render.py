@@ -1,0 +1,115 @@
+"""Rich rendering for the CLI: a live progress bar and the results table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from stamen.server.reporting import RoundRecord
+
+
+def human_bytes(count: float) -> str:
+    """``1536`` to ``'1.5 KB'``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(count) < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def ratio(dense: int, actual: int) -> str:
+    """``'71.3x'``, or a dash when nothing was sent."""
+    return f"{dense / actual:.1f}x" if actual else "-"
+
+
+class ProgressReporter:
+    """Shows one progress bar over rounds, with the latest accuracy and traffic."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task_id: Any = None
+        self.uplink = 0
+        self.uplink_fp32 = 0
+
+    def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
+        """Start the bar."""
+        self.progress.start()
+        self.task_id = self.progress.add_task(
+            "rounds", total=total_rounds, status=f"acc {100 * initial_accuracy:5.1f}%")
+
+    def on_round(self, record: RoundRecord) -> None:
+        """Advance the bar and show the round's outcome."""
+        self.uplink += record.uplink_bytes
+        self.uplink_fp32 += record.uplink_bytes_fp32
+        rejected = f" · [red]{record.rejected} rejected[/]" if record.rejected else ""
+        status = (f"acc {100 * record.accuracy:5.1f}% · up {human_bytes(self.uplink)} "
+                  f"({ratio(self.uplink_fp32, self.uplink)} smaller){rejected}")
+        self.progress.update(self.task_id, advance=1, status=status)
+
+    def on_finish(self, summary: dict[str, Any]) -> None:
+        """Stop the bar."""
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the bar (also on errors and Ctrl-C)."""
+        self.progress.stop()
+
+
+def results_table(records: list[RoundRecord]) -> Table:
+    """Accuracy and bytes per round, with the ratios against dense FP32 FedAvg."""
+    table = Table(title="Rounds", header_style="bold")
+    for column in ("round", "accuracy", "uplink", "downlink", "up vs fp32", "down vs fp32",
+                   "sparsity", "rejected"):
+        table.add_column(column, justify="right")
+    for record in records:
+        table.add_row(
+            str(record.round),
+            f"{100 * record.accuracy:.2f}%",
+            human_bytes(record.uplink_bytes),
+            human_bytes(record.downlink_bytes),
+            ratio(record.uplink_bytes_fp32, record.uplink_bytes),
+            ratio(record.downlink_bytes_fp32, record.downlink_bytes),
+            f"{100 * record.sparsity:.0f}%",
+            str(record.rejected),
+        )
+    return table
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The headline numbers of a finished run."""
+    accuracy = summary.get("final_accuracy")
+    lines = [
+        f"final accuracy [bold]{100 * accuracy:.2f}%[/] after {summary['rounds']} rounds"
+        if accuracy is not None else "no round finished",
+        f"uplink   {human_bytes(summary['uplink_bytes'])} vs "
+        f"{human_bytes(summary['uplink_bytes_fp32'])} for FP32 FedAvg: "
+        f"[bold]{ratio(summary['uplink_bytes_fp32'], summary['uplink_bytes'])}[/] smaller",
+        f"downlink {human_bytes(summary['downlink_bytes'])} vs "
+        f"{human_bytes(summary['downlink_bytes_fp32'])} for FP32 FedAvg: "
+        f"[bold]{ratio(summary['downlink_bytes_fp32'], summary['downlink_bytes'])}[/] smaller",
+        f"wall time {summary['wall_seconds']:.1f} s on the {summary.get('backend', '?')} backend",
+    ]
+    if summary.get("rejected_updates"):
+        lines.append(f"[red]{summary['rejected_updates']} updates rejected[/] "
+                     "(reasons in metrics.jsonl)")
+    return lines

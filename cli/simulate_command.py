@@ -1,0 +1,57 @@
+"""What ``stamen simulate`` does once its config is resolved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from stamen.cli.render import ProgressReporter, results_table, summary_lines
+from stamen.config import StamenConfig
+from stamen.server import CollectingReporter, Reporters, ResultsWriter
+from stamen.simulations import simulate
+
+
+def run_simulation_command(console: Console, config: StamenConfig, out_dir: Path) -> None:
+    """Run with a progress bar, then print the per-round table and the headline."""
+    fed = config.federation
+    console.print(
+        f"[bold]Stamen[/] · preset [bold]{config.preset.value}[/] · {config.data.dataset} · "
+        f"{config.training.model.value} · {fed.num_devices} devices, {fed.devices_per_round}"
+        f"/round · {fed.rounds} rounds · {config.data.partition.value} · "
+        f"{fed.backend.value} backend")
+    progress = ProgressReporter(console)
+    collector = CollectingReporter()
+    writer = ResultsWriter(out_dir)
+    try:
+        summary = simulate(config, Reporters(progress, collector, writer))
+    finally:
+        progress.stop()
+    console.print(results_table(collector.records))
+    for line in summary_lines(summary):
+        console.print(line)
+    console.print(f"results: {out_dir}/ (metrics.jsonl, summary.json, rounds.png)")
+
+
+def print_config(console: Console, config: StamenConfig) -> None:
+    """Print the resolved config as TOML that ``--config`` accepts."""
+    console.print(to_toml(config.to_dict()), highlight=False, markup=False)
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """A flat-sections TOML rendering of a config dict."""
+
+    def literal(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(value)
+
+    lines = [f"{k} = {literal(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for section, body in values.items():
+        if isinstance(body, dict):
+            lines.append(f"\n[{section}]")
+            lines.extend(f"{k} = {literal(v)}" for k, v in body.items() if v is not None)
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""The Stamen ``ClientApp``: decode the global model, train with QAT and masks, encode the delta.
+
+Use :func:`client_app` to build one for a simulated fleet, or the module-level
+``app`` that ``flwr run`` loads, which reads the fleet from the run config.
+
+Examples:
+    >>> from stamen.client import FleetData, client_app
+    >>> from stamen.config import DataSettings
+    >>> app = client_app(FleetData(DataSettings(dataset="digits"), num_devices=10, seed=0))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from stamen.client.local_data import FleetData, LocalData, device_data
+from stamen.client.trainer import evaluate, train_epochs
+from stamen.compression import (
+    DecodedModel,
+    UplinkCodec,
+    apply_masks,
+    decode_model,
+    prepare_qat,
+    remove_masks,
+)
+from stamen.config import from_run_config
+from stamen.errors import ConfigError
+from stamen.models import ModelName, ModelSpec, build_model, exchanged_state, load_exchanged_state
+from stamen.task import (
+    CONFIG_KEY,
+    METRICS_KEY,
+    MODEL_KEY,
+    NUM_EXAMPLES,
+    PAYLOAD,
+    RESIDUAL_KEY,
+    UPDATE_KEY,
+    TrainTask,
+)
+
+
+def client_app(fleet: FleetData | None = None) -> ClientApp:
+    """Build the Stamen ``ClientApp``.
+
+    Args:
+        fleet: where a virtual device's data comes from. ``None`` reads it from
+            the run config on each call, as ``flwr run`` requires.
+    """
+    app = ClientApp()
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        return handle_train(message, context, fleet or fleet_from_context(context))
+
+    @app.evaluate()
+    def evaluate_global(message: Message, context: Context) -> Message:
+        return handle_evaluate(message, context, fleet or fleet_from_context(context))
+
+    return app
+
+
+def fleet_from_context(context: Context) -> FleetData:
+    """The fleet's data settings from Flower's run and node config."""
+    config = from_run_config(context.run_config)
+    num_devices = int(context.node_config.get("num-partitions", config.federation.num_devices))
+    return FleetData(config.data, num_devices=num_devices, seed=config.federation.seed)
+
+
+def partition_id(context: Context) -> int:
+    """This virtual device's partition, from Flower's node config."""
+    value = context.node_config.get("partition-id")
+    if not isinstance(value, int):
+        raise ConfigError("node config has no integer 'partition-id'; is this a simulation?")
+    return value
+
+
+def receive_model(message: Message, local: LocalData, model_name: ModelName,
+                  width: float) -> tuple[nn.Module, DecodedModel]:
+    """Build the model architecture the task names and load the decoded global weights."""
+    spec = ModelSpec(name=model_name, input_shape=local.input_shape,
+                     num_classes=local.num_classes, width=width)
+    model = build_model(spec)
+    shapes = {name: tuple(t.shape) for name, t in exchanged_state(model).items()}
+    payload = message.content.array_records[MODEL_KEY][PAYLOAD].numpy().tobytes()
+    decoded = decode_model(payload, expected_shapes=shapes)
+    load_exchanged_state(model, decoded.tensors)
+    return model, decoded
+
+
+def handle_train(message: Message, context: Context, fleet: FleetData) -> Message:
+    """One round of local training; replies with the encoded delta and metrics."""
+    task = TrainTask.from_config_record(message.content.config_records[CONFIG_KEY])
+    pid = partition_id(context)
+    local = device_data(fleet, pid)
+    model, decoded = receive_model(message, local, task.model, task.width)
+    if task.qat is not None:
+        prepare_qat(model, task.qat)
+    if decoded.masks:
+        apply_masks(model, decoded.masks)
+    generator = torch.Generator().manual_seed(_device_seed(task, pid))
+    result = train_epochs(model, local.x, local.y, epochs=task.local_epochs,
+                          batch_size=task.batch_size, lr=task.lr, momentum=task.momentum,
+                          generator=generator)
+    if decoded.masks:
+        remove_masks(model)
+    trained = exchanged_state(model)
+    delta = {name: trained[name] - base for name, base in decoded.tensors.items()}
+    residual = load_residual(context, delta, decoded.masks) if task.uplink.error_feedback else None
+    encoded = UplinkCodec(task.uplink).encode(
+        delta,
+        round_num=task.round_num,
+        base_model_hash=decoded.model_hash,
+        residual=residual,
+        rng=np.random.default_rng(_device_seed(task, pid)),
+    )
+    if encoded.residual is not None:
+        context.state[RESIDUAL_KEY] = ArrayRecord(
+            {name: Array(value) for name, value in encoded.residual.items()})
+    content = RecordDict({
+        UPDATE_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(encoded.payload, np.uint8))}),
+        METRICS_KEY: MetricRecord({NUM_EXAMPLES: result.num_examples,
+                                   "train-loss": result.loss}),
+    })
+    return Message(content, reply_to=message)
+
+
+def handle_evaluate(message: Message, context: Context, fleet: FleetData) -> Message:
+    """Evaluate the global model on this device's data."""
+    task = TrainTask.from_config_record(message.content.config_records[CONFIG_KEY])
+    local = device_data(fleet, partition_id(context))
+    model, _ = receive_model(message, local, task.model, task.width)
+    result = evaluate(model, local.x, local.y)
+    metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, "eval-loss": result.loss,
+                            "eval-accuracy": result.accuracy})
+    return Message(RecordDict({METRICS_KEY: metrics}), reply_to=message)
+
+
+def load_residual(context: Context, delta: dict[str, np.ndarray],
+                  masks: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """The error-feedback residual from device state, if it fits this model.
+
+    Residual mass on weights the server has since pruned is dropped: sending it
+    would only spend top-k slots on values the server zeroes again.
+    """
+    if RESIDUAL_KEY not in context.state.array_records:
+        return None
+    stored = context.state.array_records[RESIDUAL_KEY]
+    residual = {name: stored[name].numpy() for name in stored}
+    if residual.keys() != delta.keys() or any(
+            residual[name].shape != delta[name].shape for name in delta):
+        return None
+    for name, mask in masks.items():
+        residual[name] = residual[name] * mask
+    return residual
+
+
+def _device_seed(task: TrainTask, pid: int) -> int:
+    # Distinct, reproducible streams per (run seed, round, device).
+    return int(np.random.SeedSequence([task.seed, task.round_num, pid]).generate_state(1)[0])
+
+
+app = client_app()
+"""The app ``flwr run`` loads (``[tool.flwr.app.components]`` in pyproject.toml)."""

@@ -1,0 +1,73 @@
+"""A virtual device's share of a dataset, looked up by partition id.
+
+A real device brings its own files; a simulated one takes partition
+``partition-id`` of a shared dataset, split the same way on every process
+because the split depends only on the dataset, the scheme and the seed.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stamen.config import DataSettings
+from stamen.data import Dataset, PartitionConfig, load_dataset, partition_dataset
+from stamen.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FleetData:
+    """How a simulated fleet's data is produced: the dataset and its split."""
+
+    data: DataSettings
+    num_devices: int
+    seed: int
+
+    def partition_config(self) -> PartitionConfig:
+        """The partitioner settings this fleet uses."""
+        return PartitionConfig(
+            scheme=self.data.partition,
+            num_devices=self.num_devices,
+            alpha=self.data.alpha,
+            shards_per_device=self.data.shards_per_device,
+            seed=self.seed,
+        )
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """One device's training data as tensors."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+def dataset_of(fleet: FleetData) -> Dataset:
+    """The fleet's dataset (cached per process by the loader)."""
+    return load_dataset(fleet.data.dataset)
+
+
+@functools.lru_cache(maxsize=8)
+def _partitions(fleet: FleetData) -> list[np.ndarray]:
+    return partition_dataset(dataset_of(fleet), fleet.partition_config())
+
+
+def device_data(fleet: FleetData, partition_id: int) -> LocalData:
+    """Training data of virtual device ``partition_id``."""
+    parts = _partitions(fleet)
+    if not 0 <= partition_id < len(parts):
+        raise ConfigError(
+            f"partition-id must be between 0 and {len(parts) - 1}; got {partition_id}")
+    dataset = dataset_of(fleet)
+    index = parts[partition_id]
+    return LocalData(
+        x=torch.from_numpy(np.ascontiguousarray(dataset.x_train[index])),
+        y=torch.from_numpy(np.ascontiguousarray(dataset.y_train[index])),
+        num_classes=dataset.num_classes,
+        input_shape=dataset.input_shape,
+    )

@@ -1,0 +1,86 @@
+"""Local training and evaluation of a (possibly quantization-aware, pruned) model.
+
+Plain PyTorch loops over in-memory tensors: device datasets are small, and a
+``DataLoader`` costs more than the training itself at this size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one round of local training produced."""
+
+    loss: float
+    """Mean training loss over the last epoch."""
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Loss and accuracy of a model on a labelled set."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+def train_epochs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with SGD on ``(x, y)`` for ``epochs`` passes.
+
+    Pruning masks applied with ``torch.nn.utils.prune`` keep pruned weights at
+    zero: their gradient flows to ``weight_orig`` only through the mask.
+
+    Examples:
+        >>> model = nn.Linear(4, 2)
+        >>> x, y = torch.randn(40, 4), torch.randint(0, 2, (40,))
+        >>> train_epochs(model, x, y, epochs=1, batch_size=8, lr=0.1).num_examples
+        40
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    n = x.shape[0]
+    last_epoch_loss = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        total = 0.0
+        for start in range(0, n, batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * batch.numel()
+        last_epoch_loss = total / max(n, 1)
+    return TrainResult(loss=last_epoch_loss, num_examples=n)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 2048) -> EvalResult:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total_loss, correct, n = 0.0, 0, x.shape[0]
+    for start in range(0, n, batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        total_loss += float(loss_fn(logits, target))
+        correct += int((logits.argmax(dim=1) == target).sum())
+    return EvalResult(loss=total_loss / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)

@@ -1,0 +1,338 @@
+"""Composable tensor codecs: sparsify, quantize, pack, then a lossless stage.
+
+A :class:`CodecPipeline` is built from stages in this order, each at most once:
+
+1. a sparsifier, :class:`TopK` (optional; without it the tensor is sent dense),
+2. a value format, :class:`FP32` (the default), :class:`FP16`, :class:`Uniform` or
+   :class:`Int8Symmetric`,
+3. a lossless stage, :class:`Zlib` (optional).
+
+Encoding yields a self-describing ``CompressedTensor`` message; decoding needs
+only that message (see :mod:`stamen.compression.tensor_decode`), so a receiver
+never has to know the sender's pipeline. The maths is numpy only.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+from stamen.compression.bitpack import encode_varints, pack_bits, packed_size, varint_sizes
+from stamen.compression.tensor_decode import decode_tensor, index_bits_for
+from stamen.errors import ConfigError
+from stamen.protos.update.v1 import update_pb2 as pb
+
+UNIFORM_BITS = (2, 4, 8)
+_DTYPES = {
+    np.dtype(np.float32): pb.DTYPE_FLOAT32,
+    np.dtype(np.float16): pb.DTYPE_FLOAT16,
+    np.dtype(np.float64): pb.DTYPE_FLOAT64,
+}
+
+
+class ValueFormat(enum.StrEnum):
+    """How update or model values are stored on the wire."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    Q8 = "q8"
+    Q4 = "q4"
+    Q2 = "q2"
+
+
+class Lossless(enum.StrEnum):
+    """The lossless stage applied to the packed bytes."""
+
+    NONE = "none"
+    ZLIB = "zlib"
+
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+def coerce_choice(
+    value: object, choices: type[E], field: str, allowed: Sequence[E] | None = None
+) -> E:
+    """``value`` as a member of ``choices`` (strings from TOML/CLI are accepted).
+
+    Raises ConfigError naming ``field`` and the allowed values otherwise.
+    """
+    permitted = list(choices) if allowed is None else list(allowed)
+    try:
+        member = choices(value)
+    except ValueError:
+        member = None
+    if member is None or member not in permitted:
+        names = ", ".join(str(choice.value) for choice in permitted)
+        raise ConfigError(f"{field} must be one of {names}; got {value!r}")
+    return member
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Keep the ``ceil(ratio * n)`` largest-magnitude entries (at least one)."""
+
+    ratio: float
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.ratio, int | float) and 0.0 < self.ratio <= 1.0):
+            raise ConfigError(f"topk ratio must be in (0, 1]; got {self.ratio!r}")
+
+    def keep_count(self, size: int) -> int:
+        """How many of ``size`` entries survive; the epsilon absorbs float noise in ratio*n."""
+        return min(size, max(1, math.ceil(self.ratio * size - 1e-9)))
+
+    def select(self, flat: np.ndarray) -> np.ndarray:
+        """Sorted positions of the kept entries of a 1-D array."""
+        k = self.keep_count(flat.size)
+        if k >= flat.size:
+            return np.arange(flat.size, dtype=np.int64)
+        largest = np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :]
+        return np.sort(largest).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PackedValues:
+    """Values as they go on the wire, with the fields needed to decode them."""
+
+    encoding: pb.ValueEncoding.ValueType
+    bits: int
+    scale: float
+    zero_point: float
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FP32:
+    """Values as little-endian float32 (lossless for float32 input)."""
+
+    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
+        """Encode float32 values."""
+        data = values.astype("<f4").tobytes()
+        return PackedValues(pb.VALUE_ENCODING_FP32, 32, 0.0, 0.0, data)
+
+
+@dataclass(frozen=True)
+class FP16:
+    """Values as little-endian float16: relative error at most 2**-11 in the normal range."""
+
+    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
+        """Encode float32 values; values beyond the float16 range are an error."""
+        if values.size and float(np.max(np.abs(values))) > float(np.finfo(np.float16).max):
+            raise ValueError("a value exceeds the float16 range (65504); use fp32")
+        data = values.astype("<f2").tobytes()
+        return PackedValues(pb.VALUE_ENCODING_FP16, 16, 0.0, 0.0, data)
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Per-tensor affine quantization to ``2**bits`` levels between min and max.
+
+    With ``stochastic=True`` each value rounds up with probability equal to its
+    fractional position between two levels, so the decoded value is unbiased
+    (E[decode(x)] == x) and the error is below one step (``scale``). Otherwise it
+    rounds to the nearest level (error at most ``scale / 2``).
+    """
+
+    bits: int = 8
+    stochastic: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bits not in UNIFORM_BITS:
+            raise ConfigError(f"bits must be one of 2, 4, 8; got {self.bits!r}")
+
+    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
+        """Quantize float32 values and bit-pack the levels."""
+        top = (1 << self.bits) - 1
+        if values.size == 0:
+            return PackedValues(pb.VALUE_ENCODING_UNIFORM, self.bits, 0.0, 0.0, b"")
+        low = float(np.min(values))  # exact: values are float32
+        high = float(np.max(values))
+        scale = _step_covering(high - low, top)
+        if scale == 0.0:
+            levels = np.zeros(values.size, dtype=np.uint64)
+        else:
+            position = np.clip((values.astype(np.float64) - low) / scale, 0.0, top)
+            if self.stochastic:
+                if rng is None:
+                    raise ValueError("stochastic rounding needs an rng")
+                position = np.floor(position + rng.random(values.size))
+            else:
+                position = np.rint(position)
+            levels = np.minimum(position, top).astype(np.uint64)
+        data = pack_bits(levels, self.bits)
+        return PackedValues(pb.VALUE_ENCODING_UNIFORM, self.bits, scale, low, data)
+
+
+@dataclass(frozen=True)
+class Int8Symmetric:
+    """Per-tensor symmetric int8 (levels -127..127, no zero point): 0 stays exactly 0."""
+
+    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
+        """Round float32 values to the nearest of 255 symmetric levels."""
+        if values.size == 0:
+            return PackedValues(pb.VALUE_ENCODING_INT8_SYMMETRIC, 8, 0.0, 0.0, b"")
+        scale = _step_covering(float(np.max(np.abs(values))), 127)
+        if scale == 0.0:
+            levels = np.zeros(values.size, dtype=np.int8)
+        else:
+            levels = np.clip(np.rint(values.astype(np.float64) / scale), -127, 127)
+            levels = levels.astype(np.int8)
+        return PackedValues(pb.VALUE_ENCODING_INT8_SYMMETRIC, 8, scale, 0.0, levels.tobytes())
+
+
+@dataclass(frozen=True)
+class Zlib:
+    """zlib over the packed index and value bytes, skipped per tensor when it would not shrink."""
+
+    level: int = 6
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.level, int) and 0 <= self.level <= 9):
+            raise ConfigError(f"zlib level must be in 0..9; got {self.level!r}")
+
+
+ValueStage = FP32 | FP16 | Uniform | Int8Symmetric
+Stage = TopK | ValueStage | Zlib
+_VALUE_STAGES = (FP32, FP16, Uniform, Int8Symmetric)
+
+
+def _step_covering(span: float, top: int) -> float:
+    """The smallest float32 step with ``top * step >= span``, so the largest value is a level."""
+    if span <= 0.0:
+        return 0.0
+    step = np.float32(span / top)
+    if not np.isfinite(step):
+        raise ValueError("value range too large for a float32 quantization step")
+    if float(step) * top < span:
+        step = np.nextafter(step, np.float32(np.inf))
+    return float(step)
+
+
+class CodecPipeline:
+    """Stages applied in order to turn one tensor into a ``CompressedTensor``.
+
+    Examples:
+        >>> pipeline = CodecPipeline([TopK(0.5), Uniform(bits=8), Zlib()])
+        >>> x = np.array([0.1, -2.0, 0.3, 4.0], dtype=np.float32)
+        >>> message = pipeline.encode_tensor("w", x, np.random.default_rng(0))
+        >>> decoded = pipeline.decode_tensor(message)
+        >>> decoded[[0, 2]].tolist(), bool(abs(decoded[3] - 4.0) < 0.03)
+        ([0.0, 0.0], True)
+    """
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        rank: dict[type, int] = {TopK: 0, Zlib: 2, **dict.fromkeys(_VALUE_STAGES, 1)}
+        seen: list[int] = []
+        for stage in stages:
+            position = rank.get(type(stage))
+            if position is None:
+                raise ConfigError(f"unknown codec stage {stage!r}")
+            if seen and position <= seen[-1]:
+                raise ConfigError(
+                    "codec stages must be: optional TopK, at most one value format "
+                    f"(FP32, FP16, Uniform, Int8Symmetric), optional Zlib; got {list(stages)}"
+                )
+            seen.append(position)
+        self.stages = tuple(stages)
+        self.topk = next((s for s in stages if isinstance(s, TopK)), None)
+        self.values: ValueStage = next((s for s in stages if isinstance(s, _VALUE_STAGES)), FP32())
+        self.zlib = next((s for s in stages if isinstance(s, Zlib)), None)
+
+    def __repr__(self) -> str:
+        return f"CodecPipeline({list(self.stages)!r})"
+
+    def encode_tensor(
+        self,
+        name: str,
+        array: np.ndarray,
+        rng: np.random.Generator | None = None,
+        *,
+        mask: np.ndarray | None = None,
+    ) -> pb.CompressedTensor:
+        """Encode one tensor. ``mask`` (bool, same shape; True = kept) sends a bitmask
+        and only the kept values; it cannot be combined with TopK.
+
+        ``rng`` drives stochastic rounding and is required when that is on.
+        """
+        source = np.asarray(array)
+        if source.dtype not in _DTYPES:
+            raise ValueError(f"tensor {name!r}: dtype {source.dtype} is not float16/32/64")
+        flat = source.astype(np.float32).ravel()
+        if not np.all(np.isfinite(flat)):
+            raise ValueError(f"tensor {name!r} has NaN or infinite values")
+        message = pb.CompressedTensor(
+            name=name, shape=[int(d) for d in source.shape], dtype=_DTYPES[source.dtype]
+        )
+        indices = b""
+        if mask is not None:
+            if self.topk is not None:
+                raise ValueError(f"tensor {name!r}: a mask cannot be combined with TopK")
+            keep = np.asarray(mask)
+            if keep.shape != source.shape or keep.dtype != np.bool_:
+                raise ValueError(
+                    f"mask for {name!r} must be bool with shape {source.shape}; "
+                    f"got {keep.dtype} {keep.shape}"
+                )
+            message.sparsity = pb.SPARSITY_ENCODING_BITMASK
+            message.index_encoding = pb.INDEX_ENCODING_NONE
+            indices = np.packbits(keep.ravel()).tobytes()
+            kept = flat[keep.ravel()]
+        elif self.topk is not None and self.topk.keep_count(flat.size) < flat.size:
+            positions = self.topk.select(flat)
+            message.sparsity = pb.SPARSITY_ENCODING_INDICES
+            indices = _pack_indices(message, positions, flat.size)
+            kept = flat[positions]
+        else:
+            message.sparsity = pb.SPARSITY_ENCODING_DENSE
+            message.index_encoding = pb.INDEX_ENCODING_NONE
+            kept = flat
+        packed = self.values.pack(kept, rng)
+        message.value_encoding = packed.encoding
+        message.bits = packed.bits
+        message.scale = packed.scale
+        message.zero_point = packed.zero_point
+        message.num_values = kept.size
+        message.indices_size = len(indices)
+        _finish(message, indices, packed.data, self.zlib)
+        return message
+
+    def decode_tensor(
+        self, message: pb.CompressedTensor, expected_shape: tuple[int, ...] | None = None
+    ) -> np.ndarray:
+        """Decode a tensor (any pipeline's); raises ``InvalidUpdate`` on bad input."""
+        return decode_tensor(message, expected_shape=expected_shape)
+
+
+def _pack_indices(message: pb.CompressedTensor, positions: np.ndarray, size: int) -> bytes:
+    """Pick the smaller of varint gaps and fixed-width indices; record the choice."""
+    gaps = np.diff(positions, prepend=-1) - 1
+    varint_bytes = int(varint_sizes(gaps).sum())
+    width = index_bits_for(size)
+    if packed_size(positions.size, width) <= varint_bytes:
+        message.index_encoding = pb.INDEX_ENCODING_BITPACKED
+        message.index_bits = width
+        return pack_bits(positions, width)
+    message.index_encoding = pb.INDEX_ENCODING_VARINT_GAPS
+    return encode_varints(gaps)
+
+
+def _finish(
+    message: pb.CompressedTensor, indices: bytes, values: bytes, stage: Zlib | None
+) -> None:
+    """Apply the lossless stage where it pays off, then checksum the bytes as sent."""
+    message.lossless = pb.LOSSLESS_NONE
+    if stage is not None:
+        squeezed_indices = zlib.compress(indices, stage.level) if indices else b""
+        squeezed_values = zlib.compress(values, stage.level) if values else b""
+        if len(squeezed_indices) + len(squeezed_values) < len(indices) + len(values):
+            message.lossless = pb.LOSSLESS_ZLIB
+            indices, values = squeezed_indices, squeezed_values
+    message.indices = indices
+    message.values = values
+    message.crc32 = zlib.crc32(values, zlib.crc32(indices))

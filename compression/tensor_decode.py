@@ -1,0 +1,271 @@
+"""Decode one ``CompressedTensor`` from an untrusted sender.
+
+Every field is checked against the others before anything is allocated: enum
+values, the element count (capped), the packed sizes it implies, the checksum,
+then a zlib inflate bounded by the exact expected size. Only then are indices
+and values unpacked and checked (in range, strictly increasing, finite).
+The one exception raised on bad input is :class:`stamen.errors.InvalidUpdate`,
+with a one-line message that names the tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from stamen.compression.bitpack import (
+    MAX_VARINT_BYTES,
+    decode_varints,
+    packed_size,
+    unpack_bits,
+)
+from stamen.errors import InvalidUpdate
+from stamen.protos.update.v1 import update_pb2 as pb
+
+MAX_ELEMENTS = 2**28
+"""Largest element count accepted when the receiver does not know the shape."""
+MAX_NDIM = 32
+
+_DTYPES = frozenset({pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT16, pb.DTYPE_FLOAT64})
+_SPARSITIES = frozenset(
+    {pb.SPARSITY_ENCODING_DENSE, pb.SPARSITY_ENCODING_INDICES, pb.SPARSITY_ENCODING_BITMASK}
+)
+_INDEX_ENCODINGS = frozenset(
+    {pb.INDEX_ENCODING_NONE, pb.INDEX_ENCODING_VARINT_GAPS, pb.INDEX_ENCODING_BITPACKED}
+)
+_LOSSLESS = frozenset({pb.LOSSLESS_NONE, pb.LOSSLESS_ZLIB})
+_VALUE_BITS: dict[int, tuple[int, ...]] = {
+    pb.VALUE_ENCODING_FP32: (32,),
+    pb.VALUE_ENCODING_FP16: (16,),
+    pb.VALUE_ENCODING_UNIFORM: (2, 4, 8),
+    pb.VALUE_ENCODING_INT8_SYMMETRIC: (8,),
+}
+
+
+def index_bits_for(size: int) -> int:
+    """Bit width of a bit-packed index into ``size`` elements."""
+    return max(1, (size - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class TensorLayout:
+    """What the header fields of a tensor imply, checked for consistency."""
+
+    shape: tuple[int, ...]
+    size: int
+    indices_size: int
+    values_size: int
+
+
+def checked_shape(
+    message: pb.CompressedTensor, expected: tuple[int, ...] | None, max_elements: int
+) -> tuple[tuple[int, ...], int]:
+    """The tensor's shape and element count, or ``InvalidUpdate`` if not acceptable.
+
+    Without an expected shape the element count is capped at ``max_elements``.
+    """
+    label = _label(message)
+    if len(message.shape) > MAX_NDIM:
+        raise InvalidUpdate(f"{label}: {len(message.shape)} dimensions, at most {MAX_NDIM}")
+    shape = tuple(int(d) for d in message.shape)
+    if expected is not None:
+        # The receiver's own model fixes the shape, so no cap is needed beyond equality.
+        if shape != tuple(expected):
+            raise InvalidUpdate(f"{label}: shape {shape}, expected {tuple(expected)}")
+        return shape, math.prod(shape)
+    size = 1
+    for dim in shape:
+        size *= dim
+        if size > max_elements:
+            raise InvalidUpdate(f"{label}: shape {shape} exceeds {max_elements} elements")
+    return shape, size
+
+
+def check_layout(
+    message: pb.CompressedTensor,
+    expected_shape: tuple[int, ...] | None = None,
+    max_elements: int = MAX_ELEMENTS,
+) -> TensorLayout:
+    """Validate the header of ``message`` without touching its byte fields."""
+    label = _label(message)
+    for field, allowed in (
+        ("dtype", _DTYPES),
+        ("value_encoding", _VALUE_BITS.keys()),
+        ("sparsity", _SPARSITIES),
+        ("index_encoding", _INDEX_ENCODINGS),
+        ("lossless", _LOSSLESS),
+    ):
+        value = getattr(message, field)
+        if value not in allowed:
+            raise InvalidUpdate(f"{label}: unknown or unspecified {field} {value}")
+    shape, size = checked_shape(message, expected_shape, max_elements)
+
+    bits, count = message.bits, message.num_values
+    if bits not in _VALUE_BITS[message.value_encoding]:
+        allowed_bits = ", ".join(map(str, _VALUE_BITS[message.value_encoding]))
+        encoding = pb.ValueEncoding.Name(message.value_encoding)
+        raise InvalidUpdate(
+            f"{label}: bits must be one of {allowed_bits} for {encoding}; got {bits}"
+        )
+    if not (np.isfinite(message.scale) and np.isfinite(message.zero_point)):
+        raise InvalidUpdate(f"{label}: scale and zero point must be finite")
+    if message.scale < 0:
+        raise InvalidUpdate(f"{label}: negative scale {message.scale}")
+    if message.value_encoding != pb.VALUE_ENCODING_UNIFORM and message.zero_point != 0:
+        raise InvalidUpdate(f"{label}: zero point must be 0 for this value encoding")
+
+    sparsity = message.sparsity
+    if sparsity == pb.SPARSITY_ENCODING_DENSE and count != size:
+        raise InvalidUpdate(f"{label}: dense tensor of {size} elements has {count} values")
+    if count > size:
+        raise InvalidUpdate(f"{label}: {count} values for {size} elements")
+    wants_index_list = sparsity == pb.SPARSITY_ENCODING_INDICES
+    if wants_index_list == (message.index_encoding == pb.INDEX_ENCODING_NONE):
+        raise InvalidUpdate(f"{label}: index encoding does not match the sparsity encoding")
+    bitpacked = message.index_encoding == pb.INDEX_ENCODING_BITPACKED
+    width = index_bits_for(size) if bitpacked else 0
+    if message.index_bits != width:
+        raise InvalidUpdate(f"{label}: index_bits is {message.index_bits}, expected {width}")
+
+    if sparsity == pb.SPARSITY_ENCODING_BITMASK:
+        indices_size = packed_size(size, 1)
+    elif bitpacked:
+        indices_size = packed_size(count, width)
+    elif message.index_encoding == pb.INDEX_ENCODING_VARINT_GAPS:
+        indices_size = message.indices_size
+        if not count <= indices_size <= MAX_VARINT_BYTES * count:
+            raise InvalidUpdate(f"{label}: {indices_size} varint bytes for {count} indices")
+    else:
+        indices_size = 0
+    if message.indices_size != indices_size:
+        raise InvalidUpdate(
+            f"{label}: indices_size is {message.indices_size}, expected {indices_size}"
+        )
+    return TensorLayout(shape, size, indices_size, packed_size(count, bits))
+
+
+def decode_tensor(
+    message: pb.CompressedTensor,
+    *,
+    expected_shape: tuple[int, ...] | None = None,
+    max_elements: int = MAX_ELEMENTS,
+) -> np.ndarray:
+    """Decode ``message`` to a float32 array of its shape.
+
+    Examples:
+        >>> from stamen.compression.codecs import CodecPipeline, FP16
+        >>> message = CodecPipeline([FP16()]).encode_tensor("b", np.ones(3))
+        >>> decode_tensor(message, expected_shape=(3,)).tolist()
+        [1.0, 1.0, 1.0]
+    """
+    return decode_tensor_and_mask(
+        message, expected_shape=expected_shape, max_elements=max_elements
+    )[0]
+
+
+def decode_tensor_and_mask(
+    message: pb.CompressedTensor,
+    *,
+    expected_shape: tuple[int, ...] | None = None,
+    max_elements: int = MAX_ELEMENTS,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Like :func:`decode_tensor`, also returning the bool mask of a BITMASK tensor."""
+    layout = check_layout(message, expected_shape, max_elements)
+    label = _label(message)
+    crc = zlib.crc32(message.values, zlib.crc32(message.indices))
+    if crc != message.crc32:
+        raise InvalidUpdate(f"{label}: checksum mismatch (corrupted in transit?)")
+    zipped = message.lossless == pb.LOSSLESS_ZLIB
+    count = message.num_values
+    if message.sparsity == pb.SPARSITY_ENCODING_BITMASK:
+        index_what = f"mask bytes for {layout.size} elements"
+    else:
+        index_what = f"index bytes for {count} indices"
+    indices = _unsqueeze(message.indices, layout.indices_size, zipped, label, index_what)
+    value_what = f"value bytes for {count} values at {message.bits} bits"
+    values = _unsqueeze(message.values, layout.values_size, zipped, label, value_what)
+    try:
+        kept = _decode_values(message, values)
+        if not np.all(np.isfinite(kept)):
+            raise InvalidUpdate("decoded values are not all finite")
+        out = np.zeros(layout.size, dtype=np.float32)
+        mask = None
+        if message.sparsity == pb.SPARSITY_ENCODING_DENSE:
+            out[:] = kept
+        elif message.sparsity == pb.SPARSITY_ENCODING_BITMASK:
+            mask = _decode_bitmask(indices, layout.size, message.num_values)
+            out[mask] = kept
+            mask = mask.reshape(layout.shape)
+        else:
+            out[_decode_positions(message, indices, layout.size)] = kept
+    except InvalidUpdate as error:
+        raise InvalidUpdate(f"{label}: {error}") from None
+    return out.reshape(layout.shape), mask
+
+
+def _label(message: pb.CompressedTensor) -> str:
+    name = message.name if len(message.name) <= 80 else message.name[:77] + "..."
+    return f"tensor {name!r}"
+
+
+def _unsqueeze(data: bytes, expected: int, zipped: bool, label: str, what: str) -> bytes:
+    """Undo the lossless stage, never producing more than ``expected`` bytes."""
+    if not zipped or expected == 0:
+        if len(data) != expected:
+            raise InvalidUpdate(f"{label}: {len(data)} {what}, expected {expected}")
+        return data
+    inflater = zlib.decompressobj()
+    try:
+        # One byte of headroom tells "exactly right" from "too long".
+        out = inflater.decompress(data, expected + 1)
+    except zlib.error as error:
+        raise InvalidUpdate(f"{label}: corrupt zlib stream of {what} ({error})") from None
+    if len(out) != expected or not inflater.eof or inflater.unused_data:
+        raise InvalidUpdate(
+            f"{label}: zlib stream of {what} does not inflate to exactly {expected} bytes"
+        )
+    return out
+
+
+def _decode_values(message: pb.CompressedTensor, data: bytes) -> np.ndarray:
+    count = message.num_values
+    encoding = message.value_encoding
+    if encoding == pb.VALUE_ENCODING_FP32:
+        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+    if encoding == pb.VALUE_ENCODING_FP16:
+        return np.frombuffer(data, dtype="<f2").astype(np.float32)
+    if encoding == pb.VALUE_ENCODING_INT8_SYMMETRIC:
+        levels = np.frombuffer(data, dtype=np.int8)
+        if np.any(levels == -128):
+            raise InvalidUpdate("int8 level -128 is outside the symmetric range")
+        return (levels.astype(np.float64) * float(message.scale)).astype(np.float32)
+    levels = unpack_bits(data, count, message.bits).astype(np.float64)
+    decoded = float(message.zero_point) + levels * float(message.scale)
+    with np.errstate(over="ignore"):  # an overflow shows up as inf, rejected by the caller
+        return decoded.astype(np.float32)
+
+
+def _decode_positions(message: pb.CompressedTensor, data: bytes, size: int) -> np.ndarray:
+    count = message.num_values
+    if message.index_encoding == pb.INDEX_ENCODING_BITPACKED:
+        positions = unpack_bits(data, count, message.index_bits).astype(np.int64)
+        if count > 1 and not np.all(np.diff(positions) > 0):
+            raise InvalidUpdate("indices are not strictly increasing")
+    else:
+        positions = np.cumsum(decode_varints(data, count) + 1) - 1
+    if count and positions[-1] >= size:
+        raise InvalidUpdate(f"index {int(positions[-1])} out of range for {size} elements")
+    return positions
+
+
+def _decode_bitmask(data: bytes, size: int, count: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    if bits[size:].any():
+        raise InvalidUpdate("non-zero padding bits after the mask")
+    mask = bits[:size].astype(bool)
+    kept = int(np.count_nonzero(mask))
+    if kept != count:
+        raise InvalidUpdate(f"mask keeps {kept} elements but {count} values were sent")
+    return mask

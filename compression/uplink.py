@@ -1,0 +1,162 @@
+"""The uplink codec: a device's model delta to bytes, and back on the server.
+
+Top-k sparsification, low-bit stochastic quantization, optional error feedback
+and a final zlib stage, as configured by :class:`UplinkCodecConfig`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from stamen.compression.codecs import (
+    FP16,
+    FP32,
+    CodecPipeline,
+    Lossless,
+    Stage,
+    TopK,
+    Uniform,
+    ValueFormat,
+    Zlib,
+    coerce_choice,
+)
+from stamen.compression.error_feedback import ErrorFeedback
+from stamen.compression.wire import (
+    FORMAT_VERSION,
+    decode_tensors,
+    hash_to_bytes,
+    parse,
+    serialize,
+)
+from stamen.errors import ConfigError
+from stamen.protos.update.v1 import update_pb2 as pb
+
+_UNIFORM_BITS = {ValueFormat.Q8: 8, ValueFormat.Q4: 4, ValueFormat.Q2: 2}
+
+
+@dataclass(frozen=True)
+class UplinkCodecConfig:
+    """How devices compress their updates.
+
+    ``topk_ratio`` 1.0 sends every entry (no index overhead); ``values`` q8/q4/q2
+    are per-tensor affine quantization of the kept values.
+    """
+
+    topk_ratio: float = 1.0
+    values: ValueFormat = ValueFormat.FP32
+    error_feedback: bool = False
+    lossless: Lossless = Lossless.NONE
+    stochastic_rounding: bool = True
+
+    def __post_init__(self) -> None:
+        ratio = self.topk_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+            raise ConfigError(f"topk_ratio must be in (0, 1]; got {ratio!r}")
+        object.__setattr__(self, "topk_ratio", float(ratio))
+        object.__setattr__(self, "values", coerce_choice(self.values, ValueFormat, "values"))
+        object.__setattr__(self, "lossless", coerce_choice(self.lossless, Lossless, "lossless"))
+        for field in ("error_feedback", "stochastic_rounding"):
+            if not isinstance(getattr(self, field), bool):
+                raise ConfigError(f"{field} must be true or false; got {getattr(self, field)!r}")
+
+    def pipeline(self) -> CodecPipeline:
+        """The codec stages this config describes."""
+        stages: list[Stage] = []
+        if self.topk_ratio < 1.0:
+            stages.append(TopK(self.topk_ratio))
+        if self.values == ValueFormat.FP16:
+            stages.append(FP16())
+        elif self.values in _UNIFORM_BITS:
+            stages.append(Uniform(_UNIFORM_BITS[self.values], self.stochastic_rounding))
+        else:
+            stages.append(FP32())
+        if self.lossless == Lossless.ZLIB:
+            stages.append(Zlib())
+        return CodecPipeline(stages)
+
+
+@dataclass(frozen=True)
+class EncodedUpdate:
+    """An encoded update, and the residual to keep for the next round (error feedback only)."""
+
+    payload: bytes
+    residual: dict[str, np.ndarray] | None
+
+
+@dataclass(frozen=True)
+class DecodedUpdate:
+    """A validated update: float32 deltas of the expected shapes."""
+
+    round_num: int
+    base_model_hash: str
+    tensors: dict[str, np.ndarray]
+
+
+class UplinkCodec:
+    """Encodes model deltas on a device.
+
+    Examples:
+        >>> codec = UplinkCodec(UplinkCodecConfig(topk_ratio=0.1, values=ValueFormat.Q4))
+        >>> delta = {"w": np.linspace(-1, 1, 1000, dtype=np.float32)}
+        >>> encoded = codec.encode(delta, round_num=3, base_model_hash="0" * 64,
+        ...                        residual=None, rng=np.random.default_rng(0))
+        >>> len(encoded.payload) < 4 * 1000 / 10  # dense float32 is 4000 bytes
+        True
+        >>> update = decode_update(encoded.payload, expected_shapes={"w": (1000,)})
+        >>> update.round_num, int(np.count_nonzero(update.tensors["w"]))
+        (3, 100)
+    """
+
+    def __init__(self, config: UplinkCodecConfig) -> None:
+        self.config = config
+        self.pipeline = config.pipeline()
+
+    def encode(
+        self,
+        delta: Mapping[str, np.ndarray],
+        *,
+        round_num: int,
+        base_model_hash: str,
+        residual: Mapping[str, np.ndarray] | None,
+        rng: np.random.Generator,
+    ) -> EncodedUpdate:
+        """Encode ``delta`` (computed against the model ``base_model_hash`` names).
+
+        With error feedback, ``residual`` (None on the first round) is added before
+        encoding and the new residual is returned; without, ``residual`` is ignored.
+        """
+        if isinstance(round_num, bool) or not isinstance(round_num, int) or round_num < 0:
+            raise ValueError(f"round_num must be a non-negative int; got {round_num!r}")
+        envelope = pb.ModelUpdate(
+            format_version=FORMAT_VERSION,
+            round=round_num,
+            base_model_sha256=hash_to_bytes(base_model_hash),
+        )
+        new_residual = None
+        if self.config.error_feedback:
+            result = ErrorFeedback(self.pipeline).encode(delta, residual, rng)
+            envelope.tensors.extend(result.tensors)
+            new_residual = result.residual
+        else:
+            envelope.tensors.extend(
+                self.pipeline.encode_tensor(name, value, rng) for name, value in delta.items()
+            )
+        return EncodedUpdate(serialize(envelope), new_residual)
+
+
+def decode_update(
+    payload: bytes,
+    *,
+    expected_shapes: Mapping[str, tuple[int, ...]],
+    max_bytes: int = 64 * 2**20,
+) -> DecodedUpdate:
+    """Validate and decode an update from an untrusted device.
+
+    The tensor names and shapes must be exactly ``expected_shapes``. Raises only
+    :class:`stamen.errors.InvalidUpdate`, with a one-line reason.
+    """
+    envelope = parse(pb.ModelUpdate, payload, max_bytes)
+    tensors, _ = decode_tensors(envelope.tensors, expected_shapes)
+    return DecodedUpdate(envelope.round, envelope.base_model_sha256.hex(), tensors)

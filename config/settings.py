@@ -1,0 +1,169 @@
+"""Typed, validated settings for a Stamen federation.
+
+Every setting that a user can write in TOML, pass as a flag or find in a
+``summary.json`` lives here as a frozen dataclass field. Enumerated values are
+``str`` enums so that they read and write as plain strings. Each class checks
+its own values in ``__post_init__`` and raises :class:`~stamen.errors.ConfigError`
+with one line that names the key and what is allowed.
+
+The compression pieces (QAT, pruning, codecs) own their configs; this module
+composes them into one :class:`StamenConfig`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from stamen.compression import (
+    DownlinkCodecConfig,
+    PruningConfig,
+    QATConfig,
+    UplinkCodecConfig,
+)
+from stamen.data import PartitionScheme
+from stamen.errors import ConfigError
+from stamen.models import ModelName
+
+
+class Preset(enum.StrEnum):
+    """Named bundles of compression settings."""
+
+    EDGE = "edge"
+    """QAT int8, sparsity ramp to 50%, top-k + 4-bit + error feedback up, int8 down."""
+    FP32 = "fp32"
+    """Plain FedAvg: no QAT, no pruning, dense float32 both ways. The baseline."""
+
+
+class Backend(enum.StrEnum):
+    """Where the virtual devices of a simulation run."""
+
+    LOCAL = "local"
+    """In this process, one device after another; no Ray, no start-up cost."""
+    RAY = "ray"
+    """Flower's Simulation Engine on Ray actors."""
+
+
+def require(condition: bool, key: str, expected: str, value: object) -> None:
+    """Raise a one-line :class:`ConfigError` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{key} must be {expected}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which dataset the devices hold and how it is split among them."""
+
+    dataset: str = "mnist"
+    """``digits``, ``mnist``, ``mnist-small``, ``watch`` or ``npz:PATH``."""
+    partition: PartitionScheme = PartitionScheme.DIRICHLET
+    alpha: float = 0.3
+    """Dirichlet concentration: small is more skewed (non-IID)."""
+    shards_per_device: int = 2
+
+    def __post_init__(self) -> None:
+        require(bool(self.dataset.strip()), "data.dataset", "a dataset name", self.dataset)
+        require(self.alpha > 0, "data.alpha", "> 0", self.alpha)
+        require(self.shards_per_device >= 1, "data.shards_per_device", ">= 1", self.shards_per_device)
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """How many devices, how many rounds, and where they run."""
+
+    num_devices: int = 100
+    devices_per_round: int = 10
+    rounds: int = 20
+    seed: int = 0
+    backend: Backend = Backend.LOCAL
+    round_timeout: float = 3600.0
+    """Seconds the server waits for a round's replies."""
+    plain_client_compat: bool = False
+    """Also send a dense model, so that plain Flower ClientApps can take part."""
+    max_update_bytes: int = 64 * 2**20
+    """Encoded updates larger than this are rejected."""
+
+    def __post_init__(self) -> None:
+        require(self.num_devices >= 1, "federation.num_devices", ">= 1", self.num_devices)
+        require(
+            1 <= self.devices_per_round <= self.num_devices,
+            "federation.devices_per_round",
+            f"between 1 and num_devices ({self.num_devices})",
+            self.devices_per_round,
+        )
+        require(self.rounds >= 1, "federation.rounds", ">= 1", self.rounds)
+        require(self.seed >= 0, "federation.seed", ">= 0", self.seed)
+        require(self.round_timeout > 0, "federation.round_timeout", "> 0", self.round_timeout)
+        require(self.max_update_bytes > 0, "federation.max_update_bytes", "> 0",
+                self.max_update_bytes)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The model and the local training each device runs."""
+
+    model: ModelName = ModelName.LENET
+    width: float = 1.0
+    local_epochs: int = 1
+    batch_size: int = 20
+    lr: float = 0.05
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.width > 0, "training.width", "> 0", self.width)
+        require(self.local_epochs >= 1, "training.local_epochs", ">= 1", self.local_epochs)
+        require(self.batch_size >= 1, "training.batch_size", ">= 1", self.batch_size)
+        require(self.lr > 0, "training.lr", "> 0", self.lr)
+        require(0 <= self.momentum < 1, "training.momentum", "in [0, 1)", self.momentum)
+
+
+@dataclass(frozen=True)
+class QATSettings:
+    """Whether devices train with fake quantization, and at which precision."""
+
+    enabled: bool = False
+    weight_bits: int = 8
+    activation_bits: int = 8
+
+    def __post_init__(self) -> None:
+        self.to_qat_config()  # validates the bit widths once, here
+
+    def to_qat_config(self) -> QATConfig:
+        """The QAT config devices apply, whether or not QAT is enabled."""
+        try:
+            return QATConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits)
+        except ConfigError as error:
+            raise ConfigError(f"qat.{error}") from None
+
+
+@dataclass(frozen=True)
+class StamenConfig:
+    """The whole, resolved configuration of one federation."""
+
+    preset: Preset = Preset.EDGE
+    data: DataSettings = field(default_factory=DataSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    qat: QATSettings = field(default_factory=QATSettings)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    uplink: UplinkCodecConfig = field(default_factory=UplinkCodecConfig)
+    downlink: DownlinkCodecConfig = field(default_factory=DownlinkCodecConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready values (enums as strings), in TOML's section layout."""
+        from stamen.config.loading import config_to_dict
+
+        return config_to_dict(self)
+
+
+SECTION_TYPES: dict[str, type] = {
+    "data": DataSettings,
+    "federation": FederationSettings,
+    "training": TrainingSettings,
+    "qat": QATSettings,
+    "pruning": PruningConfig,
+    "uplink": UplinkCodecConfig,
+    "downlink": DownlinkCodecConfig,
+}
+"""The TOML sections of :class:`StamenConfig` and the dataclass each builds."""

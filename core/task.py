@@ -1,0 +1,128 @@
+"""What the server asks of a device in one round, and the record keys it travels under.
+
+The server is the single source of truth for training knobs: each train message
+carries a :class:`TrainTask` in its ``ConfigRecord``, parsed once on the device
+by :meth:`TrainTask.from_config_record`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import ConfigRecord
+
+from stamen.compression import Lossless, QATConfig, UplinkCodecConfig, ValueFormat
+from stamen.errors import ConfigError
+from stamen.models import ModelName
+
+MODEL_KEY = "stamen.model"
+"""ArrayRecord holding the encoded global model (one uint8 array ``payload``)."""
+UPDATE_KEY = "stamen.update"
+"""ArrayRecord holding a device's encoded update (one uint8 array ``payload``)."""
+PAYLOAD = "payload"
+CONFIG_KEY = "config"
+"""ConfigRecord with the task, the same key Flower's strategies use."""
+DENSE_KEY = "arrays"
+"""Dense float32 model, the key a plain Flower ClientApp reads and writes."""
+METRICS_KEY = "metrics"
+RESIDUAL_KEY = "stamen.residual"
+"""Device state: the error-feedback residual, kept between rounds."""
+NUM_EXAMPLES = "num-examples"
+
+_PREFIX = "stamen."
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """One round of local training, as the server configured it."""
+
+    round_num: int
+    model: ModelName
+    width: float
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    seed: int
+    qat: QATConfig | None
+    uplink: UplinkCodecConfig
+
+    def to_config_record(self) -> ConfigRecord:
+        """Flatten into a Flower ``ConfigRecord``."""
+        values: dict[str, Any] = {
+            "round": self.round_num,
+            "model": self.model.value,
+            "width": self.width,
+            "local-epochs": self.local_epochs,
+            "batch-size": self.batch_size,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "seed": self.seed,
+            "qat": self.qat is not None,
+            "qat-weight-bits": self.qat.weight_bits if self.qat else 8,
+            "qat-activation-bits": self.qat.activation_bits if self.qat else 8,
+            "topk-ratio": self.uplink.topk_ratio,
+            "values": self.uplink.values.value,
+            "error-feedback": self.uplink.error_feedback,
+            "lossless": self.uplink.lossless.value,
+            "stochastic-rounding": self.uplink.stochastic_rounding,
+        }
+        record = ConfigRecord({f"{_PREFIX}{key}": value for key, value in values.items()})
+        record["server-round"] = self.round_num
+        return record
+
+    @classmethod
+    def from_config_record(cls, record: ConfigRecord) -> TrainTask:
+        """Parse a task; a missing or malformed key raises a one-line ConfigError."""
+
+        def get(key: str, kind: type) -> Any:
+            full = f"{_PREFIX}{key}"
+            if full not in record:
+                raise ConfigError(f"train task is missing {full!r}")
+            value = record[full]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind):
+                raise ConfigError(f"train task {full!r} must be {kind.__name__}; got {value!r}")
+            return value
+
+        def enum_value(key: str, kind: type[Any]) -> Any:
+            raw = get(key, str)
+            try:
+                return kind(raw)
+            except ValueError:
+                allowed = ", ".join(member.value for member in kind)
+                raise ConfigError(
+                    f"train task '{_PREFIX}{key}' must be one of {allowed}; got {raw!r}"
+                ) from None
+
+        qat = None
+        if get("qat", bool):
+            qat = QATConfig(
+                weight_bits=get("qat-weight-bits", int),
+                activation_bits=get("qat-activation-bits", int),
+            )
+        return cls(
+            round_num=get("round", int),
+            model=enum_value("model", ModelName),
+            width=get("width", float),
+            local_epochs=get("local-epochs", int),
+            batch_size=get("batch-size", int),
+            lr=get("lr", float),
+            momentum=get("momentum", float),
+            seed=get("seed", int),
+            qat=qat,
+            uplink=UplinkCodecConfig(
+                topk_ratio=get("topk-ratio", float),
+                values=enum_value("values", ValueFormat),
+                error_feedback=get("error-feedback", bool),
+                lossless=enum_value("lossless", Lossless),
+                stochastic_rounding=get("stochastic-rounding", bool),
+            ),
+        )
+
+    def replace(self, **changes: Any) -> TrainTask:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)

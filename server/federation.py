@@ -1,0 +1,169 @@
+"""The server side of one federation: build the strategy, run the rounds, summarise.
+
+The round loop itself is Flower's ``Strategy.start``; this module supplies the
+model, the central evaluation and the reporting around it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.serverapp import Grid
+from torch import nn
+
+from stamen.client.trainer import evaluate
+from stamen.compression import dense_nbytes
+from stamen.config import StamenConfig
+from stamen.data import Dataset, load_dataset
+from stamen.models import ModelSpec, build_model, count_parameters, exchanged_state
+from stamen.server.reporting import RoundRecord, RoundReporter
+from stamen.strategies import CompressedFedAvg
+from stamen.strategies.compressed_fedavg import to_array_record, to_numpy
+from stamen.task import TrainTask
+
+LOG = logging.getLogger("stamen.server")
+
+
+def model_spec(config: StamenConfig, dataset: Dataset) -> ModelSpec:
+    """The model architecture for this config and dataset."""
+    return ModelSpec(name=config.training.model, input_shape=dataset.input_shape,
+                     num_classes=dataset.num_classes, width=config.training.width)
+
+
+def train_task(config: StamenConfig) -> TrainTask:
+    """The per-round task template the server sends to devices."""
+    training = config.training
+    return TrainTask(
+        round_num=0,
+        model=training.model,
+        width=training.width,
+        local_epochs=training.local_epochs,
+        batch_size=training.batch_size,
+        lr=training.lr,
+        momentum=training.momentum,
+        seed=config.federation.seed,
+        qat=config.qat.to_qat_config() if config.qat.enabled else None,
+        uplink=config.uplink,
+    )
+
+
+def build_strategy(config: StamenConfig, spec: ModelSpec) -> CompressedFedAvg:
+    """The compressed FedAvg strategy this config describes."""
+    federation = config.federation
+    return CompressedFedAvg(
+        model_factory=functools.partial(build_model, spec),
+        task=train_task(config),
+        downlink=config.downlink,
+        pruning=config.pruning,
+        devices_per_round=federation.devices_per_round,
+        seed=federation.seed,
+        plain_client_compat=federation.plain_client_compat,
+        max_update_bytes=federation.max_update_bytes,
+    )
+
+
+def run_federation(grid: Grid, config: StamenConfig,
+                   reporter: RoundReporter) -> dict[str, Any]:
+    """Run every round of a federation on ``grid``; returns the summary."""
+    started = time.perf_counter()
+    dataset = load_dataset(config.data.dataset)
+    spec = model_spec(config, dataset)
+    model = build_model(spec, seed=config.federation.seed)
+    strategy = build_strategy(config, spec)
+    x_test = torch.tensor(dataset.x_test)
+    y_test = torch.tensor(dataset.y_test)
+    records: list[RoundRecord] = []
+    round_started = [time.perf_counter()]
+
+    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_state(model, arrays)
+        result = evaluate(model, x_test, y_test)
+        if server_round == 0:
+            reporter.on_start(config.federation.rounds, result.accuracy)
+        else:
+            record = round_record(strategy, server_round, result.accuracy, result.loss,
+                                  time.perf_counter() - round_started[0])
+            records.append(record)
+            reporter.on_round(record)
+        round_started[0] = time.perf_counter()
+        return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
+
+    initial = exchanged_state(model)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=to_array_record(initial),
+        num_rounds=config.federation.rounds,
+        timeout=config.federation.round_timeout,
+        evaluate_fn=central_evaluate,
+    )
+    summary = summarize(config, records, initial_bytes=dense_nbytes(initial),
+                        params=count_parameters(model),
+                        wall_seconds=time.perf_counter() - started)
+    summary["final_model_sha256"] = _final_hash(result.arrays)
+    reporter.on_finish(summary)
+    return summary
+
+
+def load_state(model: nn.Module, arrays: ArrayRecord) -> None:
+    """Load an ``ArrayRecord`` of exchanged tensors into ``model``."""
+    from stamen.models import load_exchanged_state
+
+    load_exchanged_state(model, to_numpy(arrays))
+
+
+def round_record(strategy: CompressedFedAvg, server_round: int, accuracy: float, loss: float,
+                 seconds: float) -> RoundRecord:
+    """Combine the strategy's traffic stats with the central evaluation."""
+    stats = strategy.stats.get(server_round)
+    if stats is None:
+        return RoundRecord(round=server_round, accuracy=accuracy, loss=loss, sampled=0,
+                           accepted=0, rejected=0, uplink_bytes=0, downlink_bytes=0,
+                           uplink_bytes_fp32=0, downlink_bytes_fp32=0, sparsity=0.0,
+                           train_loss=None, seconds=seconds)
+    return RoundRecord(
+        round=server_round, accuracy=accuracy, loss=loss, sampled=stats.sampled,
+        accepted=stats.accepted, rejected=len(stats.rejections),
+        uplink_bytes=stats.uplink_bytes, downlink_bytes=stats.downlink_bytes,
+        uplink_bytes_fp32=stats.uplink_bytes_fp32, downlink_bytes_fp32=stats.downlink_bytes_fp32,
+        sparsity=stats.sparsity, train_loss=stats.train_loss, seconds=seconds,
+        rejections=[{"node_id": r.node_id, "reason": r.reason} for r in stats.rejections],
+    )
+
+
+def summarize(config: StamenConfig, records: list[RoundRecord], *, initial_bytes: int,
+              params: int, wall_seconds: float) -> dict[str, Any]:
+    """The ``summary.json`` content."""
+    uplink = sum(r.uplink_bytes for r in records)
+    downlink = sum(r.downlink_bytes for r in records)
+    uplink_fp32 = sum(r.uplink_bytes_fp32 for r in records)
+    downlink_fp32 = sum(r.downlink_bytes_fp32 for r in records)
+    return {
+        "final_accuracy": records[-1].accuracy if records else None,
+        "best_accuracy": max((r.accuracy for r in records), default=None),
+        "rounds": len(records),
+        "num_devices": config.federation.num_devices,
+        "devices_per_round": config.federation.devices_per_round,
+        "uplink_bytes": uplink,
+        "downlink_bytes": downlink,
+        "uplink_bytes_fp32": uplink_fp32,
+        "downlink_bytes_fp32": downlink_fp32,
+        "uplink_compression": uplink_fp32 / uplink if uplink else None,
+        "downlink_compression": downlink_fp32 / downlink if downlink else None,
+        "rejected_updates": sum(r.rejected for r in records),
+        "final_sparsity": records[-1].sparsity if records else 0.0,
+        "model_parameters": params,
+        "model_bytes_fp32": initial_bytes,
+        "wall_seconds": wall_seconds,
+        "config": config.to_dict(),
+    }
+
+
+def _final_hash(arrays: ArrayRecord) -> str | None:
+    from stamen.compression import model_hash
+
+    return model_hash(to_numpy(arrays)) if len(arrays) else None

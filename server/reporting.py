@@ -1,0 +1,92 @@
+"""Per-round records and the reporters that receive them.
+
+The server produces one :class:`RoundRecord` per round and hands it to a
+:class:`RoundReporter`: a progress bar, a results directory, or both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """Everything a user wants to know about one finished round."""
+
+    round: int
+    accuracy: float
+    """Central test-set accuracy of the global model after this round (0-1)."""
+    loss: float
+    sampled: int
+    accepted: int
+    rejected: int
+    uplink_bytes: int
+    downlink_bytes: int
+    uplink_bytes_fp32: int
+    downlink_bytes_fp32: int
+    sparsity: float
+    train_loss: float | None
+    seconds: float
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return dataclasses.asdict(self)
+
+
+class RoundReporter(Protocol):
+    """Receives a federation's progress."""
+
+    def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
+        """The federation is about to run its first round."""
+
+    def on_round(self, record: RoundRecord) -> None:
+        """A round finished and was evaluated."""
+
+    def on_finish(self, summary: dict[str, Any]) -> None:
+        """The federation finished; ``summary`` is what ``summary.json`` holds."""
+
+
+class Reporters:
+    """Fans progress out to several reporters."""
+
+    def __init__(self, *reporters: RoundReporter | None) -> None:
+        self.reporters = [r for r in reporters if r is not None]
+
+    def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
+        """Forward to each reporter."""
+        for reporter in self.reporters:
+            reporter.on_start(total_rounds, initial_accuracy)
+
+    def on_round(self, record: RoundRecord) -> None:
+        """Forward to each reporter."""
+        for reporter in self.reporters:
+            reporter.on_round(record)
+
+    def on_finish(self, summary: dict[str, Any]) -> None:
+        """Forward to each reporter."""
+        for reporter in self.reporters:
+            reporter.on_finish(summary)
+
+
+class CollectingReporter:
+    """Keeps every record and the summary in memory (tests, notebooks, runners)."""
+
+    def __init__(self) -> None:
+        self.records: list[RoundRecord] = []
+        self.summary: dict[str, Any] | None = None
+        self.initial_accuracy: float | None = None
+
+    def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
+        """Remember the starting accuracy."""
+        self.initial_accuracy = initial_accuracy
+
+    def on_round(self, record: RoundRecord) -> None:
+        """Keep the record."""
+        self.records.append(record)
+
+    def on_finish(self, summary: dict[str, Any]) -> None:
+        """Keep the summary."""
+        self.summary = summary

@@ -1,0 +1,295 @@
+"""Federated averaging over compressed updates, with server-side pruning.
+
+FedAvg: McMahan et al., "Communication-Efficient Learning of Deep Networks from
+Decentralized Data", AISTATS 2017, https://arxiv.org/abs/1602.05629.
+Compressed updates with error feedback: Sattler et al., "Robust and
+Communication-Efficient Federated Learning from Non-IID Data", IEEE TNNLS 2019,
+https://arxiv.org/abs/1903.02891. Gradual magnitude pruning: Zhu and Gupta,
+"To prune, or not to prune", 2017, https://arxiv.org/abs/1710.01878.
+
+Each round the server encodes the global model with the downlink codec (a
+packed sparsity mask travels with it), sends every sampled device a fresh
+record with its task, then decodes and validates each reply. A bad reply is
+rejected with a logged reason and the round goes on with the rest. The
+weighted mean delta is applied to the full-precision global model, and the
+pruning schedule sets the next round's mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+from stamen.compression import (
+    DownlinkCodec,
+    DownlinkCodecConfig,
+    PruningConfig,
+    SparsitySchedule,
+    compute_masks,
+    dense_nbytes,
+)
+from stamen.errors import InvalidUpdate
+from stamen.models import load_exchanged_state
+from stamen.strategies.reply_validation import (
+    SentModel,
+    ValidUpdate,
+    array_nbytes,
+    reply_wire_bytes,
+    validate_reply,
+)
+from stamen.task import CONFIG_KEY, DENSE_KEY, MODEL_KEY, PAYLOAD, TrainTask
+
+LOG = logging.getLogger("stamen.strategies")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An update the server refused, and why."""
+
+    node_id: int
+    reason: str
+
+
+@dataclass
+class RoundStats:
+    """Traffic and outcome of one training round, as the server saw it."""
+
+    round_num: int
+    sampled: int = 0
+    accepted: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    uplink_bytes_fp32: int = 0
+    downlink_bytes_fp32: int = 0
+    sparsity: float = 0.0
+    train_loss: float | None = None
+    plain_clients: int = 0
+
+
+class CompressedFedAvg(FedAvg):
+    """FedAvg whose messages carry encoded models and updates.
+
+    Args:
+        model_factory: builds the (plain, float) model architecture; used for
+            pruning and shape checks.
+        task: the training task template sent to devices; its round is set per round.
+        downlink: codec for the global model.
+        pruning: sparsity target and ramp, applied on the server.
+        devices_per_round: how many devices to sample for training.
+        seed: seeds device sampling, so runs are reproducible.
+        plain_client_compat: also send the dense model to devices not yet known
+            to speak Stamen, so plain Flower ClientApps can take part.
+        max_update_bytes: larger updates are rejected unread.
+        max_update_norm: optional L2 bound on a decoded delta.
+        devices_per_evaluation: devices sampled for federated evaluation (0: none).
+        min_available_wait: seconds to wait for enough devices to connect.
+
+    Examples:
+        >>> from stamen.strategies import CompressedFedAvg  # doctest: +SKIP
+        >>> strategy = CompressedFedAvg(model_factory=..., task=..., devices_per_round=10)
+    """
+
+    def __init__(
+        self,
+        *,
+        model_factory: Callable[[], nn.Module],
+        task: TrainTask,
+        downlink: DownlinkCodecConfig | None = None,
+        pruning: PruningConfig | None = None,
+        devices_per_round: int = 10,
+        seed: int = 0,
+        plain_client_compat: bool = False,
+        max_update_bytes: int = 64 * 2**20,
+        max_update_norm: float | None = None,
+        devices_per_evaluation: int = 0,
+        min_available_wait: float = 60.0,
+    ) -> None:
+        super().__init__(fraction_train=1.0, fraction_evaluate=float(devices_per_evaluation > 0),
+                         min_train_nodes=devices_per_round,
+                         min_evaluate_nodes=devices_per_evaluation,
+                         min_available_nodes=devices_per_round)
+        self.model_factory = model_factory
+        self.task = task
+        self.downlink = downlink or DownlinkCodecConfig()
+        self.pruning = pruning or PruningConfig()
+        self.schedule = SparsitySchedule(self.pruning)
+        self.devices_per_round = devices_per_round
+        self.devices_per_evaluation = devices_per_evaluation
+        self.plain_client_compat = plain_client_compat
+        self.max_update_bytes = max_update_bytes
+        self.max_update_norm = max_update_norm
+        self.min_available_wait = min_available_wait
+        self.rng = np.random.default_rng(seed)
+        self.masks: dict[str, np.ndarray] = {}
+        self.stats: dict[int, RoundStats] = {}
+        self.stamen_nodes: set[int] = set()
+        self.plain_nodes: set[int] = set()
+        self._sent: dict[int, SentModel] = {}
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        LOG.info("CompressedFedAvg: %d devices/round, downlink %s, pruning to %.0f%% (%s)",
+                 self.devices_per_round, self.downlink.values.value,
+                 100 * self.pruning.target_sparsity, self.pruning.method.value)
+
+    # -- configure ---------------------------------------------------------------
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Prune, encode the global model, and address a fresh record to each sampled device."""
+        stats = self.stats.setdefault(server_round, RoundStats(server_round))
+        dense = self._prune(server_round, to_numpy(arrays))
+        sent = self._encode(server_round, dense)
+        node_ids = self.sample(grid, self.devices_per_round)
+        stats.sampled = len(node_ids)
+        stats.sparsity = self.schedule.sparsity_at(server_round) if self.masks else 0.0
+        task = self.task.replace(round_num=server_round)
+        messages = [self._message(node, sent, task, MessageType.TRAIN, stats)
+                    for node in node_ids]
+        LOG.info("round %d: sent the model to %d devices", server_round, len(messages))
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Send the current model to devices for federated evaluation, if enabled."""
+        if self.devices_per_evaluation == 0:
+            return []
+        sent = self._encode(server_round, to_numpy(arrays))
+        task = self.task.replace(round_num=server_round)
+        stats = self.stats.setdefault(server_round, RoundStats(server_round))
+        return [self._message(node, sent, task, MessageType.EVALUATE, stats)
+                for node in self.sample(grid, self.devices_per_evaluation)]
+
+    def sample(self, grid: Grid, count: int) -> list[int]:
+        """Sample ``count`` connected devices with this strategy's seeded generator."""
+        deadline = time.monotonic() + self.min_available_wait
+        node_ids = sorted(grid.get_node_ids())
+        while len(node_ids) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+            node_ids = sorted(grid.get_node_ids())
+        if not node_ids:
+            return []
+        chosen = self.rng.choice(len(node_ids), size=min(count, len(node_ids)), replace=False)
+        return [node_ids[int(i)] for i in sorted(chosen)]
+
+    def _prune(self, server_round: int, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sparsity = self.schedule.sparsity_at(server_round)
+        if sparsity <= 0.0:
+            return dense
+        model = self.model_factory()
+        load_exchanged_state(model, dense)
+        self.masks = compute_masks(model, sparsity, self.pruning.method)
+        return apply_masks_np(dense, self.masks)
+
+    def _encode(self, server_round: int, dense: dict[str, np.ndarray]) -> SentModel:
+        encoded = DownlinkCodec(self.downlink).encode(
+            dense, round_num=server_round, masks=self.masks or None)
+        sent = SentModel(model_hash=encoded.model_hash, decoded=encoded.decoded, dense=dense)
+        self._sent = {server_round: sent}
+        self._payload = np.frombuffer(encoded.payload, dtype=np.uint8)
+        return sent
+
+    def _message(self, node_id: int, sent: SentModel, task: TrainTask, message_type: str,
+                 stats: RoundStats) -> Message:
+        records: dict[str, ArrayRecord | ConfigRecord] = {
+            MODEL_KEY: ArrayRecord({PAYLOAD: Array(self._payload)}),
+            CONFIG_KEY: task.to_config_record(),
+        }
+        if self.plain_client_compat and node_id not in self.stamen_nodes:
+            records[DENSE_KEY] = ArrayRecord({k: Array(v) for k, v in sent.dense.items()})
+        content = RecordDict(records)
+        if message_type == MessageType.TRAIN:
+            stats.downlink_bytes += sum(array_nbytes(a) for r in content.array_records.values()
+                                        for a in r.values())
+            stats.downlink_bytes_fp32 += dense_nbytes(sent.dense)
+        return Message(content=content, dst_node_id=node_id, message_type=message_type,
+                       group_id=str(task.round_num))
+
+    # -- aggregate ---------------------------------------------------------------
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None,
+                                                             MetricRecord | None]:
+        """Validate every reply, then apply the weighted mean of the accepted deltas."""
+        stats = self.stats.setdefault(server_round, RoundStats(server_round))
+        sent = self._sent.get(server_round)
+        if sent is None:
+            LOG.error("round %d: replies arrived for a round that was never sent", server_round)
+            return None, None
+        accepted: list[ValidUpdate] = []
+        fp32_bytes = dense_nbytes(sent.dense)
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            stats.uplink_bytes += reply_wire_bytes(reply)
+            stats.uplink_bytes_fp32 += fp32_bytes if not reply.has_error() else 0
+            try:
+                update = validate_reply(reply, server_round=server_round, sent=sent,
+                                        max_update_bytes=self.max_update_bytes,
+                                        max_update_norm=self.max_update_norm)
+            except InvalidUpdate as error:
+                stats.rejections.append(Rejection(node_id, str(error)))
+                LOG.warning("round %d: rejected update from node %d: %s",
+                            server_round, node_id, error)
+                continue
+            (self.plain_nodes if update.plain else self.stamen_nodes).add(node_id)
+            stats.plain_clients += int(update.plain)
+            accepted.append(update)
+        stats.accepted = len(accepted)
+        if not accepted:
+            LOG.warning("round %d: no valid updates; the global model is unchanged", server_round)
+            return None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)})
+        new_model = apply_mean_delta(sent.dense, accepted)
+        if self.masks:
+            new_model = apply_masks_np(new_model, self.masks)
+        losses = [(u.train_loss, u.num_examples) for u in accepted if u.train_loss is not None]
+        metrics = MetricRecord({"accepted": len(accepted), "rejected": len(stats.rejections)})
+        if losses:
+            stats.train_loss = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+            metrics["train-loss"] = stats.train_loss
+        return to_array_record(new_model), metrics
+
+
+def apply_mean_delta(base: dict[str, np.ndarray],
+                     updates: list[ValidUpdate]) -> dict[str, np.ndarray]:
+    """``base`` plus the example-weighted mean of the updates' deltas."""
+    total = float(sum(update.num_examples for update in updates))
+    result = {}
+    for name, value in base.items():
+        mean = sum(update.delta[name].astype(np.float64) * (update.num_examples / total)
+                   for update in updates)
+        result[name] = (value + mean).astype(np.float32)
+    return result
+
+
+def apply_masks_np(tensors: dict[str, np.ndarray],
+                   masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Zero the pruned entries (``mask == False``) of the masked tensors."""
+    return {name: value * masks[name] if name in masks else value
+            for name, value in tensors.items()}
+
+
+def to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    """Float32 numpy copies of an ``ArrayRecord``."""
+    return {name: arrays[name].numpy().astype(np.float32) for name in arrays}
+
+
+def to_array_record(tensors: dict[str, np.ndarray]) -> ArrayRecord:
+    """Wrap numpy tensors into an ``ArrayRecord``, keeping their order."""
+    return ArrayRecord({name: Array(value) for name, value in tensors.items()})

@@ -1,0 +1,160 @@
+"""Decode and validate one device's reply into a model delta, or say why not.
+
+Both reply kinds are accepted: a Stamen device's encoded update, and a plain
+Flower ClientApp's dense ``ArrayRecord`` of trained weights. Everything that
+is wrong with a reply ends in :class:`~stamen.errors.InvalidUpdate` with one
+line the server logs and counts; nothing here raises anything else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, Message
+
+from stamen.compression import decode_update
+from stamen.errors import InvalidUpdate
+from stamen.task import DENSE_KEY, METRICS_KEY, NUM_EXAMPLES, PAYLOAD, UPDATE_KEY
+
+MAX_NUM_EXAMPLES = 10**9
+
+
+@dataclass(frozen=True)
+class SentModel:
+    """What the server sent in one round: needed to check and apply the replies."""
+
+    model_hash: str
+    decoded: dict[str, np.ndarray]
+    """The model as devices reconstruct it: deltas are relative to this."""
+    dense: dict[str, np.ndarray]
+    """The exact global model, which plain Flower clients receive."""
+
+
+@dataclass(frozen=True)
+class ValidUpdate:
+    """A delta that passed every check, with its aggregation weight."""
+
+    delta: dict[str, np.ndarray]
+    num_examples: int
+    wire_bytes: int
+    plain: bool
+    """True when the reply came from a plain Flower ClientApp."""
+    train_loss: float | None
+
+
+def array_nbytes(array: Array) -> int:
+    """Payload bytes of a Flower ``Array``, not counting its serialization header."""
+    try:
+        return int(np.prod(array.shape, dtype=np.int64)) * np.dtype(array.dtype).itemsize
+    except TypeError:
+        return len(array.data)
+
+
+def reply_wire_bytes(message: Message) -> int:
+    """Bytes of model data in a reply, as counted for traffic."""
+    if message.has_error():
+        return 0
+    return sum(array_nbytes(array) for record in message.content.array_records.values()
+               for array in record.values())
+
+
+def validate_reply(
+    message: Message,
+    *,
+    server_round: int,
+    sent: SentModel,
+    max_update_bytes: int,
+    max_update_norm: float | None = None,
+) -> ValidUpdate:
+    """Turn a reply into a validated delta, or raise :class:`InvalidUpdate`."""
+    if message.has_error():
+        raise InvalidUpdate(f"device reported an error: {message.error.reason}")
+    content = message.content
+    num_examples, train_loss = _read_metrics(message)
+    shapes = {name: tuple(value.shape) for name, value in sent.decoded.items()}
+    records = content.array_records
+    if UPDATE_KEY in records:
+        if PAYLOAD not in records[UPDATE_KEY]:
+            raise InvalidUpdate(f"'{UPDATE_KEY}' record has no '{PAYLOAD}' array")
+        array = records[UPDATE_KEY][PAYLOAD]
+        if array.dtype != "uint8":
+            raise InvalidUpdate(f"update payload must be uint8 bytes; got {array.dtype}")
+        if array_nbytes(array) > max_update_bytes:
+            raise InvalidUpdate(
+                f"update of {array_nbytes(array)} bytes exceeds the limit of {max_update_bytes}")
+        decoded = decode_update(array.numpy().tobytes(), expected_shapes=shapes,
+                                max_bytes=max_update_bytes)
+        if decoded.round_num != server_round:
+            raise InvalidUpdate(
+                f"update is for round {decoded.round_num}, this is round {server_round}")
+        if decoded.base_model_hash != sent.model_hash:
+            raise InvalidUpdate(
+                f"update was computed against model {decoded.base_model_hash[:12]}, "
+                f"but this round's model is {sent.model_hash[:12]}")
+        delta, plain = decoded.tensors, False
+    elif DENSE_KEY in records:
+        weights = _dense_weights(records[DENSE_KEY], shapes, max_update_bytes)
+        delta = {name: weights[name] - sent.dense[name] for name in shapes}
+        plain = True
+    else:
+        raise InvalidUpdate(f"reply has neither '{UPDATE_KEY}' nor '{DENSE_KEY}' records")
+    _check_norm(delta, max_update_norm)
+    return ValidUpdate(delta=delta, num_examples=num_examples,
+                       wire_bytes=reply_wire_bytes(message), plain=plain, train_loss=train_loss)
+
+
+def _read_metrics(message: Message) -> tuple[int, float | None]:
+    records = message.content.metric_records
+    record = records.get(METRICS_KEY) or next(iter(records.values()), None)
+    if record is None or NUM_EXAMPLES not in record:
+        raise InvalidUpdate(f"reply has no '{NUM_EXAMPLES}' metric")
+    count = record[NUM_EXAMPLES]
+    if not isinstance(count, int | float) or not 0 < count <= MAX_NUM_EXAMPLES \
+            or not float(count).is_integer():
+        raise InvalidUpdate(f"'{NUM_EXAMPLES}' must be a whole number in 1..{MAX_NUM_EXAMPLES}; "
+                            f"got {count!r}")
+    loss = record.get("train-loss")
+    loss_value = float(loss) if isinstance(loss, int | float) and math.isfinite(loss) else None
+    return int(count), loss_value
+
+
+def _dense_weights(record: Mapping[str, object], shapes: Mapping[str, tuple[int, ...]],
+                   max_bytes: int) -> dict[str, np.ndarray]:
+    names = set(record)
+    if names != set(shapes):
+        missing = sorted(set(shapes) - names)
+        extra = sorted(names - set(shapes))
+        raise InvalidUpdate(f"dense weights do not match the model: missing {missing[:3]}, "
+                            f"unexpected {extra[:3]}")
+    total = sum(array_nbytes(value) for value in record.values() if isinstance(value, Array))
+    if total > max_bytes:
+        raise InvalidUpdate(f"dense update of {total} bytes exceeds the limit of {max_bytes}")
+    weights: dict[str, np.ndarray] = {}
+    for name, expected in shapes.items():
+        value = record[name]
+        if not isinstance(value, Array) or tuple(value.shape) != expected:
+            got = tuple(value.shape) if isinstance(value, Array) else type(value).__name__
+            raise InvalidUpdate(f"tensor {name!r} has shape {got}, expected {expected}")
+        try:
+            array = value.numpy()
+        except Exception as error:  # malformed serialized array from an untrusted peer
+            raise InvalidUpdate(f"tensor {name!r} cannot be read: {error}") from None
+        if array.dtype.kind != "f":
+            raise InvalidUpdate(f"tensor {name!r} must be floating point; got {array.dtype}")
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise InvalidUpdate(f"tensor {name!r} holds NaN or infinite values")
+        weights[name] = array
+    return weights
+
+
+def _check_norm(delta: Mapping[str, np.ndarray], bound: float | None) -> None:
+    norm = math.sqrt(sum(float(np.square(value, dtype=np.float64).sum())
+                         for value in delta.values()))
+    if not math.isfinite(norm):
+        raise InvalidUpdate("update norm is not finite")
+    if bound is not None and norm > bound:
+        raise InvalidUpdate(f"update norm {norm:.3g} exceeds the bound {bound:.3g}")

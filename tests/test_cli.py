@@ -1,0 +1,59 @@
+"""The ``stamen`` command line as a user meets it."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from stamen.cli.main import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands_and_simulate_help_explains_flags() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "simulate" in result.output
+    result = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in ("--preset", "--dataset", "--num-devices", "--devices-per-round", "--rounds",
+                 "--partition", "--seed", "--backend", "--out", "--set", "--config"):
+        assert flag in result.output
+    assert "plain FedAvg baseline" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--partition", "random"], "data.partition must be one of iid, dirichlet"),
+        (["--set", "uplink.topk_ratio=2"], "uplink.topk_ratio"),
+        (["--config", "missing.toml"], "config file not found: missing.toml"),
+        (["--set", "training.optimizer=adam"], "unknown key 'training.optimizer'"),
+    ],
+)
+def test_bad_input_is_one_clear_line_without_traceback(args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["simulate", *args])
+    assert result.exit_code == 2
+    assert message in result.output.replace("\n", " ")
+    assert "Traceback" not in result.output
+
+
+def test_dry_run_prints_the_resolved_config_as_toml() -> None:
+    result = runner.invoke(app, ["simulate", "--dry-run", "--preset", "fp32", "--rounds", "3"])
+    assert result.exit_code == 0
+    assert 'preset = "fp32"' in result.output
+    assert "rounds = 3" in result.output
+
+
+def test_simulate_runs_prints_the_table_and_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "simulate", "--dataset", "digits", "--num-devices", "8", "--devices-per-round", "4",
+        "--rounds", "2", "--partition", "iid", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "final accuracy" in result.output
+    assert "smaller" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2
+    assert summary["config"]["data"]["dataset"] == "digits"
