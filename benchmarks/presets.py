@@ -31,12 +31,20 @@ def run_one(preset: str, seed: int, rounds: int, dataset: str, out: Path) -> dic
     from stamen.simulations import simulate
 
     torch.set_num_threads(1)
-    config = load_config(overrides={
-        "preset": preset, "dataset": dataset, "num-devices": 100, "devices-per-round": 10,
-        "rounds": rounds, "partition": "dirichlet", "alpha": 0.3, "seed": seed})
+    config = load_config(
+        overrides={
+            "preset": preset,
+            "dataset": dataset,
+            "num-devices": 100,
+            "devices-per-round": 10,
+            "rounds": rounds,
+            "partition": "dirichlet",
+            "alpha": 0.3,
+            "seed": seed,
+        }
+    )
     summary = simulate(config, ResultsWriter(out / f"{preset}-seed{seed}"))
-    return {"preset": preset, "seed": seed, **{k: v for k, v in summary.items()
-                                               if k != "config"}}
+    return {"preset": preset, "seed": seed, **{k: v for k, v in summary.items() if k != "config"}}
 
 
 def main() -> None:
@@ -52,13 +60,20 @@ def main() -> None:
     started = time.perf_counter()
     jobs = [(preset, seed) for seed in args.seeds for preset in ("edge", "fp32")]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, p, s, args.rounds, args.dataset, args.out)
-                   for p, s in jobs]
+        futures = [pool.submit(run_one, p, s, args.rounds, args.dataset, args.out) for p, s in jobs]
         runs = [future.result() for future in futures]
     table = compare(runs)
-    result = {"rounds": args.rounds, "seeds": args.seeds, "dataset": args.dataset,
-              "num_devices": 100, "devices_per_round": 10, "partition": "dirichlet(0.3)",
-              "wall_seconds": time.perf_counter() - started, "runs": runs, "comparison": table}
+    result = {
+        "rounds": args.rounds,
+        "seeds": args.seeds,
+        "dataset": args.dataset,
+        "num_devices": 100,
+        "devices_per_round": 10,
+        "partition": "dirichlet(0.3)",
+        "wall_seconds": time.perf_counter() - started,
+        "runs": runs,
+        "comparison": table,
+    }
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = to_markdown(table, args)
     (args.out / "results.md").write_text(markdown)
@@ -72,20 +87,21 @@ def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     for seed in seeds:
         edge, fp32 = by_key[("edge", seed)], by_key[("fp32", seed)]
-        rows.append({
-            "seed": seed,
-            "edge_accuracy": edge["final_accuracy"],
-            "fp32_accuracy": fp32["final_accuracy"],
-            "accuracy_diff_points": 100 * (edge["final_accuracy"] - fp32["final_accuracy"]),
-            "uplink_ratio": fp32["uplink_bytes"] / edge["uplink_bytes"],
-            "downlink_ratio": fp32["downlink_bytes"] / edge["downlink_bytes"],
-            "edge_uplink_bytes": edge["uplink_bytes"],
-            "fp32_uplink_bytes": fp32["uplink_bytes"],
-            "edge_downlink_bytes": edge["downlink_bytes"],
-            "fp32_downlink_bytes": fp32["downlink_bytes"],
-        })
-    mean = {key: statistics.fmean(row[key] for row in rows)
-            for key in rows[0] if key != "seed"}
+        rows.append(
+            {
+                "seed": seed,
+                "edge_accuracy": edge["final_accuracy"],
+                "fp32_accuracy": fp32["final_accuracy"],
+                "accuracy_diff_points": 100 * (edge["final_accuracy"] - fp32["final_accuracy"]),
+                "uplink_ratio": fp32["uplink_bytes"] / edge["uplink_bytes"],
+                "downlink_ratio": fp32["downlink_bytes"] / edge["downlink_bytes"],
+                "edge_uplink_bytes": edge["uplink_bytes"],
+                "fp32_uplink_bytes": fp32["uplink_bytes"],
+                "edge_downlink_bytes": edge["downlink_bytes"],
+                "fp32_downlink_bytes": fp32["downlink_bytes"],
+            }
+        )
+    mean = {key: statistics.fmean(row[key] for row in rows) for key in rows[0] if key != "seed"}
     return {"per_seed": rows, "mean": mean}
 
 
@@ -103,7 +119,8 @@ def to_markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
         lines.append(
             f"| {row['seed']} | {100 * row['fp32_accuracy']:.2f}% | "
             f"{100 * row['edge_accuracy']:.2f}% | {row['accuracy_diff_points']:+.2f} | "
-            f"{row['uplink_ratio']:.1f}x | {row['downlink_ratio']:.1f}x |")
+            f"{row['uplink_ratio']:.1f}x | {row['downlink_ratio']:.1f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 

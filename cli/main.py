@@ -39,8 +39,12 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=version_callback,
-                                          is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
 ) -> None:
     """Stamen: federated edge learning."""
 
@@ -77,78 +81,194 @@ OUT = "Output"
 
 @app.command()
 def simulate(
-    config_file: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="TOML config file; flags override it.", rich_help_panel=OUT,
-        show_default=False)] = None,
-    preset: Annotated[Preset | None, typer.Option(
-        help="[bold]edge[/]: QAT int8, pruning to 50%, top-k+4-bit+error-feedback uplink, "
-        "int8 downlink. [bold]fp32[/]: plain FedAvg baseline.  [default: edge]",
-        rich_help_panel=COMP, show_default=False)] = None,
-    dataset: Annotated[str | None, typer.Option(
-        help="digits, mnist, mnist-small, watch, or npz:PATH.  [default: mnist]",
-        rich_help_panel=DATA, show_default=False)] = None,
-    model: Annotated[str | None, typer.Option(
-        help="lenet, mobilenet or mlp.  [default: lenet]", rich_help_panel=DATA,
-        show_default=False)] = None,
-    partition: Annotated[str | None, typer.Option(
-        help="iid, dirichlet, shards or natural.  [default: dirichlet]", rich_help_panel=DATA,
-        show_default=False)] = None,
-    alpha: Annotated[float | None, typer.Option(
-        help="Dirichlet alpha; smaller is more non-IID.  [default: 0.3]", rich_help_panel=DATA,
-        show_default=False)] = None,
-    num_devices: Annotated[int | None, typer.Option(
-        help="Virtual devices in the fleet.  [default: 100]", rich_help_panel=FED,
-        show_default=False)] = None,
-    devices_per_round: Annotated[int | None, typer.Option(
-        help="Devices sampled each round.  [default: 10]", rich_help_panel=FED,
-        show_default=False)] = None,
-    rounds: Annotated[int | None, typer.Option(
-        help="Training rounds.  [default: 20]", rich_help_panel=FED, show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(
-        help="Seeds data split, init, sampling and rounding.  [default: 0]",
-        rich_help_panel=FED, show_default=False)] = None,
-    backend: Annotated[Backend | None, typer.Option(
-        help="local: in this process. ray: Flower's Simulation Engine.  [default: local]",
-        rich_help_panel=FED, show_default=False)] = None,
-    local_epochs: Annotated[int | None, typer.Option(
-        help="Local epochs per round.  [default: 1]", rich_help_panel=DATA,
-        show_default=False)] = None,
-    lr: Annotated[float | None, typer.Option(
-        help="Local SGD learning rate.  [default: 0.05]", rich_help_panel=DATA,
-        show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        help="Local batch size.  [default: 20]", rich_help_panel=DATA,
-        show_default=False)] = None,
-    qat: Annotated[bool | None, typer.Option(
-        "--qat/--no-qat", help="Quantization-aware training on devices.", rich_help_panel=COMP,
-        show_default=False)] = None,
-    qat_bits: Annotated[int | None, typer.Option(
-        help="QAT weight bits: 8, 4 or 2.", rich_help_panel=COMP, show_default=False)] = None,
-    sparsity: Annotated[float | None, typer.Option(
-        help="Target pruning sparsity, reached halfway through the run.",
-        rich_help_panel=COMP, show_default=False)] = None,
-    topk: Annotated[float | None, typer.Option(
-        help="Uplink top-k ratio in (0, 1]; 1 sends every value.", rich_help_panel=COMP,
-        show_default=False)] = None,
-    uplink_values: Annotated[str | None, typer.Option(
-        help="Uplink value format: fp32, fp16, q8, q4, q2.", rich_help_panel=COMP,
-        show_default=False)] = None,
-    error_feedback: Annotated[bool | None, typer.Option(
-        "--error-feedback/--no-error-feedback", help="Keep the uplink residual on devices.",
-        rich_help_panel=COMP, show_default=False)] = None,
-    downlink_values: Annotated[str | None, typer.Option(
-        help="Downlink value format: fp32, fp16, q8.", rich_help_panel=COMP,
-        show_default=False)] = None,
-    assignments: Annotated[list[str] | None, typer.Option(
-        "--set", help="Any config key: --set uplink.lossless=zlib (repeatable).",
-        rich_help_panel=OUT, show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Results directory.  [default: runs/<time>-<preset>]", rich_help_panel=OUT,
-        show_default=False)] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the resolved config and exit.", rich_help_panel=OUT)] = False,
-    verbose: Annotated[bool, typer.Option(
-        "--verbose", "-v", help="Show Flower's and Stamen's logs.", rich_help_panel=OUT)] = False,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="TOML config file; flags override it.",
+            rich_help_panel=OUT,
+            show_default=False,
+        ),
+    ] = None,
+    preset: Annotated[
+        Preset | None,
+        typer.Option(
+            help="[bold]edge[/]: QAT int8, pruning to 50%, top-k+4-bit+error-feedback uplink, "
+            "int8 downlink. [bold]fp32[/]: plain FedAvg baseline.  [default: edge]",
+            rich_help_panel=COMP,
+            show_default=False,
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="digits, mnist, mnist-small, watch, or npz:PATH.  [default: mnist]",
+            rich_help_panel=DATA,
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="lenet, mobilenet or mlp.  [default: lenet]",
+            rich_help_panel=DATA,
+            show_default=False,
+        ),
+    ] = None,
+    partition: Annotated[
+        str | None,
+        typer.Option(
+            help="iid, dirichlet, shards or natural.  [default: dirichlet]",
+            rich_help_panel=DATA,
+            show_default=False,
+        ),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="Dirichlet alpha; smaller is more non-IID.  [default: 0.3]",
+            rich_help_panel=DATA,
+            show_default=False,
+        ),
+    ] = None,
+    num_devices: Annotated[
+        int | None,
+        typer.Option(
+            help="Virtual devices in the fleet.  [default: 100]",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    devices_per_round: Annotated[
+        int | None,
+        typer.Option(
+            help="Devices sampled each round.  [default: 10]",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            help="Training rounds.  [default: 20]", rich_help_panel=FED, show_default=False
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seeds data split, init, sampling and rounding.  [default: 0]",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    backend: Annotated[
+        Backend | None,
+        typer.Option(
+            help="local: in this process. ray: Flower's Simulation Engine.  [default: local]",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    local_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Local epochs per round.  [default: 1]", rich_help_panel=DATA, show_default=False
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Local SGD learning rate.  [default: 0.05]",
+            rich_help_panel=DATA,
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Local batch size.  [default: 20]", rich_help_panel=DATA, show_default=False
+        ),
+    ] = None,
+    qat: Annotated[
+        bool | None,
+        typer.Option(
+            "--qat/--no-qat",
+            help="Quantization-aware training on devices.",
+            rich_help_panel=COMP,
+            show_default=False,
+        ),
+    ] = None,
+    qat_bits: Annotated[
+        int | None,
+        typer.Option(help="QAT weight bits: 8, 4 or 2.", rich_help_panel=COMP, show_default=False),
+    ] = None,
+    sparsity: Annotated[
+        float | None,
+        typer.Option(
+            help="Target pruning sparsity, reached halfway through the run.",
+            rich_help_panel=COMP,
+            show_default=False,
+        ),
+    ] = None,
+    topk: Annotated[
+        float | None,
+        typer.Option(
+            help="Uplink top-k ratio in (0, 1]; 1 sends every value.",
+            rich_help_panel=COMP,
+            show_default=False,
+        ),
+    ] = None,
+    uplink_values: Annotated[
+        str | None,
+        typer.Option(
+            help="Uplink value format: fp32, fp16, q8, q4, q2.",
+            rich_help_panel=COMP,
+            show_default=False,
+        ),
+    ] = None,
+    error_feedback: Annotated[
+        bool | None,
+        typer.Option(
+            "--error-feedback/--no-error-feedback",
+            help="Keep the uplink residual on devices.",
+            rich_help_panel=COMP,
+            show_default=False,
+        ),
+    ] = None,
+    downlink_values: Annotated[
+        str | None,
+        typer.Option(
+            help="Downlink value format: fp32, fp16, q8.", rich_help_panel=COMP, show_default=False
+        ),
+    ] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any config key: --set uplink.lossless=zlib (repeatable).",
+            rich_help_panel=OUT,
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Results directory.  [default: runs/<time>-<preset>]",
+            rich_help_panel=OUT,
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the resolved config and exit.", rich_help_panel=OUT),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show Flower's and Stamen's logs.", rich_help_panel=OUT
+        ),
+    ] = False,
 ) -> None:
     """Run a federated simulation and report accuracy and bytes per round.
 
@@ -157,12 +277,28 @@ def simulate(
 
     Example: [bold]stamen simulate --dataset digits --rounds 5 --preset fp32[/]
     """
-    flags = {"preset": preset, "dataset": dataset, "model": model, "partition": partition,
-             "alpha": alpha, "num_devices": num_devices, "devices_per_round": devices_per_round,
-             "rounds": rounds, "seed": seed, "backend": backend, "local_epochs": local_epochs,
-             "lr": lr, "batch_size": batch_size, "qat": qat, "qat_bits": qat_bits,
-             "sparsity": sparsity, "topk": topk, "uplink_values": uplink_values,
-             "error_feedback": error_feedback, "downlink_values": downlink_values}
+    flags = {
+        "preset": preset,
+        "dataset": dataset,
+        "model": model,
+        "partition": partition,
+        "alpha": alpha,
+        "num_devices": num_devices,
+        "devices_per_round": devices_per_round,
+        "rounds": rounds,
+        "seed": seed,
+        "backend": backend,
+        "local_epochs": local_epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "qat": qat,
+        "qat_bits": qat_bits,
+        "sparsity": sparsity,
+        "topk": topk,
+        "uplink_values": uplink_values,
+        "error_feedback": error_feedback,
+        "downlink_values": downlink_values,
+    }
     try:
         overrides: dict[str, Any] = {}
         for text in assignments or []:
@@ -196,8 +332,13 @@ def setup_logging(verbose: bool) -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
+    )
     logging.getLogger("flwr").setLevel(level)
 
 

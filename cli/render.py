@@ -55,15 +55,18 @@ class ProgressReporter:
         """Start the bar."""
         self.progress.start()
         self.task_id = self.progress.add_task(
-            "rounds", total=total_rounds, status=f"acc {100 * initial_accuracy:5.1f}%")
+            "rounds", total=total_rounds, status=f"acc {100 * initial_accuracy:5.1f}%"
+        )
 
     def on_round(self, record: RoundRecord) -> None:
         """Advance the bar and show the round's outcome."""
         self.uplink += record.uplink_bytes
         self.uplink_fp32 += record.uplink_bytes_fp32
         rejected = f" · [red]{record.rejected} rejected[/]" if record.rejected else ""
-        status = (f"acc {100 * record.accuracy:5.1f}% · up {human_bytes(self.uplink)} "
-                  f"({ratio(self.uplink_fp32, self.uplink)} smaller){rejected}")
+        status = (
+            f"acc {100 * record.accuracy:5.1f}% · up {human_bytes(self.uplink)} "
+            f"({ratio(self.uplink_fp32, self.uplink)} smaller){rejected}"
+        )
         self.progress.update(self.task_id, advance=1, status=status)
 
     def on_finish(self, summary: dict[str, Any]) -> None:
@@ -78,8 +81,16 @@ class ProgressReporter:
 def results_table(records: list[RoundRecord]) -> Table:
     """Accuracy and bytes per round, with the ratios against dense FP32 FedAvg."""
     table = Table(title="Rounds", header_style="bold")
-    for column in ("round", "accuracy", "uplink", "downlink", "up vs fp32", "down vs fp32",
-                   "sparsity", "rejected"):
+    for column in (
+        "round",
+        "accuracy",
+        "uplink",
+        "downlink",
+        "up vs fp32",
+        "down vs fp32",
+        "sparsity",
+        "rejected",
+    ):
         table.add_column(column, justify="right")
     for record in records:
         table.add_row(
@@ -100,7 +111,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     accuracy = summary.get("final_accuracy")
     lines = [
         f"final accuracy [bold]{100 * accuracy:.2f}%[/] after {summary['rounds']} rounds"
-        if accuracy is not None else "no round finished",
+        if accuracy is not None
+        else "no round finished",
         f"uplink   {human_bytes(summary['uplink_bytes'])} vs "
         f"{human_bytes(summary['uplink_bytes_fp32'])} for FP32 FedAvg: "
         f"[bold]{ratio(summary['uplink_bytes_fp32'], summary['uplink_bytes'])}[/] smaller",
@@ -110,6 +122,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"wall time {summary['wall_seconds']:.1f} s on the {summary.get('backend', '?')} backend",
     ]
     if summary.get("rejected_updates"):
-        lines.append(f"[red]{summary['rejected_updates']} updates rejected[/] "
-                     "(reasons in metrics.jsonl)")
+        lines.append(
+            f"[red]{summary['rejected_updates']} updates rejected[/] (reasons in metrics.jsonl)"
+        )
     return lines

@@ -64,7 +64,8 @@ def client_app(fleet: FleetData | None = None) -> ClientApp:
 
 def fleet_from_context(context: Context) -> FleetData:
     """The fleet's data settings from Flower's run and node config."""
-    config = from_run_config(context.run_config)
+    # "out" is the ServerApp's results directory (server/app.py), not a StamenConfig key.
+    config = from_run_config({k: v for k, v in context.run_config.items() if k != "out"})
     num_devices = int(context.node_config.get("num-partitions", config.federation.num_devices))
     return FleetData(config.data, num_devices=num_devices, seed=config.federation.seed)
 
@@ -77,11 +78,13 @@ def partition_id(context: Context) -> int:
     return value
 
 
-def receive_model(message: Message, local: LocalData, model_name: ModelName,
-                  width: float) -> tuple[nn.Module, DecodedModel]:
+def receive_model(
+    message: Message, local: LocalData, model_name: ModelName, width: float
+) -> tuple[nn.Module, DecodedModel]:
     """Build the model architecture the task names and load the decoded global weights."""
-    spec = ModelSpec(name=model_name, input_shape=local.input_shape,
-                     num_classes=local.num_classes, width=width)
+    spec = ModelSpec(
+        name=model_name, input_shape=local.input_shape, num_classes=local.num_classes, width=width
+    )
     model = build_model(spec)
     shapes = {name: tuple(t.shape) for name, t in exchanged_state(model).items()}
     payload = message.content.array_records[MODEL_KEY][PAYLOAD].numpy().tobytes()
@@ -101,9 +104,16 @@ def handle_train(message: Message, context: Context, fleet: FleetData) -> Messag
     if decoded.masks:
         apply_masks(model, decoded.masks)
     generator = torch.Generator().manual_seed(_device_seed(task, pid))
-    result = train_epochs(model, local.x, local.y, epochs=task.local_epochs,
-                          batch_size=task.batch_size, lr=task.lr, momentum=task.momentum,
-                          generator=generator)
+    result = train_epochs(
+        model,
+        local.x,
+        local.y,
+        epochs=task.local_epochs,
+        batch_size=task.batch_size,
+        lr=task.lr,
+        momentum=task.momentum,
+        generator=generator,
+    )
     if decoded.masks:
         remove_masks(model)
     trained = exchanged_state(model)
@@ -118,12 +128,16 @@ def handle_train(message: Message, context: Context, fleet: FleetData) -> Messag
     )
     if encoded.residual is not None:
         context.state[RESIDUAL_KEY] = ArrayRecord(
-            {name: Array(value) for name, value in encoded.residual.items()})
-    content = RecordDict({
-        UPDATE_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(encoded.payload, np.uint8))}),
-        METRICS_KEY: MetricRecord({NUM_EXAMPLES: result.num_examples,
-                                   "train-loss": result.loss}),
-    })
+            {name: Array(value) for name, value in encoded.residual.items()}
+        )
+    content = RecordDict(
+        {
+            UPDATE_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(encoded.payload, np.uint8))}),
+            METRICS_KEY: MetricRecord(
+                {NUM_EXAMPLES: result.num_examples, "train-loss": result.loss}
+            ),
+        }
+    )
     return Message(content, reply_to=message)
 
 
@@ -133,13 +147,19 @@ def handle_evaluate(message: Message, context: Context, fleet: FleetData) -> Mes
     local = device_data(fleet, partition_id(context))
     model, _ = receive_model(message, local, task.model, task.width)
     result = evaluate(model, local.x, local.y)
-    metrics = MetricRecord({NUM_EXAMPLES: result.num_examples, "eval-loss": result.loss,
-                            "eval-accuracy": result.accuracy})
+    metrics = MetricRecord(
+        {
+            NUM_EXAMPLES: result.num_examples,
+            "eval-loss": result.loss,
+            "eval-accuracy": result.accuracy,
+        }
+    )
     return Message(RecordDict({METRICS_KEY: metrics}), reply_to=message)
 
 
-def load_residual(context: Context, delta: dict[str, np.ndarray],
-                  masks: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+def load_residual(
+    context: Context, delta: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+) -> dict[str, np.ndarray] | None:
     """The error-feedback residual from device state, if it fits this model.
 
     Residual mass on weights the server has since pruned is dropped: sending it
@@ -150,7 +170,8 @@ def load_residual(context: Context, delta: dict[str, np.ndarray],
     stored = context.state.array_records[RESIDUAL_KEY]
     residual = {name: stored[name].numpy() for name in stored}
     if residual.keys() != delta.keys() or any(
-            residual[name].shape != delta[name].shape for name in delta):
+        residual[name].shape != delta[name].shape for name in delta
+    ):
         return None
     for name, mask in masks.items():
         residual[name] = residual[name] * mask

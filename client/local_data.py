@@ -62,7 +62,8 @@ def device_data(fleet: FleetData, partition_id: int) -> LocalData:
     parts = _partitions(fleet)
     if not 0 <= partition_id < len(parts):
         raise ConfigError(
-            f"partition-id must be between 0 and {len(parts) - 1}; got {partition_id}")
+            f"partition-id must be between 0 and {len(parts) - 1}; got {partition_id}"
+        )
     dataset = dataset_of(fleet)
     index = parts[partition_id]
     return LocalData(

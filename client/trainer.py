@@ -72,8 +72,9 @@ def train_epochs(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch_size: int = 2048) -> EvalResult:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
+) -> EvalResult:
     """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")

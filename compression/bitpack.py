@@ -11,6 +11,7 @@ Bit order is MSB first, as in :func:`numpy.packbits`.
 from __future__ import annotations
 
 import numpy as np
+
 from stamen.errors import InvalidUpdate
 
 MAX_PACKED_BITS = 32

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+
 from stamen.compression.bitpack import encode_varints, pack_bits, packed_size, varint_sizes
 from stamen.compression.tensor_decode import decode_tensor, index_bits_for
 from stamen.errors import ConfigError

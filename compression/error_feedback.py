@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
 from stamen.compression.codecs import CodecPipeline
 from stamen.protos.update.v1 import update_pb2 as pb
 

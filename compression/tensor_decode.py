@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
 from stamen.compression.bitpack import (
     MAX_VARINT_BYTES,
     decode_varints,

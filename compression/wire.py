@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 from google.protobuf.message import DecodeError
+
 from stamen.compression.tensor_decode import MAX_ELEMENTS, check_layout, decode_tensor_and_mask
 from stamen.errors import InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb

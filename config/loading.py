@@ -35,8 +35,12 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
     Preset.FP32: {
         "qat": {"enabled": False},
         "pruning": {"target_sparsity": 0.0},
-        "uplink": {"topk_ratio": 1.0, "values": "fp32", "error_feedback": False,
-                   "lossless": "none"},
+        "uplink": {
+            "topk_ratio": 1.0,
+            "values": "fp32",
+            "error_feedback": False,
+            "lossless": "none",
+        },
         "downlink": {"values": "fp32", "lossless": "none"},
     },
 }
@@ -149,13 +153,21 @@ def build_config(flat: Mapping[str, Any]) -> StamenConfig:
             allowed = ", ".join(["preset", *SECTION_TYPES])
             raise ConfigError(f"unknown config key {key!r}; sections are: {allowed}")
         sections[section][name] = value
-    built = {"federation": build_section("federation", SECTION_TYPES["federation"],
-                                         sections["federation"])}
+    built = {
+        "federation": build_section(
+            "federation", SECTION_TYPES["federation"], sections["federation"]
+        )
+    }
     if "ramp_rounds" not in sections["pruning"]:
         # Reach the target halfway through the run, so the second half recovers accuracy.
         sections["pruning"]["ramp_rounds"] = max(1, built["federation"].rounds // 2)
-    built.update({name: build_section(name, SECTION_TYPES[name], values)
-                  for name, values in sections.items() if name != "federation"})
+    built.update(
+        {
+            name: build_section(name, SECTION_TYPES[name], values)
+            for name, values in sections.items()
+            if name != "federation"
+        }
+    )
     return StamenConfig(preset=preset, **built)
 
 
@@ -173,8 +185,9 @@ def build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
         return cls(**kwargs)
     except ConfigError as error:
         message = str(error)
-        raise ConfigError(message if message.startswith(f"{section}.")
-                          else f"{section}.{message}") from None
+        raise ConfigError(
+            message if message.startswith(f"{section}.") else f"{section}.{message}"
+        ) from None
 
 
 def coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -189,8 +202,7 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, annotation):
             return value
         if value not in allowed:
-            raise ConfigError(
-                f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
         return annotation(value)
     if annotation is bool:
         if isinstance(value, bool):

@@ -65,7 +65,9 @@ class DataSettings:
     def __post_init__(self) -> None:
         require(bool(self.dataset.strip()), "data.dataset", "a dataset name", self.dataset)
         require(self.alpha > 0, "data.alpha", "> 0", self.alpha)
-        require(self.shards_per_device >= 1, "data.shards_per_device", ">= 1", self.shards_per_device)
+        require(
+            self.shards_per_device >= 1, "data.shards_per_device", ">= 1", self.shards_per_device
+        )
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,9 @@ class FederationSettings:
         require(self.rounds >= 1, "federation.rounds", ">= 1", self.rounds)
         require(self.seed >= 0, "federation.seed", ">= 0", self.seed)
         require(self.round_timeout > 0, "federation.round_timeout", "> 0", self.round_timeout)
-        require(self.max_update_bytes > 0, "federation.max_update_bytes", "> 0",
-                self.max_update_bytes)
+        require(
+            self.max_update_bytes > 0, "federation.max_update_bytes", "> 0", self.max_update_bytes
+        )
 
 
 @dataclass(frozen=True)

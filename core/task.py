@@ -38,16 +38,18 @@ _PREFIX = "stamen."
 class TrainTask:
     """One round of local training, as the server configured it."""
 
-    round_num: int
-    model: ModelName
-    width: float
-    local_epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    seed: int
-    qat: QATConfig | None
-    uplink: UplinkCodecConfig
+    round_num: int = 0
+    """Set by the strategy for each round."""
+    model: ModelName = ModelName.LENET
+    width: float = 1.0
+    local_epochs: int = 1
+    batch_size: int = 20
+    lr: float = 0.05
+    momentum: float = 0.0
+    seed: int = 0
+    qat: QATConfig | None = None
+    """Fake-quantization settings; ``None`` trains in plain float."""
+    uplink: UplinkCodecConfig = dataclasses.field(default_factory=UplinkCodecConfig)
 
     def to_config_record(self) -> ConfigRecord:
         """Flatten into a Flower ``ConfigRecord``."""

@@ -20,8 +20,9 @@ OUT_KEY = "out"
 """Run-config key (outside StamenConfig) naming a results directory for ``flwr run``."""
 
 
-def server_app(config: StamenConfig | None = None,
-               reporter: RoundReporter | None = None) -> ServerApp:
+def server_app(
+    config: StamenConfig | None = None, reporter: RoundReporter | None = None
+) -> ServerApp:
     """Build the Stamen ``ServerApp``.
 
     Args:

@@ -31,8 +31,12 @@ LOG = logging.getLogger("stamen.server")
 
 def model_spec(config: StamenConfig, dataset: Dataset) -> ModelSpec:
     """The model architecture for this config and dataset."""
-    return ModelSpec(name=config.training.model, input_shape=dataset.input_shape,
-                     num_classes=dataset.num_classes, width=config.training.width)
+    return ModelSpec(
+        name=config.training.model,
+        input_shape=dataset.input_shape,
+        num_classes=dataset.num_classes,
+        width=config.training.width,
+    )
 
 
 def train_task(config: StamenConfig) -> TrainTask:
@@ -67,8 +71,7 @@ def build_strategy(config: StamenConfig, spec: ModelSpec) -> CompressedFedAvg:
     )
 
 
-def run_federation(grid: Grid, config: StamenConfig,
-                   reporter: RoundReporter) -> dict[str, Any]:
+def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) -> dict[str, Any]:
     """Run every round of a federation on ``grid``; returns the summary."""
     started = time.perf_counter()
     dataset = load_dataset(config.data.dataset)
@@ -86,8 +89,13 @@ def run_federation(grid: Grid, config: StamenConfig,
         if server_round == 0:
             reporter.on_start(config.federation.rounds, result.accuracy)
         else:
-            record = round_record(strategy, server_round, result.accuracy, result.loss,
-                                  time.perf_counter() - round_started[0])
+            record = round_record(
+                strategy,
+                server_round,
+                result.accuracy,
+                result.loss,
+                time.perf_counter() - round_started[0],
+            )
             records.append(record)
             reporter.on_round(record)
         round_started[0] = time.perf_counter()
@@ -101,9 +109,13 @@ def run_federation(grid: Grid, config: StamenConfig,
         timeout=config.federation.round_timeout,
         evaluate_fn=central_evaluate,
     )
-    summary = summarize(config, records, initial_bytes=dense_nbytes(initial),
-                        params=count_parameters(model),
-                        wall_seconds=time.perf_counter() - started)
+    summary = summarize(
+        config,
+        records,
+        initial_bytes=dense_nbytes(initial),
+        params=count_parameters(model),
+        wall_seconds=time.perf_counter() - started,
+    )
     summary["final_model_sha256"] = _final_hash(result.arrays)
     reporter.on_finish(summary)
     return summary
@@ -116,27 +128,53 @@ def load_state(model: nn.Module, arrays: ArrayRecord) -> None:
     load_exchanged_state(model, to_numpy(arrays))
 
 
-def round_record(strategy: CompressedFedAvg, server_round: int, accuracy: float, loss: float,
-                 seconds: float) -> RoundRecord:
+def round_record(
+    strategy: CompressedFedAvg, server_round: int, accuracy: float, loss: float, seconds: float
+) -> RoundRecord:
     """Combine the strategy's traffic stats with the central evaluation."""
     stats = strategy.stats.get(server_round)
     if stats is None:
-        return RoundRecord(round=server_round, accuracy=accuracy, loss=loss, sampled=0,
-                           accepted=0, rejected=0, uplink_bytes=0, downlink_bytes=0,
-                           uplink_bytes_fp32=0, downlink_bytes_fp32=0, sparsity=0.0,
-                           train_loss=None, seconds=seconds)
+        return RoundRecord(
+            round=server_round,
+            accuracy=accuracy,
+            loss=loss,
+            sampled=0,
+            accepted=0,
+            rejected=0,
+            uplink_bytes=0,
+            downlink_bytes=0,
+            uplink_bytes_fp32=0,
+            downlink_bytes_fp32=0,
+            sparsity=0.0,
+            train_loss=None,
+            seconds=seconds,
+        )
     return RoundRecord(
-        round=server_round, accuracy=accuracy, loss=loss, sampled=stats.sampled,
-        accepted=stats.accepted, rejected=len(stats.rejections),
-        uplink_bytes=stats.uplink_bytes, downlink_bytes=stats.downlink_bytes,
-        uplink_bytes_fp32=stats.uplink_bytes_fp32, downlink_bytes_fp32=stats.downlink_bytes_fp32,
-        sparsity=stats.sparsity, train_loss=stats.train_loss, seconds=seconds,
+        round=server_round,
+        accuracy=accuracy,
+        loss=loss,
+        sampled=stats.sampled,
+        accepted=stats.accepted,
+        rejected=len(stats.rejections),
+        uplink_bytes=stats.uplink_bytes,
+        downlink_bytes=stats.downlink_bytes,
+        uplink_bytes_fp32=stats.uplink_bytes_fp32,
+        downlink_bytes_fp32=stats.downlink_bytes_fp32,
+        sparsity=stats.sparsity,
+        train_loss=stats.train_loss,
+        seconds=seconds,
         rejections=[{"node_id": r.node_id, "reason": r.reason} for r in stats.rejections],
     )
 
 
-def summarize(config: StamenConfig, records: list[RoundRecord], *, initial_bytes: int,
-              params: int, wall_seconds: float) -> dict[str, Any]:
+def summarize(
+    config: StamenConfig,
+    records: list[RoundRecord],
+    *,
+    initial_bytes: int,
+    params: int,
+    wall_seconds: float,
+) -> dict[str, Any]:
     """The ``summary.json`` content."""
     uplink = sum(r.uplink_bytes for r in records)
     downlink = sum(r.downlink_bytes for r in records)

@@ -41,13 +41,16 @@ class ResultsWriter:
 
     def on_finish(self, summary: dict[str, Any]) -> None:
         """Write the summary and the plot."""
-        (self.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n",
-                                                 encoding="utf-8")
+        (self.out_dir / SUMMARY_FILE).write_text(
+            json.dumps(summary, indent=2) + "\n", encoding="utf-8"
+        )
         try:
             plot_rounds(self.records, self.out_dir / PLOT_FILE)
         except ImportError:
-            LOG.warning("matplotlib is not installed; skipping %s "
-                        "(pip install 'stamen[simulation]')", PLOT_FILE)
+            LOG.warning(
+                "matplotlib is not installed; skipping %s (pip install 'stamen[simulation]')",
+                PLOT_FILE,
+            )
 
 
 def plot_rounds(records: list[RoundRecord], path: Path) -> None:

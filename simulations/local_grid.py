@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -92,8 +92,14 @@ class LocalGrid(Grid):
         """The run this grid serves."""
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
         """Create an instruction message (kept for Grid API compatibility)."""
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
@@ -120,8 +126,9 @@ class LocalGrid(Grid):
         """Collect (and forget) the replies to ``message_ids``."""
         return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         """Run every message's device and return all replies."""
         return self.pull_messages(self.push_messages(messages))
 
@@ -129,8 +136,10 @@ class LocalGrid(Grid):
         node_id = message.metadata.dst_node_id
         context = self._contexts.get(node_id)
         if context is None:
-            reply = Message(Error(code=CLIENT_APP_EXCEPTION,
-                                  reason=f"no such node: {node_id}"), reply_to=message)
+            reply = Message(
+                Error(code=CLIENT_APP_EXCEPTION, reason=f"no such node: {node_id}"),
+                reply_to=message,
+            )
         else:
             app = self._apps[int(context.node_config["partition-id"])]
             try:

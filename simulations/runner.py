@@ -20,18 +20,22 @@ from stamen.simulations.local_grid import LocalGrid, MessageHook
 
 LOG = logging.getLogger("stamen.simulations")
 
-QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0",
-             "RAY_DEDUP_LOGS": "0"}
+QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
 
 
 def fleet_of(config: StamenConfig) -> FleetData:
     """The data settings of a simulated fleet."""
-    return FleetData(config.data, num_devices=config.federation.num_devices,
-                     seed=config.federation.seed)
+    return FleetData(
+        config.data, num_devices=config.federation.num_devices, seed=config.federation.seed
+    )
 
 
-def simulate(config: StamenConfig, reporter: RoundReporter | None = None, *,
-             on_reply: MessageHook | None = None) -> dict[str, Any]:
+def simulate(
+    config: StamenConfig,
+    reporter: RoundReporter | None = None,
+    *,
+    on_reply: MessageHook | None = None,
+) -> dict[str, Any]:
     """Run the federation ``config`` describes and return its summary.
 
     Examples:
@@ -45,10 +49,15 @@ def simulate(config: StamenConfig, reporter: RoundReporter | None = None, *,
     collector = CollectingReporter()
     reporters = Reporters(reporter, collector)
     if config.federation.backend is Backend.LOCAL:
-        grid = LocalGrid(client_app(fleet_of(config)), config.federation.num_devices,
-                         run_config=to_run_config(config), on_reply=on_reply)
-        context = Context(run_id=grid.run.run_id, node_id=0, node_config={},
-                          state=RecordDict(), run_config={})
+        grid = LocalGrid(
+            client_app(fleet_of(config)),
+            config.federation.num_devices,
+            run_config=to_run_config(config),
+            on_reply=on_reply,
+        )
+        context = Context(
+            run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
+        )
         server_app(config, reporters)(grid, context)
     else:
         run_on_ray(config, reporters)
@@ -64,8 +73,9 @@ def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:
         import ray  # noqa: F401
         from flwr.simulation import run_simulation
     except ImportError:
-        raise ConfigError("backend 'ray' needs the simulation extra: "
-                          "pip install 'stamen[simulation]'") from None
+        raise ConfigError(
+            "backend 'ray' needs the simulation extra: pip install 'stamen[simulation]'"
+        ) from None
     cpus = os.cpu_count() or 1
     run_simulation(
         server_app=server_app(config, reporter),
@@ -73,7 +83,10 @@ def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:
         num_supernodes=config.federation.num_devices,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": cpus, "include_dashboard": False,
-                          "object_store_memory": 256 * 2**20},
+            "init_args": {
+                "num_cpus": cpus,
+                "include_dashboard": False,
+                "object_store_memory": 256 * 2**20,
+            },
         },
     )

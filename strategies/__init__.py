@@ -1,6 +1,12 @@
 """Aggregation strategies, one algorithm per module, all speaking Stamen's codecs."""
 
-from stamen.strategies.compressed_fedavg import CompressedFedAvg, Rejection, RoundStats
+from stamen.strategies.compressed_fedavg import (
+    CompressedFedAvg,
+    Rejection,
+    RoundStats,
+    to_array_record,
+    to_numpy,
+)
 from stamen.strategies.reply_validation import SentModel, ValidUpdate, validate_reply
 
 __all__ = [
@@ -9,5 +15,7 @@ __all__ = [
     "RoundStats",
     "SentModel",
     "ValidUpdate",
+    "to_array_record",
+    "to_numpy",
     "validate_reply",
 ]

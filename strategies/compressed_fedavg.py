@@ -121,10 +121,14 @@ class CompressedFedAvg(FedAvg):
         devices_per_evaluation: int = 0,
         min_available_wait: float = 60.0,
     ) -> None:
-        super().__init__(fraction_train=1.0, fraction_evaluate=float(devices_per_evaluation > 0),
-                         min_train_nodes=devices_per_round,
-                         min_evaluate_nodes=devices_per_evaluation,
-                         min_available_nodes=devices_per_round)
+        # Sampling is this class's own (seeded, by count), so Flower's fractions stay at 1.
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=devices_per_round,
+            min_evaluate_nodes=devices_per_evaluation,
+            min_available_nodes=devices_per_round,
+        )
         self.model_factory = model_factory
         self.task = task
         self.downlink = downlink or DownlinkCodecConfig()
@@ -145,14 +149,19 @@ class CompressedFedAvg(FedAvg):
 
     def summary(self) -> None:
         """Log the strategy's settings."""
-        LOG.info("CompressedFedAvg: %d devices/round, downlink %s, pruning to %.0f%% (%s)",
-                 self.devices_per_round, self.downlink.values.value,
-                 100 * self.pruning.target_sparsity, self.pruning.method.value)
+        LOG.info(
+            "CompressedFedAvg: %d devices/round, downlink %s, pruning to %.0f%% (%s)",
+            self.devices_per_round,
+            self.downlink.values.value,
+            100 * self.pruning.target_sparsity,
+            self.pruning.method.value,
+        )
 
     # -- configure ---------------------------------------------------------------
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Prune, encode the global model, and address a fresh record to each sampled device."""
         stats = self.stats.setdefault(server_round, RoundStats(server_round))
         dense = self._prune(server_round, to_numpy(arrays))
@@ -161,21 +170,23 @@ class CompressedFedAvg(FedAvg):
         stats.sampled = len(node_ids)
         stats.sparsity = self.schedule.sparsity_at(server_round) if self.masks else 0.0
         task = self.task.replace(round_num=server_round)
-        messages = [self._message(node, sent, task, MessageType.TRAIN, stats)
-                    for node in node_ids]
+        messages = [self._message(node, sent, task, MessageType.TRAIN, stats) for node in node_ids]
         LOG.info("round %d: sent the model to %d devices", server_round, len(messages))
         return messages
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Send the current model to devices for federated evaluation, if enabled."""
         if self.devices_per_evaluation == 0:
             return []
         sent = self._encode(server_round, to_numpy(arrays))
         task = self.task.replace(round_num=server_round)
         stats = self.stats.setdefault(server_round, RoundStats(server_round))
-        return [self._message(node, sent, task, MessageType.EVALUATE, stats)
-                for node in self.sample(grid, self.devices_per_evaluation)]
+        return [
+            self._message(node, sent, task, MessageType.EVALUATE, stats)
+            for node in self.sample(grid, self.devices_per_evaluation)
+        ]
 
     def sample(self, grid: Grid, count: int) -> list[int]:
         """Sample ``count`` connected devices with this strategy's seeded generator."""
@@ -200,15 +211,17 @@ class CompressedFedAvg(FedAvg):
 
     def _encode(self, server_round: int, dense: dict[str, np.ndarray]) -> SentModel:
         encoded = DownlinkCodec(self.downlink).encode(
-            dense, round_num=server_round, masks=self.masks or None)
+            dense, round_num=server_round, masks=self.masks or None
+        )
         sent = SentModel(model_hash=encoded.model_hash, decoded=encoded.decoded, dense=dense)
         self._sent = {server_round: sent}
         self._payload = np.frombuffer(encoded.payload, dtype=np.uint8)
         return sent
 
-    def _message(self, node_id: int, sent: SentModel, task: TrainTask, message_type: str,
-                 stats: RoundStats) -> Message:
-        records: dict[str, ArrayRecord | ConfigRecord] = {
+    def _message(
+        self, node_id: int, sent: SentModel, task: TrainTask, message_type: str, stats: RoundStats
+    ) -> Message:
+        records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
             MODEL_KEY: ArrayRecord({PAYLOAD: Array(self._payload)}),
             CONFIG_KEY: task.to_config_record(),
         }
@@ -216,17 +229,22 @@ class CompressedFedAvg(FedAvg):
             records[DENSE_KEY] = ArrayRecord({k: Array(v) for k, v in sent.dense.items()})
         content = RecordDict(records)
         if message_type == MessageType.TRAIN:
-            stats.downlink_bytes += sum(array_nbytes(a) for r in content.array_records.values()
-                                        for a in r.values())
+            stats.downlink_bytes += sum(
+                array_nbytes(a) for r in content.array_records.values() for a in r.values()
+            )
             stats.downlink_bytes_fp32 += dense_nbytes(sent.dense)
-        return Message(content=content, dst_node_id=node_id, message_type=message_type,
-                       group_id=str(task.round_num))
+        return Message(
+            content=content,
+            dst_node_id=node_id,
+            message_type=message_type,
+            group_id=str(task.round_num),
+        )
 
     # -- aggregate ---------------------------------------------------------------
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None,
-                                                             MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate every reply, then apply the weighted mean of the accepted deltas."""
         stats = self.stats.setdefault(server_round, RoundStats(server_round))
         sent = self._sent.get(server_round)
@@ -240,13 +258,18 @@ class CompressedFedAvg(FedAvg):
             stats.uplink_bytes += reply_wire_bytes(reply)
             stats.uplink_bytes_fp32 += fp32_bytes if not reply.has_error() else 0
             try:
-                update = validate_reply(reply, server_round=server_round, sent=sent,
-                                        max_update_bytes=self.max_update_bytes,
-                                        max_update_norm=self.max_update_norm)
+                update = validate_reply(
+                    reply,
+                    server_round=server_round,
+                    sent=sent,
+                    max_update_bytes=self.max_update_bytes,
+                    max_update_norm=self.max_update_norm,
+                )
             except InvalidUpdate as error:
                 stats.rejections.append(Rejection(node_id, str(error)))
-                LOG.warning("round %d: rejected update from node %d: %s",
-                            server_round, node_id, error)
+                LOG.warning(
+                    "round %d: rejected update from node %d: %s", server_round, node_id, error
+                )
                 continue
             (self.plain_nodes if update.plain else self.stamen_nodes).add(node_id)
             stats.plain_clients += int(update.plain)
@@ -266,23 +289,28 @@ class CompressedFedAvg(FedAvg):
         return to_array_record(new_model), metrics
 
 
-def apply_mean_delta(base: dict[str, np.ndarray],
-                     updates: list[ValidUpdate]) -> dict[str, np.ndarray]:
+def apply_mean_delta(
+    base: dict[str, np.ndarray], updates: list[ValidUpdate]
+) -> dict[str, np.ndarray]:
     """``base`` plus the example-weighted mean of the updates' deltas."""
     total = float(sum(update.num_examples for update in updates))
     result = {}
     for name, value in base.items():
-        mean = sum(update.delta[name].astype(np.float64) * (update.num_examples / total)
-                   for update in updates)
+        mean = sum(
+            update.delta[name].astype(np.float64) * (update.num_examples / total)
+            for update in updates
+        )
         result[name] = (value + mean).astype(np.float32)
     return result
 
 
-def apply_masks_np(tensors: dict[str, np.ndarray],
-                   masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def apply_masks_np(
+    tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Zero the pruned entries (``mask == False``) of the masked tensors."""
-    return {name: value * masks[name] if name in masks else value
-            for name, value in tensors.items()}
+    return {
+        name: value * masks[name] if name in masks else value for name, value in tensors.items()
+    }
 
 
 def to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:

@@ -57,8 +57,11 @@ def reply_wire_bytes(message: Message) -> int:
     """Bytes of model data in a reply, as counted for traffic."""
     if message.has_error():
         return 0
-    return sum(array_nbytes(array) for record in message.content.array_records.values()
-               for array in record.values())
+    return sum(
+        array_nbytes(array)
+        for record in message.content.array_records.values()
+        for array in record.values()
+    )
 
 
 def validate_reply(
@@ -71,7 +74,8 @@ def validate_reply(
 ) -> ValidUpdate:
     """Turn a reply into a validated delta, or raise :class:`InvalidUpdate`."""
     if message.has_error():
-        raise InvalidUpdate(f"device reported an error: {message.error.reason}")
+        reason = " ".join(str(message.error.reason).split())  # one line in logs and JSON
+        raise InvalidUpdate(f"device reported an error: {reason[:500]}")
     content = message.content
     num_examples, train_loss = _read_metrics(message)
     shapes = {name: tuple(value.shape) for name, value in sent.decoded.items()}
@@ -84,16 +88,20 @@ def validate_reply(
             raise InvalidUpdate(f"update payload must be uint8 bytes; got {array.dtype}")
         if array_nbytes(array) > max_update_bytes:
             raise InvalidUpdate(
-                f"update of {array_nbytes(array)} bytes exceeds the limit of {max_update_bytes}")
-        decoded = decode_update(array.numpy().tobytes(), expected_shapes=shapes,
-                                max_bytes=max_update_bytes)
+                f"update of {array_nbytes(array)} bytes exceeds the limit of {max_update_bytes}"
+            )
+        decoded = decode_update(
+            array.numpy().tobytes(), expected_shapes=shapes, max_bytes=max_update_bytes
+        )
         if decoded.round_num != server_round:
             raise InvalidUpdate(
-                f"update is for round {decoded.round_num}, this is round {server_round}")
+                f"update is for round {decoded.round_num}, this is round {server_round}"
+            )
         if decoded.base_model_hash != sent.model_hash:
             raise InvalidUpdate(
                 f"update was computed against model {decoded.base_model_hash[:12]}, "
-                f"but this round's model is {sent.model_hash[:12]}")
+                f"but this round's model is {sent.model_hash[:12]}"
+            )
         delta, plain = decoded.tensors, False
     elif DENSE_KEY in records:
         weights = _dense_weights(records[DENSE_KEY], shapes, max_update_bytes)
@@ -102,8 +110,13 @@ def validate_reply(
     else:
         raise InvalidUpdate(f"reply has neither '{UPDATE_KEY}' nor '{DENSE_KEY}' records")
     _check_norm(delta, max_update_norm)
-    return ValidUpdate(delta=delta, num_examples=num_examples,
-                       wire_bytes=reply_wire_bytes(message), plain=plain, train_loss=train_loss)
+    return ValidUpdate(
+        delta=delta,
+        num_examples=num_examples,
+        wire_bytes=reply_wire_bytes(message),
+        plain=plain,
+        train_loss=train_loss,
+    )
 
 
 def _read_metrics(message: Message) -> tuple[int, float | None]:
@@ -112,23 +125,29 @@ def _read_metrics(message: Message) -> tuple[int, float | None]:
     if record is None or NUM_EXAMPLES not in record:
         raise InvalidUpdate(f"reply has no '{NUM_EXAMPLES}' metric")
     count = record[NUM_EXAMPLES]
-    if not isinstance(count, int | float) or not 0 < count <= MAX_NUM_EXAMPLES \
-            or not float(count).is_integer():
-        raise InvalidUpdate(f"'{NUM_EXAMPLES}' must be a whole number in 1..{MAX_NUM_EXAMPLES}; "
-                            f"got {count!r}")
+    if (
+        not isinstance(count, int | float)
+        or not 0 < count <= MAX_NUM_EXAMPLES
+        or not float(count).is_integer()
+    ):
+        raise InvalidUpdate(
+            f"'{NUM_EXAMPLES}' must be a whole number in 1..{MAX_NUM_EXAMPLES}; got {count!r}"
+        )
     loss = record.get("train-loss")
     loss_value = float(loss) if isinstance(loss, int | float) and math.isfinite(loss) else None
     return int(count), loss_value
 
 
-def _dense_weights(record: Mapping[str, object], shapes: Mapping[str, tuple[int, ...]],
-                   max_bytes: int) -> dict[str, np.ndarray]:
+def _dense_weights(
+    record: Mapping[str, object], shapes: Mapping[str, tuple[int, ...]], max_bytes: int
+) -> dict[str, np.ndarray]:
     names = set(record)
     if names != set(shapes):
         missing = sorted(set(shapes) - names)
         extra = sorted(names - set(shapes))
-        raise InvalidUpdate(f"dense weights do not match the model: missing {missing[:3]}, "
-                            f"unexpected {extra[:3]}")
+        raise InvalidUpdate(
+            f"dense weights do not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
     total = sum(array_nbytes(value) for value in record.values() if isinstance(value, Array))
     if total > max_bytes:
         raise InvalidUpdate(f"dense update of {total} bytes exceeds the limit of {max_bytes}")
@@ -152,8 +171,9 @@ def _dense_weights(record: Mapping[str, object], shapes: Mapping[str, tuple[int,
 
 
 def _check_norm(delta: Mapping[str, np.ndarray], bound: float | None) -> None:
-    norm = math.sqrt(sum(float(np.square(value, dtype=np.float64).sum())
-                         for value in delta.values()))
+    norm = math.sqrt(
+        sum(float(np.square(value, dtype=np.float64).sum()) for value in delta.values())
+    )
     if not math.isfinite(norm):
         raise InvalidUpdate("update norm is not finite")
     if bound is not None and norm > bound:

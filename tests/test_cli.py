@@ -17,8 +17,19 @@ def test_help_lists_commands_and_simulate_help_explains_flags() -> None:
     assert "simulate" in result.output
     result = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for flag in ("--preset", "--dataset", "--num-devices", "--devices-per-round", "--rounds",
-                 "--partition", "--seed", "--backend", "--out", "--set", "--config"):
+    for flag in (
+        "--preset",
+        "--dataset",
+        "--num-devices",
+        "--devices-per-round",
+        "--rounds",
+        "--partition",
+        "--seed",
+        "--backend",
+        "--out",
+        "--set",
+        "--config",
+    ):
         assert flag in result.output
     assert "plain FedAvg baseline" in result.output
 
@@ -48,9 +59,24 @@ def test_dry_run_prints_the_resolved_config_as_toml() -> None:
 
 def test_simulate_runs_prints_the_table_and_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = runner.invoke(app, [
-        "simulate", "--dataset", "digits", "--num-devices", "8", "--devices-per-round", "4",
-        "--rounds", "2", "--partition", "iid", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--dataset",
+            "digits",
+            "--num-devices",
+            "8",
+            "--devices-per-round",
+            "4",
+            "--rounds",
+            "2",
+            "--partition",
+            "iid",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "final accuracy" in result.output
     assert "smaller" in result.output

@@ -132,7 +132,10 @@ def test_topk_one_percent_with_q4_is_over_50x_smaller_than_fp32() -> None:
     n = 100_000
     codec = UplinkCodec(UplinkCodecConfig(topk_ratio=0.01, values=ValueFormat.Q4))
     encoded = codec.encode(
-        {"w": normal(n)}, round_num=1, base_model_hash=HASH, residual=None,
+        {"w": normal(n)},
+        round_num=1,
+        base_model_hash=HASH,
+        residual=None,
         rng=np.random.default_rng(0),
     )
     assert 4 * n / len(encoded.payload) >= 50
@@ -172,8 +175,9 @@ def test_dense_nbytes_counts_float32() -> None:
 
 def _run_rounds(error_feedback: bool, rounds: int = 60) -> tuple[float, float, float]:
     """Returns (|sum decoded - sum true|, |final residual|, |one delta|)."""
-    codec = UplinkCodec(UplinkCodecConfig(topk_ratio=0.05, values=ValueFormat.Q2,
-                                          error_feedback=error_feedback))
+    codec = UplinkCodec(
+        UplinkCodecConfig(topk_ratio=0.05, values=ValueFormat.Q2, error_feedback=error_feedback)
+    )
     data_rng, codec_rng = np.random.default_rng(0), np.random.default_rng(1)
     drift = normal(1_000, seed=9) * 0.1  # a consistent direction, as in real training
     true_sum = np.zeros(1_000, np.float64)
@@ -181,8 +185,13 @@ def _run_rounds(error_feedback: bool, rounds: int = 60) -> tuple[float, float, f
     residual = None
     for round_num in range(rounds):
         delta = drift + 0.05 * data_rng.standard_normal(1_000).astype(np.float32)
-        encoded = codec.encode({"w": delta}, round_num=round_num, base_model_hash=HASH,
-                               residual=residual, rng=codec_rng)
+        encoded = codec.encode(
+            {"w": delta},
+            round_num=round_num,
+            base_model_hash=HASH,
+            residual=residual,
+            rng=codec_rng,
+        )
         residual = encoded.residual
         decoded = decode_update(encoded.payload, expected_shapes={"w": (1_000,)})
         true_sum += delta
@@ -192,26 +201,39 @@ def _run_rounds(error_feedback: bool, rounds: int = 60) -> tuple[float, float, f
 
 
 def test_error_feedback_sum_of_decoded_tracks_sum_of_deltas() -> None:
-    tracking, residual_norm, delta_norm = _run_rounds(error_feedback=True)
-    # The gap between the sums is exactly the residual, and it stays bounded.
+    tracking, residual_norm, _ = _run_rounds(error_feedback=True, rounds=160)
+    # The gap between the sums is exactly the residual ...
     assert tracking == pytest.approx(residual_norm, rel=1e-3)
-    assert residual_norm < 10 * delta_norm  # 60 rounds of drift would be ~60x
-    without, _, _ = _run_rounds(error_feedback=False)
-    assert tracking < without / 4
+    # ... and it stays bounded: 4x the rounds barely moves it, while without
+    # feedback the dropped mass piles up round after round.
+    _, early_residual_norm, _ = _run_rounds(error_feedback=True, rounds=40)
+    assert residual_norm < 1.2 * early_residual_norm
+    without, _, _ = _run_rounds(error_feedback=False, rounds=160)
+    assert tracking < without / 10
 
 
 def test_residual_is_none_without_error_feedback() -> None:
     codec = UplinkCodec(UplinkCodecConfig(topk_ratio=0.5))
-    encoded = codec.encode({"w": normal(10)}, round_num=0, base_model_hash=HASH,
-                           residual={"w": normal(10)}, rng=np.random.default_rng(0))
+    encoded = codec.encode(
+        {"w": normal(10)},
+        round_num=0,
+        base_model_hash=HASH,
+        residual={"w": normal(10)},
+        rng=np.random.default_rng(0),
+    )
     assert encoded.residual is None
 
 
 def test_residual_shape_mismatch_is_reported() -> None:
     codec = UplinkCodec(UplinkCodecConfig(topk_ratio=0.5, error_feedback=True))
     with pytest.raises(ValueError, match="residual for 'w' has shape"):
-        codec.encode({"w": normal(10)}, round_num=0, base_model_hash=HASH,
-                     residual={"w": normal(3)}, rng=np.random.default_rng(0))
+        codec.encode(
+            {"w": normal(10)},
+            round_num=0,
+            base_model_hash=HASH,
+            residual={"w": normal(3)},
+            rng=np.random.default_rng(0),
+        )
 
 
 # -- determinism and round trips ------------------------------------------------------------
@@ -222,8 +244,9 @@ def test_encoding_is_deterministic_given_the_seed() -> None:
     delta = {"a": normal(500), "b": normal(30, seed=1)}
 
     def encode(seed: int) -> bytes:
-        return codec.encode(delta, round_num=4, base_model_hash=HASH, residual=None,
-                            rng=np.random.default_rng(seed)).payload
+        return codec.encode(
+            delta, round_num=4, base_model_hash=HASH, residual=None, rng=np.random.default_rng(seed)
+        ).payload
 
     assert encode(5) == encode(5)
     assert encode(5) != encode(6)
@@ -232,8 +255,9 @@ def test_encoding_is_deterministic_given_the_seed() -> None:
 def test_update_round_trip_carries_round_hash_and_values() -> None:
     delta = {"conv.weight": normal(8 * 1 * 5 * 5).reshape(8, 1, 5, 5), "conv.bias": normal(8)}
     codec = UplinkCodec(UplinkCodecConfig(values=ValueFormat.FP16, lossless=Lossless.ZLIB))
-    encoded = codec.encode(delta, round_num=7, base_model_hash=HASH, residual=None,
-                           rng=np.random.default_rng(0))
+    encoded = codec.encode(
+        delta, round_num=7, base_model_hash=HASH, residual=None, rng=np.random.default_rng(0)
+    )
     shapes = {name: value.shape for name, value in delta.items()}
     decoded = decode_update(encoded.payload, expected_shapes=shapes)
     assert (decoded.round_num, decoded.base_model_hash) == (7, HASH)
@@ -248,8 +272,9 @@ def test_model_round_trip_verifies_hash_and_returns_masks() -> None:
     encoded = DownlinkCodec(DownlinkCodecConfig(values=ValueFormat.Q8)).encode(
         model, round_num=2, masks={"fc.weight": mask}
     )
-    received = decode_model(encoded.payload, expected_shapes={"fc.weight": (64, 10),
-                                                              "fc.bias": (10,)})
+    received = decode_model(
+        encoded.payload, expected_shapes={"fc.weight": (64, 10), "fc.bias": (10,)}
+    )
     assert received.round_num == 2
     assert received.model_hash == encoded.model_hash == model_hash(encoded.decoded)
     np.testing.assert_array_equal(received.masks["fc.weight"], mask)
@@ -278,12 +303,16 @@ def test_model_hash_changes_with_any_value_name_or_shape() -> None:
     [
         (lambda: UplinkCodecConfig(topk_ratio=0.0), "topk_ratio must be in (0, 1]; got 0.0"),
         (lambda: UplinkCodecConfig(topk_ratio=1.5), "topk_ratio must be in (0, 1]; got 1.5"),
-        (lambda: UplinkCodecConfig(values="q3"),
-         "values must be one of fp32, fp16, q8, q4, q2; got 'q3'"),
+        (
+            lambda: UplinkCodecConfig(values="q3"),
+            "values must be one of fp32, fp16, q8, q4, q2; got 'q3'",
+        ),
         (lambda: UplinkCodecConfig(lossless="gzip"), "lossless must be one of none, zlib"),
         (lambda: UplinkCodecConfig(error_feedback="yes"), "error_feedback must be true or false"),
-        (lambda: DownlinkCodecConfig(values=ValueFormat.Q4),
-         "values must be one of fp32, fp16, q8; got"),
+        (
+            lambda: DownlinkCodecConfig(values=ValueFormat.Q4),
+            "values must be one of fp32, fp16, q8; got",
+        ),
         (lambda: Uniform(bits=3), "bits must be one of 2, 4, 8; got 3"),
         (lambda: TopK(0), "topk ratio must be in (0, 1]"),
         (lambda: CodecPipeline([Zlib(), TopK(0.5)]), "codec stages must be"),
@@ -298,7 +327,10 @@ def test_invalid_configs_raise_one_line_config_errors(make: object, message: str
 
 
 def test_configs_accept_strings_from_toml() -> None:
-    config = UplinkCodecConfig(topk_ratio=1, values="q4", lossless="zlib")  # type: ignore[arg-type]
+    config = UplinkCodecConfig(topk_ratio=1, values="q4", lossless="zlib")
     assert (config.values, config.lossless, config.topk_ratio) == (
-        ValueFormat.Q4, Lossless.ZLIB, 1.0)
-    assert DownlinkCodecConfig(values="q8").values is ValueFormat.Q8  # type: ignore[arg-type]
+        ValueFormat.Q4,
+        Lossless.ZLIB,
+        1.0,
+    )
+    assert DownlinkCodecConfig(values="q8").values is ValueFormat.Q8

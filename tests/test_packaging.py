@@ -23,7 +23,7 @@ def test_every_code_folder_is_mapped_in_pyproject() -> None:
     for folder in code_folders():
         for sub in folder.rglob("__init__.py"):
             relative = sub.parent.relative_to(folder)
-            package = [k for k, v in setuptools["package-dir"].items() if v == folder.name][0]
+            package = next(k for k, v in setuptools["package-dir"].items() if v == folder.name)
             dotted = ".".join([package, *relative.parts])
             assert dotted in setuptools["packages"], f"{dotted} is missing from packages"
 
@@ -31,9 +31,21 @@ def test_every_code_folder_is_mapped_in_pyproject() -> None:
 @pytest.mark.timeout(300)
 def test_wheel_contains_every_subpackage(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--quiet", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, timeout=280,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=280,
     )
     wheel = next(tmp_path.glob("stamen-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
