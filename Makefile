@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-all lint typecheck protos benchmark clean
+.PHONY: demo test test-fast lint typecheck protos benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/stamen simulate --preset edge --dataset mnist --rounds 20 --out runs/demo
 
-## test: set up, lint, type-check and run the default test suite
+## test: set up, lint, type-check, then every test but the benchmarks (end-to-end included)
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest -q
-
-## test-all: the default suite plus the slow end-to-end tests (Ray, flwr run)
-test-all: $(STAMP)
 	$(BIN)/pytest -q -m "not benchmark"
+
+## test-fast: the quick loop: unit and in-process tests, no Ray or flwr processes
+test-fast: $(STAMP)
+	$(BIN)/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

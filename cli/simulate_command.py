@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from rich.console import Console
 from stamen.cli.render import ProgressReporter, results_table, summary_lines
 from stamen.config import StamenConfig
 from stamen.server import CollectingReporter, Reporters, ResultsWriter
+from stamen.server.federation import summarize
 from stamen.simulations import simulate
 
 
@@ -25,8 +27,18 @@ def run_simulation_command(console: Console, config: StamenConfig, out_dir: Path
     progress = ProgressReporter(console)
     collector = CollectingReporter()
     writer = ResultsWriter(out_dir)
+    started = time.perf_counter()
     try:
         summary = simulate(config, Reporters(progress, collector, writer))
+    except KeyboardInterrupt:
+        progress.stop()
+        console.print(
+            f"[yellow]interrupted after {len(collector.records)} rounds; "
+            "writing the results so far[/]"
+        )
+        summary = summarize(config, collector.records, wall_seconds=time.perf_counter() - started)
+        summary.update(interrupted=True, backend=config.federation.backend.value)
+        writer.on_finish(summary)
     finally:
         progress.stop()
     console.print(results_table(collector.records))

@@ -171,9 +171,9 @@ def summarize(
     config: StamenConfig,
     records: list[RoundRecord],
     *,
-    initial_bytes: int,
-    params: int,
     wall_seconds: float,
+    initial_bytes: int | None = None,
+    params: int | None = None,
 ) -> dict[str, Any]:
     """The ``summary.json`` content."""
     uplink = sum(r.uplink_bytes for r in records)

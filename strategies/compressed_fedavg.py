@@ -146,6 +146,7 @@ class CompressedFedAvg(FedAvg):
         self.stamen_nodes: set[int] = set()
         self.plain_nodes: set[int] = set()
         self._sent: dict[int, SentModel] = {}
+        self._waited_for_devices = False
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -190,11 +191,20 @@ class CompressedFedAvg(FedAvg):
 
     def sample(self, grid: Grid, count: int) -> list[int]:
         """Sample ``count`` connected devices with this strategy's seeded generator."""
-        deadline = time.monotonic() + self.min_available_wait
+        # Wait for devices to connect once per run; a fleet smaller than asked for
+        # should cost one warning, not a wait in every round.
+        deadline = time.monotonic() + (0.0 if self._waited_for_devices else self.min_available_wait)
         node_ids = sorted(grid.get_node_ids())
         while len(node_ids) < count and time.monotonic() < deadline:
             time.sleep(0.05)
             node_ids = sorted(grid.get_node_ids())
+        if len(node_ids) < count and not self._waited_for_devices:
+            LOG.warning(
+                "only %d of the %d requested devices are connected; sampling all of them",
+                len(node_ids),
+                count,
+            )
+        self._waited_for_devices = True
         if not node_ids:
             return []
         chosen = self.rng.choice(len(node_ids), size=min(count, len(node_ids)), replace=False)
