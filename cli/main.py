@@ -76,7 +76,8 @@ FLAG_KEYS: dict[str, str] = {
 DATA = "Data and model"
 FED = "Federation"
 COMP = "Compression"
-OUT = "Output"
+OUT = "Run"
+CONF = "Config"
 
 
 @app.command()
@@ -87,7 +88,7 @@ def simulate(
             "--config",
             "-c",
             help="TOML config file; flags override it.",
-            rich_help_panel=OUT,
+            rich_help_panel=CONF,
             show_default=False,
         ),
     ] = None,
@@ -95,7 +96,7 @@ def simulate(
         Preset | None,
         typer.Option(
             help="[bold]edge[/]: QAT int8, pruning to 50%, top-k+4-bit+error-feedback uplink, "
-            "int8 downlink. [bold]fp32[/]: plain FedAvg baseline.  [default: edge]",
+            "int8 downlink. [bold]fp32[/]: plain FedAvg baseline.  \\[default: edge]",
             rich_help_panel=COMP,
             show_default=False,
         ),
@@ -103,7 +104,7 @@ def simulate(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="digits, mnist, mnist-small, watch, or npz:PATH.  [default: mnist]",
+            help="digits, mnist, mnist-small, watch, or npz:PATH.  \\[default: mnist]",
             rich_help_panel=DATA,
             show_default=False,
         ),
@@ -111,7 +112,7 @@ def simulate(
     model: Annotated[
         str | None,
         typer.Option(
-            help="lenet, mobilenet or mlp.  [default: lenet]",
+            help="lenet, mobilenet or mlp.  \\[default: lenet]",
             rich_help_panel=DATA,
             show_default=False,
         ),
@@ -119,7 +120,7 @@ def simulate(
     partition: Annotated[
         str | None,
         typer.Option(
-            help="iid, dirichlet, shards or natural.  [default: dirichlet]",
+            help="iid, dirichlet, shards or natural.  \\[default: dirichlet]",
             rich_help_panel=DATA,
             show_default=False,
         ),
@@ -127,7 +128,7 @@ def simulate(
     alpha: Annotated[
         float | None,
         typer.Option(
-            help="Dirichlet alpha; smaller is more non-IID.  [default: 0.3]",
+            help="Dirichlet alpha; smaller is more non-IID.  \\[default: 0.3]",
             rich_help_panel=DATA,
             show_default=False,
         ),
@@ -135,7 +136,7 @@ def simulate(
     num_devices: Annotated[
         int | None,
         typer.Option(
-            help="Virtual devices in the fleet.  [default: 100]",
+            help="Virtual devices in the fleet.  \\[default: 100]",
             rich_help_panel=FED,
             show_default=False,
         ),
@@ -143,7 +144,7 @@ def simulate(
     devices_per_round: Annotated[
         int | None,
         typer.Option(
-            help="Devices sampled each round.  [default: 10]",
+            help="Devices sampled each round.  \\[default: 10]",
             rich_help_panel=FED,
             show_default=False,
         ),
@@ -151,13 +152,13 @@ def simulate(
     rounds: Annotated[
         int | None,
         typer.Option(
-            help="Training rounds.  [default: 20]", rich_help_panel=FED, show_default=False
+            help="Training rounds.  \\[default: 20]", rich_help_panel=FED, show_default=False
         ),
     ] = None,
     seed: Annotated[
         int | None,
         typer.Option(
-            help="Seeds data split, init, sampling and rounding.  [default: 0]",
+            help="Seeds data split, init, sampling and rounding.  \\[default: 0]",
             rich_help_panel=FED,
             show_default=False,
         ),
@@ -165,7 +166,7 @@ def simulate(
     backend: Annotated[
         Backend | None,
         typer.Option(
-            help="local: in this process. ray: Flower's Simulation Engine.  [default: local]",
+            help="local: in this process. ray: Flower's Simulation Engine.  \\[default: local]",
             rich_help_panel=FED,
             show_default=False,
         ),
@@ -173,13 +174,13 @@ def simulate(
     local_epochs: Annotated[
         int | None,
         typer.Option(
-            help="Local epochs per round.  [default: 1]", rich_help_panel=DATA, show_default=False
+            help="Local epochs per round.  \\[default: 1]", rich_help_panel=DATA, show_default=False
         ),
     ] = None,
     lr: Annotated[
         float | None,
         typer.Option(
-            help="Local SGD learning rate.  [default: 0.05]",
+            help="Local SGD learning rate.  \\[default: 0.05]",
             rich_help_panel=DATA,
             show_default=False,
         ),
@@ -187,7 +188,7 @@ def simulate(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Local batch size.  [default: 20]", rich_help_panel=DATA, show_default=False
+            help="Local batch size.  \\[default: 20]", rich_help_panel=DATA, show_default=False
         ),
     ] = None,
     qat: Annotated[
@@ -247,15 +248,15 @@ def simulate(
         typer.Option(
             "--set",
             help="Any config key: --set uplink.lossless=zlib (repeatable).",
-            rich_help_panel=OUT,
+            rich_help_panel=CONF,
             show_default=False,
         ),
     ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Results directory.  [default: runs/<time>-<preset>]",
-            rich_help_panel=OUT,
+            help="Results directory.  \\[default: runs/<time>-<preset>]",
+            rich_help_panel=CONF,
             show_default=False,
         ),
     ] = None,

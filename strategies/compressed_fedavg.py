@@ -102,8 +102,18 @@ class CompressedFedAvg(FedAvg):
         min_available_wait: seconds to wait for enough devices to connect.
 
     Examples:
-        >>> from stamen.strategies import CompressedFedAvg  # doctest: +SKIP
-        >>> strategy = CompressedFedAvg(model_factory=..., task=..., devices_per_round=10)
+        >>> from stamen.compression import DownlinkCodecConfig, UplinkCodecConfig
+        >>> from stamen.models import ModelSpec, build_model
+        >>> from stamen.task import TrainTask
+        >>> spec = ModelSpec(name="mlp", input_shape=(64,), num_classes=10)
+        >>> strategy = CompressedFedAvg(
+        ...     model_factory=lambda: build_model(spec),
+        ...     task=TrainTask(model=spec.name, uplink=UplinkCodecConfig(topk_ratio=0.05)),
+        ...     downlink=DownlinkCodecConfig(values="q8"),
+        ...     devices_per_round=10,
+        ... )
+        >>> strategy.task.uplink.topk_ratio
+        0.05
     """
 
     def __init__(
