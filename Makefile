@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy
+	$(BIN)/python scripts/typecheck.py
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

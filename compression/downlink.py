@@ -52,7 +52,7 @@ class DownlinkCodecConfig:
 
     def pipeline(self) -> CodecPipeline:
         """The codec stages this config describes."""
-        value_stage = {
+        value_stage: dict[ValueFormat, type[FP32 | FP16 | Int8Symmetric]] = {
             ValueFormat.FP32: FP32,
             ValueFormat.FP16: FP16,
             ValueFormat.Q8: Int8Symmetric,

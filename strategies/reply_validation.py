@@ -90,9 +90,11 @@ def validate_reply(
             raise InvalidUpdate(
                 f"update of {array_nbytes(array)} bytes exceeds the limit of {max_update_bytes}"
             )
-        decoded = decode_update(
-            array.numpy().tobytes(), expected_shapes=shapes, max_bytes=max_update_bytes
-        )
+        try:
+            payload = array.numpy().tobytes()
+        except Exception as error:  # a malformed serialized array from an untrusted peer
+            raise InvalidUpdate(f"update payload cannot be read: {error}") from None
+        decoded = decode_update(payload, expected_shapes=shapes, max_bytes=max_update_bytes)
         if decoded.round_num != server_round:
             raise InvalidUpdate(
                 f"update is for round {decoded.round_num}, this is round {server_round}"

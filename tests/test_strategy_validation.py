@@ -1,0 +1,141 @@
+"""The server's checks on each reply: what a malicious or broken device cannot get past."""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.supercore.task_identity import TaskIdentity
+
+from stamen.compression import DownlinkCodec, DownlinkCodecConfig, UplinkCodec, UplinkCodecConfig
+from stamen.errors import InvalidUpdate
+from stamen.strategies import SentModel, ValidUpdate, validate_reply
+from stamen.strategies.compressed_fedavg import apply_mean_delta
+from stamen.task import DENSE_KEY, METRICS_KEY, PAYLOAD, UPDATE_KEY
+
+MODEL = {
+    "w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+    "b": np.zeros(3, dtype=np.float32),
+}
+SHAPES = {name: value.shape for name, value in MODEL.items()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def task_identity() -> None:
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+
+
+def sent_model() -> SentModel:
+    encoded = DownlinkCodec(DownlinkCodecConfig()).encode(MODEL, round_num=3)
+    return SentModel(model_hash=encoded.model_hash, decoded=encoded.decoded, dense=MODEL)
+
+
+def reply(records: dict[str, ArrayRecord | MetricRecord]) -> Message:
+    instruction = Message(RecordDict(), dst_node_id=7, message_type="train")
+    return Message(RecordDict(records), reply_to=instruction)
+
+
+def encoded_reply(
+    *, round_num: int = 3, base_hash: str | None = None, num_examples: object = 10
+) -> Message:
+    delta = {name: np.full(shape, 0.5, dtype=np.float32) for name, shape in SHAPES.items()}
+    payload = (
+        UplinkCodec(UplinkCodecConfig())
+        .encode(
+            delta,
+            round_num=round_num,
+            base_model_hash=base_hash or sent_model().model_hash,
+            residual=None,
+            rng=np.random.default_rng(0),
+        )
+        .payload
+    )
+    return reply(
+        {
+            UPDATE_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(payload, np.uint8))}),
+            METRICS_KEY: MetricRecord({"num-examples": num_examples}),
+        }
+    )
+
+
+def check(message: Message, **kwargs: Any) -> ValidUpdate:
+    options: dict[str, Any] = {
+        "server_round": 3,
+        "sent": sent_model(),
+        "max_update_bytes": 2**20,
+    }
+    options.update(kwargs)
+    return validate_reply(message, **options)
+
+
+def test_a_valid_update_decodes_to_its_delta() -> None:
+    update = check(encoded_reply())
+    assert update.num_examples == 10
+    np.testing.assert_allclose(update.delta["w"], 0.5)
+
+
+@pytest.mark.parametrize(
+    ("message", "options", "reason"),
+    [
+        (lambda: encoded_reply(round_num=2), {}, "update is for round 2, this is round 3"),
+        (lambda: encoded_reply(base_hash="ab" * 32), {}, "computed against model abababababab"),
+        (lambda: encoded_reply(), {"max_update_bytes": 40}, "exceeds the limit of 40"),
+        (lambda: encoded_reply(num_examples=0), {}, "'num-examples' must be a whole number"),
+        (lambda: encoded_reply(num_examples=2.5), {}, "'num-examples' must be a whole number"),
+        (lambda: encoded_reply(), {"max_update_norm": 0.1}, "exceeds the bound"),
+        (lambda: reply({METRICS_KEY: MetricRecord({"num-examples": 3})}), {}, "has neither"),
+    ],
+)
+def test_bad_replies_are_refused_with_a_reason(
+    message: object, options: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(InvalidUpdate, match=reason):
+        check(message(), **options)
+
+
+def test_dense_replies_are_checked_for_shape_and_values() -> None:
+    metrics = MetricRecord({"num-examples": 4})
+    wrong_shape = {"w": Array(np.zeros((4, 3), np.float32)), "b": Array(np.zeros(3, np.float32))}
+    with pytest.raises(InvalidUpdate, match=r"'w' has shape \(4, 3\), expected \(3, 4\)"):
+        check(reply({DENSE_KEY: ArrayRecord(wrong_shape), METRICS_KEY: metrics}))
+    missing = {"w": Array(MODEL["w"])}
+    with pytest.raises(InvalidUpdate, match=r"missing \['b'\]"):
+        check(reply({DENSE_KEY: ArrayRecord(missing), METRICS_KEY: metrics}))
+    infinite = {"w": Array(np.full((3, 4), np.inf, np.float32)), "b": Array(MODEL["b"])}
+    with pytest.raises(InvalidUpdate, match="NaN or infinite"):
+        check(reply({DENSE_KEY: ArrayRecord(infinite), METRICS_KEY: metrics}))
+    plain = check(
+        reply(
+            {
+                DENSE_KEY: ArrayRecord({k: Array(v + 1) for k, v in MODEL.items()}),
+                METRICS_KEY: metrics,
+            }
+        )
+    )
+    np.testing.assert_allclose(plain.delta["w"], 1.0)
+
+
+def test_error_replies_become_one_line_reasons() -> None:
+    instruction = Message(RecordDict(), dst_node_id=7, message_type="train")
+    failed = Message(
+        Error(code=1, reason="Traceback\n  line 1\nValueError: boom"), reply_to=instruction
+    )
+    with pytest.raises(InvalidUpdate) as info:
+        check(failed)
+    assert "\n" not in str(info.value) and "boom" in str(info.value)
+
+
+def test_mean_delta_is_weighted_by_examples() -> None:
+    first = check(encoded_reply(num_examples=30))
+    second = check(
+        reply(
+            {
+                DENSE_KEY: ArrayRecord({k: Array(v) for k, v in MODEL.items()}),
+                METRICS_KEY: MetricRecord({"num-examples": 10}),
+            }
+        )
+    )
+    merged = apply_mean_delta(MODEL, [first, second])
+    np.testing.assert_allclose(merged["b"], 0.5 * 30 / 40)
