@@ -89,7 +89,7 @@ def test_a_valid_update_decodes_to_its_delta() -> None:
     ],
 )
 def test_bad_replies_are_refused_with_a_reason(
-    message: object, options: dict[str, object], reason: str
+    message: Callable[[], Message], options: dict[str, Any], reason: str
 ) -> None:
     with pytest.raises(InvalidUpdate, match=reason):
         check(message(), **options)

@@ -35,6 +35,7 @@ class IndexEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INDEX_ENCODING_NONE: _ClassVar[IndexEncoding]
     INDEX_ENCODING_VARINT_GAPS: _ClassVar[IndexEncoding]
     INDEX_ENCODING_BITPACKED: _ClassVar[IndexEncoding]
+    INDEX_ENCODING_RICE_GAPS: _ClassVar[IndexEncoding]
 
 class Lossless(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +59,7 @@ INDEX_ENCODING_UNSPECIFIED: IndexEncoding
 INDEX_ENCODING_NONE: IndexEncoding
 INDEX_ENCODING_VARINT_GAPS: IndexEncoding
 INDEX_ENCODING_BITPACKED: IndexEncoding
+INDEX_ENCODING_RICE_GAPS: IndexEncoding
 LOSSLESS_UNSPECIFIED: Lossless
 LOSSLESS_NONE: Lossless
 LOSSLESS_ZLIB: Lossless
