@@ -1,7 +1,7 @@
-"""Vectorised packing of unsigned integers: fixed-width bit packing and LEB128 varints.
+"""Vectorised packing of unsigned integers: fixed-width bits, LEB128 varints, Rice codes.
 
-Both formats are canonical, and the unpackers reject anything the packers would
-not have produced (non-zero padding bits, overlong varints). That way a payload
+All formats are canonical, and the unpackers reject anything the packers would
+not have produced (non-zero padding bits, overlong varints, trailing bytes). That way a payload
 has exactly one valid encoding, and a corrupted one fails loudly instead of
 decoding to something plausible. Unpackers raise :class:`stamen.errors.InvalidUpdate`.
 
@@ -17,6 +17,13 @@ from stamen.errors import InvalidUpdate
 MAX_PACKED_BITS = 32
 MAX_VARINT_BYTES = 5
 """Varints carry index gaps below 2**35; element counts are capped far lower."""
+MAX_GAP_BITS = 7 * MAX_VARINT_BYTES
+"""Rice codes carry the same gaps as varints: below ``2**MAX_GAP_BITS``."""
+MAX_RICE_PARAMETER = 30
+_RICE_BLOCK = 64
+"""Rice decoding follows the code chain this many codes per jump (see ``_follow``)."""
+_RICE_WINDOW_BYTES = 1 << 15
+"""Rice decoding works on windows of this many bytes, so its scratch memory is bounded."""
 
 
 def packed_size(count: int, bits: int) -> int:
@@ -128,3 +135,174 @@ def decode_varints(data: bytes, count: int) -> np.ndarray:
         group = raw[starts[has_byte] + byte_num].astype(np.int64) & 0x7F
         values[has_byte] |= group << (7 * byte_num)
     return values
+
+
+def rice_bit_count(values: np.ndarray, k: int) -> int:
+    """Bits that ``values`` take as Rice codes with parameter ``k`` (before byte padding)."""
+    flat = np.asarray(values, dtype=np.uint64).ravel()
+    return flat.size * (k + 1) + int((flat >> np.uint64(k)).sum())
+
+
+def best_rice_parameter(values: np.ndarray) -> int:
+    """The Rice parameter in ``0..MAX_RICE_PARAMETER`` that codes ``values`` in the fewest bits.
+
+    The bit count is convex in ``k`` (each step up adds one bit per value and saves
+    a non-increasing number of unary bits), so the first local minimum is the best.
+
+    Examples:
+        >>> best_rice_parameter(np.array([30, 35, 28, 40]))
+        4
+    """
+    best = 0
+    cost = rice_bit_count(values, 0)
+    for k in range(1, MAX_RICE_PARAMETER + 1):
+        next_cost = rice_bit_count(values, k)
+        if next_cost >= cost:
+            break
+        best, cost = k, next_cost
+    return best
+
+
+def encode_rice(values: np.ndarray, k: int) -> bytes:
+    """Rice-code non-negative integers below ``2**MAX_GAP_BITS`` with parameter ``k``.
+
+    Each value ``v`` becomes ``v >> k`` one-bits, a zero-bit, then the ``k`` low
+    bits of ``v``; the codes are concatenated MSB first and zero-padded to a byte.
+
+    Examples:
+        >>> encode_rice(np.array([0, 5, 9]), 2).hex()  # 0|00 10|01 110|01 + padding
+        '1390'
+    """
+    if not 0 <= k <= MAX_RICE_PARAMETER:
+        raise ValueError(f"Rice parameter must be in 0..{MAX_RICE_PARAMETER}; got {k}")
+    flat = np.asarray(values, dtype=np.uint64).ravel()
+    if flat.size and int(flat.max()) >> MAX_GAP_BITS:
+        raise ValueError(f"Rice-coded values must be below 2**{MAX_GAP_BITS}")
+    quotients = (flat >> np.uint64(k)).astype(np.int64)
+    code_ends = np.cumsum(quotients + (k + 1))
+    total = int(code_ends[-1]) if flat.size else 0
+    terminators = code_ends - (k + 1)
+    # Unary runs as a difference array: +1 where a run starts, -1 at its terminating zero.
+    steps = np.zeros(total + 1, dtype=np.int8)
+    steps[terminators - quotients] = 1
+    steps[terminators] -= 1
+    bits = np.cumsum(steps[:total], dtype=np.int8).astype(np.uint8)
+    for bit in range(k):
+        shift = np.uint64(k - 1 - bit)
+        bits[terminators + 1 + bit] = ((flat >> shift) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bits).tobytes()
+
+
+def decode_rice(data: bytes, count: int, k: int) -> np.ndarray:
+    """Inverse of :func:`encode_rice`: exactly ``count`` values as ``int64``.
+
+    Rejects a parameter outside ``0..MAX_RICE_PARAMETER``, a stream that ends
+    inside a code, trailing bytes, non-zero padding bits and values at or above
+    ``2**MAX_GAP_BITS``. Time is linear in ``len(data)``; memory is a fixed-size
+    window plus a few integers per code.
+    """
+    if not 0 <= k <= MAX_RICE_PARAMETER:
+        raise InvalidUpdate(f"Rice parameter must be in 0..{MAX_RICE_PARAMETER}; got {k}")
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if count == 0:
+        if raw.size:
+            raise InvalidUpdate(f"{raw.size} index bytes for 0 indices")
+        return np.zeros(0, dtype=np.int64)
+    total_bits = raw.size * 8
+    if total_bits < count * (k + 1):
+        raise InvalidUpdate(f"{raw.size} bytes cannot hold {count} Rice codes with k={k}")
+    terminators = np.empty(count, dtype=np.int64)
+    found = 0
+    position = 0  # no terminator lies before this bit
+    while found < count:
+        if position >= total_bits:
+            raise InvalidUpdate(f"Rice stream ends after {found} of {count} codes")
+        chain, window_end = _window_terminators(raw, position, k, count - found)
+        if chain.size == 0:  # a unary run longer than the window
+            position = window_end
+            continue
+        terminators[found : found + chain.size] = chain
+        found += chain.size
+        position = int(chain[-1]) + k + 1
+        if position > total_bits:
+            raise InvalidUpdate(f"Rice stream ends inside the remainder of code {found}")
+    if raw.size != packed_size(position, 1):
+        extra = raw.size - packed_size(position, 1)
+        raise InvalidUpdate(f"{extra} trailing byte(s) after the Rice codes")
+    if position % 8 and int(raw[-1]) & ((1 << (8 - position % 8)) - 1):
+        raise InvalidUpdate("non-zero padding bits after the Rice codes")
+    starts = np.concatenate(([0], terminators[:-1] + (k + 1)))
+    quotients = terminators - starts
+    if int(quotients.max()) >> (MAX_GAP_BITS - k):
+        raise InvalidUpdate(f"a Rice-coded value is not below 2**{MAX_GAP_BITS}")
+    return (quotients << k) | _bits_at(raw, terminators + 1, k)
+
+
+def _window_terminators(
+    raw: np.ndarray, position: int, k: int, limit: int
+) -> tuple[np.ndarray, int]:
+    """Terminating zero-bits of up to ``limit`` consecutive codes, within one window.
+
+    The first is the first zero at or after bit ``position``; each next one is the
+    first zero after the previous code's remainder. Remainder bits may be zeros
+    too, so which zeros terminate depends on the codes before: the chain is
+    followed with :func:`_follow`. Stops where the next terminator would lie past
+    the window. Returns absolute bit positions and the bit where the window ends.
+    """
+    first_byte = position // 8
+    window = np.unpackbits(raw[first_byte : first_byte + _RICE_WINDOW_BYTES])
+    base = first_byte * 8
+    is_zero = window == 0
+    is_zero[: position - base] = False
+    # zeros_before[p] is the number of the first zero at or after p (window-relative).
+    zeros_before = np.zeros(window.size + 1, dtype=np.int32)
+    np.cumsum(is_zero, out=zeros_before[1:])
+    zeros = np.flatnonzero(is_zero).astype(np.int32)
+    if zeros.size == 0:
+        return np.zeros(0, dtype=np.int64), base + window.size
+    # Past the window (or past the last zero) the successor is the end marker zeros.size.
+    successor = zeros_before[np.minimum(zeros + (k + 1), window.size)]
+    successor = np.append(successor, np.int32(zeros.size))
+    # Terminators are k + 1 bits apart or more, which bounds the chain's length.
+    longest = min(limit, (window.size - 1 - int(zeros[0])) // (k + 1) + 1)
+    chain = _follow(successor, longest)
+    chain = chain[: int(np.searchsorted(chain, zeros.size))]
+    return zeros[chain].astype(np.int64) + base, base + window.size
+
+
+def _follow(successor: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` nodes of the chain ``0, successor[0], successor[successor[0]], ...``.
+
+    ``successor`` increases along the chain and its last entry is a fixed point
+    (the end). Jumps of ``_RICE_BLOCK`` steps, built by squaring, leave a Python
+    loop of only ``count / _RICE_BLOCK`` steps; each block is then filled with
+    vectorised single steps. Work is linear in ``successor.size + count``.
+    """
+    blocks = -(-count // _RICE_BLOCK)
+    block_starts = np.zeros(blocks, dtype=successor.dtype)
+    if blocks > 1:
+        jump = successor
+        for _ in range(_RICE_BLOCK.bit_length() - 1):
+            jump = jump[jump]
+        node = 0
+        for block in range(1, blocks):
+            node = int(jump[node])
+            block_starts[block] = node
+    chain = np.empty((_RICE_BLOCK, blocks), dtype=successor.dtype)
+    chain[0] = block_starts
+    for step in range(1, min(count, _RICE_BLOCK)):
+        chain[step] = successor[chain[step - 1]]
+    return chain.T.ravel()[:count]
+
+
+def _bits_at(raw: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """The ``width``-bit (at most 32) MSB-first integers starting at bit ``starts``."""
+    if width == 0:
+        return np.zeros(starts.size, dtype=np.int64)
+    # width + 7 offset bits fit in 5 bytes; zero bytes past the end keep gathers in bounds.
+    padded = np.concatenate((raw, np.zeros(5, dtype=np.uint8)))
+    first = starts // 8
+    word = np.zeros(starts.size, dtype=np.int64)
+    for byte in range(5):
+        word = (word << 8) | padded[first + byte]
+    return (word >> (40 - starts % 8 - width)) & ((1 << width) - 1)

@@ -23,7 +23,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from stamen.compression.bitpack import encode_varints, pack_bits, packed_size, varint_sizes
+from stamen.compression.bitpack import (
+    best_rice_parameter,
+    encode_rice,
+    encode_varints,
+    pack_bits,
+    packed_size,
+    rice_bit_count,
+    varint_sizes,
+)
 from stamen.compression.tensor_decode import decode_tensor, index_bits_for
 from stamen.errors import ConfigError
 from stamen.protos.update.v1 import update_pb2 as pb
@@ -101,7 +109,7 @@ class TopK:
 class PackedValues:
     """Values as they go on the wire, with the fields needed to decode them."""
 
-    encoding: pb.ValueEncoding.ValueType
+    encoding: pb.ValueEncoding
     bits: int
     scale: float
     zero_point: float
@@ -311,16 +319,28 @@ class CodecPipeline:
 
 
 def _pack_indices(message: pb.CompressedTensor, positions: np.ndarray, size: int) -> bytes:
-    """Pick the smaller of varint gaps and fixed-width indices; record the choice."""
+    """Pick the smallest of fixed-width indices, varint gaps and Rice-coded gaps.
+
+    Records the choice (and the index width or Rice parameter) in ``message``;
+    on a tie the simpler encoding wins. Top-k gaps are close to geometric, for
+    which Rice codes come within a few percent of the entropy.
+    """
     gaps = np.diff(positions, prepend=-1) - 1
-    varint_bytes = int(varint_sizes(gaps).sum())
     width = index_bits_for(size)
-    if packed_size(positions.size, width) <= varint_bytes:
+    rice_k = best_rice_parameter(gaps)
+    bitpacked_bytes = packed_size(positions.size, width)
+    varint_bytes = int(varint_sizes(gaps).sum())
+    rice_bytes = packed_size(rice_bit_count(gaps, rice_k), 1)
+    if bitpacked_bytes <= min(varint_bytes, rice_bytes):
         message.index_encoding = pb.INDEX_ENCODING_BITPACKED
         message.index_bits = width
         return pack_bits(positions, width)
-    message.index_encoding = pb.INDEX_ENCODING_VARINT_GAPS
-    return encode_varints(gaps)
+    if varint_bytes <= rice_bytes:
+        message.index_encoding = pb.INDEX_ENCODING_VARINT_GAPS
+        return encode_varints(gaps)
+    message.index_encoding = pb.INDEX_ENCODING_RICE_GAPS
+    message.index_bits = rice_k
+    return encode_rice(gaps, rice_k)
 
 
 def _finish(

@@ -8,8 +8,9 @@ rounding (the straight-through estimator).
 from __future__ import annotations
 
 import torch
-from stamen.errors import ConfigError
 from torch import nn
+
+from stamen.errors import ConfigError
 
 WEIGHT_BITS = (2, 4, 8)
 ACTIVATION_BITS = (8,)

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from stamen.errors import ConfigError
 from torch import nn
 from torch.nn.utils import prune
+
+from stamen.errors import ConfigError
 
 MAX_TARGET_SPARSITY = 0.95
 

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from typing import Literal, Self
 
 import torch
+from torch import nn
+from torch.nn.utils import prune
+
 from stamen.compression.fake_quant import (
     ACTIVATION_BITS,
     WEIGHT_BITS,
@@ -35,8 +38,6 @@ from stamen.compression.fake_quant import (
     fake_quantize_weight,
 )
 from stamen.errors import ConfigError
-from torch import nn
-from torch.nn.utils import prune
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from stamen.compression.bitpack import (
+    MAX_RICE_PARAMETER,
     MAX_VARINT_BYTES,
+    decode_rice,
     decode_varints,
     packed_size,
     unpack_bits,
@@ -34,7 +36,12 @@ _SPARSITIES = frozenset(
     {pb.SPARSITY_ENCODING_DENSE, pb.SPARSITY_ENCODING_INDICES, pb.SPARSITY_ENCODING_BITMASK}
 )
 _INDEX_ENCODINGS = frozenset(
-    {pb.INDEX_ENCODING_NONE, pb.INDEX_ENCODING_VARINT_GAPS, pb.INDEX_ENCODING_BITPACKED}
+    {
+        pb.INDEX_ENCODING_NONE,
+        pb.INDEX_ENCODING_VARINT_GAPS,
+        pb.INDEX_ENCODING_BITPACKED,
+        pb.INDEX_ENCODING_RICE_GAPS,
+    }
 )
 _LOSSLESS = frozenset({pb.LOSSLESS_NONE, pb.LOSSLESS_ZLIB})
 _VALUE_BITS: dict[int, tuple[int, ...]] = {
@@ -126,8 +133,15 @@ def check_layout(
     if wants_index_list == (message.index_encoding == pb.INDEX_ENCODING_NONE):
         raise InvalidUpdate(f"{label}: index encoding does not match the sparsity encoding")
     bitpacked = message.index_encoding == pb.INDEX_ENCODING_BITPACKED
+    rice = message.index_encoding == pb.INDEX_ENCODING_RICE_GAPS
     width = index_bits_for(size) if bitpacked else 0
-    if message.index_bits != width:
+    if rice:
+        if message.index_bits > MAX_RICE_PARAMETER:
+            raise InvalidUpdate(
+                f"{label}: Rice parameter (index_bits) must be in 0..{MAX_RICE_PARAMETER}; "
+                f"got {message.index_bits}"
+            )
+    elif message.index_bits != width:
         raise InvalidUpdate(f"{label}: index_bits is {message.index_bits}, expected {width}")
 
     if sparsity == pb.SPARSITY_ENCODING_BITMASK:
@@ -138,6 +152,14 @@ def check_layout(
         indices_size = message.indices_size
         if not count <= indices_size <= MAX_VARINT_BYTES * count:
             raise InvalidUpdate(f"{label}: {indices_size} varint bytes for {count} indices")
+    elif rice:
+        indices_size = message.indices_size
+        low, high = _rice_size_range(count, size, message.index_bits)
+        if not low <= indices_size <= high:
+            raise InvalidUpdate(
+                f"{label}: {indices_size} Rice bytes for {count} indices with "
+                f"k={message.index_bits}, expected {low}..{high}"
+            )
     else:
         indices_size = 0
     if message.indices_size != indices_size:
@@ -248,12 +270,24 @@ def _decode_values(message: pb.CompressedTensor, data: bytes) -> np.ndarray:
         return decoded.astype(np.float32)
 
 
+def _rice_size_range(count: int, size: int, k: int) -> tuple[int, int]:
+    """Smallest and largest byte length of ``count`` Rice-coded gaps into ``size`` elements.
+
+    Every code takes at least ``k + 1`` bits. The gaps of valid indices sum to at
+    most ``size - count``, so their quotients sum to at most ``(size - count) >> k``:
+    that bounds the stream, and so the decoder's work, by the tensor's size.
+    """
+    return packed_size(count, k + 1), packed_size(count * (k + 1) + ((size - count) >> k), 1)
+
+
 def _decode_positions(message: pb.CompressedTensor, data: bytes, size: int) -> np.ndarray:
     count = message.num_values
     if message.index_encoding == pb.INDEX_ENCODING_BITPACKED:
         positions = unpack_bits(data, count, message.index_bits).astype(np.int64)
         if count > 1 and not np.all(np.diff(positions) > 0):
             raise InvalidUpdate("indices are not strictly increasing")
+    elif message.index_encoding == pb.INDEX_ENCODING_RICE_GAPS:
+        positions = np.cumsum(decode_rice(data, count, message.index_bits) + 1) - 1
     else:
         positions = np.cumsum(decode_varints(data, count) + 1) - 1
     if count and positions[-1] >= size:

@@ -25,7 +25,7 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
         "qat": {"enabled": True, "weight_bits": 8, "activation_bits": 8},
         "pruning": {"target_sparsity": 0.5, "method": "global"},
         "uplink": {
-            "topk_ratio": 0.01,
+            "topk_ratio": 0.045,
             "values": "q4",
             "error_feedback": True,
             "lossless": "zlib",

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+
 from stamen.data.dataset import Dataset
 from stamen.data.prepare import dataset_from_arrays
 from stamen.data.watch import recordings_to_features

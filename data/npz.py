@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from stamen.data.dataset import Dataset
 from stamen.data.prepare import dataset_from_arrays
 from stamen.errors import DataError

@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from stamen.data.dataset import Dataset
 from stamen.errors import ConfigError, DataError
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from stamen.data.dataset import Dataset, Normalization
 from stamen.errors import DataError
 

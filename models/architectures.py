@@ -9,9 +9,10 @@ where quantization-aware training finds them to fold the BatchNorm into the conv
 from __future__ import annotations
 
 import torch
-from stamen.errors import ConfigError
 from torch import nn
 from torch.nn import functional as F
+
+from stamen.errors import ConfigError
 
 _LENET_REFERENCE_SIZE = 28
 _LENET_KERNEL = 5

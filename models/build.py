@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
+
 from stamen.models.architectures import MLP, LeNet, MobileNet
 from stamen.models.spec import ModelName, ModelSpec
-from torch import nn
 
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:

@@ -9,6 +9,7 @@ under ``build/typecheck/stamen`` and checks ``-p stamen`` there: every
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -38,9 +39,20 @@ def build_tree() -> None:
 def main() -> int:
     """Build the tree and run mypy on it."""
     build_tree()
-    command = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
-               "-p", "stamen", *sys.argv[1:]]
-    return subprocess.run(command, cwd=TREE, check=False).returncode
+    config = ["--config-file", str(ROOT / "pyproject.toml")]
+    package = [sys.executable, "-m", "mypy", *config, "-p", "stamen", *sys.argv[1:]]
+    scripts = [
+        sys.executable,
+        "-m",
+        "mypy",
+        *config,
+        *(str(ROOT / folder) for folder in ("examples", "benchmarks", "scripts")),
+    ]
+    env = {**os.environ, "MYPYPATH": str(TREE)}
+    return max(
+        subprocess.run(command, cwd=TREE, env=env, check=False).returncode
+        for command in (package, scripts)
+    )
 
 
 if __name__ == "__main__":

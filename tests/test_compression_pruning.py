@@ -9,6 +9,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import prune
+
 from stamen.compression.pruning import (
     PruningConfig,
     PruningMethod,
@@ -22,9 +26,6 @@ from stamen.compression.pruning import (
 from stamen.compression.qat import QATConfig, prepare_qat
 from stamen.errors import ConfigError
 from stamen.models import ModelSpec, build_model, exchanged_state
-from torch import nn
-from torch.nn import functional as F
-from torch.nn.utils import prune
 
 LENET = ModelSpec("lenet", (1, 28, 28), num_classes=10)
 

@@ -7,6 +7,10 @@ import importlib
 
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import prune
+
 from stamen.compression.fake_quant import ActivationFakeQuantizer, fake_quantize_weight
 from stamen.compression.qat import (
     FoldedBatchNorm2d,
@@ -18,9 +22,6 @@ from stamen.compression.qat import (
 )
 from stamen.errors import ConfigError
 from stamen.models import ModelSpec, build_model, exchanged_state
-from torch import nn
-from torch.nn import functional as F
-from torch.nn.utils import prune
 
 
 def _observed(layer: QATLinear | QATConv2d, x: torch.Tensor) -> QATLinear | QATConv2d:

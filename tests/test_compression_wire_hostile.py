@@ -27,7 +27,8 @@ from stamen.compression import (
     decode_model,
     decode_update,
 )
-from stamen.compression.bitpack import encode_varints, pack_bits
+from stamen.compression.bitpack import encode_rice, encode_varints, pack_bits
+from stamen.compression.tensor_decode import decode_tensor
 from stamen.errors import InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
@@ -247,21 +248,43 @@ def test_zlib_stream_too_short_or_corrupt() -> None:
     rejects(edited_update(corrupt), "corrupt zlib stream")
 
 
-def _with_indices(positions: list[int], encoding: int) -> Callable[[pb.ModelUpdate], None]:
+def _with_indices(
+    positions: list[int], encoding: int, rice_k: int = 2
+) -> Callable[[pb.ModelUpdate], None]:
+    def edit(envelope: pb.ModelUpdate) -> None:
+        gaps = np.diff(positions, prepend=-1) - 1
+        if encoding == pb.INDEX_ENCODING_BITPACKED:
+            indices, index_bits = pack_bits(np.array(positions), 8), 8
+        elif encoding == pb.INDEX_ENCODING_RICE_GAPS:
+            indices, index_bits = encode_rice(gaps, rice_k), rice_k
+        else:
+            indices, index_bits = encode_varints(gaps), 0
+        _with_index_bytes(indices, len(positions), encoding, index_bits)(envelope)
+
+    return edit
+
+
+def _with_index_bytes(
+    indices: bytes, count: int, encoding: int, index_bits: int
+) -> Callable[[pb.ModelUpdate], None]:
+    """Replace fc.weight's index list (of an update sent with top-k) with raw bytes."""
+
     def edit(envelope: pb.ModelUpdate) -> None:
         tensor = weight(envelope)
         tensor.index_encoding = encoding
-        if encoding == pb.INDEX_ENCODING_BITPACKED:
-            tensor.index_bits = 8
-            tensor.indices = pack_bits(np.array(positions), 8)
-        else:
-            tensor.index_bits = 0
-            tensor.indices = encode_varints(np.diff(positions, prepend=-1) - 1)
-        tensor.indices_size = len(tensor.indices)
-        tensor.num_values = len(positions)
-        tensor.values = np.ones(len(positions), "<f4").tobytes()
+        tensor.index_bits = index_bits
+        tensor.indices = indices
+        tensor.indices_size = len(indices)
+        tensor.num_values = count
+        tensor.values = np.ones(count, "<f4").tobytes()
 
     return edit
+
+
+def _rice_stream(stream: bytes, count: int, k: int) -> bytes:
+    return edited_update(
+        _with_index_bytes(stream, count, pb.INDEX_ENCODING_RICE_GAPS, k), topk_ratio=0.1
+    )
 
 
 def test_bitpacked_indices_must_increase_and_be_in_range() -> None:
@@ -286,6 +309,98 @@ def test_varint_indices_must_be_in_range() -> None:
     )
 
 
+def test_rice_indices_must_be_in_range() -> None:
+    # Gaps 1, 0, 497 with k = 8: 28 bits, within the 4 bytes three codes may take.
+    rejects(
+        edited_update(
+            _with_indices([1, 2, 500], pb.INDEX_ENCODING_RICE_GAPS, rice_k=8), topk_ratio=0.1
+        ),
+        "index 500 out of range for 160 elements",
+    )
+
+
+def test_valid_rice_indices_decode() -> None:
+    update = edited_update(_with_indices([5, 9, 100], pb.INDEX_ENCODING_RICE_GAPS), topk_ratio=0.1)
+    decoded = decode_update(update, expected_shapes=SHAPES).tensors["fc.weight"]
+    assert np.flatnonzero(decoded).tolist() == [5, 9, 100]
+
+
+@pytest.mark.parametrize("k", [31, 2**32 - 1])
+def test_rice_parameter_out_of_range(k: int) -> None:
+    rejects(
+        _rice_stream(bytes(4), 3, k),
+        f"tensor 'fc.weight': Rice parameter \\(index_bits\\) must be in 0..30; got {k}",
+    )
+
+
+@pytest.mark.parametrize("length", [1, 7, 2**40])
+def test_rice_stream_length_must_fit_the_codes_and_the_tensor(length: int) -> None:
+    """3 codes with k = 2 take 9 bits or more; gaps into 160 elements, 48 bits at most."""
+
+    def claim(envelope: pb.ModelUpdate) -> None:
+        _with_index_bytes(bytes(min(length, 8)), 3, pb.INDEX_ENCODING_RICE_GAPS, 2)(envelope)
+        weight(envelope).indices_size = length
+        weight(envelope).lossless = pb.LOSSLESS_ZLIB  # a claimed size is checked before inflating
+
+    rejects(
+        edited_update(claim, topk_ratio=0.1),
+        f"{length} Rice bytes for 3 indices with k=2, expected 2..6",
+    )
+
+
+# Gaps 5, 3, 90 with k = 2: 10|01 0|11 1111111111111111111111|0|10 = 32 bits.
+RICE_5_9_100 = encode_rice(np.array([5, 3, 90]), 2)
+
+
+@pytest.mark.parametrize(
+    ("stream", "count", "k", "reason"),
+    [
+        (RICE_5_9_100[:-1], 3, 2, "Rice stream ends after 2 of 3 codes"),  # truncated
+        (b"\xff\xff", 3, 0, "Rice stream ends after 0 of 3 codes"),  # unary run past the end
+        (bytes([0b0000_1110]), 2, 3, "ends inside the remainder of code 2"),
+        (RICE_5_9_100 + b"\x00", 3, 2, "1 trailing byte\\(s\\) after the Rice codes"),
+        (RICE_5_9_100 + b"\x80", 3, 2, "1 trailing byte\\(s\\) after the Rice codes"),
+        # Gaps 5, 3 take 7 bits; the eighth is padding and must be zero.
+        (bytes([0b1001_0111]), 2, 2, "non-zero padding bits after the Rice codes"),
+    ],
+)
+def test_malformed_rice_streams(stream: bytes, count: int, k: int, reason: str) -> None:
+    assert len(RICE_5_9_100) == 4
+    rejects(_rice_stream(stream, count, k), f"tensor 'fc.weight': .*{reason}")
+
+
+def test_rice_stream_as_long_as_the_layout_allows_stays_cheap() -> None:
+    """The longest valid stream (all gaps 0 at k = 30) zips to almost nothing; decoding it
+    costs memory per index, not per bit: a per-bit work array would need about 1 GiB here."""
+    size = 2**18
+    stream = bytes(size * 31 // 8)
+    message = pb.CompressedTensor(
+        name="w",
+        shape=[size],
+        dtype=pb.DTYPE_FLOAT32,
+        value_encoding=pb.VALUE_ENCODING_UNIFORM,
+        bits=2,
+        sparsity=pb.SPARSITY_ENCODING_INDICES,
+        index_encoding=pb.INDEX_ENCODING_RICE_GAPS,
+        index_bits=30,
+        num_values=size,
+        indices_size=len(stream),
+        indices=zlib.compress(stream),
+        values=zlib.compress(bytes(size // 4)),
+        lossless=pb.LOSSLESS_ZLIB,
+    )
+    message.crc32 = zlib.crc32(message.values, zlib.crc32(message.indices))
+    assert len(message.SerializeToString()) < 2**12
+    tracemalloc.start()
+    try:
+        decoded = decode_tensor(message, expected_shape=(size,))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert decoded.shape == (size,)
+    assert peak < 40 * 2**20
+
+
 def test_bitmask_must_agree_with_value_count() -> None:
     envelope = pb.ModelPayload.FromString(model_bytes())
     masked = next(t for t in envelope.tensors if t.sparsity == pb.SPARSITY_ENCODING_BITMASK)
@@ -297,10 +412,22 @@ def test_bitmask_must_agree_with_value_count() -> None:
 
 # -- fuzzing ---------------------------------------------------------------------------------
 
+
+def _zip_indices(envelope: pb.ModelUpdate) -> None:
+    tensor = weight(envelope)
+    tensor.lossless = pb.LOSSLESS_ZLIB
+    tensor.indices = zlib.compress(tensor.indices)
+    tensor.values = zlib.compress(tensor.values)
+
+
 VALID = [
     update_bytes(),
     update_bytes(topk_ratio=0.1, values=ValueFormat.Q4, lossless=Lossless.ZLIB),
     update_bytes(topk_ratio=0.3, values=ValueFormat.Q2),
+    edited_update(_zip_indices, topk_ratio=0.2, values=ValueFormat.Q4),
+    edited_update(
+        _with_indices([0, 3, 60, 61, 159], pb.INDEX_ENCODING_VARINT_GAPS), topk_ratio=0.1
+    ),
 ]
 VALID_MODEL = model_bytes()
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -315,6 +442,18 @@ def decodes_or_rejects(payload: bytes) -> None:
     ):
         with contextlib.suppress(InvalidUpdate):
             decode()
+
+
+def test_fuzz_seeds_cover_every_index_encoding() -> None:
+    """The mutation fuzzers start from valid payloads that use each index encoding."""
+    tensors = [tensor for payload in VALID for tensor in pb.ModelUpdate.FromString(payload).tensors]
+    assert {t.index_encoding for t in tensors} == set(pb.IndexEncoding.values()) - {0}
+    assert any(
+        t.index_encoding == pb.INDEX_ENCODING_RICE_GAPS and t.lossless == pb.LOSSLESS_ZLIB
+        for t in tensors
+    )
+    for payload in VALID:
+        decode_update(payload, expected_shapes=SHAPES)
 
 
 @FUZZ
@@ -340,7 +479,7 @@ FIELD_VALUES: dict[str, st.SearchStrategy[object]] = {
     "index_encoding": st.integers(-3, 8),
     "lossless": st.integers(-3, 8),
     "bits": st.integers(0, 2**32 - 1),
-    "index_bits": st.integers(0, 2**32 - 1),
+    "index_bits": st.one_of(st.integers(0, 40), st.integers(0, 2**32 - 1)),
     "num_values": st.integers(0, 2**64 - 1),
     "indices_size": st.integers(0, 2**64 - 1),
     "scale": st.floats(width=32),
@@ -369,3 +508,48 @@ def test_fuzz_field_edits(payload: bytes, data: st.DataObject, resign: bool) -> 
         if resign:
             tensor.crc32 = zlib.crc32(tensor.values, zlib.crc32(tensor.indices))
     decodes_or_rejects(envelope.SerializeToString())
+
+
+@FUZZ
+@given(
+    st.lists(st.integers(0, 40), max_size=30),
+    st.integers(0, 31),
+    st.data(),
+    st.booleans(),
+    st.sampled_from(VALID[1:4]),
+)
+def test_fuzz_rice_streams(
+    gaps: list[int], k: int, data: st.DataObject, zipped: bool, payload: bytes
+) -> None:
+    """Valid, bit-flipped, cut and extended Rice streams, with consistent headers and
+    checksums, reach the Rice decoder: it decodes them or raises InvalidUpdate."""
+    stream = bytearray(encode_rice(np.array(gaps, dtype=np.int64), min(k, 30)))
+    flips = st.lists(st.integers(0, 8 * len(stream) - 1), max_size=2) if stream else st.just([])
+    for position in data.draw(flips):
+        stream[position // 8] ^= 0x80 >> (position % 8)
+    cut = data.draw(st.integers(0, len(stream)))
+    stream = stream[:cut] + data.draw(st.binary(max_size=3)) if data.draw(st.booleans()) else stream
+    count = len(gaps) + data.draw(st.integers(-1, 1)) if gaps else data.draw(st.integers(0, 1))
+
+    envelope = pb.ModelUpdate.FromString(payload)
+    tensor = weight(envelope)
+    tensor.index_encoding = pb.INDEX_ENCODING_RICE_GAPS
+    tensor.index_bits = k
+    tensor.num_values = count
+    tensor.indices_size = len(stream)
+    tensor.value_encoding = pb.VALUE_ENCODING_FP32
+    tensor.bits = 32
+    tensor.scale = tensor.zero_point = 0.0
+    values = np.ones(count, "<f4").tobytes()
+    if zipped and stream:
+        tensor.lossless = pb.LOSSLESS_ZLIB
+        tensor.indices, tensor.values = zlib.compress(bytes(stream)), zlib.compress(values)
+    else:
+        tensor.lossless = pb.LOSSLESS_NONE
+        tensor.indices, tensor.values = bytes(stream), values
+    tensor.crc32 = zlib.crc32(tensor.values, zlib.crc32(tensor.indices))
+    try:
+        decoded = decode_update(envelope.SerializeToString(), expected_shapes=SHAPES)
+    except InvalidUpdate:
+        return
+    assert np.count_nonzero(decoded.tensors["fc.weight"]) == count

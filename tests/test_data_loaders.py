@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from stamen.data import WATCH_FEATURES, Dataset, dataset_names, load_dataset
 from stamen.errors import DataError
 

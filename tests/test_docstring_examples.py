@@ -9,7 +9,6 @@ import pytest
 
 import stamen
 
-
 SUBPACKAGES = [
     "cli",
     "client",

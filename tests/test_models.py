@@ -9,6 +9,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils import prune
+
 from stamen.compression.qat import QATConfig, prepare_qat
 from stamen.errors import ConfigError
 from stamen.models import (
@@ -19,8 +22,6 @@ from stamen.models import (
     exchanged_state,
     load_exchanged_state,
 )
-from torch import nn
-from torch.nn.utils import prune
 
 IMAGE_SHAPES = [(1, 28, 28), (1, 8, 8)]
 
