@@ -57,13 +57,25 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark-presets"))
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Rebuild results.json and results.md from the runs already in --out.",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = [(preset, seed) for seed in args.seeds for preset in ("edge", "fp32")]
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, p, s, args.rounds, args.dataset, args.out) for p, s in jobs]
-        runs = [future.result() for future in futures]
+    if args.report_only:
+        runs = [stored_run(args.out, preset, seed) for preset, seed in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [
+                pool.submit(run_one, p, s, args.rounds, args.dataset, args.out) for p, s in jobs
+            ]
+            runs = [future.result() for future in futures]
+    for run in runs:
+        run["tail_accuracy"] = tail_accuracy(args.out / f"{run['preset']}-seed{run['seed']}")
     table = compare(runs)
     result = {
         "rounds": args.rounds,
@@ -88,7 +100,10 @@ TAIL_ROUNDS = 10
 
 def stored_run(out: Path, preset: str, seed: int) -> dict[str, Any]:
     """A finished run's summary, read back from its results directory."""
-    summary = json.loads((out / f"{preset}-seed{seed}" / "summary.json").read_text())
+    path = out / f"{preset}-seed{seed}" / "summary.json"
+    if not path.is_file():
+        raise SystemExit(f"no finished run at {path}; run without --report-only first")
+    summary = json.loads(path.read_text())
     return {"preset": preset, "seed": seed, **{k: v for k, v in summary.items() if k != "config"}}
 
 

@@ -17,10 +17,16 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from stamen.client.trainer import evaluate
-from stamen.compression import dense_nbytes
+from stamen.compression import dense_nbytes, model_hash
 from stamen.config import StamenConfig
 from stamen.data import Dataset, load_dataset
-from stamen.models import ModelSpec, build_model, count_parameters, exchanged_state
+from stamen.models import (
+    ModelSpec,
+    build_model,
+    count_parameters,
+    exchanged_state,
+    load_exchanged_state,
+)
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.strategies import CompressedFedAvg
 from stamen.strategies.compressed_fedavg import to_array_record, to_numpy
@@ -123,8 +129,6 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
 
 def load_state(model: nn.Module, arrays: ArrayRecord) -> None:
     """Load an ``ArrayRecord`` of exchanged tensors into ``model``."""
-    from stamen.models import load_exchanged_state
-
     load_exchanged_state(model, to_numpy(arrays))
 
 
@@ -202,6 +206,4 @@ def summarize(
 
 
 def _final_hash(arrays: ArrayRecord) -> str | None:
-    from stamen.compression import model_hash
-
     return model_hash(to_numpy(arrays)) if len(arrays) else None
