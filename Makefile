@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
+	$(BIN)/pip install --quiet --upgrade "pip>=24" "setuptools>=77" wheel
 	# torch first and pinned, so nothing later can pull a CUDA build.
 	$(BIN)/pip install --quiet "torch==2.13.*"
 	$(BIN)/pip install --quiet -e ".[simulation,datasets,dev]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -22,9 +23,11 @@ def human_bytes(count: float) -> str:
     """``1536`` to ``'1.5 KB'``."""
     for unit in ("B", "KB", "MB", "GB"):
         if abs(count) < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+            return (
+                f"{count:.0f} {unit}" if unit == "B" or abs(count) >= 100 else f"{count:.1f} {unit}"
+            )
         count /= 1000
-    return f"{count:.1f} GB"
+    return f"{count:.0f} GB"
 
 
 def ratio(dense: int, actual: int) -> str:
@@ -80,18 +83,19 @@ class ProgressReporter:
 
 def results_table(records: list[RoundRecord]) -> Table:
     """Accuracy and bytes per round, with the ratios against dense FP32 FedAvg."""
-    table = Table(title="Rounds", header_style="bold")
+    table = Table(title="Rounds", header_style="bold", box=box.SIMPLE_HEAD)
     for column in (
         "round",
         "accuracy",
         "uplink",
         "downlink",
-        "up vs fp32",
-        "down vs fp32",
+        "up ×",
+        "down ×",
         "sparsity",
         "rejected",
     ):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
+    table.caption = "×: times fewer bytes than FP32 FedAvg for the same devices"
     for record in records:
         table.add_row(
             str(record.round),

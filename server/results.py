@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from stamen.server.reporting import RoundRecord
 
 LOG = logging.getLogger("stamen.server")
@@ -65,18 +67,23 @@ def plot_rounds(records: list[RoundRecord], path: Path) -> None:
     acc_ax.plot(rounds, [100 * r.accuracy for r in records], marker="o", markersize=3)
     acc_ax.set(xlabel="round", ylabel="test accuracy (%)", title="Global model accuracy")
     acc_ax.grid(alpha=0.3)
+    for axis in (acc_ax, bytes_ax):
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    uplink_fp32 = [r.uplink_bytes_fp32 for r in records]
+    downlink_fp32 = [r.downlink_bytes_fp32 for r in records]
     series = [
         ("uplink", [r.uplink_bytes for r in records], "-"),
-        ("uplink, dense fp32", [r.uplink_bytes_fp32 for r in records], ":"),
         ("downlink", [r.downlink_bytes for r in records], "-"),
-        ("downlink, dense fp32", [r.downlink_bytes_fp32 for r in records], ":"),
     ]
+    if uplink_fp32 == downlink_fp32:
+        series.append(("FP32 FedAvg, each way", uplink_fp32, ":"))
+    else:
+        series += [
+            ("uplink, FP32 FedAvg", uplink_fp32, ":"),
+            ("downlink, FP32 FedAvg", downlink_fp32, ":"),
+        ]
     for label, values, style in series:
-        total, cumulative = 0, []
-        for value in values:
-            total += value
-            cumulative.append(total / 1e6)
-        bytes_ax.plot(rounds, cumulative, style, label=label)
+        bytes_ax.plot(rounds, np.cumsum(values) / 1e6, style, label=label)
     bytes_ax.set(xlabel="round", ylabel="cumulative MB", title="Bytes on the wire", yscale="log")
     bytes_ax.legend()
     bytes_ax.grid(alpha=0.3)
