@@ -39,9 +39,9 @@ typecheck: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
-## benchmark: edge vs fp32 on MNIST, several seeds (about 20 minutes on 2 cores)
+## benchmark: edge vs fp32 on MNIST, three seeds, 150 rounds (about 20 minutes on 2 cores)
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/presets.py --out runs/benchmark-presets
+	$(BIN)/python benchmarks/presets.py --rounds 150 --seeds 0 1 2 --out runs/benchmark-presets
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
