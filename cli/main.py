@@ -345,7 +345,7 @@ def setup_logging(verbose: bool) -> None:
 
 def fail(message: str) -> None:
     """Print a one-line error and exit with status 2 (no traceback)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

@@ -20,7 +20,9 @@ from stamen.client.trainer import evaluate
 from stamen.compression import dense_nbytes, model_hash
 from stamen.config import StamenConfig
 from stamen.data import Dataset, load_dataset
+from stamen.errors import ConfigError
 from stamen.models import (
+    ModelName,
     ModelSpec,
     build_model,
     count_parameters,
@@ -37,8 +39,14 @@ LOG = logging.getLogger("stamen.server")
 
 def model_spec(config: StamenConfig, dataset: Dataset) -> ModelSpec:
     """The model architecture for this config and dataset."""
+    model = config.training.model
+    if model is not ModelName.MLP and len(dataset.input_shape) != 3:
+        raise ConfigError(
+            f"training.model {model.value} needs images, but dataset {dataset.name!r} holds "
+            f"feature vectors of shape {dataset.input_shape}; use model mlp"
+        )
     return ModelSpec(
-        name=config.training.model,
+        name=model,
         input_shape=dataset.input_shape,
         num_classes=dataset.num_classes,
         width=config.training.width,

@@ -12,10 +12,12 @@ from typing import Any
 
 from flwr.app import Context, RecordDict
 
-from stamen.client import FleetData, client_app
+from stamen.client import FleetData, client_app, device_data
 from stamen.config import Backend, StamenConfig, to_run_config
+from stamen.data import load_dataset
 from stamen.errors import ConfigError
 from stamen.server import CollectingReporter, Reporters, RoundReporter, server_app
+from stamen.server.federation import model_spec
 from stamen.simulations.local_grid import LocalGrid, MessageHook
 
 LOG = logging.getLogger("stamen.simulations")
@@ -46,6 +48,7 @@ def simulate(
         2
     """
     os.environ.update(QUIET_ENV)
+    preflight(config)
     collector = CollectingReporter()
     reporters = Reporters(reporter, collector)
     if config.federation.backend is Backend.LOCAL:
@@ -65,6 +68,17 @@ def simulate(
         raise RuntimeError("the federation ended without a summary; see the log above")
     collector.summary["backend"] = config.federation.backend.value
     return collector.summary
+
+
+def preflight(config: StamenConfig) -> None:
+    """Fail fast, with one clear error, on what would otherwise fail on every device.
+
+    Loads the dataset, splits it and checks the model fits it, in this process,
+    before any device starts (the local backend reuses the cached results).
+    """
+    fleet = fleet_of(config)
+    model_spec(config, load_dataset(config.data.dataset))
+    device_data(fleet, 0)
 
 
 def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:

@@ -41,12 +41,15 @@ def test_help_lists_commands_and_simulate_help_explains_flags() -> None:
         (["--set", "uplink.topk_ratio=2"], "uplink.topk_ratio"),
         (["--config", "missing.toml"], "config file not found: missing.toml"),
         (["--set", "training.optimizer=adam"], "unknown key 'training.optimizer'"),
+        (["--dataset", "npz:/no/such/file.npz"], "dataset file not found: /no/such/file.npz"),
+        (["--dataset", "digits", "--num-devices", "5000"], "there are only 1437 training rows"),
+        (["--dataset", "watch"], "holds feature vectors of shape (48,); use model mlp"),
     ],
 )
 def test_bad_input_is_one_clear_line_without_traceback(args: list[str], message: str) -> None:
     result = runner.invoke(app, ["simulate", *args])
     assert result.exit_code == 2
-    assert message in result.output.replace("\n", " ")
+    assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
 
 
