@@ -323,9 +323,11 @@ def simulate(
     out_dir = out or Path("runs") / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{config.preset.value}"
     setup_logging(verbose)
     try:
-        run_simulation_command(console, config, out_dir)
+        interrupted = run_simulation_command(console, config, out_dir)
     except StamenError as error:
         fail(str(error))
+    if interrupted:
+        raise typer.Exit(code=130)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flwr.app import Message
 from rich import box
 from rich.console import Console
 from rich.progress import (
@@ -38,9 +39,9 @@ def ratio(dense: int, actual: int) -> str:
 class ProgressReporter:
     """Shows one progress bar over rounds, with the latest accuracy and traffic."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, devices_per_round: int | None = None) -> None:
         self.progress = Progress(
-            TextColumn("[bold]round"),
+            TextColumn("[bold]{task.description:>7}"),
             MofNCompleteColumn(),
             BarColumn(),
             TextColumn("{task.fields[status]}"),
@@ -50,16 +51,34 @@ class ProgressReporter:
             console=console,
             transient=False,
         )
+        self.devices_per_round = devices_per_round
         self.task_id: Any = None
+        self.device_task_id: Any = None
+        self.total_rounds = 0
         self.uplink = 0
         self.uplink_fp32 = 0
 
     def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
-        """Start the bar."""
+        """Start the bars: rounds, and devices within the round where they are visible."""
         self.progress.start()
+        self.total_rounds = total_rounds
         self.task_id = self.progress.add_task(
-            "rounds", total=total_rounds, status=f"acc {100 * initial_accuracy:5.1f}%"
+            "round", total=total_rounds, status=f"acc {100 * initial_accuracy:5.1f}%"
         )
+        if self.devices_per_round is not None:
+            self.device_task_id = self.progress.add_task(
+                "devices", total=self.devices_per_round, status="training"
+            )
+
+    def on_device_reply(self, instruction: Message, reply: Message) -> None:
+        """One device of the current round has answered (a ``LocalGrid`` hook)."""
+        if self.device_task_id is not None and instruction.metadata.message_type == "train":
+            failed = reply.has_error()
+            self.progress.update(
+                self.device_task_id,
+                advance=1,
+                status="[red]last device failed[/]" if failed else "training",
+            )
 
     def on_round(self, record: RoundRecord) -> None:
         """Advance the bar and show the round's outcome."""
@@ -71,6 +90,13 @@ class ProgressReporter:
             f"({ratio(self.uplink_fp32, self.uplink)} smaller){rejected}"
         )
         self.progress.update(self.task_id, advance=1, status=status)
+        if self.device_task_id is not None and record.round >= self.total_rounds:
+            self.progress.remove_task(self.device_task_id)
+            self.device_task_id = None
+        elif self.device_task_id is not None:
+            self.progress.reset(
+                self.device_task_id, total=self.devices_per_round, status="training"
+            )
 
     def on_finish(self, summary: dict[str, Any]) -> None:
         """Stop the bar."""

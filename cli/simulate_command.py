@@ -9,14 +9,19 @@ from typing import Any
 from rich.console import Console
 
 from stamen.cli.render import ProgressReporter, results_table, summary_lines
-from stamen.config import StamenConfig
+from stamen.config import Backend, StamenConfig
 from stamen.server import CollectingReporter, Reporters, ResultsWriter
 from stamen.server.federation import summarize
 from stamen.simulations import simulate
 
 
-def run_simulation_command(console: Console, config: StamenConfig, out_dir: Path) -> None:
-    """Run with a progress bar, then print the per-round table and the headline."""
+def run_simulation_command(console: Console, config: StamenConfig, out_dir: Path) -> bool:
+    """Run with a progress bar, then print the per-round table and the headline.
+
+    Ctrl-C stops the run after writing everything the finished rounds produced;
+    the return value says whether that happened.
+    """
+    interrupted = False
     fed = config.federation
     console.print(
         f"[bold]Stamen[/] · preset [bold]{config.preset.value}[/] · {config.data.dataset} · "
@@ -24,13 +29,17 @@ def run_simulation_command(console: Console, config: StamenConfig, out_dir: Path
         f"/round · {fed.rounds} rounds · {config.data.partition.value} · "
         f"{fed.backend.value} backend"
     )
-    progress = ProgressReporter(console)
+    local = config.federation.backend is Backend.LOCAL
+    progress = ProgressReporter(console, fed.devices_per_round if local else None)
     collector = CollectingReporter()
     writer = ResultsWriter(out_dir)
     started = time.perf_counter()
     try:
-        summary = simulate(config, Reporters(progress, collector, writer))
+        summary = simulate(
+            config, Reporters(progress, collector, writer), on_reply=progress.on_device_reply
+        )
     except KeyboardInterrupt:
+        interrupted = True
         progress.stop()
         console.print(
             f"[yellow]interrupted after {len(collector.records)} rounds; "
@@ -45,6 +54,7 @@ def run_simulation_command(console: Console, config: StamenConfig, out_dir: Path
     for line in summary_lines(summary):
         console.print(line)
     console.print(f"results: {out_dir}/ (metrics.jsonl, summary.json, rounds.png)")
+    return interrupted
 
 
 def print_config(console: Console, config: StamenConfig) -> None:

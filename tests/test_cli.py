@@ -1,6 +1,10 @@
 """The ``stamen`` command line as a user meets it."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +90,51 @@ def test_simulate_runs_prints_the_table_and_writes_results(tmp_path: Path) -> No
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2
     assert summary["config"]["data"]["dataset"] == "digits"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ctrl_c_stops_cleanly_and_keeps_the_finished_rounds(tmp_path: Path) -> None:
+    """A real ``stamen simulate`` process, interrupted mid-run, writes what it finished."""
+    out = tmp_path / "run"
+    stamen = Path(sys.executable).parent / "stamen"
+    process = subprocess.Popen(
+        [
+            str(stamen),
+            "simulate",
+            "--dataset",
+            "digits",
+            "--model",
+            "mlp",
+            "--num-devices",
+            "10",
+            "--devices-per-round",
+            "5",
+            "--rounds",
+            "500",
+            "--partition",
+            "iid",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (
+            not metrics.exists() or len(metrics.read_text().splitlines()) < 3
+        ):
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output
+    assert "interrupted after" in output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert 3 <= summary["rounds"] == len((out / "metrics.jsonl").read_text().splitlines()) < 500
