@@ -36,7 +36,12 @@ _PREFIX = "stamen."
 
 @dataclass(frozen=True)
 class TrainTask:
-    """One round of local training, as the server configured it."""
+    """One round of local training, as the server configured it.
+
+    It repeats some of :class:`stamen.config.TrainingSettings` on purpose: this
+    is the device-facing contract, which devices parse without ever seeing a
+    Stamen config, and which must stay stable while user-facing settings grow.
+    """
 
     round_num: int = 0
     """Set by the strategy for each round."""

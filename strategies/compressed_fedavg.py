@@ -155,7 +155,7 @@ class CompressedFedAvg(FedAvg):
         self.stats: dict[int, RoundStats] = {}
         self.stamen_nodes: set[int] = set()
         self.plain_nodes: set[int] = set()
-        self._sent: dict[int, SentModel] = {}
+        self._sent: SentModel | None = None
         self._waited_for_devices = False
 
     def summary(self) -> None:
@@ -233,16 +233,20 @@ class CompressedFedAvg(FedAvg):
         encoded = DownlinkCodec(self.downlink).encode(
             dense, round_num=server_round, masks=self.masks or None
         )
-        sent = SentModel(model_hash=encoded.model_hash, decoded=encoded.decoded, dense=dense)
-        self._sent = {server_round: sent}
-        self._payload = np.frombuffer(encoded.payload, dtype=np.uint8)
-        return sent
+        self._sent = SentModel(
+            model_hash=encoded.model_hash,
+            decoded=encoded.decoded,
+            dense=dense,
+            round_num=server_round,
+            payload=encoded.payload,
+        )
+        return self._sent
 
     def _message(
         self, node_id: int, sent: SentModel, task: TrainTask, message_type: str, stats: RoundStats
     ) -> Message:
         records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
-            MODEL_KEY: ArrayRecord({PAYLOAD: Array(self._payload)}),
+            MODEL_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(sent.payload, np.uint8))}),
             CONFIG_KEY: task.to_config_record(),
         }
         if self.plain_client_compat and node_id not in self.stamen_nodes:
@@ -267,8 +271,8 @@ class CompressedFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate every reply, then apply the weighted mean of the accepted deltas."""
         stats = self.stats.setdefault(server_round, RoundStats(server_round))
-        sent = self._sent.get(server_round)
-        if sent is None:
+        sent = self._sent
+        if sent is None or sent.round_num != server_round:
             LOG.error("round %d: replies arrived for a round that was never sent", server_round)
             return None, None
         accepted: list[ValidUpdate] = []

@@ -31,6 +31,9 @@ class SentModel:
     """The model as devices reconstruct it: deltas are relative to this."""
     dense: dict[str, np.ndarray]
     """The exact global model, which plain Flower clients receive."""
+    round_num: int = 0
+    payload: bytes = b""
+    """The encoded model on the wire."""
 
 
 @dataclass(frozen=True)
