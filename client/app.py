@@ -11,6 +11,9 @@ Examples:
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -35,6 +38,7 @@ from stamen.task import (
     METRICS_KEY,
     MODEL_KEY,
     NUM_EXAMPLES,
+    OUT_KEY,
     PAYLOAD,
     RESIDUAL_KEY,
     UPDATE_KEY,
@@ -64,10 +68,20 @@ def client_app(fleet: FleetData | None = None) -> ClientApp:
 
 def fleet_from_context(context: Context) -> FleetData:
     """The fleet's data settings from Flower's run and node config."""
-    # "out" is the ServerApp's results directory (server/app.py), not a StamenConfig key.
-    config = from_run_config({k: v for k, v in context.run_config.items() if k != "out"})
-    num_devices = int(context.node_config.get("num-partitions", config.federation.num_devices))
-    return FleetData(config.data, num_devices=num_devices, seed=config.federation.seed)
+    run_config = tuple(sorted((k, v) for k, v in context.run_config.items() if k != OUT_KEY))
+    return _fleet(run_config, context.node_config.get("num-partitions"))
+
+
+@functools.lru_cache(maxsize=4)
+def _fleet(run_config: tuple[tuple[str, Any], ...], num_partitions: object) -> FleetData:
+    # Parsed once per process and run config, not once per message.
+    config = from_run_config(dict(run_config))
+    num_devices = num_partitions if isinstance(num_partitions, int) else None
+    return FleetData(
+        config.data,
+        num_devices=num_devices or config.federation.num_devices,
+        seed=config.federation.seed,
+    )
 
 
 def partition_id(context: Context) -> int:

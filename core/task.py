@@ -30,6 +30,8 @@ METRICS_KEY = "metrics"
 RESIDUAL_KEY = "stamen.residual"
 """Device state: the error-feedback residual, kept between rounds."""
 NUM_EXAMPLES = "num-examples"
+OUT_KEY = "out"
+"""Run-config key, outside StamenConfig, naming the ServerApp's results directory."""
 
 _PREFIX = "stamen."
 

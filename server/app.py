@@ -15,9 +15,7 @@ from stamen.config import StamenConfig, from_run_config
 from stamen.server.federation import run_federation
 from stamen.server.reporting import Reporters, RoundReporter
 from stamen.server.results import ResultsWriter
-
-OUT_KEY = "out"
-"""Run-config key (outside StamenConfig) naming a results directory for ``flwr run``."""
+from stamen.task import OUT_KEY
 
 
 def server_app(
