@@ -342,7 +342,9 @@ def setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=err_console, show_path=False)],
         force=True,
     )
-    logging.getLogger("flwr").setLevel(level)
+    # Flower's warnings without --verbose are mostly deprecation notices about the
+    # APIs Stamen wraps; Stamen's own warnings (rejected updates) stay visible.
+    logging.getLogger("flwr").setLevel(level if verbose else logging.ERROR)
 
 
 def fail(message: str) -> None:

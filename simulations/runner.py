@@ -22,7 +22,12 @@ from stamen.simulations.local_grid import LocalGrid, MessageHook
 
 LOG = logging.getLogger("stamen.simulations")
 
-QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
 
 
 def fleet_of(config: StamenConfig) -> FleetData:
@@ -101,6 +106,9 @@ def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:
                 "num_cpus": cpus,
                 "include_dashboard": False,
                 "object_store_memory": 256 * 2**20,
+                # Device failures come back as rejections with reasons; the actors'
+                # own chatter is for --verbose.
+                "log_to_driver": LOG.isEnabledFor(logging.INFO),
             },
         },
     )
