@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import zlib
 
 import numpy as np
@@ -280,14 +279,12 @@ def test_rice_encoding_round_trips_with_any_parameter(gaps: list[int], k: int) -
     assert decode_rice(data, len(gaps), k).tolist() == gaps
 
 
-def test_rice_decoding_10000_indices_is_fast() -> None:
+def test_rice_decoding_round_trips_10000_real_indices() -> None:
+    # 10,000 codes cross the decoder's 64-code jumps over 150 times.
     positions = np.sort(np.random.default_rng(5).choice(200_000, 10_000, replace=False))
     gaps = np.diff(positions, prepend=-1) - 1
     k = best_rice_parameter(gaps)
-    data = encode_rice(gaps, k)
-    started = time.perf_counter()
-    decoded = decode_rice(data, gaps.size, k)
-    assert time.perf_counter() - started < 0.1  # about 1 ms in practice
+    decoded = decode_rice(encode_rice(gaps, k), gaps.size, k)
     np.testing.assert_array_equal(decoded, gaps)
 
 
