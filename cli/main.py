@@ -332,8 +332,6 @@ def simulate(
 
 def setup_logging(verbose: bool) -> None:
     """Route logs through rich; Flower's chatter only with --verbose."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(
         level=level,

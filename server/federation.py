@@ -30,7 +30,7 @@ from stamen.models import (
     load_exchanged_state,
 )
 from stamen.server.reporting import RoundRecord, RoundReporter
-from stamen.strategies import CompressedFedAvg
+from stamen.strategies import CompressedFedAvg, RoundStats
 from stamen.strategies.compressed_fedavg import to_array_record, to_numpy
 from stamen.task import TrainTask
 
@@ -144,23 +144,8 @@ def round_record(
     strategy: CompressedFedAvg, server_round: int, accuracy: float, loss: float, seconds: float
 ) -> RoundRecord:
     """Combine the strategy's traffic stats with the central evaluation."""
-    stats = strategy.stats.get(server_round)
-    if stats is None:
-        return RoundRecord(
-            round=server_round,
-            accuracy=accuracy,
-            loss=loss,
-            sampled=0,
-            accepted=0,
-            rejected=0,
-            uplink_bytes=0,
-            downlink_bytes=0,
-            uplink_bytes_fp32=0,
-            downlink_bytes_fp32=0,
-            sparsity=0.0,
-            train_loss=None,
-            seconds=seconds,
-        )
+    # A round whose configure step never ran (no devices) still gets a zero record.
+    stats = strategy.stats.get(server_round) or RoundStats(server_round)
     return RoundRecord(
         round=server_round,
         accuracy=accuracy,
@@ -175,6 +160,7 @@ def round_record(
         sparsity=stats.sparsity,
         train_loss=stats.train_loss,
         seconds=seconds,
+        plain_clients=stats.plain_clients,
         rejections=[{"node_id": r.node_id, "reason": r.reason} for r in stats.rejections],
     )
 

@@ -29,6 +29,8 @@ class RoundRecord:
     sparsity: float
     train_loss: float | None
     seconds: float
+    plain_clients: int = 0
+    """Accepted updates that came from plain Flower ClientApps (dense weights)."""
     rejections: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -154,7 +154,6 @@ class CompressedFedAvg(FedAvg):
         self.masks: dict[str, np.ndarray] = {}
         self.stats: dict[int, RoundStats] = {}
         self.stamen_nodes: set[int] = set()
-        self.plain_nodes: set[int] = set()
         self._sent: SentModel | None = None
         self._waited_for_devices = False
 
@@ -295,7 +294,8 @@ class CompressedFedAvg(FedAvg):
                     "round %d: rejected update from node %d: %s", server_round, node_id, error
                 )
                 continue
-            (self.plain_nodes if update.plain else self.stamen_nodes).add(node_id)
+            if not update.plain:
+                self.stamen_nodes.add(node_id)
             stats.plain_clients += int(update.plain)
             accepted.append(update)
         stats.accepted = len(accepted)

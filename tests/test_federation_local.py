@@ -121,6 +121,7 @@ def test_plain_flower_client_takes_part_and_is_aggregated() -> None:
     )
     reporter = run_on(grid, config)
     assert all(r.accepted == 4 and r.rejected == 0 for r in reporter.records)
+    assert all(r.plain_clients == 1 for r in reporter.records)
     assert reporter.records[-1].accuracy > 0.3
 
 

@@ -255,8 +255,8 @@ def flower_home(tmp_path: Path) -> Iterator[FlowerHome]:
 def copy_of_app(destination: Path) -> Path:
     """A copy of the repository to ``flwr run``.
 
-    ``flwr run`` rewrites the app's pyproject.toml when it still has a
-    ``[tool.flwr.federations]`` table, so it never runs on the checkout itself.
+    ``flwr run`` migrates and may rewrite an app's pyproject.toml, and its
+    local SuperLink writes next to the app, so it never runs on the checkout.
     The folder is not named ``stamen``: Ray puts the working directory on its
     workers' ``sys.path``, where a ``stamen/`` folder would shadow the package.
     """
