@@ -14,23 +14,31 @@ from stamen.config.loading import (
     to_run_config,
 )
 from stamen.config.settings import (
+    AttackKind,
+    AttackSettings,
     Backend,
     DataSettings,
     FederationSettings,
     Preset,
     QATSettings,
     StamenConfig,
+    StrategyName,
+    StrategySettings,
     TrainingSettings,
 )
 
 __all__ = [
     "PRESETS",
+    "AttackKind",
+    "AttackSettings",
     "Backend",
     "DataSettings",
     "FederationSettings",
     "Preset",
     "QATSettings",
     "StamenConfig",
+    "StrategyName",
+    "StrategySettings",
     "TrainingSettings",
     "from_run_config",
     "load_config",

@@ -61,6 +61,7 @@ ALIASES: dict[str, str] = {
     "local-epochs": "training.local_epochs",
     "batch-size": "training.batch_size",
     "lr": "training.lr",
+    "strategy": "strategy.name",
 }
 """Short names accepted in Flower's run config and as CLI flags."""
 

@@ -30,7 +30,8 @@ from stamen.models import (
     load_exchanged_state,
 )
 from stamen.server.reporting import RoundRecord, RoundReporter
-from stamen.strategies import CompressedFedAvg, RoundStats
+from stamen.strategies import CompressedFedAvg, FedBuff, RoundStats
+from stamen.strategies import build_strategy as build_named_strategy
 from stamen.strategies.compressed_fedavg import to_array_record, to_numpy
 from stamen.task import TrainTask
 
@@ -71,9 +72,10 @@ def train_task(config: StamenConfig) -> TrainTask:
 
 
 def build_strategy(config: StamenConfig, spec: ModelSpec) -> CompressedFedAvg:
-    """The compressed FedAvg strategy this config describes."""
+    """The strategy this config describes (``strategy.name``), over compressed updates."""
     federation = config.federation
-    return CompressedFedAvg(
+    return build_named_strategy(
+        config.strategy,
         model_factory=functools.partial(build_model, spec),
         task=train_task(config),
         downlink=config.downlink,
@@ -131,6 +133,11 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
         wall_seconds=time.perf_counter() - started,
     )
     summary["final_model_sha256"] = _final_hash(result.arrays)
+    summary["strategy"] = config.strategy.name.value
+    if isinstance(strategy, FedBuff):
+        summary["staleness_histogram"] = {
+            str(k): v for k, v in strategy.staleness_histogram().items()
+        }
     reporter.on_finish(summary)
     return summary
 
@@ -162,6 +169,7 @@ def round_record(
         seconds=seconds,
         plain_clients=stats.plain_clients,
         rejections=[{"node_id": r.node_id, "reason": r.reason} for r in stats.rejections],
+        staleness=list(getattr(strategy, "staleness", {}).get(server_round, [])),
     )
 
 
