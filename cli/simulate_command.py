@@ -27,7 +27,7 @@ def run_simulation_command(console: Console, config: StamenConfig, out_dir: Path
         f"[bold]Stamen[/] · preset [bold]{config.preset.value}[/] · {config.data.dataset} · "
         f"{config.training.model.value} · {fed.num_devices} devices, {fed.devices_per_round}"
         f"/round · {fed.rounds} rounds · {config.data.partition.value} · "
-        f"{fed.backend.value} backend"
+        f"{fed.backend.value} backend · strategy {config.strategy.name.value}"
     )
     local = config.federation.backend is Backend.LOCAL
     progress = ProgressReporter(console, fed.devices_per_round if local else None)

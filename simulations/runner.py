@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from flwr.app import Context, RecordDict
+from flwr.clientapp import ClientApp
 
 from stamen.client import FleetData, client_app, device_data
 from stamen.config import Backend, StamenConfig, to_run_config
@@ -18,6 +19,7 @@ from stamen.data import load_dataset
 from stamen.errors import ConfigError
 from stamen.server import CollectingReporter, Reporters, RoundReporter, server_app
 from stamen.server.federation import model_spec
+from stamen.simulations.attacks import with_attack
 from stamen.simulations.local_grid import LocalGrid, MessageHook
 
 LOG = logging.getLogger("stamen.simulations")
@@ -35,6 +37,12 @@ def fleet_of(config: StamenConfig) -> FleetData:
     return FleetData(
         config.data, num_devices=config.federation.num_devices, seed=config.federation.seed
     )
+
+
+def fleet_app(config: StamenConfig) -> ClientApp:
+    """The fleet's ClientApp, with the ``[attack]`` section's attackers when one is set."""
+    fed = config.federation
+    return with_attack(client_app(fleet_of(config)), config.attack, fed.num_devices, fed.seed)
 
 
 def simulate(
@@ -58,7 +66,7 @@ def simulate(
     reporters = Reporters(reporter, collector)
     if config.federation.backend is Backend.LOCAL:
         grid = LocalGrid(
-            client_app(fleet_of(config)),
+            fleet_app(config),
             config.federation.num_devices,
             run_config=to_run_config(config),
             on_reply=on_reply,
@@ -98,7 +106,7 @@ def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:
     cpus = os.cpu_count() or 1
     run_simulation(
         server_app=server_app(config, reporter),
-        client_app=client_app(fleet_of(config)),
+        client_app=fleet_app(config),
         num_supernodes=config.federation.num_devices,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

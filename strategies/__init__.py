@@ -8,7 +8,7 @@ from stamen.strategies.compressed_fedavg import (
     to_numpy,
 )
 from stamen.strategies.fedadam import FedAdam
-from stamen.strategies.fedbuff import FedBuff
+from stamen.strategies.fedbuff import FedBuff, staleness_scaled
 from stamen.strategies.fedprox import FedProx
 from stamen.strategies.fedyogi import FedYogi
 from stamen.strategies.krum import Krum, krum_scores, krum_select
@@ -39,6 +39,7 @@ __all__ = [
     "krum_scores",
     "krum_select",
     "norm_bounded_mean",
+    "staleness_scaled",
     "to_array_record",
     "to_numpy",
     "trimmed_mean",

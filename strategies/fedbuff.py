@@ -165,18 +165,7 @@ class FedBuff(CompressedFedAvg):
         stats = self.stats[aggregation]
         stats.accepted = len(buffer)
         self.staleness[aggregation] = [staleness for _, staleness in buffer]
-        # Scaling each delta by its staleness weight before the (example-weighted) mean
-        # gives sum(n_i w_i d_i) / sum(n_i), the paper's staleness-scaled average.
-        scaled = [
-            dataclasses.replace(
-                update,
-                delta={
-                    name: value * (self.server_lr * self.staleness_weight(staleness))
-                    for name, value in update.delta.items()
-                },
-            )
-            for update, staleness in buffer
-        ]
+        scaled = staleness_scaled(buffer, self.staleness_exponent, self.server_lr)
         model = self.apply_delta(run.model, self.aggregate_deltas(scaled))
         if self.masks:
             model = apply_masks_np(model, self.masks)
@@ -189,6 +178,32 @@ class FedBuff(CompressedFedAvg):
             LOG.error("aggregation %d gave non-finite weights; model unchanged", aggregation)
             return None, metrics
         return to_array_record(model), metrics
+
+
+def staleness_scaled(
+    buffer: list[tuple[ValidUpdate, int]], exponent: float, server_lr: float = 1.0
+) -> list[ValidUpdate]:
+    """Each delta times ``server_lr / (1 + staleness) ** exponent``.
+
+    Their example-weighted mean is then ``server_lr * sum(n_i w_i d_i) / sum(n_i)``:
+    the paper's staleness-scaled average, with devices weighted by their examples.
+
+    Examples:
+        >>> import numpy as np
+        >>> fresh = ValidUpdate({"w": np.array([1.0])}, 1, 0, False, None)
+        >>> [float(u.delta["w"][0]) for u in staleness_scaled([(fresh, 0), (fresh, 3)], 0.5)]
+        [1.0, 0.5]
+    """
+    return [
+        dataclasses.replace(
+            update,
+            delta={
+                name: value * (server_lr * (1.0 + staleness) ** -exponent)
+                for name, value in update.delta.items()
+            },
+        )
+        for update, staleness in buffer
+    ]
 
 
 class _AsyncRun:
