@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         fleet_mix,
     )
     from stamen.simulations.runner import fleet_of, run_on_ray, simulate
+    from stamen.simulations.sim_grid import SimulationGrid
 
 _EXPORTS = {
     "LocalGrid": "stamen.simulations.local_grid",
@@ -32,9 +33,22 @@ _EXPORTS = {
     "fleet_of": "stamen.simulations.runner",
     "run_on_ray": "stamen.simulations.runner",
     "simulate": "stamen.simulations.runner",
+    "SimulationGrid": "stamen.simulations.sim_grid",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Fleet",
+    "FleetMix",
+    "FleetPreset",
+    "LocalGrid",
+    "SimulationGrid",
+    "TierProfile",
+    "build_fleet",
+    "fleet_mix",
+    "fleet_of",
+    "run_on_ray",
+    "simulate",
+]
 
 
 def __getattr__(name: str) -> Any:
