@@ -250,6 +250,8 @@ class SimulationGrid(Grid):
                     Error(code=DEVICE_DROPPED_OUT, reason="device dropped out"), reply_to=message
                 )
                 completion = self._complete(message, None)
+                if self._on_reply is not None:
+                    self._on_reply(message, reply)
             else:
                 completion = self._complete(message, reply)
             results.append((completion, reply))
