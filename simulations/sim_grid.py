@@ -39,6 +39,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from stamen.fleet import RoundPolicy, RoundTiming
 from stamen.simulations.profiles import Fleet
 from stamen.simulations.workers import DeviceRunner, ReplyHook, RunConfig, WorkerPool
+from stamen.strategies.reply_validation import reply_wire_bytes
 from stamen.task import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES
 
 LOG = logging.getLogger("stamen.simulations")
@@ -244,8 +245,8 @@ class SimulationGrid(Grid):
         by_id = {id(m): replies[i] for i, m in enumerate(runnable)}
         results = []
         for message in batch:
-            reply = by_id.get(id(message))
-            if reply is None:
+            answer = by_id.get(id(message))
+            if answer is None:
                 reply = Message(
                     Error(code=DEVICE_DROPPED_OUT, reason="device dropped out"), reply_to=message
                 )
@@ -253,6 +254,7 @@ class SimulationGrid(Grid):
                 if self._on_reply is not None:
                     self._on_reply(message, reply)
             else:
+                reply = answer
                 completion = self._complete(message, reply)
             results.append((completion, reply))
         return results
@@ -267,7 +269,7 @@ class SimulationGrid(Grid):
         if not 0 <= pid < self.fleet.num_devices:
             return Completion(self._now, self._now, dropped=reply is None)
         tier = self.fleet.tier(pid)
-        seconds = tier.download_seconds(content_bytes(message))
+        seconds = tier.download_seconds(reply_wire_bytes(message))
         if reply is not None and not reply.has_error():
             samples = reply_samples(reply)
             seconds += tier.train_seconds(
@@ -275,19 +277,8 @@ class SimulationGrid(Grid):
                 epochs=local_epochs(message),
                 flops_per_sample=self.flops_per_sample,
             )
-            seconds += tier.upload_seconds(content_bytes(reply))
+            seconds += tier.upload_seconds(reply_wire_bytes(reply))
         return Completion(self._now, self._now + seconds, dropped=reply is None)
-
-
-def content_bytes(message: Message) -> int:
-    """Bytes of the arrays a message carries: what dominates its size on the wire."""
-    if message.has_error():
-        return 0
-    return sum(
-        len(array.data)
-        for record in message.content.array_records.values()
-        for array in record.values()
-    )
 
 
 def local_epochs(message: Message) -> int:

@@ -80,15 +80,15 @@ def summarize_runs(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[Sw
     """Group ``(overrides, summary)`` pairs by everything but the seed."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for overrides, summary in runs:
-        setting = {k: v for k, v in overrides.items() if k != SEED_KEY}
-        groups.setdefault(run_label(setting) or "default", []).append(summary)
+        label = run_label({k: v for k, v in overrides.items() if k != SEED_KEY})
+        groups.setdefault(label or "default", []).append(summary)
     rows = []
-    for setting, summaries in groups.items():
+    for name, summaries in groups.items():
         accuracies = [s["final_accuracy"] or 0.0 for s in summaries]
         ratios = [s["uplink_compression"] for s in summaries if s.get("uplink_compression")]
         rows.append(
             SweepRow(
-                setting=setting,
+                setting=name,
                 seeds=len(summaries),
                 accuracy_mean=statistics.fmean(accuracies),
                 accuracy_std=statistics.pstdev(accuracies),

@@ -115,8 +115,8 @@ class WorkerPool:
                 connection.send(batch)
                 pending[connection] = len(batch)
         while pending:
-            for connection in wait(list(pending)):
-                assert isinstance(connection, Connection)
+            for ready in wait(list(pending)):
+                connection = pending_connection(ready)
                 try:
                     index, reply = connection.recv()
                 except EOFError:
@@ -167,6 +167,13 @@ def _serve(runner: DeviceRunner, connection: Connection) -> None:
             return
         for index, message in batch:
             connection.send((index, runner.run(message)))
+
+
+def pending_connection(ready: object) -> Connection:
+    """``wait`` returns what it was given: here, always a pipe end."""
+    if not isinstance(ready, Connection):
+        raise TypeError(f"expected a pipe connection, got {type(ready).__name__}")
+    return ready
 
 
 def default_workers() -> int:
