@@ -44,6 +44,8 @@ class RoundRecord:
     """The round's duration on the grid's clock (simulated seconds on a simulation)."""
     clock: float = 0.0
     """The grid's clock at the end of the round."""
+    evaluated: bool = True
+    """False when ``federation.eval_every`` skipped this round: accuracy is the last measured."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values."""
