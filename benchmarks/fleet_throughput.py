@@ -7,10 +7,11 @@ machine and in the same invocation, so the figures compare as ratios:
 - ``stamen-ray``: Stamen's apps (``--preset fp32``) on Flower's Simulation Engine;
 - ``stamen-local-fp32`` and ``stamen-local-edge``: Stamen's simulation grid.
 
-For each it reports steady-state device-updates per second (rounds after the
-first), the time from the start of the run to the start of round 1, and the
-peak memory summed over the whole process tree (PSS, so pages shared after a
-fork count once). Writes ``results.json`` and ``results.md`` into ``--out``.
+For each it reports steady-state device-updates per second (rounds 2 to R-1:
+no start-up, no final central evaluation), the time from the start of the run
+to the start of round 1, and the peak memory summed over the whole process
+tree (PSS, so pages shared after a fork count once). Writes ``results.json``
+and ``results.md`` into ``--out``.
 
     python benchmarks/fleet_throughput.py --out runs/benchmark-throughput
 """
@@ -114,6 +115,7 @@ def run_stamen(
             "batch-size": 20,
             "lr": 0.05,
             "fleet.preset": "ideal",
+            "federation.eval_every": rounds,
         }
     )
     simulate(config, Marks())
@@ -226,7 +228,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     parser.add_argument("--scales", nargs="+", default=["1000:100", "10000:1000"])
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per run (first is warm-up)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds per run; the first and last are not timed"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark-throughput"))
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--devices", type=int, help=argparse.SUPPRESS)
