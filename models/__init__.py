@@ -7,6 +7,7 @@ arrays, whether the model is plain, prepared for QAT, or pruned.
 
 from stamen.models.architectures import MLP, LeNet, MobileNet, scaled_channels
 from stamen.models.build import build_model
+from stamen.models.cost import forward_macs, training_flops_per_sample
 from stamen.models.spec import ModelName, ModelSpec
 from stamen.models.state import (
     DEVICE_LOCAL_ATTRIBUTE,
@@ -25,6 +26,8 @@ __all__ = [
     "build_model",
     "count_parameters",
     "exchanged_state",
+    "forward_macs",
     "load_exchanged_state",
     "scaled_channels",
+    "training_flops_per_sample",
 ]

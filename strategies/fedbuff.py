@@ -42,6 +42,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from stamen.errors import ConfigError
+from stamen.fleet import RoundTiming
 from stamen.strategies.compressed_fedavg import (
     LOG,
     CompressedFedAvg,
@@ -114,6 +115,17 @@ class FedBuff(CompressedFedAvg):
         """How many aggregated updates had each staleness, over the whole run."""
         counts = Counter(s for values in self.staleness.values() for s in values)
         return dict(sorted(counts.items()))
+
+    def timing(self, aggregation: int) -> RoundTiming:
+        """One aggregation as a round: its messages and, on a clocked grid, its duration."""
+        stats = self.stats.get(aggregation) or RoundStats(aggregation)
+        clock = self.clock.get(aggregation, 0.0)
+        return RoundTiming(
+            dispatched=stats.sampled,
+            participants=stats.accepted + len(stats.rejections),
+            seconds=clock - self.clock.get(aggregation - 1, 0.0),
+            clock=clock,
+        )
 
     def start(
         self,
