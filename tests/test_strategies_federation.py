@@ -33,6 +33,9 @@ def digits(**overrides: Any) -> StamenConfig:
         "lr": 0.1,
         "local-epochs": 2,
         "preset": "fp32",
+        # Every device online, none drops out: counts in these tests are exact.
+        "fleet.preset": "ideal",
+        "federation.workers": 1,
     }
     base.update(overrides)
     return load_config(overrides=base)
@@ -149,14 +152,22 @@ def test_every_strategy_rejects_non_finite_updates(name: StrategyName, kind: str
     config = digits(
         rounds=2,
         strategy=name.value,
-        **{"attack.kind": kind, "attack.fraction": 0.3, "strategy.buffer_size": 10},
+        **{
+            "attack.kind": kind,
+            "attack.fraction": 0.4,
+            "num-devices": 5,
+            "devices-per-round": 5,
+            "local-epochs": 1,
+            "strategy.buffer_size": 3,
+            "strategy.krum_byzantine": 1,
+        },
     )
     reporter = CollectingReporter()
     simulate(config, reporter)
     rejections = [r for record in reporter.records for r in record.rejections]
     assert rejections and all("not all finite" in r["reason"] for r in rejections)
     assert all(math.isfinite(record.loss) for record in reporter.records)
-    assert reporter.records[-1].accuracy > 0.2
+    assert reporter.records[-1].accuracy > reporter.initial_accuracy
 
 
 def test_stale_replays_are_rejected_as_from_another_round() -> None:
