@@ -164,7 +164,8 @@ class FedBuff(CompressedFedAvg):
                 self.clock[aggregation] = float(now)
             if evaluate_fn is not None and (res := evaluate_fn(aggregation, result.arrays)):
                 result.evaluate_metrics_serverapp[aggregation] = res
-            run.publish(aggregation + 1)
+            if aggregation < num_rounds:
+                run.publish(aggregation + 1)
         if run.in_flight:
             LOG.info(
                 "FedBuff: %d updates still in flight at the end are dropped", len(run.in_flight)
@@ -274,8 +275,11 @@ class _AsyncRun:
         deadline = time.monotonic() + timeout
         while len(self.buffer) < strategy.buffer_size:
             self.dispatch()
-            if not self.in_flight:
-                return None
+            if not self.in_flight:  # no device connected (yet): wait for one
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(strategy.poll_interval)
+                continue
             replies = list(self.grid.pull_messages(list(self.in_flight)))
             if not replies:
                 if time.monotonic() > deadline:

@@ -7,7 +7,7 @@ from flwr.app import ConfigRecord
 from typer.testing import CliRunner
 
 from stamen.cli.main import app
-from stamen.config import StrategyName, load_config
+from stamen.config import AttackKind, StrategyName, load_config, parse_assignment
 from stamen.errors import ConfigError
 from stamen.task import TrainTask
 
@@ -49,3 +49,9 @@ def test_proximal_mu_is_optional_on_the_wire() -> None:
     record["stamen.proximal-mu"] = -1.0
     with pytest.raises(ConfigError, match="proximal-mu' must be >= 0"):
         TrainTask.from_config_record(ConfigRecord(dict(record)))
+
+
+def test_set_attack_kind_nan_means_the_name_not_a_float() -> None:
+    for text, kind in (("attack.kind=nan", AttackKind.NAN), ("attack.kind=inf", AttackKind.INF)):
+        key, value = parse_assignment(text)
+        assert load_config(overrides={key: value}).attack.kind is kind
