@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from stamen import __version__
 from stamen.config import Backend, Preset, load_config, parse_assignment
@@ -454,7 +455,7 @@ def setup_logging(verbose: bool) -> None:
 
 def fail(message: str) -> None:
     """Print a one-line error and exit with status 2 (no traceback)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

@@ -100,6 +100,12 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
     strategy = build_strategy(config, spec)
     x_test = torch.tensor(dataset.x_test)
     y_test = torch.tensor(dataset.y_test)
+    if x_test.dim() == 4:
+        # Channels-last convolutions and pooling evaluate 1.5-2x faster on CPU.
+        x_test = x_test.contiguous(memory_format=torch.channels_last)
+        for parameter in model.parameters():
+            if parameter.dim() == 4:
+                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
     records: list[RoundRecord] = []
     round_started = [time.perf_counter()]
 
