@@ -17,6 +17,7 @@ from stamen.config import Backend, StamenConfig, to_run_config
 from stamen.data import load_dataset
 from stamen.errors import ConfigError
 from stamen.server import CollectingReporter, Reporters, RoundReporter, server_app
+from stamen.server.control import RunControl
 from stamen.server.federation import model_spec
 from stamen.simulations.local_grid import LocalGrid, MessageHook
 
@@ -42,8 +43,11 @@ def simulate(
     reporter: RoundReporter | None = None,
     *,
     on_reply: MessageHook | None = None,
+    control: RunControl | None = None,
 ) -> dict[str, Any]:
     """Run the federation ``config`` describes and return its summary.
+
+    ``control`` (optional) lets a monitor pause, stop or re-tune the run between rounds.
 
     Examples:
         >>> from stamen.config import load_config
@@ -66,9 +70,9 @@ def simulate(
         context = Context(
             run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
         )
-        server_app(config, reporters)(grid, context)
+        server_app(config, reporters, control)(grid, context)
     else:
-        run_on_ray(config, reporters)
+        run_on_ray(config, reporters, control)
     if collector.summary is None:
         raise RuntimeError("the federation ended without a summary; see the log above")
     collector.summary["backend"] = config.federation.backend.value
@@ -86,7 +90,9 @@ def preflight(config: StamenConfig) -> None:
     device_data(fleet, 0)
 
 
-def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:
+def run_on_ray(
+    config: StamenConfig, reporter: RoundReporter, control: RunControl | None = None
+) -> None:
     """Run on Flower's Simulation Engine (Ray), one CPU per virtual device."""
     try:
         import ray  # noqa: F401
@@ -97,7 +103,7 @@ def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:
         ) from None
     cpus = os.cpu_count() or 1
     run_simulation(
-        server_app=server_app(config, reporter),
+        server_app=server_app(config, reporter, control),
         client_app=client_app(fleet_of(config)),
         num_supernodes=config.federation.num_devices,
         backend_config={

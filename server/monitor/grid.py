@@ -1,0 +1,112 @@
+"""A Grid wrapper that tells the monitor which devices each round asked and who answered.
+
+It works with any ``flwr.serverapp.Grid`` (the simulation grid, Flower's
+grids, the edge grid), because it only watches the messages going through.
+A grid that knows device tiers may offer ``tier_of(node_id) -> str``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from stamen.strategies.reply_validation import array_nbytes, reply_wire_bytes
+
+if TYPE_CHECKING:
+    from stamen.server.monitor.state import MonitorState
+
+
+class ObservedGrid(Grid):
+    """Delegates to ``inner`` and reports training messages and replies to ``state``."""
+
+    def __init__(self, inner: Grid, state: MonitorState) -> None:
+        self.inner = inner
+        self.state = state
+
+    @property
+    def run(self) -> Run:
+        """The inner grid's run."""
+        return self.inner.run
+
+    def set_run(self, run: Run) -> None:
+        """Forward to the inner grid."""
+        self.inner.set_run(run)
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Forward to the inner grid."""
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Forward to the inner grid."""
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Report the round start, then forward."""
+        messages = list(messages)
+        self._started(messages)
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Forward, then report each reply."""
+        replies = list(self.inner.pull_messages(message_ids))
+        self._replied(replies)
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Report the round start, forward, then report each reply."""
+        messages = list(messages)
+        self._started(messages)
+        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        self._replied(replies)
+        return replies
+
+    def _started(self, messages: list[Message]) -> None:
+        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        if not train:
+            return
+        tier_of = getattr(self.inner, "tier_of", None)
+        nodes = [m.metadata.dst_node_id for m in train]
+        self.state.round_started(
+            _round_of(train[0]),
+            nodes,
+            downlink_bytes={
+                m.metadata.dst_node_id: sum(
+                    array_nbytes(a) for r in m.content.array_records.values() for a in r.values()
+                )
+                for m in train
+            },
+            tiers={n: str(tier_of(n)) for n in nodes} if callable(tier_of) else None,
+        )
+
+    def _replied(self, replies: list[Message]) -> None:
+        for reply in replies:
+            if reply.metadata.message_type != MessageType.TRAIN:
+                continue
+            error = reply.error.reason if reply.has_error() else None
+            self.state.device_replied(
+                _round_of(reply),
+                reply.metadata.src_node_id,
+                uplink_bytes=reply_wire_bytes(reply),
+                error=error,
+            )
+
+
+def _round_of(message: Message) -> int:
+    """The round a message belongs to: Flower's strategies put it in ``group_id``."""
+    try:
+        return int(message.metadata.group_id)
+    except ValueError:
+        return 0
