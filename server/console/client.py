@@ -145,5 +145,24 @@ def snapshot(client: MonitorClient, with_devices: bool = False) -> dict[str, Any
     return result
 
 
+ENUM_PREFIXES = ("RUN_STATE_", "HEALTH_", "DEVICE_STATE_", "EVENT_KIND_")
+
+
 def _to_dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
+    """JSON-ready: 64-bit integers as numbers, enum values as short lower-case words."""
+    result: dict[str, Any] = _plain(MessageToDict(message, preserving_proto_field_name=True))
+    return result
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        if value.isdigit():
+            return int(value)
+        for prefix in ENUM_PREFIXES:
+            if value.startswith(prefix):
+                return value.removeprefix(prefix).lower()
+    return value
