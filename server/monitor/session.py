@@ -13,10 +13,12 @@ Examples:
 
 from __future__ import annotations
 
+import threading
 from types import TracebackType
+from typing import Any
 
 from stamen.config import StamenConfig
-from stamen.server.control import RunControl
+from stamen.server.control import ControlRefused, RunControl
 from stamen.server.monitor.metrics import MetricsServer, start_metrics
 from stamen.server.monitor.service import MonitorServer, MonitorSettings, start_monitor
 from stamen.server.monitor.state import MonitorState
@@ -43,6 +45,9 @@ class MonitoredRun:
         self.state = MonitorState(config, self.control)
         self._server: MonitorServer | None = None
         self.metrics: MetricsServer | None = None
+        self.thread: threading.Thread | None = None
+        self.summary: dict[str, Any] | None = None
+        self.error: BaseException | None = None
 
     @property
     def server(self) -> MonitorServer:
@@ -62,8 +67,33 @@ class MonitoredRun:
                 raise
         return self
 
+    def simulate_in_background(self) -> threading.Thread:
+        """Run the simulation of :attr:`config` in a thread (demos, tests, screenshots).
+
+        The summary lands in :attr:`summary`, an exception in :attr:`error`.
+        """
+        from stamen.simulations import simulate
+
+        def target() -> None:
+            try:
+                self.summary = simulate(self.config, self.state, control=self.control)
+            except BaseException as error:  # kept for the caller, who joins the thread
+                self.error = error
+
+        self.thread = threading.Thread(target=target, name="federation", daemon=True)
+        self.thread.start()
+        return self.thread
+
     def stop(self) -> None:
-        """Stop the endpoints (idempotent)."""
+        """Stop the endpoints (idempotent); a background run is stopped and joined."""
+        if self.thread is not None:
+            if not self.control.state.ended:
+                try:
+                    self.control.stop()
+                except ControlRefused:
+                    pass
+            self.thread.join(timeout=120)
+            self.thread = None
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
