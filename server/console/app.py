@@ -178,6 +178,8 @@ class ConsoleApp(App[None]):
             self.call_from_thread(self._polled, status, devices)
 
     def _polled(self, status: Any, devices: list[Any]) -> None:
+        if self.connection != "connected" and not self.refused:
+            self.connection, self.problem = "connected", ""
         self.status = status
         self.table.show(devices)
         self._render_header()

@@ -25,15 +25,18 @@ class Chart(Vertical):
     def __init__(self, title: str, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.title = title
+        # Made here, so that data arriving before the chart is mounted is kept.
+        self.caption = Label(f"{title} -")
+        self.sparkline = Sparkline([])
 
     def compose(self) -> ComposeResult:
-        yield Label(f"{self.title} -")
-        yield Sparkline([])
+        yield self.caption
+        yield self.sparkline
 
     def show(self, values: list[float], latest: str) -> None:
         """Plot ``values``; the caption shows ``latest``."""
-        self.query_one(Label).update(f"{self.title} {latest}")
-        self.query_one(Sparkline).data = list(values)
+        self.caption.update(f"{self.title} {latest}")
+        self.sparkline.data = list(values)
 
 
 class DeviceTable(DataTable[str]):
