@@ -90,8 +90,10 @@ def console_command(
         settings = connection(server, token, token_file, tls_ca, tls_server_name)
     except StamenError as error:
         fail(str(error))
-    from stamen.server.console import ConsoleApp
-
+    try:
+        from stamen.server.console.app import ConsoleApp
+    except ImportError:
+        fail("the console needs Textual: pip install 'stamen[console]'")
     ConsoleApp(settings).run()
 
 

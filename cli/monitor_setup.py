@@ -86,7 +86,5 @@ def start_monitored_run(
         soft_wrap=True,
     )
     if run.metrics is not None:
-        console.print(
-            f"metrics: http://{options.host}:{run.metrics.port}/metrics", highlight=False
-        )
+        console.print(f"metrics: http://{options.host}:{run.metrics.port}/metrics", highlight=False)
     return run

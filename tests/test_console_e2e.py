@@ -1,4 +1,4 @@
-"""``stamen console`` in a real terminal (tmux) attached to a real ``stamen simulate --monitor-port``."""
+"""``stamen console`` in a real terminal (tmux), attached to ``stamen simulate --monitor-port``."""
 
 from __future__ import annotations
 
@@ -76,8 +76,18 @@ def test_console_in_tmux_follows_and_stops_a_simulation(tmp_path: Path) -> None:
             ]
         )
         subprocess.run(
-            [*tmux, "new-session", "-d", "-s", "console", "-x", "80", "-y", "24",
-             f"{command}; echo console exited $?; sleep 60"],
+            [
+                *tmux,
+                "new-session",
+                "-d",
+                "-s",
+                "console",
+                "-x",
+                "80",
+                "-y",
+                "24",
+                f"{command}; echo console exited $?; sleep 60",
+            ],
             check=True,
             env={**env, "TERM": "xterm-256color"},
         )

@@ -1,4 +1,4 @@
-"""The console, driven headless by Textual's pilot, against a real monitor fed by a real federation."""
+"""The console, driven headless by Textual's pilot, against a monitor fed by a real federation."""
 
 from __future__ import annotations
 
@@ -68,9 +68,11 @@ def test_header_devices_and_log_show_the_run(run: MonitoredRun) -> None:
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(
                 pilot,
-                lambda: app.table.row_count == 3
-                and app.status is not None
-                and "paused after round 1" in app.log_lines,
+                lambda: (
+                    app.table.row_count == 3
+                    and app.status is not None
+                    and "paused after round 1" in app.log_lines
+                ),
             )
             first, second = app.header_lines()
             assert first.startswith(f"round 1/{ROUNDS} · paused · acc ")

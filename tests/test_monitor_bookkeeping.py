@@ -211,9 +211,7 @@ def test_stop_ends_a_paused_run_and_then_refuses_more_controls() -> None:
         control.resume()
 
 
-@pytest.mark.parametrize(
-    ("count", "message"), [(0, "must be >= 1"), (11, "<= the fleet size 10")]
-)
+@pytest.mark.parametrize(("count", "message"), [(0, "must be >= 1"), (11, "<= the fleet size 10")])
 def test_devices_per_round_out_of_range_is_refused(count: int, message: str) -> None:
     control = RunControl()
     control.bind(object(), grid=None, num_devices=10)  # type: ignore[arg-type]
@@ -263,7 +261,7 @@ def test_tokens_from_a_file_and_the_environment(tmp_path: Path) -> None:
 
 
 def test_a_bad_token_file_is_one_clear_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="line 2: expected '<role> <token>'.*got 'admin'"):
+    with pytest.raises(ConfigError, match=r"line 2: expected '<role> <token>'.*got 'admin'"):
         parse_token_lines(["operator long-enough-token", "admin another-long-token"], "tokens")
     with pytest.raises(ConfigError, match="cannot read token file"):
         load_tokens(token_file=tmp_path / "missing", env={})

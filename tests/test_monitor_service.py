@@ -160,7 +160,9 @@ def test_operator_controls_take_effect_and_stop_writes_a_summary(run: MonitoredR
     assert run.error is None and run.summary is not None
     assert run.summary["stopped"] is True and 2 <= run.summary["rounds"] < ROUNDS
     started = [
-        e for e in run.state.events_after(0) if e.kind == pb.EVENT_KIND_ROUND_STARTED and e.round > 1
+        e
+        for e in run.state.events_after(0)
+        if e.kind == pb.EVENT_KIND_ROUND_STARTED and e.round > 1
     ]
     assert started and all(len(e.participants) == 4 for e in started)
     assert operator.status().state == pb.RUN_STATE_STOPPED
@@ -224,7 +226,7 @@ def test_bad_monitor_settings_are_one_line_errors(tmp_path: Path) -> None:
         MonitorSettings(tls_cert=tmp_path / "x.pem", tokens=TOKENS)
     with pytest.raises(ConfigError, match="at least one token"):
         MonitorSettings()
-    with pytest.raises(ConfigError, match="port must be in 0..65535"):
+    with pytest.raises(ConfigError, match=r"port must be in 0\.\.65535"):
         MonitorSettings(port=70000, tokens=TOKENS)
     with pytest.raises(ConfigError, match="--server must be HOST:PORT"):
         ConnectionSettings("localhost", READ_ONLY)

@@ -11,12 +11,12 @@ a control) are shown in plain words in the header and the log.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import Footer, RichLog, Static
 from textual.worker import get_current_worker
@@ -45,7 +45,7 @@ class ConsoleApp(App[None]):
     #devices { height: 1fr; min-height: 4; border-top: solid $primary; }
     #log { height: 7; border-top: solid $primary; }
     """
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("p", "pause", "Pause"),
         Binding("r", "resume", "Resume"),
         Binding("s", "stop", "Stop"),
@@ -253,7 +253,7 @@ class ConsoleApp(App[None]):
         self.send_control(pb.CONTROL_ACTION_SET_DEVICES_PER_ROUND, current + change)
 
     @work(thread=True, group="control")
-    def send_control(self, action: int, devices_per_round: int = 0) -> None:
+    def send_control(self, action: pb.ControlAction, devices_per_round: int = 0) -> None:
         """Send a control request and log the answer."""
         try:
             reply = self._client.control(action, devices_per_round=devices_per_round)

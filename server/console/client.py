@@ -100,7 +100,9 @@ class MonitorClient:
         """Every ``Device``."""
         return list(self._call(self.stub.ListDevices, pb.ListDevicesRequest()).devices)
 
-    def control(self, action: int, *, devices_per_round: int = 0, deadline: float = 0.0) -> Any:
+    def control(
+        self, action: pb.ControlAction, *, devices_per_round: int = 0, deadline: float = 0.0
+    ) -> Any:
         """Send a control; returns the ``ControlReply``."""
         request = pb.ControlRequest(
             action=action, devices_per_round=devices_per_round, deadline_seconds=deadline

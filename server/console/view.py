@@ -76,7 +76,9 @@ class RunView:
         if kind == pb.EVENT_KIND_ROUND_STARTED:
             return [f"round {event.round} started: {len(event.participants)} devices"]
         if kind == pb.EVENT_KIND_RUN_STARTED:
-            accuracy = f" · initial acc {100 * event.accuracy:.1f}%" if event.HasField("accuracy") else ""
+            accuracy = (
+                f" · initial acc {100 * event.accuracy:.1f}%" if event.HasField("accuracy") else ""
+            )
             return [f"{event.message}{accuracy}"]
         return [str(event.message)] if event.message else []
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Label, Sparkline
@@ -42,7 +42,7 @@ class Chart(Vertical):
 class DeviceTable(DataTable[str]):
     """Every device; ``o`` or a click on a column header changes the sort."""
 
-    BINDINGS = [Binding("o", "cycle_sort", "Sort")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("o", "cycle_sort", "Sort")]
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
@@ -97,7 +97,7 @@ class ConfirmStop(ModalScreen[bool]):
     ConfirmStop Label { column-span: 2; width: 1fr; }
     ConfirmStop Button { width: 1fr; }
     """
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y", "answer(True)", "Stop the run"),
         Binding("n,escape", "answer(False)", "Keep running"),
     ]

@@ -32,7 +32,9 @@ class StateCollector(Collector):
         """Yield the current values."""
         status = self.state.status()
         yield _gauge("stamen_round", "The latest round started.", status.round)
-        yield _gauge("stamen_total_rounds", "Rounds the run is configured for.", status.total_rounds)
+        yield _gauge(
+            "stamen_total_rounds", "Rounds the run is configured for.", status.total_rounds
+        )
         yield _gauge(
             "stamen_devices_per_round", "Devices sampled per round.", status.devices_per_round
         )

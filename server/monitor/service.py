@@ -82,7 +82,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         self.control = control
         self.closing = threading.Event()
 
-    def WatchRounds(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:  # noqa: N802
+    def WatchRounds(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         """Replay the history after ``after_sequence``, then stream new events."""
         self._authorize(context)
         sequence = int(request.after_sequence)
@@ -91,19 +91,19 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                 yield event
                 sequence = int(event.sequence)
 
-    def ListDevices(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def ListDevices(self, request: Any, context: grpc.ServicerContext) -> Any:
         """Every device seen so far."""
         self._authorize(context)
         return pb.DeviceList(devices=[device_message(d) for d in self.state.devices()])
 
-    def GetStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def GetStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
         """The run status, with the caller's role."""
         role = self._authorize(context)
         status = self.state.status()
         status.role = role.value
         return status
 
-    def Control(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Control(self, request: Any, context: grpc.ServicerContext) -> Any:
         """Pause, resume, stop or change a setting (operator tokens only)."""
         role = self._authorize(context, operator=True)
         if self.control is None:

@@ -13,15 +13,19 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stamen.config import StamenConfig
+from stamen.errors import ConfigError
 from stamen.server.control import ControlRefused, RunControl
-from stamen.server.monitor.metrics import MetricsServer, start_metrics
 from stamen.server.monitor.service import MonitorServer, MonitorSettings, start_monitor
 from stamen.server.monitor.state import MonitorState
+
+if TYPE_CHECKING:
+    from stamen.server.monitor.metrics import MetricsServer
 
 
 class MonitoredRun:
@@ -61,6 +65,13 @@ class MonitoredRun:
         self._server = start_monitor(self.settings, self.state, self.control)
         if self.metrics_port is not None:
             try:
+                try:
+                    from stamen.server.monitor.metrics import start_metrics
+                except ImportError:
+                    raise ConfigError(
+                        "the metrics endpoint needs prometheus-client: "
+                        "pip install 'stamen[console]'"
+                    ) from None
                 self.metrics = start_metrics(self.state, self.metrics_port, self.settings.host)
             except Exception:
                 self.stop()
@@ -88,10 +99,8 @@ class MonitoredRun:
         """Stop the endpoints (idempotent); a background run is stopped and joined."""
         if self.thread is not None:
             if not self.control.state.ended:
-                try:
+                with contextlib.suppress(ControlRefused):
                     self.control.stop()
-                except ControlRefused:
-                    pass
             self.thread.join(timeout=120)
             self.thread = None
         if self.metrics is not None:

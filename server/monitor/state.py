@@ -131,7 +131,9 @@ class MonitorState:
         with self._cond:
             seen = self._rounds.pop(record.round, None) or _RoundSeen([], set(), {})
             missing = [n for n in seen.participants if n not in seen.replied]
-            stragglers, num_stragglers = _ids_and_count(getattr(record, "stragglers", None), missing)
+            stragglers, num_stragglers = _ids_and_count(
+                getattr(record, "stragglers", None), missing
+            )
             dropouts, num_dropouts = _ids_and_count(
                 getattr(record, "dropouts", None), sorted(seen.failed)
             )
@@ -166,7 +168,8 @@ class MonitorState:
                 loss=record.loss,
                 train_loss=record.train_loss,
                 tier_accuracy=_floats(
-                    getattr(record, "tier_accuracy", None) or getattr(record, "accuracy_by_tier", None)
+                    getattr(record, "tier_accuracy", None)
+                    or getattr(record, "accuracy_by_tier", None)
                 ),
                 uplink_bytes=record.uplink_bytes,
                 downlink_bytes=record.downlink_bytes,
@@ -297,7 +300,7 @@ class MonitorState:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _health(self) -> tuple[int, str]:
+    def _health(self) -> tuple[pb.Health, str]:
         if self.state is RunState.FAILED:
             return pb.HEALTH_FAILED, self._last_message() or "the run failed"
         record = self.last_record
