@@ -111,6 +111,9 @@ def test_devices_that_never_answer_are_stragglers() -> None:
     ended = state.events_after(0)[-1]
     assert list(ended.stragglers) == [2] and ended.num_stragglers == 1
     assert state.devices()[1].state is DeviceStatus.STRAGGLING
+    status = state.status()
+    assert status.health == pb.HEALTH_DEGRADED
+    assert status.health_detail == "round 1: 0 dropouts, 1 stragglers"
 
 
 def test_fields_a_richer_round_record_carries_are_passed_on() -> None:

@@ -230,3 +230,17 @@ def test_bad_monitor_settings_are_one_line_errors(tmp_path: Path) -> None:
         MonitorSettings(port=70000, tokens=TOKENS)
     with pytest.raises(ConfigError, match="--server must be HOST:PORT"):
         ConnectionSettings("localhost", READ_ONLY)
+
+
+def test_simulate_monitor_flags_fail_with_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["simulate", "--dataset", "digits", "--model", "mlp", "--out", str(tmp_path / "r")]
+    alone = runner.invoke(app, [*base, "--metrics-port", "0"])
+    assert alone.exit_code == 2
+    assert "--metrics-port needs --monitor-port" in alone.output
+    missing = runner.invoke(
+        app, [*base, "--monitor-port", "0", "--monitor-token-file", str(tmp_path / "none")]
+    )
+    assert missing.exit_code == 2
+    assert "cannot read token file" in missing.output
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()

@@ -149,12 +149,14 @@ class MonitorState:
             self.uplink_bytes += record.uplink_bytes
             self.downlink_bytes += record.downlink_bytes
             self.rejected_updates += record.rejected
-            participants = getattr(record, "participants", None)
+            participants, _ = _ids_and_count(
+                getattr(record, "participants", None), seen.participants
+            )
             self._emit(
                 time_unix=now,
                 kind=pb.EVENT_KIND_ROUND_ENDED,
                 round=record.round,
-                participants=_ids(participants) if participants is not None else seen.participants,
+                participants=participants,
                 stragglers=stragglers,
                 num_stragglers=num_stragglers,
                 dropouts=dropouts,
@@ -308,6 +310,14 @@ class MonitorState:
             return pb.HEALTH_DEGRADED, f"round {record.round}: no update was accepted"
         if record is not None and record.rejected:
             return pb.HEALTH_DEGRADED, f"round {record.round}: {record.rejected} updates rejected"
+        ended = next(
+            (e for e in reversed(self._events) if e.kind == pb.EVENT_KIND_ROUND_ENDED), None
+        )
+        if ended is not None and (ended.num_dropouts or ended.num_stragglers):
+            return pb.HEALTH_DEGRADED, (
+                f"round {ended.round}: {ended.num_dropouts} dropouts, "
+                f"{ended.num_stragglers} stragglers"
+            )
         return pb.HEALTH_OK, ""
 
     def _last_message(self) -> str:
