@@ -117,11 +117,14 @@ class ConsoleApp(App[None]):
         while not worker.is_cancelled and not self._shutting_down.is_set():
             client = self._stream_client = MonitorClient(self.settings)
             try:
-                # The server replays the whole history, so a new connection starts afresh.
-                self.call_from_thread(self._stream_opened)
+                first = True
                 for event in client.watch(0):
                     if self._shutting_down.is_set():
                         return
+                    if first:
+                        # The server replays the whole history: the view starts afresh.
+                        self.call_from_thread(self._stream_opened)
+                        first = False
                     self.call_from_thread(self._on_event, event)
                 if not self._shutting_down.is_set():
                     self.call_from_thread(self._lost, "the monitor closed the stream")
@@ -137,7 +140,12 @@ class ConsoleApp(App[None]):
             self._shutting_down.wait(self.reconnect_delay)
 
     def _stream_opened(self) -> None:
+        reconnected = self.view.last_sequence > 0
         self.view.reset()
+        self.log_lines.clear()
+        self.event_log.clear()
+        if reconnected:
+            self.write_log("reconnected; the history follows", "green")
 
     def _on_event(self, event: Any) -> None:
         if self.connection != "connected":
