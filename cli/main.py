@@ -14,6 +14,8 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from stamen import __version__
+from stamen.cli.console_command import console_command, monitor_options
+from stamen.cli.status_command import status_command
 from stamen.config import Backend, Preset, load_config, parse_assignment
 from stamen.errors import StamenError
 from stamen.simulations.profiles import FleetPreset
@@ -88,6 +90,7 @@ FED = "Federation"
 COMP = "Compression"
 OUT = "Run"
 CONF = "Config"
+MON = "Monitor"
 
 
 @app.command()
@@ -353,6 +356,41 @@ def simulate(
             "--verbose", "-v", help="Show Flower's and Stamen's logs.", rich_help_panel=OUT
         ),
     ] = False,
+    monitor_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve the monitor on this port (0: any free port) for stamen console.",
+            rich_help_panel=MON,
+            show_default=False,
+        ),
+    ] = None,
+    monitor_host: Annotated[
+        str, typer.Option(help="Address the monitor binds.", rich_help_panel=MON)
+    ] = "127.0.0.1",
+    monitor_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Monitor tokens, '<operator|read-only> <token>' a line. Without it (or "
+            "STAMEN_MONITOR_*_TOKEN) an operator token is generated into --out.",
+            rich_help_panel=MON,
+            show_default=False,
+        ),
+    ] = None,
+    monitor_tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="PEM certificate for the monitor's TLS.", rich_help_panel=MON),
+    ] = None,
+    monitor_tls_key: Annotated[
+        Path | None, typer.Option(help="PEM key for the monitor's TLS.", rich_help_panel=MON)
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics on this port (needs --monitor-port).",
+            rich_help_panel=MON,
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a federated simulation and report accuracy and bytes per round.
 
@@ -418,12 +456,20 @@ def simulate(
     out_dir = out or Path("runs") / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{label}"
     setup_logging(verbose)
     try:
+        monitor = monitor_options(
+            monitor_port,
+            metrics_port,
+            monitor_host,
+            monitor_token_file,
+            monitor_tls_cert,
+            monitor_tls_key,
+        )
         if sweep:
             from stamen.cli.sweep_command import run_sweep_command
 
             interrupted = run_sweep_command(console, runs, out_dir)
         else:
-            interrupted = run_simulation_command(console, config, out_dir)
+            interrupted = run_simulation_command(console, config, out_dir, monitor)
     except StamenError as error:
         fail(str(error))
     if interrupted:
@@ -436,6 +482,10 @@ def strategies() -> None:
     from stamen.cli.strategies_command import print_strategies
 
     print_strategies(console)
+
+
+app.command(name="console")(console_command)
+app.command(name="status")(status_command)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
+from stamen.cli.monitor_setup import MonitorOptions, start_monitored_run
 from stamen.cli.render import ProgressReporter, results_table, summary_lines
 from stamen.config import Backend, StamenConfig
 from stamen.server import CollectingReporter, Reporters, ResultsWriter
@@ -16,12 +17,18 @@ from stamen.simulations import simulate
 
 
 def run_simulation_command(
-    console: Console, config: StamenConfig, out_dir: Path, *, show_rounds: bool = True
+    console: Console,
+    config: StamenConfig,
+    out_dir: Path,
+    monitor: MonitorOptions | None = None,
+    *,
+    show_rounds: bool = True,
 ) -> bool:
     """Run with a progress bar, then print the per-round table and the headline.
 
     Ctrl-C stops the run after writing everything the finished rounds produced;
-    the return value says whether that happened.
+    the return value says whether that happened. With ``monitor``, the monitor
+    service (and metrics endpoint) serve the run while it lasts.
     """
     interrupted = False
     fed = config.federation
@@ -34,13 +41,17 @@ def run_simulation_command(
         + (f" · {config.fleet.preset.value} fleet" if local else "")
         + f" · strategy {config.strategy.name.value}"
     )
+    monitored = start_monitored_run(monitor, config, out_dir, console) if monitor else None
     progress = ProgressReporter(console, fed.devices_sampled if local else None)
     collector = CollectingReporter()
     writer = ResultsWriter(out_dir)
     started = time.perf_counter()
     try:
         summary = simulate(
-            config, Reporters(progress, collector, writer), on_reply=progress.on_device_reply
+            config,
+            Reporters(progress, collector, writer, monitored.state if monitored else None),
+            on_reply=progress.on_device_reply,
+            control=monitored.control if monitored else None,
         )
     except KeyboardInterrupt:
         interrupted = True
@@ -54,8 +65,12 @@ def run_simulation_command(
         writer.on_finish(summary)
     finally:
         progress.stop()
+        if monitored is not None:
+            monitored.stop()
     if show_rounds:
         console.print(results_table(collector.records))
+    if summary.get("stopped"):
+        console.print(f"[yellow]stopped by an operator after {summary['rounds']} rounds[/]")
     for line in summary_lines(summary):
         console.print(line)
     console.print(f"results: {out_dir}/ (metrics.jsonl, summary.json, rounds.png)")

@@ -31,6 +31,7 @@ from stamen.models import (
     exchanged_state,
     load_exchanged_state,
 )
+from stamen.server.control import RunControl, RunState, StopRequested
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.strategies import CompressedFedAvg, FedBuff, RoundStats
 from stamen.strategies import build_strategy as build_named_strategy
@@ -91,13 +92,24 @@ def build_strategy(config: StamenConfig, spec: ModelSpec) -> CompressedFedAvg:
     )
 
 
-def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) -> dict[str, Any]:
-    """Run every round of a federation on ``grid``; returns the summary."""
+def run_federation(
+    grid: Grid,
+    config: StamenConfig,
+    reporter: RoundReporter,
+    control: RunControl | None = None,
+) -> dict[str, Any]:
+    """Run every round of a federation on ``grid``; returns the summary.
+
+    ``control``, where given, is consulted after each round (pause, stop, new
+    settings); a stop ends the run early with ``"stopped": true`` in the summary.
+    """
     started = time.perf_counter()
     dataset = load_dataset(config.data.dataset)
     spec = model_spec(config, dataset)
     model = build_model(spec, seed=config.federation.seed)
     strategy = build_strategy(config, spec)
+    if control is not None:
+        grid = control.bind(strategy, grid, num_devices=config.federation.num_devices)
     x_test = torch.tensor(dataset.x_test)
     y_test = torch.tensor(dataset.y_test)
     if x_test.dim() == 4:
@@ -133,17 +145,33 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
                 record = dataclasses.replace(record, evaluated=False)
             records.append(record)
             reporter.on_round(record)
+            if control is not None and server_round < config.federation.rounds:
+                control.between_rounds(server_round)
         round_started[0] = time.perf_counter()
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 
     initial = exchanged_state(model)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=to_array_record(initial),
-        num_rounds=config.federation.rounds,
-        timeout=config.federation.round_timeout,
-        evaluate_fn=central_evaluate,
-    )
+    stopped: StopRequested | None = None
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=to_array_record(initial),
+            num_rounds=config.federation.rounds,
+            timeout=config.federation.round_timeout,
+            evaluate_fn=central_evaluate,
+        )
+        final_arrays = result.arrays
+    except StopRequested as stop:
+        # The model holds the last evaluated global model: the stopped run's result.
+        stopped, final_arrays = stop, to_array_record(exchanged_state(model))
+    except KeyboardInterrupt:
+        if control is not None:
+            control.finished(RunState.STOPPED, "interrupted (Ctrl-C)")
+        raise
+    except Exception as error:
+        if control is not None:
+            control.finished(RunState.FAILED, f"failed: {type(error).__name__}: {error}")
+        raise
     summary = summarize(
         config,
         records,
@@ -151,13 +179,18 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
         params=count_parameters(model),
         wall_seconds=time.perf_counter() - started,
     )
-    summary["final_model_sha256"] = _final_hash(result.arrays)
+    summary["final_model_sha256"] = _final_hash(final_arrays)
     summary["strategy"] = config.strategy.name.value
     if isinstance(strategy, FedBuff):
         summary["staleness_histogram"] = {
             str(k): v for k, v in strategy.staleness_histogram().items()
         }
+    if stopped is not None:
+        summary["stopped"] = True
     reporter.on_finish(summary)
+    if control is not None:
+        state = RunState.FINISHED if stopped is None else RunState.STOPPED
+        control.finished(state, str(stopped) if stopped else f"finished {len(records)} rounds")
     return summary
 
 

@@ -21,6 +21,7 @@ from stamen.data import load_dataset
 from stamen.errors import ConfigError
 from stamen.models import build_model, training_flops_per_sample
 from stamen.server import CollectingReporter, Reporters, RoundReporter, server_app
+from stamen.server.control import RunControl
 from stamen.server.federation import model_spec
 from stamen.simulations.attacks import with_attack
 from stamen.simulations.profiles import Fleet, build_fleet, fleet_mix
@@ -55,8 +56,11 @@ def simulate(
     reporter: RoundReporter | None = None,
     *,
     on_reply: ReplyHook | None = None,
+    control: RunControl | None = None,
 ) -> dict[str, Any]:
     """Run the federation ``config`` describes and return its summary.
+
+    ``control`` (optional) lets a monitor pause, stop or re-tune the run between rounds.
 
     Examples:
         >>> from stamen.config import load_config
@@ -78,9 +82,9 @@ def simulate(
                 state=RecordDict(),
                 run_config={},
             )
-            server_app(config, reporters)(grid, context)
+            server_app(config, reporters, control)(grid, context)
     else:
-        run_on_ray(config, reporters)
+        run_on_ray(config, reporters, control)
     if collector.summary is None:
         raise RuntimeError("the federation ended without a summary; see the log above")
     collector.summary["backend"] = config.federation.backend.value
@@ -121,7 +125,9 @@ def preflight(config: StamenConfig) -> None:
     device_data(fleet, 0)
 
 
-def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:
+def run_on_ray(
+    config: StamenConfig, reporter: RoundReporter, control: RunControl | None = None
+) -> None:
     """Run on Flower's Simulation Engine (Ray), one CPU per virtual device."""
     try:
         import ray  # noqa: F401
@@ -143,7 +149,7 @@ def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:
     else:
         init_args.update(num_cpus=cpus, object_store_memory=256 * 2**20)
     run_simulation(
-        server_app=server_app(config, reporter),
+        server_app=server_app(config, reporter, control),
         client_app=fleet_app(config),
         num_supernodes=config.federation.num_devices,
         backend_config={

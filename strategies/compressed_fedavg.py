@@ -158,9 +158,7 @@ class CompressedFedAvg(FedAvg):
         self.max_update_norm = max_update_norm
         self.min_available_wait = min_available_wait
         self.over_selection = over_selection
-        self.policy = RoundPolicy(
-            quorum=devices_per_round if over_selection > 0 else None, deadline=deadline
-        )
+        self.deadline = deadline
         self.rng = np.random.default_rng(seed)
         self.masks: dict[str, np.ndarray] = {}
         self.stats: dict[int, RoundStats] = {}
@@ -190,7 +188,7 @@ class CompressedFedAvg(FedAvg):
         extra = round(self.devices_per_round * self.over_selection)
         node_ids = self.sample(grid, self.devices_per_round + extra)
         if isinstance(grid, PolicyGrid):
-            grid.set_round_policy(self.policy)
+            grid.set_round_policy(self.round_policy())
         stats.sampled = len(node_ids)
         stats.sparsity = self.schedule.sparsity_at(server_round) if self.masks else 0.0
         task = self.task.replace(round_num=server_round)
@@ -211,6 +209,11 @@ class CompressedFedAvg(FedAvg):
             self._message(node, sent, task, MessageType.EVALUATE, stats)
             for node in self.sample(grid, self.devices_per_evaluation)
         ]
+
+    def round_policy(self) -> RoundPolicy:
+        """When a round closes: the quorum over-selection implies, and the deadline."""
+        quorum = self.devices_per_round if self.over_selection > 0 else None
+        return RoundPolicy(quorum=quorum, deadline=self.deadline)
 
     def sample(self, grid: Grid, count: int) -> list[int]:
         """Sample ``count`` connected devices with this strategy's seeded generator."""

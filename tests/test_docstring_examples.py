@@ -17,6 +17,8 @@ SUBPACKAGES = [
     "data",
     "models",
     "server",
+    "server.console",
+    "server.monitor",
     "simulations",
     "strategies",
 ]

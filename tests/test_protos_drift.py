@@ -37,6 +37,7 @@ def test_regenerated_code_matches_checked_in_byte_for_byte(tmp_path: Path) -> No
     fresh = generated_files(tmp_path)
     checked_in = generated_files(PROTOS)
     assert "update/v1/update_pb2.py" in fresh
+    assert "monitor/v1/monitor_pb2_grpc.py" in fresh
     assert sorted(fresh) == sorted(checked_in), "run: python scripts/gen_protos.py"
     drifted = [name for name in fresh if fresh[name] != checked_in[name]]
     assert not drifted, f"regenerate with python scripts/gen_protos.py: {drifted}"
@@ -59,3 +60,18 @@ def test_generated_module_has_the_package_path_other_protos_import() -> None:
 
     assert update_pb2.DESCRIPTOR.name == "stamen/protos/update/v1/update.proto"
     assert update_pb2.DESCRIPTOR.package == "stamen.update.v1"
+
+
+def test_monitor_service_stubs_are_generated() -> None:
+    from stamen.protos.monitor.v1 import monitor_pb2, monitor_pb2_grpc
+
+    assert monitor_pb2.DESCRIPTOR.package == "stamen.monitor.v1"
+    service = monitor_pb2.DESCRIPTOR.services_by_name["Monitor"]
+    assert [m.name for m in service.methods] == [
+        "WatchRounds",
+        "ListDevices",
+        "GetStatus",
+        "Control",
+    ]
+    assert hasattr(monitor_pb2_grpc, "MonitorStub")
+    assert hasattr(monitor_pb2_grpc, "add_MonitorServicer_to_server")

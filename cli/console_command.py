@@ -1,0 +1,113 @@
+"""``stamen console``: the operator console, and the connection options it shares with status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from stamen.cli.monitor_setup import MonitorOptions
+from stamen.errors import ConfigError, StamenError
+from stamen.server.console.client import ConnectionSettings
+from stamen.server.monitor.auth import CLIENT_ENV
+
+err_console = Console(stderr=True)
+
+ServerOption = Annotated[
+    str, typer.Option("--server", help="The monitor's HOST:PORT.", show_default=False)
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token", envvar=CLIENT_ENV, help="Operator or read-only token.", show_default=False
+    ),
+]
+TokenFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Read the token from this file (e.g. the run's monitor-token).", show_default=False
+    ),
+]
+CaOption = Annotated[
+    Path | None,
+    typer.Option("--tls-ca", help="PEM CA certificate: connect with TLS.", show_default=False),
+]
+ServerNameOption = Annotated[
+    str | None,
+    typer.Option(help="The name the server's certificate carries.", show_default=False),
+]
+
+
+def read_token_file(path: Path) -> str:
+    """The first token in ``path``: a bare token, or a ``<role> <token>`` line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ConfigError(f"cannot read token file {path}: {error.strerror}") from None
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        if parts:
+            return parts[-1]
+    raise ConfigError(f"token file {path} holds no token")
+
+
+def connection(
+    server: str,
+    token: str | None,
+    token_file: Path | None,
+    tls_ca: Path | None,
+    tls_server_name: str | None,
+) -> ConnectionSettings:
+    """Validated connection settings from the shared options."""
+    if token is None and token_file is not None:
+        token = read_token_file(token_file)
+    return ConnectionSettings(server, token, tls_ca=tls_ca, tls_server_name=tls_server_name)
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit with status 2."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def console_command(
+    server: ServerOption,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
+    tls_ca: CaOption = None,
+    tls_server_name: ServerNameOption = None,
+) -> None:
+    """Watch and steer a live federation: rounds, devices, events; pause, resume, stop.
+
+    Keys: p pause, r resume, s stop (asks first), +/- devices per round, o sort
+    devices, q quit. It reconnects when the server restarts.
+
+    Example: [bold]stamen console --server 127.0.0.1:7777 --token-file runs/x/monitor-token[/]
+    """
+    try:
+        settings = connection(server, token, token_file, tls_ca, tls_server_name)
+    except StamenError as error:
+        fail(str(error))
+    try:
+        from stamen.server.console.app import ConsoleApp
+    except ImportError:
+        fail("the console needs Textual: pip install 'stamen[console]'")
+    ConsoleApp(settings).run()
+
+
+def monitor_options(
+    port: int | None,
+    metrics_port: int | None,
+    host: str,
+    token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> MonitorOptions | None:
+    """The simulate command's monitor flags, or ``None`` without ``--monitor-port``."""
+    if port is None:
+        if metrics_port is not None:
+            raise ConfigError("--metrics-port needs --monitor-port")
+        return None
+    return MonitorOptions(port, metrics_port, host, token_file, tls_cert, tls_key)

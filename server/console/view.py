@@ -1,0 +1,171 @@
+"""What the console shows, computed from monitor messages (no Textual here).
+
+:class:`RunView` folds round events into per-round series and log lines;
+the formatting helpers render a status and devices as plain text.
+
+Examples:
+    >>> from stamen.protos.monitor.v1 import monitor_pb2 as pb
+    >>> view = RunView()
+    >>> view.apply(pb.RoundEvent(sequence=1, kind=pb.EVENT_KIND_ROUND_ENDED, round=1,
+    ...     total_rounds=5, accuracy=0.5, loss=1.2, uplink_bytes=2000, accepted=3,
+    ...     participants=[1, 2, 3]))
+    ['round 1/5 done: acc 50.0% · loss 1.200 · 3/3 ok · up 2.0 KB · 0.0 s']
+    >>> view.accuracy, view.rounds_done
+    ([50.0], 1)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from stamen.protos.monitor.v1 import monitor_pb2 as pb
+
+STATE_NAMES = {
+    value: name.removeprefix("RUN_STATE_").lower() for name, value in pb.RunState.items()
+}
+DEVICE_STATE_NAMES = {
+    value: name.removeprefix("DEVICE_STATE_").lower() for name, value in pb.DeviceState.items()
+}
+HEALTH_NAMES = {value: name.removeprefix("HEALTH_").lower() for name, value in pb.Health.items()}
+
+
+def human_bytes(count: float) -> str:
+    """``1536`` to ``'1.5 KB'``."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(count) < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+def clock(seconds: float) -> str:
+    """``75.2`` to ``'01:15'`` (hours appear when needed)."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return (f"{hours}:" if hours else "") + f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+@dataclass
+class RunView:
+    """Per-round series and the event log of one run, as the console sees it."""
+
+    accuracy: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    uplink: list[float] = field(default_factory=list)
+    round: int = 0
+    total_rounds: int = 0
+    rounds_done: int = 0
+    last_sequence: int = 0
+    state: str = "unknown"
+
+    def reset(self) -> None:
+        """Forget everything (a new connection replays the history)."""
+        self.__init__()  # type: ignore[misc]
+
+    def apply(self, event: Any) -> list[str]:
+        """Fold one event in; returns the log lines it deserves."""
+        self.last_sequence = int(event.sequence)
+        self.total_rounds = int(event.total_rounds) or self.total_rounds
+        self.round = max(self.round, int(event.round))
+        self.state = STATE_NAMES.get(event.state, self.state)
+        kind = event.kind
+        if kind == pb.EVENT_KIND_ROUND_ENDED:
+            return self._round_ended(event)
+        if kind == pb.EVENT_KIND_ROUND_STARTED:
+            return [f"round {event.round} started: {len(event.participants)} devices"]
+        if kind == pb.EVENT_KIND_RUN_STARTED:
+            accuracy = (
+                f" · initial acc {100 * event.accuracy:.1f}%" if event.HasField("accuracy") else ""
+            )
+            return [f"{event.message}{accuracy}"]
+        return [str(event.message)] if event.message else []
+
+    def _round_ended(self, event: Any) -> list[str]:
+        self.rounds_done = max(self.rounds_done, int(event.round))
+        if event.HasField("accuracy"):
+            self.accuracy.append(100 * event.accuracy)
+        if event.HasField("loss"):
+            self.loss.append(event.loss)
+        self.uplink.append(float(event.uplink_bytes))
+        ratio = f" {event.uplink_compression:.0f}x" if event.HasField("uplink_compression") else ""
+        sampled = len(event.participants) or event.accepted + len(event.rejections)
+        parts = [
+            f"acc {100 * event.accuracy:.1f}%",
+            f"loss {event.loss:.3f}",
+            f"{event.accepted}/{sampled} ok",
+            f"up {human_bytes(event.uplink_bytes)}{ratio}",
+            f"{event.duration_seconds:.1f} s",
+        ]
+        lines = [f"round {event.round}/{event.total_rounds} done: " + " · ".join(parts)]
+        if event.num_stragglers:
+            lines.append(f"  {event.num_stragglers} stragglers {_ids(event.stragglers)}")
+        if event.num_dropouts:
+            lines.append(f"  {event.num_dropouts} dropouts {_ids(event.dropouts)}")
+        lines += [f"  rejected node {r.node_id}: {r.reason}" for r in event.rejections]
+        if event.tier_accuracy:
+            tiers = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(event.tier_accuracy.items()))
+            lines.append(f"  per tier: {tiers}")
+        if event.distillation:
+            values = ", ".join(f"{k} {v:.3g}" for k, v in sorted(event.distillation.items()))
+            lines.append(f"  distillation: {values}")
+        return lines
+
+
+def _ids(ids: Any) -> str:
+    shown = [str(i) for i in list(ids)[:8]]
+    return ("(" + ", ".join(shown) + (" …" if len(ids) > 8 else "") + ")") if shown else ""
+
+
+def header_text(status: Any, view: RunView) -> str:
+    """The first header line: round, state, accuracy, elapsed, devices per round, role."""
+    round_text = f"round {max(status.round, view.round)}/{status.total_rounds or view.total_rounds}"
+    accuracy = f"acc {100 * status.accuracy:.1f}%" if status.HasField("accuracy") else "acc -"
+    parts = [
+        round_text,
+        STATE_NAMES.get(status.state, "unknown"),
+        accuracy,
+        clock(status.elapsed_seconds),
+        f"{status.devices_per_round}/{status.num_devices} dev/round",
+    ]
+    if status.HasField("deadline_seconds"):
+        parts.append(f"deadline {status.deadline_seconds:g}s")
+    if status.role:
+        parts.append(status.role)
+    return " · ".join(parts)
+
+
+DEVICE_COLUMNS = ("node", "tier", "state", "rounds", "up", "down", "rej", "seen")
+"""The device table's columns; each sorts by its own key."""
+
+
+def device_sort_key(column: str) -> Any:
+    """A sort key for ``column`` over ``Device`` messages."""
+    keys: dict[str, Any] = {
+        "node": lambda d: d.node_id,
+        "tier": lambda d: (d.tier, d.node_id),
+        "state": lambda d: (DEVICE_STATE_NAMES.get(d.state, ""), d.node_id),
+        "rounds": lambda d: (d.rounds, d.node_id),
+        "up": lambda d: (d.uplink_bytes, d.node_id),
+        "down": lambda d: (d.downlink_bytes, d.node_id),
+        "rej": lambda d: (d.rejected, d.node_id),
+        "seen": lambda d: (d.last_seen_unix, d.node_id),
+    }
+    return keys[column]
+
+
+def device_row(device: Any, now: float | None = None) -> tuple[str, ...]:
+    """One device as table cells."""
+    now = time.time() if now is None else now
+    seen = f"{max(0.0, now - device.last_seen_unix):.0f}s ago" if device.last_seen_unix else "-"
+    return (
+        str(device.node_id),
+        device.tier or "-",
+        DEVICE_STATE_NAMES.get(device.state, "?"),
+        str(device.rounds),
+        human_bytes(device.uplink_bytes),
+        human_bytes(device.downlink_bytes),
+        str(device.rejected),
+        seen,
+    )

@@ -1,0 +1,211 @@
+"""The ``stamen.monitor.v1.Monitor`` gRPC service and the server that hosts it.
+
+Examples:
+    >>> from stamen.server.monitor.auth import Role, TokenStore
+    >>> tokens = TokenStore({"operator-token-0001": Role.OPERATOR})
+    >>> server = start_monitor(MonitorSettings(port=0, tokens=tokens), MonitorState())
+    >>> server.port > 0
+    True
+    >>> server.stop()
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from stamen.errors import ConfigError
+from stamen.protos.monitor.v1 import monitor_pb2 as pb
+from stamen.protos.monitor.v1 import monitor_pb2_grpc as pb_grpc
+from stamen.server.control import ControlRefused, RunControl
+from stamen.server.monitor.auth import Role, TokenStore, token_from_metadata
+from stamen.server.monitor.state import DeviceRecord, MonitorState
+
+DEVICE_STATES = {
+    "idle": pb.DEVICE_STATE_IDLE,
+    "training": pb.DEVICE_STATE_TRAINING,
+    "rejected": pb.DEVICE_STATE_REJECTED,
+    "failed": pb.DEVICE_STATE_FAILED,
+    "straggling": pb.DEVICE_STATE_STRAGGLING,
+}
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """Where and how the monitor listens.
+
+    Args:
+        host: the address to bind (``127.0.0.1`` keeps it on this machine).
+        port: the TCP port; 0 picks a free one.
+        tls_cert: PEM certificate chain; with ``tls_key`` the service uses TLS.
+        tls_key: PEM private key of ``tls_cert``.
+        tokens: the tokens accepted; at least one is required.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tokens: TokenStore = field(default_factory=TokenStore)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"monitor port must be in 0..65535; got {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("monitor TLS needs both a certificate and a key (PEM files)")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"monitor TLS file not found: {path}")
+        if not self.tokens.tokens:
+            raise ConfigError("the monitor needs at least one token")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the service uses TLS."""
+        return self.tls_cert is not None
+
+
+class MonitorServicer(pb_grpc.MonitorServicer):
+    """Serves one federation's :class:`MonitorState`; controls go to its :class:`RunControl`."""
+
+    def __init__(
+        self, state: MonitorState, tokens: TokenStore, control: RunControl | None = None
+    ) -> None:
+        self.state = state
+        self.tokens = tokens
+        self.control = control
+        self.closing = threading.Event()
+
+    def WatchRounds(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        """Replay the history after ``after_sequence``, then stream new events."""
+        self._authorize(context)
+        sequence = int(request.after_sequence)
+        while context.is_active() and not self.closing.is_set():
+            for event in self.state.wait_for_events(sequence, timeout=0.25):
+                yield event
+                sequence = int(event.sequence)
+
+    def ListDevices(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Every device seen so far."""
+        self._authorize(context)
+        return pb.DeviceList(devices=[device_message(d) for d in self.state.devices()])
+
+    def GetStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """The run status, with the caller's role."""
+        role = self._authorize(context)
+        status = self.state.status()
+        status.role = role.value
+        return status
+
+    def Control(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Pause, resume, stop or change a setting (operator tokens only)."""
+        role = self._authorize(context, operator=True)
+        if self.control is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this run cannot be controlled")
+        try:
+            message = self._act(request)
+        except ControlRefused as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        status = self.state.status()
+        status.role = role.value
+        return pb.ControlReply(message=message, status=status)
+
+    def _act(self, request: Any) -> str:
+        control = self.control
+        assert control is not None
+        action = request.action
+        if action == pb.CONTROL_ACTION_PAUSE:
+            return control.pause()
+        if action == pb.CONTROL_ACTION_RESUME:
+            return control.resume()
+        if action == pb.CONTROL_ACTION_STOP:
+            return control.stop()
+        if action == pb.CONTROL_ACTION_SET_DEVICES_PER_ROUND:
+            return control.set_devices_per_round(int(request.devices_per_round))
+        if action == pb.CONTROL_ACTION_SET_DEADLINE:
+            return control.set_deadline(float(request.deadline_seconds))
+        raise ControlRefused(f"unknown control action {action}")
+
+    def _authorize(self, context: grpc.ServicerContext, operator: bool = False) -> Role:
+        token = token_from_metadata(context.invocation_metadata())
+        if token is None:
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no token: the monitor needs an operator or read-only token "
+                "(--token or STAMEN_TOKEN)",
+            )
+        role = self.tokens.role_of(token)
+        if role is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "the token is not valid for this server")
+        assert role is not None
+        if operator and role is not Role.OPERATOR:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this token is read-only: it cannot pause, resume, stop or change settings",
+            )
+        return role
+
+
+def device_message(device: DeviceRecord) -> Any:
+    """A device record as a ``Device`` message."""
+    return pb.Device(
+        node_id=device.node_id,
+        tier=device.tier,
+        state=DEVICE_STATES[device.state.value],
+        last_seen_unix=device.last_seen,
+        rounds=device.rounds,
+        uplink_bytes=device.uplink_bytes,
+        downlink_bytes=device.downlink_bytes,
+        rejected=device.rejected,
+        last_error=device.last_error,
+    )
+
+
+class MonitorServer:
+    """A running monitor service; :meth:`stop` ends its streams and frees the port."""
+
+    def __init__(self, server: grpc.Server, servicer: MonitorServicer, host: str, port: int):
+        self.server = server
+        self.servicer = servicer
+        self.host = host
+        self.port = port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to give ``stamen console --server``."""
+        return f"{self.host}:{self.port}"
+
+    def stop(self, grace: float = 1.0) -> None:
+        """End every stream and stop serving."""
+        self.servicer.closing.set()
+        self.server.stop(grace).wait()
+
+
+def start_monitor(
+    settings: MonitorSettings, state: MonitorState, control: RunControl | None = None
+) -> MonitorServer:
+    """Serve ``state`` (and ``control``) on ``settings.host:settings.port``."""
+    servicer = MonitorServicer(state, settings.tokens, control or state.control)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="monitor"))
+    pb_grpc.add_MonitorServicer_to_server(servicer, server)
+    address = f"{settings.host}:{settings.port}"
+    try:
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise ConfigError(f"monitor cannot listen on {address}: {error}") from None
+    if port == 0:
+        raise ConfigError(f"monitor cannot listen on {address}: the port is taken")
+    server.start()
+    return MonitorServer(server, servicer, settings.host, port)

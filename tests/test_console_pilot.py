@@ -1,0 +1,201 @@
+"""The console, driven headless by Textual's pilot, against a monitor fed by a real federation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from textual.pilot import Pilot
+
+from stamen.config import load_config
+from stamen.server.console import ConnectionSettings, ConsoleApp
+from stamen.server.control import RunState
+from stamen.server.monitor import MonitorSettings, MonitorState, Role, TokenStore, start_monitor
+from stamen.server.monitor.session import MonitoredRun
+
+OPERATOR = "operator-token-for-tests"
+READ_ONLY = "read-only-token-for-tests"
+TOKENS = TokenStore({OPERATOR: Role.OPERATOR, READ_ONLY: Role.READ_ONLY})
+ROUNDS = 40
+SIZE = (80, 24)
+
+
+async def wait_for(pilot: Pilot[None], predicate: Callable[[], bool], timeout: float = 120) -> None:
+    """Let the app run until ``predicate`` holds; fail clearly if it never does."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("the console never reached the expected state")
+        await pilot.pause(0.05)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("the server never reached the expected state")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def run() -> Iterator[MonitoredRun]:
+    """A real federation with the monitor, paused after round 1 (tests resume and stop it)."""
+    config = load_config(
+        overrides={
+            "dataset": "digits",
+            "model": "mlp",
+            "rounds": ROUNDS,
+            "num-devices": 6,
+            "devices-per-round": 3,
+        }
+    )
+    with MonitoredRun(config, MonitorSettings(tokens=TOKENS)) as monitored:
+        monitored.control.pause()
+        monitored.simulate_in_background()
+        wait_until(lambda: monitored.control.state is RunState.PAUSED)
+        yield monitored
+
+
+def console(run: MonitoredRun, token: str | None) -> ConsoleApp:
+    return ConsoleApp(ConnectionSettings(run.server.address, token), poll_interval=0.2)
+
+
+def test_header_devices_and_log_show_the_run(run: MonitoredRun) -> None:
+    async def scenario() -> None:
+        app = console(run, OPERATOR)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(
+                pilot,
+                lambda: (
+                    app.table.row_count == 3
+                    and app.status is not None
+                    and "paused after round 1" in app.log_lines
+                ),
+            )
+            first, second = app.header_lines()
+            assert first.startswith(f"round 1/{ROUNDS} · paused · acc ")
+            assert first.endswith("3/6 dev/round · operator")
+            assert second == f"{run.server.address} · connected"
+            assert any(line.startswith(f"round 1/{ROUNDS} done: acc") for line in app.log_lines)
+            assert "paused after round 1" in app.log_lines
+            node_ids = sorted(int(app.table.get_row_at(i)[0]) for i in range(3))
+            assert node_ids == sorted(d.node_id for d in run.state.devices())
+            assert [app.table.get_row_at(i)[3] for i in range(3)] == ["1", "1", "1"]
+            await pilot.press("o")  # sort by the next column, then back by node id
+            assert app.table.sort_column == "tier"
+            assert app.view.accuracy and len(app.view.accuracy) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_read_only_console_cannot_pause_and_says_so(run: MonitoredRun) -> None:
+    async def scenario() -> None:
+        app = console(run, READ_ONLY)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.status is not None)
+            assert app.header_lines()[0].endswith("read-only")
+            await pilot.press("p")
+            await wait_for(pilot, lambda: any("refused" in line for line in app.log_lines))
+            refusal = next(line for line in app.log_lines if "refused" in line)
+            assert refusal == (
+                "pause refused: not allowed: this token is read-only: "
+                "it cannot pause, resume, stop or change settings"
+            )
+        assert run.control.state is RunState.PAUSED
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "refused: no token: the monitor needs an operator or read-only token"),
+        ("a-wrong-token-value", "refused: the token is not valid for this server"),
+    ],
+)
+def test_a_missing_or_wrong_token_is_shown_plainly(
+    run: MonitoredRun, token: str | None, reason: str
+) -> None:
+    async def scenario() -> None:
+        app = console(run, token)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.refused)
+            second = app.header_lines()[1]
+            assert second.startswith(f"refused: {reason}")
+            assert any(line.startswith(reason) for line in app.log_lines)
+            assert app.table.row_count == 0
+
+    asyncio.run(scenario())
+
+
+def test_resume_pause_devices_and_stop_take_effect_on_the_server(run: MonitoredRun) -> None:
+    async def scenario() -> None:
+        app = console(run, OPERATOR)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.status is not None)
+            await pilot.press("plus")
+            await wait_for(pilot, lambda: run.control.devices_per_round == 4)
+            await pilot.press("r")
+            await wait_for(pilot, lambda: run.state.status().round >= 3)
+            await wait_for(pilot, lambda: app.view.rounds_done >= 2)
+            await pilot.press("p")
+            await wait_for(pilot, lambda: run.control.state is RunState.PAUSED)
+            paused_at = run.state.status().round
+            await wait_for(pilot, lambda: "paused" in app.header_lines()[0])
+            assert app.view.rounds_done == paused_at
+            assert f"paused after round {paused_at}" in app.log_lines
+
+            await pilot.press("s")
+            await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmStop")
+            await pilot.press("n")
+            assert "stop cancelled" in app.log_lines
+            assert run.control.state is RunState.PAUSED
+
+            await pilot.press("s")
+            await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmStop")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: run.control.state is RunState.STOPPED)
+            await wait_for(pilot, lambda: "stopped" in app.header_lines()[0])
+            assert any(line.startswith("stopped by an operator") for line in app.log_lines)
+
+        assert run.thread is not None
+        run.thread.join(timeout=120)
+        assert run.summary is not None and run.summary["stopped"] is True
+        assert run.summary["rounds"] == paused_at < ROUNDS
+        later = [e for e in run.state.events_after(0) if e.kind == 2 and e.round > 1]
+        assert later and all(len(e.participants) == 4 for e in later)
+
+    asyncio.run(scenario())
+
+
+def test_the_console_reconnects_when_the_server_restarts() -> None:
+    state = MonitorState()
+    state.on_start(total_rounds=7, initial_accuracy=0.1)
+    server = start_monitor(MonitorSettings(tokens=TOKENS), state)
+    port = server.port
+
+    async def scenario() -> None:
+        nonlocal server
+        app = ConsoleApp(
+            ConnectionSettings(server.address, OPERATOR), poll_interval=0.2, reconnect_delay=0.2
+        )
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.connection == "connected")
+            server.stop()
+            await wait_for(pilot, lambda: app.connection == "reconnecting")
+            assert app.header_lines()[1].startswith("reconnecting: ")
+            restarted = MonitorState()
+            restarted.on_start(total_rounds=9, initial_accuracy=0.2)
+            server = start_monitor(MonitorSettings(port=port, tokens=TOKENS), restarted)
+            await wait_for(pilot, lambda: app.connection == "connected")
+            await wait_for(pilot, lambda: app.header_lines()[0].startswith("round 0/9"))
+            assert app.log_lines[0] == "reconnected; the history follows"
+            assert "run started: 9 rounds · initial acc 20.0%" in app.log_lines
+            assert not any("7 rounds" in line for line in app.log_lines)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
