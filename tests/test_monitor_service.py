@@ -115,9 +115,15 @@ def test_bad_control_values_are_refused_and_the_server_keeps_running(run: Monito
     with pytest.raises(MonitorError, match="must be <= the fleet size 6") as refused:
         operator.control(pb.CONTROL_ACTION_SET_DEVICES_PER_ROUND, devices_per_round=99)
     assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
-    with pytest.raises(MonitorError, match="CompressedFedAvg has no round deadline"):
-        operator.control(pb.CONTROL_ACTION_SET_DEADLINE, deadline=10)
+    with pytest.raises(MonitorError, match="> 0 seconds") as bad_deadline:
+        operator.control(pb.CONTROL_ACTION_SET_DEADLINE, deadline=-5)
+    assert bad_deadline.value.code is grpc.StatusCode.FAILED_PRECONDITION
     assert operator.status().state == pb.RUN_STATE_PAUSED
+
+
+def test_a_deadline_change_reaches_the_strategy(run: MonitoredRun) -> None:
+    client(run, OPERATOR).control(pb.CONTROL_ACTION_SET_DEADLINE, deadline=10)
+    assert run.control.deadline == 10
 
 
 def test_prometheus_endpoint_serves_the_run(run: MonitoredRun) -> None:
