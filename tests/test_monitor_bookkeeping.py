@@ -117,6 +117,8 @@ def test_devices_that_never_answer_are_stragglers() -> None:
 def test_fields_a_richer_round_record_carries_are_passed_on() -> None:
     state = MonitorState()
     state.round_started(2, [1, 2, 3])
+    state.device_replied(2, 1, uplink_bytes=100)
+    state.device_replied(2, 2, uplink_bytes=100)
     state.on_round(
         TieredRecord(
             **dataclasses.asdict(record(2, stragglers=1, dropouts=1)),
