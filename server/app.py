@@ -12,6 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from stamen.config import StamenConfig, from_run_config
+from stamen.server.checkpoint import CheckpointStore
 from stamen.server.federation import run_federation
 from stamen.server.reporting import Reporters, RoundReporter
 from stamen.server.results import ResultsWriter
@@ -19,7 +20,10 @@ from stamen.task import OUT_KEY
 
 
 def server_app(
-    config: StamenConfig | None = None, reporter: RoundReporter | None = None
+    config: StamenConfig | None = None,
+    reporter: RoundReporter | None = None,
+    *,
+    checkpoints: CheckpointStore | None = None,
 ) -> ServerApp:
     """Build the Stamen ``ServerApp``.
 
@@ -27,6 +31,7 @@ def server_app(
         config: the federation's config; ``None`` parses ``context.run_config``.
         reporter: receives per-round records; ``None`` writes results only when
             the run config names an ``out`` directory.
+        checkpoints: save after every round and resume from the last one.
 
     Examples:
         >>> from stamen.config import load_config
@@ -40,7 +45,7 @@ def server_app(
         out = run_config.pop(OUT_KEY, None)
         resolved = config or from_run_config(run_config)
         writer = ResultsWriter(Path(str(out))) if out else None
-        run_federation(grid, resolved, Reporters(reporter, writer))
+        run_federation(grid, resolved, Reporters(reporter, writer), checkpoints=checkpoints)
 
     return app
 

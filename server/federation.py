@@ -29,6 +29,13 @@ from stamen.models import (
     exchanged_state,
     load_exchanged_state,
 )
+from stamen.server.checkpoint import (
+    Checkpoint,
+    CheckpointStore,
+    ResumedStrategy,
+    restore_strategy,
+    strategy_state,
+)
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.strategies import CompressedFedAvg, RoundStats
 from stamen.strategies.compressed_fedavg import to_array_record, to_numpy
@@ -85,8 +92,18 @@ def build_strategy(config: StamenConfig, spec: ModelSpec) -> CompressedFedAvg:
     )
 
 
-def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) -> dict[str, Any]:
-    """Run every round of a federation on ``grid``; returns the summary."""
+def run_federation(
+    grid: Grid,
+    config: StamenConfig,
+    reporter: RoundReporter,
+    *,
+    checkpoints: CheckpointStore | None = None,
+) -> dict[str, Any]:
+    """Run every round of a federation on ``grid``; returns the summary.
+
+    With ``checkpoints``, the state is saved after every round, and a run that
+    finds a checkpoint resumes after its round instead of starting over.
+    """
     started = time.perf_counter()
     dataset = load_dataset(config.data.dataset)
     spec = model_spec(config, dataset)
@@ -96,12 +113,19 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
     y_test = torch.tensor(dataset.y_test)
     records: list[RoundRecord] = []
     round_started = [time.perf_counter()]
+    initial = exchanged_state(model)
+    resumed = checkpoints.load() if checkpoints is not None else None
+    offset = resume(resumed, strategy, config) if resumed is not None else 0
+    restored = [RoundRecord(**r) for r in resumed.records] if resumed is not None else []
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_state(model, arrays)
         result = evaluate(model, x_test, y_test)
         if server_round == 0:
             reporter.on_start(config.federation.rounds, result.accuracy)
+            for record in restored:
+                records.append(record)
+                reporter.on_round(record)
         else:
             record = round_record(
                 strategy,
@@ -112,16 +136,19 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
             )
             records.append(record)
             reporter.on_round(record)
+            if checkpoints is not None:
+                save_checkpoint(checkpoints, server_round, arrays, strategy, records, config)
         round_started[0] = time.perf_counter()
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 
-    initial = exchanged_state(model)
-    result = strategy.start(
+    if resumed is not None:
+        initial = resumed.arrays
+    result = (ResumedStrategy(strategy, offset) if offset else strategy).start(
         grid=grid,
         initial_arrays=to_array_record(initial),
-        num_rounds=config.federation.rounds,
+        num_rounds=max(0, config.federation.rounds - offset),
         timeout=config.federation.round_timeout,
-        evaluate_fn=central_evaluate,
+        evaluate_fn=lambda r, arrays: central_evaluate(r + offset if r else 0, arrays),
     )
     summary = summarize(
         config,
@@ -133,6 +160,42 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
     summary["final_model_sha256"] = _final_hash(result.arrays)
     reporter.on_finish(summary)
     return summary
+
+
+def resume(checkpoint: Checkpoint, strategy: CompressedFedAvg, config: StamenConfig) -> int:
+    """Restore the strategy from ``checkpoint``; returns the round to go on after."""
+    saved = {k: v for k, v in checkpoint.config.items() if k != "federation"}
+    current = {k: v for k, v in config.to_dict().items() if k != "federation"}
+    if saved and saved != current:
+        raise ConfigError(
+            "the checkpoint was made with a different data, model or compression config; "
+            "use the same config or a fresh state directory"
+        )
+    restore_strategy(strategy, checkpoint)
+    LOG.warning("resuming from the checkpoint of round %d", checkpoint.round)
+    return checkpoint.round
+
+
+def save_checkpoint(
+    store: CheckpointStore,
+    server_round: int,
+    arrays: ArrayRecord,
+    strategy: CompressedFedAvg,
+    records: list[RoundRecord],
+    config: StamenConfig,
+) -> None:
+    """Checkpoint the state after ``server_round``."""
+    state, masks = strategy_state(strategy)
+    store.save(
+        Checkpoint(
+            round=server_round,
+            arrays=to_numpy(arrays),
+            masks=masks,
+            strategy=state,
+            records=[r.to_dict() for r in records],
+            config=config.to_dict(),
+        )
+    )
 
 
 def load_state(model: nn.Module, arrays: ArrayRecord) -> None:

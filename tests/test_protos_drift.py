@@ -37,6 +37,7 @@ def test_regenerated_code_matches_checked_in_byte_for_byte(tmp_path: Path) -> No
     fresh = generated_files(tmp_path)
     checked_in = generated_files(PROTOS)
     assert "update/v1/update_pb2.py" in fresh
+    assert "edge/v1/edge_pb2_grpc.py" in fresh
     assert sorted(fresh) == sorted(checked_in), "run: python scripts/gen_protos.py"
     drifted = [name for name in fresh if fresh[name] != checked_in[name]]
     assert not drifted, f"regenerate with python scripts/gen_protos.py: {drifted}"
@@ -59,3 +60,18 @@ def test_generated_module_has_the_package_path_other_protos_import() -> None:
 
     assert update_pb2.DESCRIPTOR.name == "stamen/protos/update/v1/update.proto"
     assert update_pb2.DESCRIPTOR.package == "stamen.update.v1"
+
+
+def test_edge_protocol_has_its_service_and_grpc_stubs() -> None:
+    from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
+
+    assert edge_pb2.DESCRIPTOR.package == "stamen.edge.v1"
+    service = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"]
+    assert [m.name for m in service.methods] == [
+        "Join",
+        "Authenticate",
+        "Tasks",
+        "Upload",
+        "Heartbeat",
+    ]
+    assert hasattr(edge_pb2_grpc, "EdgeServiceStub")
