@@ -19,7 +19,8 @@ from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import Array, ArrayRecord, Context, Message, Metadata, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Metadata, RecordDict
+from flwr.app.message import make_message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 
@@ -185,8 +186,8 @@ class Agent:
             content = parse_records(task.content)
         except CorruptRecords as error:
             return _error(REFUSED_TASK, f"refused: {error}")
-        message = Message(
-            content,
+        message = make_message(
+            content=content,
             metadata=Metadata(
                 run_id=int(task.run_id),
                 message_id=task.task_id,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from typing import NoReturn
 
 import grpc
 from flwr.app import RecordDict
@@ -91,11 +92,14 @@ def chunks(data: bytes, size: int) -> Iterator[bytes]:
         yield data[start : start + size]
 
 
-def abort(context: grpc.ServicerContext, status: grpc.StatusCode, code: int, message: str) -> None:
+def abort(
+    context: grpc.ServicerContext, status: grpc.StatusCode, code: int, message: str
+) -> NoReturn:
     """End an RPC with ``status`` and a typed ``EdgeError`` in the trailers."""
     error = edge_pb2.EdgeError(code=code, message=message)  # type: ignore[arg-type]
     context.set_trailing_metadata(((ERROR_METADATA_KEY, error.SerializeToString()),))
     context.abort(status, message)
+    raise RuntimeError("grpc's abort returned")  # it always raises
 
 
 def edge_error_of(error: grpc.RpcError) -> EdgeProtocolError | None:

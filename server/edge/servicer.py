@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
 from flwr.app import Error, Message
@@ -120,7 +121,6 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 E.ERROR_CODE_BAD_SIGNATURE,
                 "the challenge is unknown or expired; join again",
             )
-            raise AssertionError  # abort raises; this line tells type checkers
         message = challenge_message(challenge.nonce, challenge.device_id)
         if request.device_id != challenge.device_id or not verify_signature(
             challenge.public_key, bytes(request.signature), message
@@ -181,7 +181,6 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 E.ERROR_CODE_BAD_REQUEST,
                 "an upload starts with a chunk that carries its header",
             )
-            raise AssertionError
         header = first.header
         session = self._session(header.session, context)
         instruction = self.grid.instruction(header.task_id, session.node_id)
@@ -256,7 +255,6 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 E.ERROR_CODE_BAD_SESSION,
                 "unknown or expired session; join again",
             )
-            raise AssertionError
         if self.registry.status(session.public_key) is not DeviceStatus.REGISTERED:
             with self._lock:
                 self._sessions.pop(token, None)
@@ -325,7 +323,6 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 E.ERROR_CODE_CORRUPT_UPLOAD,
                 str(problem),
             )
-            raise AssertionError from None
         return Message(content, reply_to=instruction)
 
     def _refuse(
@@ -335,7 +332,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         status: grpc.StatusCode,
         code: int,
         message: str,
-    ) -> None:
+    ) -> NoReturn:
         LOG.warning("refused an upload for task %s: %s", task_id[:12], message)
         self.grid.refused_upload(task_id)
         abort(context, status, code, message)
