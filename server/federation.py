@@ -135,9 +135,9 @@ def run_federation(
                 time.perf_counter() - round_started[0],
             )
             records.append(record)
-            reporter.on_round(record)
-            if checkpoints is not None:
+            if checkpoints is not None:  # first, so a reported round is always a saved one
                 save_checkpoint(checkpoints, server_round, arrays, strategy, records, config)
+            reporter.on_round(record)
         round_started[0] = time.perf_counter()
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 

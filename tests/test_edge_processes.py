@@ -269,3 +269,194 @@ def test_ten_agents_train_five_rounds_over_tls_like_the_simulation(site: Site) -
 def _metrics(site: Site) -> list[dict[str, Any]]:
     lines = (site.root / "results" / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
+
+
+DIGITS = ["--dataset", "digits", "--model", "mlp", "--set", "data.partition='iid'"]
+
+
+def digits_agent(pid: int, fleet: int) -> list[str]:
+    return [
+        "--dataset",
+        "digits",
+        "--partition",
+        "iid",
+        "--partition-id",
+        str(pid),
+        "--num-partitions",
+        str(fleet),
+    ]
+
+
+def digits_server(rounds: int, per_round: int, fleet: int) -> list[str]:
+    return [
+        *DIGITS,
+        "--rounds",
+        str(rounds),
+        "--num-devices",
+        str(fleet),
+        "--devices-per-round",
+        str(per_round),
+    ]
+
+
+@pytest.mark.timeout(300)
+def test_unregistered_and_revoked_devices_are_refused_without_touching_the_round(
+    site: Site,
+) -> None:
+    good = site.device("good")
+    stranger = site.device("stranger", register=False)
+    revoked = site.device("revoked")
+    done = run("devices", "revoke", "revoked", "--registry", str(site.registry), cwd=site.root)
+    assert done.returncode == 0, done.stderr
+    listing = run("devices", "list", "--registry", str(site.registry), cwd=site.root).stdout
+    assert "revoked" in listing and "good" in listing and "stranger" not in listing
+
+    server, port = site.server(*digits_server(2, 1, 1), "--round-deadline", "60")
+    refused = site.agent("stranger", stranger, port, *digits_agent(0, 1))
+    banned = site.agent("revoked", revoked, port, *digits_agent(0, 1))
+    assert refused.wait(timeout=120) == 2
+    assert banned.wait(timeout=120) == 2
+    assert "is not registered on this server" in site.text("stranger")
+    assert "was revoked on this server" in site.text("revoked")
+    assert "Traceback" not in site.text("stranger") + site.text("revoked")
+
+    site.agent("good", good, port, *digits_agent(0, 1))
+    assert server.wait(timeout=240) == 0, site.text("server")[-3000:]
+    assert [(r["sampled"], r["accepted"], r["rejected"]) for r in _metrics(site)] == [(1, 1, 0)] * 2
+
+
+@pytest.mark.timeout(300)
+def test_an_agent_killed_mid_round_leaves_the_round_to_finish_at_its_deadline(
+    site: Site, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    # The victim holds a large (random) partition, so its local training takes
+    # long enough to be killed in the middle of it.
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.npz"
+    labels = np.arange(200_000) % 10
+    np.savez(
+        big,
+        x_train=rng.random((200_000, 64), dtype=np.float32),
+        y_train=labels,
+        x_test=rng.random((100, 64), dtype=np.float32),
+        y_test=labels[:100],
+    )
+    states = [site.device(f"dev{i}") for i in range(3)]
+    deadline = 15
+    server, port = site.server(*digits_server(2, 3, 3), "--round-deadline", str(deadline))
+    for pid in range(2):
+        site.agent(f"dev{pid}", states[pid], port, *digits_agent(pid, 3))
+    victim = site.agent("victim", states[2], port, "--dataset", f"npz:{big}", "-v")
+    wait_for(lambda: "round 1: train" in site.text("victim"), 120, victim)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=10)
+    assert server.wait(timeout=200) == 0, site.text("server")[-3000:]
+
+    summary = site.summary()
+    first = summary["edge"]["rounds"][0]
+    assert first["timed_out"] == 1 and first["replies"] == 2
+    assert first["seconds"] >= deadline - 1  # it waited for the deadline, not forever
+    records = _metrics(site)
+    assert records[0]["accepted"] == 2 and records[0]["sampled"] == 3
+    assert records[1]["sampled"] == 2 and records[1]["accepted"] == 2  # the dead one is gone
+    assert "missed the deadline" in site.text("server")
+
+
+@pytest.mark.timeout(400)
+def test_a_restarted_server_resumes_after_the_last_finished_round(site: Site) -> None:
+    states = [site.device(f"dev{i}") for i in range(3)]
+    args = [*digits_server(6, 3, 3), "--round-deadline", "60", "--set", "training.local_epochs=3"]
+    server, port = site.server(*args)
+    agents = [
+        site.agent(f"dev{pid}", state, port, *digits_agent(pid, 3), "--give-up-after", "120")
+        for pid, state in enumerate(states)
+    ]
+    metrics = site.root / "results" / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 200, server)
+    finished = len(metrics.read_text().splitlines())
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=10)
+    assert finished < 6, "the run ended before the server could be killed"
+
+    restarted, again = site.server(*args, port=port, name="server-2")
+    assert again == port
+    assert restarted.wait(timeout=300) == 0, site.text("server-2")[-3000:]
+    log = site.text("server-2")
+    resumed = int(re.search(r"resuming from the checkpoint of round (\d+)", log).group(1))
+    assert resumed >= finished  # no finished round was lost
+    records = _metrics(site)
+    assert [r["round"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert site.summary()["rounds"] == 6
+    assert all(r["accepted"] == 3 for r in records[resumed:])  # the agents came back
+    assert all(agent.poll() is None or agent.returncode == 0 for agent in agents)
+    assert all("reconnecting" in site.text(f"dev{pid}") for pid in range(3))
+
+
+@pytest.mark.timeout(300)
+def test_oversized_and_corrupt_uploads_are_refused_and_the_server_keeps_serving(
+    site: Site,
+) -> None:
+    import threading
+
+    import grpc
+
+    from stamen.client.agent import EdgeConnection, EdgeProtocolError, open_channel
+    from stamen.client.agent.state import AgentStateStore
+    from stamen.client.agent.wire import edge_error_of
+    from stamen.protos.edge.v1 import edge_pb2
+
+    states = [site.device(f"dev{i}") for i in range(3)]
+    server, port = site.server(
+        *digits_server(2, 3, 3), "--round-deadline", "15", "--max-payload-mb", "1"
+    )
+    for pid in range(2):
+        site.agent(f"dev{pid}", states[pid], port, *digits_agent(pid, 3))
+
+    # The third device is a hostile client in this process: a registered key
+    # that answers its task with bad uploads.
+    hostile = EdgeConnection(
+        open_channel(f"127.0.0.1:{port}", site.certs / "ca.pem"),
+        AgentStateStore(states[2]).load_key(),
+    )
+    session = hostile.join()
+    tasks: list[edge_pb2.Task] = []
+
+    def receive() -> None:
+        with contextlib.suppress(grpc.RpcError, EdgeProtocolError):
+            tasks.extend(hostile.tasks(session))
+
+    threading.Thread(target=receive, daemon=True).start()
+    wait_for(lambda: tasks, 120, server)
+    task_id = tasks[0].task_id
+
+    refusals = []
+    for data, declared in [
+        (b"x" * 10, 64 * 2**20),  # declares more than the limit
+        (b"not a record" * 100, None),  # parses as nothing Flower knows
+    ]:
+        header = edge_pb2.UploadHeader(
+            session=session.token,
+            task_id=task_id,
+            total_bytes=declared or len(data),
+            sha256=bytes(32),  # a wrong checksum too
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            hostile.stub.Upload(iter([edge_pb2.UploadChunk(header=header, data=data)]))
+        typed = edge_error_of(refused.value)
+        assert typed is not None, refused.value
+        refusals.append(typed)
+    assert [e.code_name for e in refusals] == [
+        "ERROR_CODE_PAYLOAD_TOO_LARGE",
+        "ERROR_CODE_CORRUPT_UPLOAD",
+    ]
+    assert "exceeds the server's limit" in str(refusals[0])
+    hostile.close()
+
+    assert server.wait(timeout=200) == 0, site.text("server")[-3000:]
+    summary = site.summary()
+    assert summary["rounds"] == 2
+    assert summary["edge"]["refused_uploads"] == 2
+    assert _metrics(site)[0]["accepted"] == 2
+    assert _metrics(site)[1]["accepted"] == 2
