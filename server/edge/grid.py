@@ -54,7 +54,9 @@ class EdgeRoundStats:
     over_selected: int = 0
     replies: int = 0
     timed_out: int = 0
-    """Devices that had not replied when the round returned."""
+    """Devices that had not replied when the deadline passed."""
+    cancelled: int = 0
+    """Over-selected devices still working when enough replies were in."""
     late_dropped: int = 0
     """Replies that arrived after the round returned, refused."""
     surplus_dropped: int = 0
@@ -185,7 +187,7 @@ class EdgeGrid(Grid):
                 if len(answered) == len(ids) or successes >= target or remaining <= 0:
                     break
                 self._cond.wait(timeout=min(remaining, 1.0))
-            replies = self._collect(ids, target, stats)
+            replies = self._collect(ids, target, stats, expired=time.time() >= deadline)
         stats.seconds = time.monotonic() - started
         self._report(stats)
         return replies
@@ -326,7 +328,9 @@ class EdgeGrid(Grid):
         )
         return task
 
-    def _collect(self, ids: list[str], target: int, stats: EdgeRoundStats) -> list[Message]:
+    def _collect(
+        self, ids: list[str], target: int, stats: EdgeRoundStats, *, expired: bool
+    ) -> list[Message]:
         """Take this round's replies and close the round (caller holds the lock)."""
         replies: list[Message] = []
         successes = 0
@@ -334,9 +338,12 @@ class EdgeGrid(Grid):
             reply = self._replies.pop(mid, None)
             if reply is None:
                 pending = self._pending.pop(mid, None)
-                if pending is not None:
+                if pending is not None and expired:
                     stats.timed_out += 1
                     stats.timed_out_nodes.append(pending.node_id)
+                elif pending is not None:
+                    stats.cancelled += 1
+                if pending is not None:
                     channel = self._nodes.get(pending.node_id)
                     if channel is not None:
                         channel.busy = max(0, channel.busy - 1)
