@@ -79,6 +79,8 @@ def open_channel(address: str, ca_cert: Path | None) -> grpc.Channel:
         ("grpc.max_send_message_length", 8 * 2**20),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.enable_retries", 0),
+        # One connection per channel, even when one process holds many (load tests).
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if ca_cert is None:
         return grpc.insecure_channel(address, options=options)
