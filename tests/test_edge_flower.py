@@ -176,7 +176,7 @@ def test_stamen_apps_on_superlink_and_supernodes_with_tls_and_node_auth(
     for _, public in keys[:2]:  # the third key is never registered
         done = flwr(env, "supernode", "register", str(public), "edge", cwd=tmp_path)
         assert done.returncode == 0 and "registered" in done.stdout, done.stdout + done.stderr
-    for i, (private, public) in enumerate(keys):
+    for i, (private, _) in enumerate(keys):
         processes.start(
             f"supernode{i}",
             str(VENV_BIN / "flower-supernode"),
@@ -186,8 +186,6 @@ def test_stamen_apps_on_superlink_and_supernodes_with_tls_and_node_auth(
             f"127.0.0.1:{port}",
             "--auth-supernode-private-key",
             str(private),
-            "--auth-supernode-public-key",
-            str(public),
             "--node-config",
             f"partition-id={min(i, 1)} num-partitions=2",
             "--port",

@@ -9,6 +9,7 @@ reaches the strategy.
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import threading
 import time
@@ -29,6 +30,8 @@ LOG = logging.getLogger("stamen.server.edge")
 
 E = edge_pb2
 CHALLENGE_SECONDS = 30.0
+STALE_HEARTBEATS = 6
+"""A task stream closes after this many heartbeat periods without one."""
 MAX_CHALLENGES = 10_000
 
 
@@ -136,6 +139,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         token = secrets.token_hex(24)
         node_id = node_id_of(challenge.public_key)
         with self._lock:
+            # A device holds one session: joining again ends the older one.
+            for old in [t for t, v in self._sessions.items() if v.node_id == node_id]:
+                del self._sessions[old]
             self._sessions[token] = _Session(
                 node_id, challenge.device_id, challenge.public_key, time.time()
             )
@@ -159,8 +165,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             while context.is_active():
                 try:
                     task = channel.tasks.get(timeout=0.5)
-                except Exception:  # queue.Empty: check the connection and the registry
-                    if self.registry.status(session.public_key) is not DeviceStatus.REGISTERED:
+                except queue.Empty:
+                    if not self._still_welcome(request.session, session):
                         break
                     continue
                 if task is None:
@@ -224,6 +230,17 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         return edge_pb2.HeartbeatReply(server_unix=time.time())
 
     # -- helpers --------------------------------------------------------------------
+
+    def _still_welcome(self, token: str, session: _Session) -> bool:
+        """False once the device is revoked, joined again, or stopped its heartbeats."""
+        if self.registry.status(session.public_key) is not DeviceStatus.REGISTERED:
+            return False
+        with self._lock:
+            current = self._sessions.get(token) is session
+        silent = time.time() - session.last_seen > STALE_HEARTBEATS * self.heartbeat_seconds
+        if silent:
+            LOG.warning("node %d sent no heartbeat for a while; closing it", session.node_id)
+        return current and not silent
 
     def _check_registered(self, key: bytes, ident: str, context: grpc.ServicerContext) -> None:
         status = self.registry.status(key)
