@@ -50,6 +50,8 @@ def run_load(agents: int, rounds: int, out: Path, deadline: float = 300.0) -> di
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
+    # Once the server finishes, every agent would log its reconnect attempts.
+    logging.getLogger("stamen.agent").setLevel(logging.ERROR)
     out.mkdir(parents=True, exist_ok=True)
     sh("certs", "init", str(out / "certs"), "--host", "127.0.0.1", "--force", cwd=out)
     registry = DeviceRegistry(out / "devices.json")

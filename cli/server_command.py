@@ -256,6 +256,7 @@ class EdgeRoundLog:
 
     def on_finish(self, summary: dict[str, Any]) -> None:
         """Add the edge totals to the summary (late replies arrive after their round)."""
+        summary["backend"] = "edge"
         summary["edge"] = {
             "timed_out": sum(s.timed_out for s in self.rounds),
             "late_dropped": sum(s.late_dropped for s in self.rounds),
