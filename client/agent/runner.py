@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, Context, Metadata, RecordDict
 from flwr.app.message import make_message
@@ -107,6 +108,7 @@ class Agent:
                 {name: Array(value) for name, value in self.state.residual.items()}
             )
         self.handled = 0
+        self.last_compute_seconds = 0.0
         self.stop_event = threading.Event()
         self._backoff = Backoff(settings.backoff_base, settings.backoff_cap, random.Random())
 
@@ -201,18 +203,21 @@ class Agent:
             ),
         )
         LOG.info("round %s: %s", round_label, task.message_type)
+        started = time.perf_counter()
         try:
             reply = self.app(message, self.context)
         except Exception as error:  # the device's failure is reported, the agent goes on
             LOG.exception("round %s: the ClientApp failed", round_label)
             return _error(CLIENT_APP_FAILED, f"{type(error).__name__}: {error}")
+        self.last_compute_seconds = time.perf_counter() - started
+        LOG.info("round %s: done in %.2f s", round_label, self.last_compute_seconds)
         self._persist(content, round_label)
         if reply.has_error():
             return _error(int(reply.error.code), str(reply.error.reason))
         return serialize_records(reply.content), False
 
     def _persist(self, content: RecordDict, round_label: str) -> None:
-        residual: dict[str, object] = {}
+        residual: dict[str, np.ndarray] = {}
         if RESIDUAL_KEY in self.context.state.array_records:
             record = self.context.state.array_records[RESIDUAL_KEY]
             residual = {name: record[name].numpy() for name in record}
@@ -221,7 +226,7 @@ class Agent:
             model = content.array_records[MODEL_KEY][PAYLOAD].numpy().tobytes()
         self.state = AgentState(
             round=int(round_label) if round_label.isdigit() else self.state.round,
-            residual=residual,  # type: ignore[arg-type]
+            residual=residual,
             model=model or self.state.model,
         )
         self.store.save(self.state)
