@@ -44,7 +44,7 @@ ENV = {
     "OMP_NUM_THREADS": "1",
     "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
 }
-CONFIG = {"dataset": "digits", "model": "mlp", "preset": "fp32", "lr": 0.1, "local-epochs": 3}
+CONFIG = {"dataset": "digits", "model": "mlp", "preset": "fp32", "lr": "0.1", "local-epochs": "3"}
 DONE = re.compile(r"round (\d+): done in ([0-9.]+) s")
 
 
