@@ -132,6 +132,8 @@ def run_stamen(out: Path, agents: int, rounds: int) -> dict[str, Any]:
         "127.0.0.1:0",
         "--wait",
         "900",
+        "--out",
+        "results",
     )
     processes = [server]
     try:
