@@ -80,6 +80,7 @@ def start(out: Path, name: str, *argv: str) -> subprocess.Popen[bytes]:
 def run_stamen(out: Path, agents: int, rounds: int) -> dict[str, Any]:
     """Round wall times and per-device compute on ``stamen server``."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / "devices.json").unlink(missing_ok=True)
     stamen = str(BIN / "stamen")
     subprocess.run(
         [stamen, "certs", "init", "certs", "--host", "127.0.0.1", "--force"],
