@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -212,3 +213,38 @@ def test_resumed_strategy_passes_on_the_true_round_numbers() -> None:
         num_rounds=2,
     )
     assert inner.rounds == [("train", 5), ("aggregate", 5), ("train", 6), ("aggregate", 6)]
+
+
+BASE_INSTALL_PROBE = """
+import sys
+EXTRAS = {"ray", "sklearn", "zarr", "mlxtend", "seglearn", "matplotlib", "pureml"}
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in EXTRAS:
+            raise ImportError("not in the base install: " + name)
+sys.meta_path.insert(0, Blocker())
+import numpy as np
+np.savez(sys.argv[1], x_train=np.random.rand(40, 64).astype("float32"),
+         y_train=np.arange(40) % 10, x_test=np.random.rand(10, 64).astype("float32"),
+         y_test=np.arange(10) % 10)
+import stamen.cli.main
+from stamen.cli.agent_command import _client_app
+print(type(_client_app("npz:" + sys.argv[1], "iid", 0.3, 0, 0, 1)).__name__)
+"""
+
+
+def test_the_agent_runs_on_the_base_install(tmp_path: Path) -> None:
+    """No Ray, no dataset or plotting packages: the agent's import path and its data."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", BASE_INSTALL_PROBE, str(tmp_path / "own.npz")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ClientApp"
