@@ -460,3 +460,65 @@ def test_oversized_and_corrupt_uploads_are_refused_and_the_server_keeps_serving(
     assert summary["edge"]["refused_uploads"] == 2
     assert _metrics(site)[0]["accepted"] == 2
     assert _metrics(site)[1]["accepted"] == 2
+
+
+@pytest.mark.timeout(300)
+def test_a_real_agent_refuses_a_tampered_model(site: Site) -> None:
+    """An edge server that flips one bit of the model after signing it, and a real agent."""
+    from flwr.app import ConfigRecord
+
+    from stamen.config import load_config
+    from stamen.data import load_dataset
+    from stamen.models import build_model, exchanged_state
+    from stamen.server.edge import EdgeServer, EdgeServerSettings
+    from stamen.server.federation import build_strategy, model_spec
+    from stamen.strategies.compressed_fedavg import to_array_record
+
+    state = site.device("dev0")
+    server = EdgeServer(
+        EdgeServerSettings(
+            address="127.0.0.1:0",
+            certs_dir=site.certs,
+            registry=site.registry,
+            round_deadline=120,
+        )
+    )
+    port = server.start()
+    try:
+        agent = site.agent("dev0", state, port, *digits_agent(0, 1))
+        wait_for(lambda: list(server.grid.get_node_ids()), 120, agent)
+        config = load_config(
+            overrides={
+                "dataset": "digits",
+                "model": "mlp",
+                "num-devices": 1,
+                "devices-per-round": 1,
+            }
+        )
+        spec = model_spec(config, load_dataset("digits"))
+        strategy = build_strategy(config, spec)
+        arrays = to_array_record(exchanged_state(build_model(spec, seed=0)))
+        grid = server.grid
+        sound_seal = grid._seal
+
+        def tampering_seal(message, task_id, deadline):  # type: ignore[no-untyped-def]
+            task = sound_seal(message, task_id, deadline)
+            content = bytearray(task.content)
+            content[len(content) // 2] ^= 0x01  # one bit of the model, after signing
+            task.content = bytes(content)
+            return task
+
+        grid._seal = tampering_seal  # type: ignore[method-assign]
+        (reply,) = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+        assert reply.has_error()
+        assert "signature or hash does not verify" in reply.error.reason
+        assert "refused the task" in site.text("dev0")
+        assert not (state / "state.npz").exists()  # the agent loaded nothing
+
+        grid._seal = sound_seal  # type: ignore[method-assign]
+        (reply,) = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+        assert not reply.has_error()
+        assert strategy.aggregate_train(1, [reply])[0] is not None
+        assert (state / "state.npz").exists()
+    finally:
+        server.stop()
