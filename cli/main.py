@@ -14,7 +14,11 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from stamen import __version__
+from stamen.cli.agent_command import agent_app
+from stamen.cli.certs_command import certs_app
 from stamen.cli.console_command import console_command, monitor_options
+from stamen.cli.devices_command import devices_app
+from stamen.cli.server_command import server
 from stamen.cli.status_command import status_command
 from stamen.config import Backend, Preset, load_config, parse_assignment
 from stamen.errors import StamenError
@@ -507,6 +511,12 @@ def fail(message: str) -> None:
     """Print a one-line error and exit with status 2 (no traceback)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+app.command("server")(server)
+app.add_typer(agent_app, name="agent")
+app.add_typer(certs_app, name="certs")
+app.add_typer(devices_app, name="devices")
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from stamen.config import StamenConfig, from_run_config
+from stamen.server.checkpoint import CheckpointStore
 from stamen.server.control import RunControl
 from stamen.server.federation import run_federation
 from stamen.server.reporting import Reporters, RoundReporter
@@ -23,6 +24,8 @@ def server_app(
     config: StamenConfig | None = None,
     reporter: RoundReporter | None = None,
     control: RunControl | None = None,
+    *,
+    checkpoints: CheckpointStore | None = None,
 ) -> ServerApp:
     """Build the Stamen ``ServerApp``.
 
@@ -31,6 +34,7 @@ def server_app(
         reporter: receives per-round records; ``None`` writes results only when
             the run config names an ``out`` directory.
         control: optional pause/stop/settings controls, checked between rounds.
+        checkpoints: save after every round and resume from the last one.
 
     Examples:
         >>> from stamen.config import load_config
@@ -44,7 +48,9 @@ def server_app(
         out = run_config.pop(OUT_KEY, None)
         resolved = config or from_run_config(run_config)
         writer = ResultsWriter(Path(str(out))) if out else None
-        run_federation(grid, resolved, Reporters(reporter, writer), control)
+        run_federation(
+            grid, resolved, Reporters(reporter, writer), control, checkpoints=checkpoints
+        )
 
     return app
 

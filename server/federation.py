@@ -31,6 +31,13 @@ from stamen.models import (
     exchanged_state,
     load_exchanged_state,
 )
+from stamen.server.checkpoint import (
+    Checkpoint,
+    CheckpointStore,
+    ResumedStrategy,
+    restore_strategy,
+    strategy_state,
+)
 from stamen.server.control import RunControl, RunState, StopRequested
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.strategies import CompressedFedAvg, FedBuff, RoundStats
@@ -97,11 +104,15 @@ def run_federation(
     config: StamenConfig,
     reporter: RoundReporter,
     control: RunControl | None = None,
+    *,
+    checkpoints: CheckpointStore | None = None,
 ) -> dict[str, Any]:
     """Run every round of a federation on ``grid``; returns the summary.
 
     ``control``, where given, is consulted after each round (pause, stop, new
     settings); a stop ends the run early with ``"stopped": true`` in the summary.
+    With ``checkpoints``, the state is saved after every round, and a run that
+    finds a checkpoint resumes after its round instead of starting over.
     """
     started = time.perf_counter()
     dataset = load_dataset(config.data.dataset)
@@ -120,6 +131,10 @@ def run_federation(
                 parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
     records: list[RoundRecord] = []
     round_started = [time.perf_counter()]
+    initial = exchanged_state(model)
+    resumed = checkpoints.load() if checkpoints is not None else None
+    offset = resume(resumed, strategy, config) if resumed is not None else 0
+    restored = [RoundRecord(**r) for r in resumed.records] if resumed is not None else []
 
     every = config.federation.eval_every
     last = [EvalResult(loss=float("nan"), accuracy=0.0, num_examples=0)]
@@ -132,6 +147,9 @@ def run_federation(
         result = last[0]
         if server_round == 0:
             reporter.on_start(config.federation.rounds, result.accuracy)
+            for record in restored:
+                records.append(record)
+                reporter.on_round(record)
         else:
             record = round_record(
                 strategy,
@@ -144,21 +162,24 @@ def run_federation(
             if not evaluated:
                 record = dataclasses.replace(record, evaluated=False)
             records.append(record)
+            if checkpoints is not None:  # first, so a reported round is always a saved one
+                save_checkpoint(checkpoints, server_round, arrays, strategy, records, config)
             reporter.on_round(record)
             if control is not None and server_round < config.federation.rounds:
                 control.between_rounds(server_round)
         round_started[0] = time.perf_counter()
         return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
 
-    initial = exchanged_state(model)
+    if resumed is not None:
+        initial = resumed.arrays
     stopped: StopRequested | None = None
     try:
-        result = strategy.start(
+        result = (ResumedStrategy(strategy, offset) if offset else strategy).start(
             grid=grid,
             initial_arrays=to_array_record(initial),
-            num_rounds=config.federation.rounds,
+            num_rounds=max(0, config.federation.rounds - offset),
             timeout=config.federation.round_timeout,
-            evaluate_fn=central_evaluate,
+            evaluate_fn=lambda r, arrays: central_evaluate(r + offset if r else 0, arrays),
         )
         final_arrays = result.arrays
     except StopRequested as stop:
@@ -192,6 +213,42 @@ def run_federation(
         state = RunState.FINISHED if stopped is None else RunState.STOPPED
         control.finished(state, str(stopped) if stopped else f"finished {len(records)} rounds")
     return summary
+
+
+def resume(checkpoint: Checkpoint, strategy: CompressedFedAvg, config: StamenConfig) -> int:
+    """Restore the strategy from ``checkpoint``; returns the round to go on after."""
+    saved = {k: v for k, v in checkpoint.config.items() if k != "federation"}
+    current = {k: v for k, v in config.to_dict().items() if k != "federation"}
+    if saved and saved != current:
+        raise ConfigError(
+            "the checkpoint was made with a different data, model or compression config; "
+            "use the same config or a fresh state directory"
+        )
+    restore_strategy(strategy, checkpoint)
+    LOG.warning("resuming from the checkpoint of round %d", checkpoint.round)
+    return checkpoint.round
+
+
+def save_checkpoint(
+    store: CheckpointStore,
+    server_round: int,
+    arrays: ArrayRecord,
+    strategy: CompressedFedAvg,
+    records: list[RoundRecord],
+    config: StamenConfig,
+) -> None:
+    """Checkpoint the state after ``server_round``."""
+    state, masks = strategy_state(strategy)
+    store.save(
+        Checkpoint(
+            round=server_round,
+            arrays=to_numpy(arrays),
+            masks=masks,
+            strategy=state,
+            records=[r.to_dict() for r in records],
+            config=config.to_dict(),
+        )
+    )
 
 
 def load_state(model: nn.Module, arrays: ArrayRecord) -> None:

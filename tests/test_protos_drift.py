@@ -38,6 +38,7 @@ def test_regenerated_code_matches_checked_in_byte_for_byte(tmp_path: Path) -> No
     checked_in = generated_files(PROTOS)
     assert "update/v1/update_pb2.py" in fresh
     assert "monitor/v1/monitor_pb2_grpc.py" in fresh
+    assert "edge/v1/edge_pb2_grpc.py" in fresh
     assert sorted(fresh) == sorted(checked_in), "run: python scripts/gen_protos.py"
     drifted = [name for name in fresh if fresh[name] != checked_in[name]]
     assert not drifted, f"regenerate with python scripts/gen_protos.py: {drifted}"
@@ -75,3 +76,18 @@ def test_monitor_service_stubs_are_generated() -> None:
     ]
     assert hasattr(monitor_pb2_grpc, "MonitorStub")
     assert hasattr(monitor_pb2_grpc, "add_MonitorServicer_to_server")
+
+
+def test_edge_protocol_has_its_service_and_grpc_stubs() -> None:
+    from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
+
+    assert edge_pb2.DESCRIPTOR.package == "stamen.edge.v1"
+    service = edge_pb2.DESCRIPTOR.services_by_name["EdgeService"]
+    assert [m.name for m in service.methods] == [
+        "Join",
+        "Authenticate",
+        "Tasks",
+        "Upload",
+        "Heartbeat",
+    ]
+    assert hasattr(edge_pb2_grpc, "EdgeServiceStub")

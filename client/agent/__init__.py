@@ -1,0 +1,24 @@
+"""The ``stamen agent`` edge runtime: connection, reconnect, signed models, resource guards."""
+
+from stamen.client.agent.connection import Backoff, EdgeConnection, SessionInfo, open_channel
+from stamen.client.agent.guards import GuardSettings, PowerState, power_state, skip_reason
+from stamen.client.agent.runner import Agent, AgentRefused, AgentSettings
+from stamen.client.agent.state import AgentState, AgentStateStore
+from stamen.client.agent.wire import EdgeProtocolError
+
+__all__ = [
+    "Agent",
+    "AgentRefused",
+    "AgentSettings",
+    "AgentState",
+    "AgentStateStore",
+    "Backoff",
+    "EdgeConnection",
+    "EdgeProtocolError",
+    "GuardSettings",
+    "PowerState",
+    "SessionInfo",
+    "open_channel",
+    "power_state",
+    "skip_reason",
+]

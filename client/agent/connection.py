@@ -1,0 +1,177 @@
+"""One connection from an agent to an edge server: channel, join, upload, heartbeat.
+
+Examples:
+    >>> backoff = Backoff(base=1.0, cap=8.0, rng=random.Random(0))
+    >>> delays = [backoff.next_delay() for _ in range(6)]
+    >>> all(0 <= d <= 8.0 for d in delays)
+    True
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from stamen.client.agent.identity import challenge_message, device_id, public_bytes
+from stamen.client.agent.wire import (
+    PROTOCOL_VERSION,
+    EdgeProtocolError,
+    chunks,
+    edge_error_of,
+    sha256,
+)
+from stamen.errors import ConfigError
+from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
+
+CALL_TIMEOUT = 15.0
+FATAL_CODES = frozenset(
+    {
+        edge_pb2.ERROR_CODE_UNKNOWN_DEVICE,
+        edge_pb2.ERROR_CODE_REVOKED_DEVICE,
+        edge_pb2.ERROR_CODE_BAD_SIGNATURE,
+        edge_pb2.ERROR_CODE_BAD_REQUEST,
+    }
+)
+"""Refusals that another attempt cannot fix: the agent stops and says why."""
+
+
+class Backoff:
+    """Exponential backoff with full jitter: a delay uniform in [0, min(cap, base * 2^n)]."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None):
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """The next delay, growing with each failure."""
+        ceiling = min(self.cap, self.base * 2**self.attempt)
+        self.attempt = min(self.attempt + 1, 30)
+        return self._rng.uniform(0, ceiling)
+
+    def reset(self) -> None:
+        """Start over after a success."""
+        self.attempt = 0
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What the server granted at join."""
+
+    token: str
+    node_id: int
+    heartbeat_seconds: float
+    max_payload_bytes: int
+    chunk_bytes: int
+
+
+def open_channel(address: str, ca_cert: Path | None) -> grpc.Channel:
+    """A gRPC channel to ``address``: TLS trusting ``ca_cert``, or plain text when None."""
+    options = [
+        ("grpc.max_receive_message_length", 256 * 2**20),
+        ("grpc.max_send_message_length", 8 * 2**20),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.enable_retries", 0),
+        # One connection per channel, even when one process holds many (load tests).
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    if ca_cert is None:
+        return grpc.insecure_channel(address, options=options)
+    try:
+        root = ca_cert.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read the CA certificate {ca_cert}: {error.strerror}") from None
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(root), options=options)
+
+
+class EdgeConnection:
+    """The agent's calls on one channel; failures raise ``grpc.RpcError`` or
+    :class:`EdgeProtocolError` (when the server sent a typed error)."""
+
+    def __init__(self, channel: grpc.Channel, key: Ed25519PrivateKey) -> None:
+        self.channel = channel
+        self.stub = edge_pb2_grpc.EdgeServiceStub(channel)
+        self.key = key
+        self.public_key = public_bytes(key.public_key())
+        self.device_id = device_id(self.public_key)
+
+    def join(self) -> SessionInfo:
+        """Prove this device's identity and open a session."""
+        challenge = _call(
+            self.stub.Join,
+            edge_pb2.JoinRequest(
+                protocol_version=PROTOCOL_VERSION,
+                device_id=self.device_id,
+                public_key=self.public_key,
+            ),
+        )
+        signature = self.key.sign(challenge_message(challenge.nonce, self.device_id))
+        session = _call(
+            self.stub.Authenticate,
+            edge_pb2.AuthenticateRequest(
+                challenge_id=challenge.challenge_id, device_id=self.device_id, signature=signature
+            ),
+        )
+        return SessionInfo(
+            token=session.token,
+            node_id=int(session.node_id),
+            heartbeat_seconds=session.heartbeat_seconds or 5.0,
+            max_payload_bytes=int(session.max_payload_bytes),
+            chunk_bytes=int(session.chunk_bytes) or 256 * 1024,
+        )
+
+    def tasks(self, session: SessionInfo) -> Iterator[edge_pb2.Task]:
+        """The server's task stream; ends when the server closes it."""
+        stream = self.stub.Tasks(edge_pb2.TaskStreamRequest(session=session.token))
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise edge_error_of(error) or error from None
+        finally:
+            stream.cancel()
+
+    def upload(
+        self, session: SessionInfo, task_id: str, data: bytes, *, is_error: bool = False
+    ) -> edge_pb2.UploadAck:
+        """Send a reply in chunks."""
+        header = edge_pb2.UploadHeader(
+            session=session.token,
+            task_id=task_id,
+            total_bytes=len(data),
+            sha256=sha256(data),
+            is_error=is_error,
+        )
+
+        def requests() -> Iterator[edge_pb2.UploadChunk]:
+            for index, piece in enumerate(chunks(data, session.chunk_bytes)):
+                yield edge_pb2.UploadChunk(header=header if index == 0 else None, data=piece)
+
+        ack: edge_pb2.UploadAck = _call(self.stub.Upload, requests(), timeout=120.0)
+        return ack
+
+    def heartbeat(self, session: SessionInfo) -> None:
+        """Tell the server this device is alive."""
+        _call(self.stub.Heartbeat, edge_pb2.HeartbeatRequest(session=session.token), timeout=5.0)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+
+def _call(method: Any, request: Any, *, timeout: float = CALL_TIMEOUT) -> Any:
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as error:
+        raise edge_error_of(error) or error from None
+
+
+def is_fatal(error: EdgeProtocolError) -> bool:
+    """Whether retrying cannot help."""
+    return error.code in FATAL_CODES

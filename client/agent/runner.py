@@ -1,0 +1,265 @@
+"""The agent's main loop: stay connected, run each task through the ClientApp, upload.
+
+The agent joins, opens its task stream and handles each task in turn: it
+verifies the server's signature and the content hash, asks the resource guards,
+runs the unchanged Stamen ``ClientApp`` on a Flower ``Message`` and ``Context``,
+and uploads the reply in chunks. When the server goes away it reconnects with
+exponential backoff and jitter; a refusal no retry can fix (an unregistered or
+revoked key) ends it with :class:`AgentRefused`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Array, ArrayRecord, Context, Metadata, RecordDict
+from flwr.app.message import make_message
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+
+from stamen.client.agent.connection import Backoff, EdgeConnection, SessionInfo, is_fatal
+from stamen.client.agent.connection import open_channel as _open_channel
+from stamen.client.agent.guards import GuardSettings, skip_reason
+from stamen.client.agent.identity import verify_signature
+from stamen.client.agent.state import AgentState, AgentStateStore
+from stamen.client.agent.wire import (
+    CorruptRecords,
+    EdgeProtocolError,
+    parse_records,
+    serialize_records,
+    sha256,
+    task_signing_bytes,
+)
+from stamen.config.settings import require
+from stamen.errors import StamenError
+from stamen.protos.edge.v1 import edge_pb2
+from stamen.task import MODEL_KEY, PAYLOAD, RESIDUAL_KEY
+
+LOG = logging.getLogger("stamen.agent")
+
+REFUSED_TASK = 10
+"""Reply error code: the task's signature or hash did not verify."""
+SKIPPED = 11
+"""Reply error code: a resource guard skipped the round."""
+CLIENT_APP_FAILED = 12
+"""Reply error code: the ClientApp raised."""
+
+
+class AgentRefused(StamenError):
+    """The server refused this device for good (unregistered or revoked key)."""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How an agent connects and behaves."""
+
+    server: str
+    """host:port of the edge server."""
+    state_dir: Path
+    """Holds the device key and the persisted state."""
+    ca_cert: Path | None
+    """CA certificate to trust; None means plain text (--insecure)."""
+    model_key: bytes
+    """The server's raw Ed25519 model-signing public key."""
+    node_config: dict[str, int | float | str | bool] = field(default_factory=dict)
+    """Flower node config the ClientApp reads (``partition-id``, ``num-partitions``)."""
+    guards: GuardSettings = field(default_factory=GuardSettings)
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    give_up_after: float | None = None
+    """Stop (exit 0) after this many seconds without a server; None retries forever."""
+    max_tasks: int | None = None
+    """Stop after handling this many tasks (tests, benchmarks)."""
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.server.rpartition(":")
+        require(bool(sep and host and port.isdigit()), "--server", "HOST:PORT", self.server)
+        require(len(self.model_key) == 32, "model key", "a 32-byte Ed25519 key", "...")
+        require(self.backoff_base > 0, "backoff base", "> 0", self.backoff_base)
+        require(self.backoff_cap >= self.backoff_base, "backoff cap", ">= base", self.backoff_cap)
+
+
+class Agent:
+    """A device agent running ``app`` for one edge server."""
+
+    def __init__(self, settings: AgentSettings, app: ClientApp, key: Ed25519PrivateKey) -> None:
+        self.settings = settings
+        self.app = app
+        self.key = key
+        self.store = AgentStateStore(settings.state_dir)
+        self.state = self.store.load()
+        self.context = Context(
+            run_id=0,
+            node_id=0,
+            node_config=dict(settings.node_config),
+            state=RecordDict(),
+            run_config={},
+        )
+        if self.state.residual:
+            self.context.state[RESIDUAL_KEY] = ArrayRecord(
+                {name: Array(value) for name, value in self.state.residual.items()}
+            )
+        self.handled = 0
+        self.last_compute_seconds = 0.0
+        self.stop_event = threading.Event()
+        self._backoff = Backoff(settings.backoff_base, settings.backoff_cap, random.Random())
+
+    def run(self) -> None:
+        """Serve until stopped, given up, or refused for good."""
+        offline_since: float | None = None
+        while not self.stop_event.is_set():
+            connection = EdgeConnection(
+                _open_channel(self.settings.server, self.settings.ca_cert), self.key
+            )
+            try:
+                session = connection.join()
+                offline_since = None
+                self._backoff.reset()
+                LOG.info("joined %s as node %d", self.settings.server, session.node_id)
+                if self._serve(connection, session):
+                    return
+                continue  # the server closed the stream: join again at once
+            except EdgeProtocolError as error:
+                if is_fatal(error):
+                    raise AgentRefused(f"the server refused this device: {error}") from None
+                LOG.warning("server said %s: %s", error.code_name, error)
+            except grpc.RpcError as error:
+                LOG.warning("server unreachable (%s); retrying", _status(error))
+            finally:
+                connection.close()
+            offline_since = offline_since or time.monotonic()
+            give_up = self.settings.give_up_after
+            if give_up is not None and time.monotonic() - offline_since > give_up:
+                LOG.warning("no server for %.0f s; giving up", give_up)
+                return
+            delay = self._backoff.next_delay()
+            LOG.info("reconnecting in %.1f s", delay)
+            self.stop_event.wait(delay)
+
+    def _serve(self, connection: EdgeConnection, session: SessionInfo) -> bool:
+        """Handle tasks until the stream ends; True when the agent should stop."""
+        beating = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeats, args=(connection, session, beating), daemon=True
+        )
+        beat.start()
+        try:
+            for task in connection.tasks(session):
+                data, is_error = self.handle(task, session.node_id)
+                if data is None:
+                    continue
+                self._upload(connection, session, task, data, is_error)
+                self.handled += 1
+                if self.settings.max_tasks is not None and self.handled >= self.settings.max_tasks:
+                    return True
+                if self.stop_event.is_set():
+                    return True
+        finally:
+            beating.set()
+        return self.stop_event.is_set()
+
+    def handle(self, task: edge_pb2.Task, node_id: int) -> tuple[bytes | None, bool]:
+        """Verify and run one task; returns (reply bytes or None for no reply, is_error)."""
+        round_label = task.group_id or "?"
+        if sha256(task.content) != bytes(task.content_sha256) or not verify_signature(
+            self.settings.model_key, bytes(task.signature), task_signing_bytes(task, node_id)
+        ):
+            LOG.error(
+                "round %s: refused the task: its model's signature or hash does not verify",
+                round_label,
+            )
+            return _error(REFUSED_TASK, "refused: the model's signature or hash does not verify")
+        if task.deadline_unix and time.time() > task.deadline_unix:
+            LOG.warning("round %s: the task arrived after its deadline; skipped", round_label)
+            return None, False
+        reason = skip_reason(self.settings.guards)
+        if reason is not None:
+            LOG.warning("round %s: skipping: %s", round_label, reason)
+            return _error(SKIPPED, f"skipped: {reason}")
+        try:
+            content = parse_records(task.content)
+        except CorruptRecords as error:
+            return _error(REFUSED_TASK, f"refused: {error}")
+        message = make_message(
+            content=content,
+            metadata=Metadata(
+                run_id=int(task.run_id),
+                message_id=task.task_id,
+                src_node_id=SUPERLINK_NODE_ID,
+                dst_node_id=node_id,
+                reply_to_message_id="",
+                group_id=task.group_id,
+                created_at=time.time(),
+                ttl=max(1.0, task.deadline_unix - time.time()) if task.deadline_unix else 3600.0,
+                message_type=task.message_type,
+            ),
+        )
+        LOG.info("round %s: %s", round_label, task.message_type)
+        started = time.perf_counter()
+        try:
+            reply = self.app(message, self.context)
+        except Exception as error:  # the device's failure is reported, the agent goes on
+            LOG.exception("round %s: the ClientApp failed", round_label)
+            return _error(CLIENT_APP_FAILED, f"{type(error).__name__}: {error}")
+        self.last_compute_seconds = time.perf_counter() - started
+        LOG.info("round %s: done in %.2f s", round_label, self.last_compute_seconds)
+        self._persist(content, round_label)
+        if reply.has_error():
+            return _error(int(reply.error.code), str(reply.error.reason))
+        return serialize_records(reply.content), False
+
+    def _persist(self, content: RecordDict, round_label: str) -> None:
+        residual: dict[str, np.ndarray] = {}
+        if RESIDUAL_KEY in self.context.state.array_records:
+            record = self.context.state.array_records[RESIDUAL_KEY]
+            residual = {name: record[name].numpy() for name in record}
+        model = b""
+        if MODEL_KEY in content.array_records and PAYLOAD in content.array_records[MODEL_KEY]:
+            model = content.array_records[MODEL_KEY][PAYLOAD].numpy().tobytes()
+        self.state = AgentState(
+            round=int(round_label) if round_label.isdigit() else self.state.round,
+            residual=residual,
+            model=model or self.state.model,
+        )
+        self.store.save(self.state)
+
+    def _upload(
+        self,
+        connection: EdgeConnection,
+        session: SessionInfo,
+        task: edge_pb2.Task,
+        data: bytes,
+        is_error: bool,
+    ) -> None:
+        try:
+            connection.upload(session, task.task_id, data, is_error=is_error)
+        except EdgeProtocolError as error:
+            LOG.warning("round %s: upload refused: %s", task.group_id, error)
+            if error.code == edge_pb2.ERROR_CODE_BAD_SESSION:
+                raise
+
+    def _heartbeats(
+        self, connection: EdgeConnection, session: SessionInfo, done: threading.Event
+    ) -> None:
+        while not done.wait(session.heartbeat_seconds):
+            try:
+                connection.heartbeat(session)
+            except (grpc.RpcError, EdgeProtocolError):
+                return
+
+
+def _error(code: int, reason: str) -> tuple[bytes, bool]:
+    return edge_pb2.ReplyError(code=code, reason=reason).SerializeToString(), True
+
+
+def _status(error: grpc.RpcError) -> str:
+    code = error.code() if isinstance(error, grpc.Call) else None
+    return code.name if code is not None else type(error).__name__

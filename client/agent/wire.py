@@ -1,0 +1,116 @@
+"""What travels on the edge protocol: records, signed tasks, chunks and typed errors.
+
+Shared by the agent and the edge server, so both sides agree byte for byte.
+
+Examples:
+    >>> from flwr.app import ConfigRecord, RecordDict
+    >>> data = serialize_records(RecordDict({"config": ConfigRecord({"lr": 0.1})}))
+    >>> parse_records(data)["config"]["lr"]
+    0.1
+    >>> [len(c) for c in chunks(b"x" * 10, 4)]
+    [4, 4, 2]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import NoReturn
+
+import grpc
+from flwr.app import RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+from google.protobuf.message import DecodeError
+
+from stamen.client.agent.identity import TASK_PREFIX
+from stamen.errors import StamenError
+from stamen.protos.edge.v1 import edge_pb2
+
+PROTOCOL_VERSION = 1
+ERROR_METADATA_KEY = "stamen-edge-error-bin"
+"""Trailing-metadata key holding a serialized ``EdgeError``."""
+
+
+class EdgeProtocolError(StamenError):
+    """The other side refused a call with a typed edge error."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def code_name(self) -> str:
+        """The error code's name, e.g. ``ERROR_CODE_UNKNOWN_DEVICE``."""
+        return edge_pb2.ErrorCode.Name(self.code)
+
+
+class CorruptRecords(StamenError, ValueError):
+    """Bytes that should hold a serialized RecordDict do not."""
+
+
+def serialize_records(records: RecordDict) -> bytes:
+    """A Flower ``RecordDict`` as bytes (Flower's own protobuf form)."""
+    return bytes(recorddict_to_proto(records).SerializeToString())
+
+
+def parse_records(data: bytes) -> RecordDict:
+    """The inverse of :func:`serialize_records`; raises :class:`CorruptRecords`."""
+    proto = ProtoRecordDict()
+    try:
+        proto.ParseFromString(data)
+        return recorddict_from_proto(proto)
+    except (DecodeError, ValueError, TypeError, KeyError) as error:
+        raise CorruptRecords(f"content is not a Flower RecordDict: {error}") from None
+
+
+def sha256(data: bytes) -> bytes:
+    """SHA-256 digest."""
+    return hashlib.sha256(data).digest()
+
+
+def task_signing_bytes(task: edge_pb2.Task, node_id: int) -> bytes:
+    """The exact bytes the server signs for ``task`` sent to ``node_id``."""
+    signed = edge_pb2.TaskSigningInput(
+        task_id=task.task_id,
+        message_type=task.message_type,
+        group_id=task.group_id,
+        run_id=task.run_id,
+        content_sha256=task.content_sha256,
+        deadline_unix=task.deadline_unix,
+        node_id=node_id,
+    )
+    return TASK_PREFIX + signed.SerializeToString(deterministic=True)
+
+
+def chunks(data: bytes, size: int) -> Iterator[bytes]:
+    """``data`` in pieces of at most ``size`` bytes (one empty piece for empty data)."""
+    if not data:
+        yield b""
+        return
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def abort(
+    context: grpc.ServicerContext, status: grpc.StatusCode, code: int, message: str
+) -> NoReturn:
+    """End an RPC with ``status`` and a typed ``EdgeError`` in the trailers."""
+    error = edge_pb2.EdgeError(code=code, message=message)  # type: ignore[arg-type]
+    context.set_trailing_metadata(((ERROR_METADATA_KEY, error.SerializeToString()),))
+    context.abort(status, message)
+    raise RuntimeError("grpc's abort returned")  # it always raises
+
+
+def edge_error_of(error: grpc.RpcError) -> EdgeProtocolError | None:
+    """The typed edge error an RPC failed with, if the server sent one."""
+    trailers = error.trailing_metadata() if isinstance(error, grpc.Call) else None
+    for key, value in trailers or ():
+        if key == ERROR_METADATA_KEY and isinstance(value, bytes):
+            parsed = edge_pb2.EdgeError()
+            try:
+                parsed.ParseFromString(value)
+            except DecodeError:
+                return None
+            return EdgeProtocolError(int(parsed.code), parsed.message)
+    return None

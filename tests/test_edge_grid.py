@@ -1,0 +1,240 @@
+"""The edge grid, servicer and agent over real gRPC with TLS on loopback, in one process.
+
+Agents run in threads here, so these tests stay fast; the same pieces as real
+processes are in ``test_edge_processes.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, RecordDict
+
+from stamen.client import FleetData, client_app
+from stamen.client.agent import (
+    Agent,
+    AgentSettings,
+    AgentStateStore,
+    EdgeConnection,
+    EdgeProtocolError,
+    open_channel,
+)
+from stamen.client.agent.identity import generate_key, load_public_key
+from stamen.config import StamenConfig, load_config
+from stamen.data import load_dataset
+from stamen.models import build_model, exchanged_state
+from stamen.server import CollectingReporter, server_app
+from stamen.server.checkpoint import CheckpointStore
+from stamen.server.edge import EdgeServer, EdgeServerSettings, init_certs
+from stamen.server.federation import build_strategy, model_spec
+from stamen.strategies.compressed_fedavg import to_array_record
+
+FLEET = 4
+
+
+def digits_config(**overrides: object) -> StamenConfig:
+    values: dict[str, object] = {
+        "dataset": "digits",
+        "model": "mlp",
+        "partition": "iid",
+        "num-devices": FLEET,
+        "devices-per-round": 2,
+        "rounds": 2,
+        "lr": 0.2,
+        "local-epochs": 3,
+        "uplink.topk_ratio": 0.1,
+    }
+    values.update(overrides)
+    return load_config(overrides=values)
+
+
+@dataclass
+class Fleet:
+    """An edge server on 127.0.0.1 with TLS and agents in threads."""
+
+    root: Path
+    server: EdgeServer
+    agents: list[Agent] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    def add_agent(self, pid: int, *, register: bool = True) -> Agent:
+        store = AgentStateStore(self.root / f"agent{pid}")
+        key = store.create_key()
+        if register:
+            self.server.registry.register(load_public_key(store.public_key_path), name=f"d{pid}")
+        settings = AgentSettings(
+            server=f"127.0.0.1:{self.server.port}",
+            state_dir=store.directory,
+            ca_cert=self.certs / "ca.pem",
+            model_key=load_public_key(self.certs / "model-signing.pub"),
+            node_config={"partition-id": pid, "num-partitions": FLEET},
+            give_up_after=2.0,
+            backoff_base=0.05,
+            backoff_cap=0.2,
+        )
+        fleet = FleetData(digits_config().data, num_devices=FLEET, seed=0)
+        agent = Agent(settings, client_app(fleet), key)
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        self.agents.append(agent)
+        self.threads.append(thread)
+        return agent
+
+    def wait_connected(self, count: int) -> None:
+        for _ in range(300):
+            if len(list(self.server.grid.get_node_ids())) >= count:
+                return
+            threading.Event().wait(0.05)
+        raise AssertionError(f"only {len(list(self.server.grid.get_node_ids()))} connected")
+
+    def run(self, config: StamenConfig, store: CheckpointStore | None = None) -> CollectingReporter:
+        collector = CollectingReporter()
+        context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        server_app(config, collector, checkpoints=store)(self.server.grid, context)
+        return collector
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path) -> Iterator[object]:
+    fleets: list[Fleet] = []
+    init_certs(tmp_path / "certs", hosts=["127.0.0.1"])
+
+    def build(**settings: object) -> Fleet:
+        values: dict[str, object] = {
+            "address": "127.0.0.1:0",
+            "certs_dir": tmp_path / "certs",
+            "registry": tmp_path / "devices.json",
+            "round_deadline": 20.0,
+        }
+        values.update(settings)
+        server = EdgeServer(EdgeServerSettings(**values))  # type: ignore[arg-type]
+        server.start()
+        fleet = Fleet(tmp_path, server)
+        fleets.append(fleet)
+        return fleet
+
+    yield build
+    for fleet in fleets:
+        for agent in fleet.agents:
+            agent.stop_event.set()
+        fleet.server.stop()
+        for thread in fleet.threads:
+            thread.join(timeout=10)
+
+
+def test_agents_train_over_tls_and_a_second_run_resumes_from_the_checkpoint(
+    make_fleet: object, tmp_path: Path
+) -> None:
+    fleet = make_fleet()  # type: ignore[operator]
+    for pid in range(FLEET):
+        fleet.add_agent(pid)
+    fleet.wait_connected(FLEET)
+    store = CheckpointStore(tmp_path / "state")
+    first = fleet.run(digits_config(), store)
+    assert [r.accepted for r in first.records] == [2, 2]
+    assert first.records[-1].accuracy > 0.5
+    assert store.load().round == 2
+    assert [s.replies for s in fleet.server.grid.history] == [2, 2]
+
+    resumed = fleet.run(digits_config(rounds=3), store)
+    assert [r.round for r in resumed.records] == [1, 2, 3]
+    assert resumed.records[:2] == first.records  # restored, not re-run
+    assert len(fleet.server.grid.history) == 3  # only round 3 went to the devices
+    assert resumed.summary is not None and resumed.summary["rounds"] == 3
+    for agent in fleet.agents:
+        saved = agent.store.load()
+        if saved.round:
+            assert saved.model and saved.residual  # edge preset: error feedback on
+
+
+def test_over_selection_keeps_the_first_replies_and_counts_the_rest(make_fleet: object) -> None:
+    fleet = make_fleet(over_selection=2.0)  # type: ignore[operator]
+    for pid in range(FLEET):
+        fleet.add_agent(pid)
+    fleet.wait_connected(FLEET)
+    collector = fleet.run(digits_config(rounds=1))
+    stats = fleet.server.grid.history[0]
+    assert stats.sent == 4 and stats.over_selected == 2
+    assert collector.records[0].accepted == 2
+    # The two extra devices were either beaten (their uploads then come late and
+    # are dropped) or replied in the same instant (dropped as surplus).
+    assert stats.timed_out == 0
+    assert stats.cancelled + stats.surplus_dropped == 2
+    assert stats.replies - 2 == stats.surplus_dropped
+    for _ in range(200):
+        if stats.late_dropped == stats.cancelled:
+            break
+        threading.Event().wait(0.05)
+    assert stats.late_dropped == stats.cancelled
+
+
+def test_an_unregistered_key_and_a_bad_signature_are_refused(make_fleet: object) -> None:
+    fleet = make_fleet()  # type: ignore[operator]
+    channel = open_channel(f"127.0.0.1:{fleet.server.port}", fleet.certs / "ca.pem")
+    stranger = EdgeConnection(channel, generate_key())
+    with pytest.raises(EdgeProtocolError) as refused:
+        stranger.join()
+    assert refused.value.code_name == "ERROR_CODE_UNKNOWN_DEVICE"
+    assert "not registered" in str(refused.value)
+
+    # A registered public key whose holder cannot sign for it (a stolen public key).
+    victim = generate_key()
+    fleet.server.registry.register(victim.public_key().public_bytes_raw(), name="victim")
+    impostor = EdgeConnection(channel, generate_key())
+    impostor.public_key = victim.public_key().public_bytes_raw()
+    impostor.device_id = stranger_id = __import__("hashlib").sha256(impostor.public_key).hexdigest()
+    with pytest.raises(EdgeProtocolError) as forged:
+        impostor.join()
+    assert forged.value.code_name == "ERROR_CODE_BAD_SIGNATURE", stranger_id
+    assert list(fleet.server.grid.get_node_ids()) == []
+    channel.close()
+
+
+def test_plain_text_client_cannot_talk_to_a_tls_server(make_fleet: object) -> None:
+    fleet = make_fleet()  # type: ignore[operator]
+    channel = grpc.insecure_channel(f"127.0.0.1:{fleet.server.port}")
+    with pytest.raises(grpc.RpcError):
+        EdgeConnection(channel, generate_key()).join()
+    channel.close()
+
+
+def test_a_tampered_task_is_refused_and_a_sound_one_is_trained(make_fleet: object) -> None:
+    fleet = make_fleet()  # type: ignore[operator]
+    agent = fleet.add_agent(0)
+    fleet.wait_connected(1)
+    config = digits_config(**{"devices-per-round": 1})
+    spec = model_spec(config, load_dataset("digits"))
+    strategy = build_strategy(config, spec)
+    arrays = to_array_record(exchanged_state(build_model(spec, seed=0)))
+    grid = fleet.server.grid
+    sound_seal = grid._seal
+
+    def tampering_seal(message, task_id, deadline):  # type: ignore[no-untyped-def]
+        task = sound_seal(message, task_id, deadline)
+        content = bytearray(task.content)
+        content[len(content) // 2] ^= 0x01  # one bit of the model, after signing
+        task.content = bytes(content)
+        return task
+
+    grid._seal = tampering_seal  # type: ignore[method-assign]
+    (reply,) = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    assert reply.has_error()
+    assert "signature or hash does not verify" in reply.error.reason
+    assert not (agent.store.directory / "state.npz").exists()  # nothing was loaded
+
+    grid._seal = sound_seal  # type: ignore[method-assign]
+    (reply,) = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    assert not reply.has_error()
+    new_arrays, metrics = strategy.aggregate_train(1, [reply])
+    assert new_arrays is not None and metrics["accepted"] == 1
+    assert np.any(new_arrays.to_numpy_ndarrays()[0] != arrays.to_numpy_ndarrays()[0])
