@@ -191,8 +191,11 @@ def test_the_console_reconnects_when_the_server_restarts() -> None:
             server = start_monitor(MonitorSettings(port=port, tokens=TOKENS), restarted)
             await wait_for(pilot, lambda: app.connection == "connected")
             await wait_for(pilot, lambda: app.header_lines()[0].startswith("round 0/9"))
+            # The status poll and the event stream reconnect separately: wait for both.
+            await wait_for(
+                pilot, lambda: "run started: 9 rounds · initial acc 20.0%" in app.log_lines
+            )
             assert app.log_lines[0] == "reconnected; the history follows"
-            assert "run started: 9 rounds · initial acc 20.0%" in app.log_lines
             assert not any("7 rounds" in line for line in app.log_lines)
 
     try:
