@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from stamen import __version__
+from stamen.cli import export_command
 from stamen.config import Backend, Preset, load_config, parse_assignment
 from stamen.errors import StamenError
 
@@ -349,6 +350,9 @@ def fail(message: str) -> None:
     """Print a one-line error and exit with status 2 (no traceback)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+export_command.register(app, console, fail)
 
 
 def main() -> None:

@@ -7,6 +7,14 @@ arrays, whether the model is plain, prepared for QAT, or pruned.
 
 from stamen.models.architectures import MLP, LeNet, MobileNet, scaled_channels
 from stamen.models.build import build_model
+from stamen.models.checkpoint import (
+    GLOBAL_MODEL_FILE,
+    ModelFileError,
+    SavedModel,
+    load_model_file,
+    save_model_file,
+    tier_model_file,
+)
 from stamen.models.spec import ModelName, ModelSpec
 from stamen.models.state import (
     DEVICE_LOCAL_ATTRIBUTE,
@@ -17,14 +25,20 @@ from stamen.models.state import (
 
 __all__ = [
     "DEVICE_LOCAL_ATTRIBUTE",
+    "GLOBAL_MODEL_FILE",
     "MLP",
     "LeNet",
     "MobileNet",
+    "ModelFileError",
     "ModelName",
     "ModelSpec",
+    "SavedModel",
     "build_model",
     "count_parameters",
     "exchanged_state",
     "load_exchanged_state",
+    "load_model_file",
+    "save_model_file",
     "scaled_channels",
+    "tier_model_file",
 ]
