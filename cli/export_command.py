@@ -1,4 +1,4 @@
-"""``stamen export``: a run's global or tier model to a signed INT8 artifact, or ``--verify`` one."""
+"""``stamen export``: a global or tier model to a signed INT8 artifact, or ``--verify`` one."""
 
 from __future__ import annotations
 
@@ -124,7 +124,8 @@ def register(app: typer.Typer, console: Console, fail: Callable[[str], None]) ->
     ) -> None:
         """Export a global or tier model as a signed INT8 ONNX artifact, or --verify one.
 
-        Example: [bold]stamen export runs/demo && stamen export --verify runs/demo/export/global.manifest.json[/]
+        Example: [bold]stamen export runs/demo[/], then
+        [bold]stamen export --verify runs/demo/export/global.manifest.json[/]
         """
         try:
             from stamen.export import (

@@ -16,7 +16,7 @@ Examples:
     >>> verify_manifest({**signed, "tier": "phone"})
     Traceback (most recent call last):
     ...
-    stamen.errors.ArtifactError: manifest signature does not verify: the manifest was changed after signing
+    stamen.errors.ArtifactError: manifest signature does not verify: ...
 """
 
 from __future__ import annotations
