@@ -22,6 +22,7 @@ from stamen.models.state import (
     exchanged_state,
     load_exchanged_state,
 )
+from stamen.models.students import StudentSpec, parse_students, student_spec
 
 __all__ = [
     "DEVICE_LOCAL_ATTRIBUTE",
@@ -33,12 +34,15 @@ __all__ = [
     "ModelName",
     "ModelSpec",
     "SavedModel",
+    "StudentSpec",
     "build_model",
     "count_parameters",
     "exchanged_state",
     "load_exchanged_state",
     "load_model_file",
+    "parse_students",
     "save_model_file",
     "scaled_channels",
+    "student_spec",
     "tier_model_file",
 ]
