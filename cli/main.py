@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from stamen import __version__
-from stamen.cli import export_command
+from stamen.cli import export_command, precision_command
 from stamen.config import Backend, Preset, load_config, parse_assignment
 from stamen.errors import StamenError
 
@@ -353,6 +353,7 @@ def fail(message: str) -> None:
 
 
 export_command.register(app, console, fail)
+precision_command.register(app, console, fail)
 
 
 def main() -> None:

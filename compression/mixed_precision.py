@@ -157,6 +157,7 @@ def allocate_bits(
                 best = (score, name, lower)
         assert best is not None  # the budget check above guarantees a step remains
         bits[best[1]] = best[2]
+    _spend_leftover(bits, by_name, sensitivity, budget_bytes - total())
     return PrecisionPlan(
         bits=bits,
         layer_bytes={name: by_name[name].nbytes(b) for name, b in bits.items()},
@@ -164,6 +165,32 @@ def allocate_bits(
         total_bytes=total(),
         budget_bytes=budget_bytes,
     )
+
+
+def _spend_leftover(
+    bits: dict[str, int],
+    by_name: Mapping[str, LayerInfo],
+    sensitivity: Mapping[str, Mapping[int, float]],
+    leftover: int,
+) -> None:
+    # A late, large demotion can free more bytes than needed: raise the layers whose step up
+    # buys the most loss per byte, while they still fit.
+    while True:
+        best: tuple[float, str, int, int] | None = None
+        for name, current in bits.items():
+            index = BITS_DESCENDING.index(current)
+            if index == 0:
+                continue
+            higher = BITS_DESCENDING[index - 1]
+            layer = by_name[name]
+            extra = layer.nbytes(higher) - layer.nbytes(current)
+            gain = sensitivity[name][current] - sensitivity[name][higher]
+            if extra <= leftover and gain > 0 and (best is None or gain / extra > best[0]):
+                best = (gain / extra, name, higher, extra)
+        if best is None:
+            return
+        bits[best[1]] = best[2]
+        leftover -= best[3]
 
 
 def _next_lower(bits: int) -> int | None:
