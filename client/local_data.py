@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 from stamen.config import DataSettings
-from stamen.data import Dataset, PartitionConfig, load_dataset, partition_dataset
+from stamen.data import (
+    Dataset,
+    PartitionConfig,
+    load_dataset,
+    partition_dataset,
+    rows_by_class,
+    sample_device_rows,
+)
 from stamen.errors import ConfigError
 
 
@@ -57,15 +64,32 @@ def _partitions(fleet: FleetData) -> list[np.ndarray]:
     return partition_dataset(dataset_of(fleet), fleet.partition_config())
 
 
+@functools.lru_cache(maxsize=8)
+def _rows_by_class(fleet: FleetData) -> list[np.ndarray]:
+    dataset = dataset_of(fleet)
+    return rows_by_class(dataset.y_train, dataset.num_classes)
+
+
+def device_rows(fleet: FleetData, partition_id: int) -> np.ndarray:
+    """Training-row indices of virtual device ``partition_id``."""
+    if not 0 <= partition_id < fleet.num_devices:
+        raise ConfigError(
+            f"partition-id must be between 0 and {fleet.num_devices - 1}; got {partition_id}"
+        )
+    if fleet.data.samples_per_device > 0:
+        return sample_device_rows(
+            _rows_by_class(fleet),
+            fleet.partition_config(),
+            partition_id,
+            fleet.data.samples_per_device,
+        )
+    return _partitions(fleet)[partition_id]
+
+
 def device_data(fleet: FleetData, partition_id: int) -> LocalData:
     """Training data of virtual device ``partition_id``."""
-    parts = _partitions(fleet)
-    if not 0 <= partition_id < len(parts):
-        raise ConfigError(
-            f"partition-id must be between 0 and {len(parts) - 1}; got {partition_id}"
-        )
+    index = device_rows(fleet, partition_id)
     dataset = dataset_of(fleet)
-    index = parts[partition_id]
     return LocalData(
         x=torch.from_numpy(np.ascontiguousarray(dataset.x_train[index])),
         y=torch.from_numpy(np.ascontiguousarray(dataset.y_train[index])),

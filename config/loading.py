@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stamen.config.settings import SECTION_TYPES, Preset, StamenConfig
+from stamen.config.settings import SECTION_TYPES, Preset, StamenConfig, tier_share
 from stamen.errors import ConfigError
 
 PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
@@ -145,8 +145,15 @@ def build_config(flat: Mapping[str, Any]) -> StamenConfig:
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTION_TYPES}
     for section, values in PRESETS[preset].items():
         sections[section].update(values)
+    tiers: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
         if key == "preset":
+            continue
+        if key.startswith(TIERS_PREFIX):
+            name, _, field = key[len(TIERS_PREFIX) :].rpartition(".")
+            if not name:
+                raise ConfigError(f"{key!r}: custom tiers are tables, [fleet.tiers.NAME]")
+            tiers.setdefault(name, {})[field] = value
             continue
         section, _, name = key.partition(".")
         if section not in SECTION_TYPES or not name:
@@ -161,6 +168,9 @@ def build_config(flat: Mapping[str, Any]) -> StamenConfig:
     if "ramp_rounds" not in sections["pruning"]:
         # Reach the target halfway through the run, so the second half recovers accuracy.
         sections["pruning"]["ramp_rounds"] = max(1, built["federation"].rounds // 2)
+    if tiers:
+        sections["fleet"].setdefault("preset", "custom")
+        sections["fleet"]["tiers"] = tuple(tier_share(n, v) for n, v in tiers.items())
     built.update(
         {
             name: build_section(name, SECTION_TYPES[name], values)
@@ -169,6 +179,10 @@ def build_config(flat: Mapping[str, Any]) -> StamenConfig:
         }
     )
     return StamenConfig(preset=preset, **built)
+
+
+TIERS_PREFIX = "fleet.tiers."
+"""Flat keys of custom tier tables: ``fleet.tiers.NAME.FIELD``."""
 
 
 def build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
@@ -240,4 +254,11 @@ def config_to_dict(config: StamenConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"preset": config.preset.value}
     for name in SECTION_TYPES:
         result[name] = plain(getattr(config, name))
+    result["fleet"]["tiers"] = {
+        tier.profile.name: {
+            "share": tier.share,
+            **{k: v for k, v in plain(tier.profile).items() if k != "name"},
+        }
+        for tier in config.fleet.tiers
+    }
     return result

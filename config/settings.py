@@ -25,6 +25,7 @@ from stamen.compression import (
 from stamen.data import PartitionScheme
 from stamen.errors import ConfigError
 from stamen.models import ModelName
+from stamen.simulations.profiles import BUILTIN_TIERS, FleetPreset, TierProfile
 
 
 class Preset(enum.StrEnum):
@@ -61,9 +62,18 @@ class DataSettings:
     alpha: float = 0.3
     """Dirichlet concentration: small is more skewed (non-IID)."""
     shards_per_device: int = 2
+    samples_per_device: int = 0
+    """0 splits the training set among devices; N > 0 gives every device N rows,
+    drawn with the partition's label skew and shared between devices (workload W1)."""
 
     def __post_init__(self) -> None:
         require(bool(self.dataset.strip()), "data.dataset", "a dataset name", self.dataset)
+        require(
+            self.samples_per_device >= 0,
+            "data.samples_per_device",
+            ">= 0",
+            self.samples_per_device,
+        )
         require(self.alpha > 0, "data.alpha", "> 0", self.alpha)
         require(
             self.shards_per_device >= 1, "data.shards_per_device", ">= 1", self.shards_per_device
@@ -85,6 +95,14 @@ class FederationSettings:
     """Also send a dense model, so that plain Flower ClientApps can take part."""
     max_update_bytes: int = 64 * 2**20
     """Encoded updates larger than this are rejected."""
+    deadline: float = 0.0
+    """Seconds (simulated on a simulation) a device has to answer; 0: no deadline."""
+    over_selection: float = 0.0
+    """Sample this fraction more devices; the first ``devices_per_round`` to answer count."""
+    workers: int = 0
+    """Worker processes of the local simulation backend; 0: one per CPU core."""
+    ray_address: str = ""
+    """Join this Ray cluster (``ray start --head`` prints it); empty: start a private one."""
 
     def __post_init__(self) -> None:
         require(self.num_devices >= 1, "federation.num_devices", ">= 1", self.num_devices)
@@ -100,6 +118,20 @@ class FederationSettings:
         require(
             self.max_update_bytes > 0, "federation.max_update_bytes", "> 0", self.max_update_bytes
         )
+        require(self.deadline >= 0, "federation.deadline", ">= 0 seconds", self.deadline)
+        require(
+            0 <= self.over_selection <= 10,
+            "federation.over_selection",
+            "between 0 and 10",
+            self.over_selection,
+        )
+        require(self.workers >= 0, "federation.workers", ">= 0", self.workers)
+
+    @property
+    def devices_sampled(self) -> int:
+        """Devices sampled per round: ``devices_per_round`` plus over-selection."""
+        extra = round(self.devices_per_round * self.over_selection)
+        return min(self.num_devices, self.devices_per_round + extra)
 
 
 @dataclass(frozen=True)
@@ -141,6 +173,68 @@ class QATSettings:
 
 
 @dataclass(frozen=True)
+class TierShare:
+    """A device tier of a custom fleet and the share of devices it takes."""
+
+    profile: TierProfile
+    share: float
+
+    def __post_init__(self) -> None:
+        require(self.share > 0, f"fleet.tiers.{self.profile.name}.share", "> 0", self.share)
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """The hardware mix of a simulated fleet: device tiers and their shares."""
+
+    preset: FleetPreset = FleetPreset.MIXED
+    tiers: tuple[TierShare, ...] = ()
+    """The tiers of a ``custom`` fleet, from ``[fleet.tiers.NAME]`` tables."""
+
+    def __post_init__(self) -> None:
+        if self.tiers and self.preset is not FleetPreset.CUSTOM:
+            raise ConfigError(
+                f"fleet.tiers tables define a custom fleet; set fleet.preset = "
+                f"'custom' (it is {self.preset.value!r})"
+            )
+        if self.preset is FleetPreset.CUSTOM and not self.tiers:
+            raise ConfigError("fleet.preset custom needs at least one [fleet.tiers.NAME] table")
+
+
+def tier_share(name: str, values: dict[str, Any]) -> TierShare:
+    """Build a custom tier from its TOML table; a built-in name inherits that tier's values."""
+    fields = dict(values)
+    if "share" not in fields:
+        raise ConfigError(f"fleet.tiers.{name}.share is missing: each tier needs its share")
+    share = fields.pop("share")
+    base = BUILTIN_TIERS.get(name)
+    known = set(TierProfile.__dataclass_fields__) - {"name"}
+    unknown = set(fields) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown key 'fleet.tiers.{name}.{sorted(unknown)[0]}'; allowed: share, "
+            + ", ".join(sorted(known))
+        )
+    if base is None:
+        missing = {"gflops", "memory_mb", "uplink_kbps", "downlink_kbps"} - set(fields)
+        if missing:
+            raise ConfigError(
+                f"fleet.tiers.{name} is not a built-in tier, so it needs "
+                + ", ".join(sorted(missing))
+            )
+        defaults: dict[str, Any] = {}
+    else:
+        defaults = {key: getattr(base, key) for key in known}
+    for key, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"fleet.tiers.{name}.{key} must be a number; got {value!r}")
+    if isinstance(share, bool) or not isinstance(share, int | float):
+        raise ConfigError(f"fleet.tiers.{name}.share must be a number; got {share!r}")
+    merged = {key: float(value) for key, value in {**defaults, **fields}.items()}
+    return TierShare(TierProfile(name=name, **merged), float(share))
+
+
+@dataclass(frozen=True)
 class StamenConfig:
     """The whole, resolved configuration of one federation."""
 
@@ -152,6 +246,7 @@ class StamenConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     uplink: UplinkCodecConfig = field(default_factory=UplinkCodecConfig)
     downlink: DownlinkCodecConfig = field(default_factory=DownlinkCodecConfig)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values (enums as strings), in TOML's section layout."""
@@ -168,5 +263,6 @@ SECTION_TYPES: dict[str, type] = {
     "pruning": PruningConfig,
     "uplink": UplinkCodecConfig,
     "downlink": DownlinkCodecConfig,
+    "fleet": FleetSettings,
 }
 """The TOML sections of :class:`StamenConfig` and the dataclass each builds."""

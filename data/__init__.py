@@ -22,6 +22,7 @@ from stamen.data.partition import (
     partition_dataset,
 )
 from stamen.data.prepare import dataset_from_arrays
+from stamen.data.sampling import rows_by_class, sample_device_rows
 from stamen.data.watch import WATCH_FEATURES
 
 __all__ = [
@@ -37,4 +38,6 @@ __all__ = [
     "load_dataset",
     "partition",
     "partition_dataset",
+    "rows_by_class",
+    "sample_device_rows",
 ]

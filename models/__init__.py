@@ -15,6 +15,7 @@ from stamen.models.checkpoint import (
     save_model_file,
     tier_model_file,
 )
+from stamen.models.cost import forward_macs, training_flops_per_sample
 from stamen.models.spec import ModelName, ModelSpec
 from stamen.models.state import (
     DEVICE_LOCAL_ATTRIBUTE,
@@ -38,6 +39,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "exchanged_state",
+    "forward_macs",
     "load_exchanged_state",
     "load_model_file",
     "parse_students",
@@ -45,4 +47,5 @@ __all__ = [
     "scaled_channels",
     "student_spec",
     "tier_model_file",
+    "training_flops_per_sample",
 ]

@@ -21,6 +21,7 @@ from stamen.compression import dense_nbytes, model_hash
 from stamen.config import StamenConfig
 from stamen.data import Dataset, load_dataset
 from stamen.errors import ConfigError
+from stamen.fleet import PolicyGrid, RoundTiming
 from stamen.models import (
     ModelName,
     ModelSpec,
@@ -82,6 +83,8 @@ def build_strategy(config: StamenConfig, spec: ModelSpec) -> CompressedFedAvg:
         seed=federation.seed,
         plain_client_compat=federation.plain_client_compat,
         max_update_bytes=federation.max_update_bytes,
+        over_selection=federation.over_selection,
+        deadline=federation.deadline or None,
     )
 
 
@@ -109,6 +112,7 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
                 result.accuracy,
                 result.loss,
                 time.perf_counter() - round_started[0],
+                grid.last_timing() if isinstance(grid, PolicyGrid) else None,
             )
             records.append(record)
             reporter.on_round(record)
@@ -141,11 +145,17 @@ def load_state(model: nn.Module, arrays: ArrayRecord) -> None:
 
 
 def round_record(
-    strategy: CompressedFedAvg, server_round: int, accuracy: float, loss: float, seconds: float
+    strategy: CompressedFedAvg,
+    server_round: int,
+    accuracy: float,
+    loss: float,
+    seconds: float,
+    timing: RoundTiming | None = None,
 ) -> RoundRecord:
-    """Combine the strategy's traffic stats with the central evaluation."""
+    """Combine the strategy's traffic stats, the grid's timing and the central evaluation."""
     # A round whose configure step never ran (no devices) still gets a zero record.
     stats = strategy.stats.get(server_round) or RoundStats(server_round)
+    timing = timing or RoundTiming(dispatched=stats.sampled, participants=stats.sampled)
     return RoundRecord(
         round=server_round,
         accuracy=accuracy,
@@ -162,6 +172,12 @@ def round_record(
         seconds=seconds,
         plain_clients=stats.plain_clients,
         rejections=[{"node_id": r.node_id, "reason": r.reason} for r in stats.rejections],
+        participants=timing.participants,
+        stragglers=timing.stragglers,
+        dropouts=timing.dropouts,
+        surplus=timing.surplus,
+        simulated_seconds=timing.seconds,
+        clock=timing.clock,
     )
 
 
@@ -195,8 +211,34 @@ def summarize(
         "model_parameters": params,
         "model_bytes_fp32": initial_bytes,
         "wall_seconds": wall_seconds,
+        "simulated_seconds": records[-1].clock if records else 0.0,
+        "time_to_accuracy": time_to_accuracy(records),
+        "participants": sum(r.participants for r in records),
+        "stragglers": sum(r.stragglers for r in records),
+        "dropouts": sum(r.dropouts for r in records),
         "config": config.to_dict(),
     }
+
+
+ACCURACY_TARGETS = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
+"""Accuracies whose time-to-accuracy ``summary.json`` reports."""
+
+
+def time_to_accuracy(records: list[RoundRecord]) -> dict[str, dict[str, float]]:
+    """For each target reached: the first round at or above it, and its clock and wall time."""
+    result: dict[str, dict[str, float]] = {}
+    wall = 0.0
+    for record in records:
+        wall += record.seconds
+        for target in ACCURACY_TARGETS:
+            key = f"{target:.2f}"
+            if record.accuracy >= target and key not in result:
+                result[key] = {
+                    "round": record.round,
+                    "simulated_seconds": record.clock,
+                    "wall_seconds": wall,
+                }
+    return result
 
 
 def _final_hash(arrays: ArrayRecord) -> str | None:

@@ -32,6 +32,18 @@ class RoundRecord:
     plain_clients: int = 0
     """Accepted updates that came from plain Flower ClientApps (dense weights)."""
     rejections: list[dict[str, Any]] = field(default_factory=list)
+    participants: int = 0
+    """Replies the grid handed to the strategy (accepted or rejected)."""
+    stragglers: int = 0
+    """Devices that answered after the deadline; their replies were dropped."""
+    dropouts: int = 0
+    """Devices that went away mid-round."""
+    surplus: int = 0
+    """Over-selected devices that answered after the round had enough replies."""
+    simulated_seconds: float = 0.0
+    """The round's duration on the grid's clock (simulated seconds on a simulation)."""
+    clock: float = 0.0
+    """The grid's clock at the end of the round."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values."""

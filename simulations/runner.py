@@ -1,7 +1,9 @@
 """Run a whole simulated federation on the chosen backend.
 
-``local`` runs the virtual devices in this process on :class:`LocalGrid`;
-``ray`` hands the same ServerApp and ClientApp to Flower's Simulation Engine.
+``local`` runs the virtual devices on :class:`SimulationGrid`: a pool of
+worker processes, device tiers and a simulated clock. ``ray`` hands the same
+ServerApp and ClientApp to Flower's Simulation Engine, on a private Ray
+instance or, with ``federation.ray_address``, on an existing cluster.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from stamen.client import FleetData, client_app, device_data
 from stamen.config import Backend, StamenConfig, to_run_config
 from stamen.data import load_dataset
 from stamen.errors import ConfigError
+from stamen.models import build_model, training_flops_per_sample
 from stamen.server import CollectingReporter, Reporters, RoundReporter, server_app
 from stamen.server.federation import model_spec
-from stamen.simulations.local_grid import LocalGrid, MessageHook
+from stamen.simulations.profiles import Fleet, build_fleet, fleet_mix
+from stamen.simulations.sim_grid import SimulationGrid
+from stamen.simulations.workers import ReplyHook, default_workers
 
 LOG = logging.getLogger("stamen.simulations")
 
@@ -41,7 +46,7 @@ def simulate(
     config: StamenConfig,
     reporter: RoundReporter | None = None,
     *,
-    on_reply: MessageHook | None = None,
+    on_reply: ReplyHook | None = None,
 ) -> dict[str, Any]:
     """Run the federation ``config`` describes and return its summary.
 
@@ -57,22 +62,44 @@ def simulate(
     collector = CollectingReporter()
     reporters = Reporters(reporter, collector)
     if config.federation.backend is Backend.LOCAL:
-        grid = LocalGrid(
-            client_app(fleet_of(config)),
-            config.federation.num_devices,
-            run_config=to_run_config(config),
-            on_reply=on_reply,
-        )
-        context = Context(
-            run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
-        )
-        server_app(config, reporters)(grid, context)
+        with simulation_grid(config, on_reply) as grid:
+            context = Context(
+                run_id=grid.run.run_id,
+                node_id=0,
+                node_config={},
+                state=RecordDict(),
+                run_config={},
+            )
+            server_app(config, reporters)(grid, context)
     else:
         run_on_ray(config, reporters)
     if collector.summary is None:
         raise RuntimeError("the federation ended without a summary; see the log above")
     collector.summary["backend"] = config.federation.backend.value
     return collector.summary
+
+
+def device_fleet(config: StamenConfig) -> Fleet:
+    """Each simulated device's tier, by the config's fleet mix."""
+    custom = tuple((tier.profile, tier.share) for tier in config.fleet.tiers)
+    return build_fleet(
+        fleet_mix(config.fleet.preset, custom),
+        config.federation.num_devices,
+        config.federation.seed,
+    )
+
+
+def simulation_grid(config: StamenConfig, on_reply: ReplyHook | None = None) -> SimulationGrid:
+    """The local backend's grid for ``config``: the fleet, its clock and a worker pool."""
+    spec = model_spec(config, load_dataset(config.data.dataset))
+    return SimulationGrid(
+        client_app(fleet_of(config)),
+        device_fleet(config),
+        flops_per_sample=training_flops_per_sample(build_model(spec), spec.input_shape),
+        workers=config.federation.workers or default_workers(),
+        run_config=to_run_config(config),
+        on_reply=on_reply,
+    )
 
 
 def preflight(config: StamenConfig) -> None:
@@ -96,19 +123,23 @@ def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:
             "backend 'ray' needs the simulation extra: pip install 'stamen[simulation]'"
         ) from None
     cpus = os.cpu_count() or 1
+    init_args: dict[str, Any] = {
+        "include_dashboard": False,
+        # Device failures come back as rejections with reasons; the actors'
+        # own chatter is for --verbose.
+        "log_to_driver": LOG.isEnabledFor(logging.INFO),
+    }
+    if config.federation.ray_address:
+        # Joining a cluster: its size and memory are the cluster's to decide.
+        init_args["address"] = config.federation.ray_address
+    else:
+        init_args.update(num_cpus=cpus, object_store_memory=256 * 2**20)
     run_simulation(
         server_app=server_app(config, reporter),
         client_app=client_app(fleet_of(config)),
         num_supernodes=config.federation.num_devices,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {
-                "num_cpus": cpus,
-                "include_dashboard": False,
-                "object_store_memory": 256 * 2**20,
-                # Device failures come back as rejections with reasons; the actors'
-                # own chatter is for --verbose.
-                "log_to_driver": LOG.isEnabledFor(logging.INFO),
-            },
+            "init_args": init_args,
         },
     )

@@ -45,6 +45,7 @@ from stamen.compression import (
     dense_nbytes,
 )
 from stamen.errors import InvalidUpdate
+from stamen.fleet import PolicyGrid, RoundPolicy
 from stamen.models import load_exchanged_state
 from stamen.strategies.reply_validation import (
     SentModel,
@@ -100,6 +101,10 @@ class CompressedFedAvg(FedAvg):
         max_update_norm: optional L2 bound on a decoded delta.
         devices_per_evaluation: devices sampled for federated evaluation (0: none).
         min_available_wait: seconds to wait for enough devices to connect.
+        over_selection: sample this fraction more devices; on grids that support a
+            round policy, the first ``devices_per_round`` replies close the round.
+        deadline: seconds a device has to answer, on grids that support a round
+            policy (simulated seconds on the simulation grid).
 
     Examples:
         >>> from stamen.compression import DownlinkCodecConfig, UplinkCodecConfig
@@ -130,6 +135,8 @@ class CompressedFedAvg(FedAvg):
         max_update_norm: float | None = None,
         devices_per_evaluation: int = 0,
         min_available_wait: float = 60.0,
+        over_selection: float = 0.0,
+        deadline: float | None = None,
     ) -> None:
         # Sampling is this class's own (seeded, by count), so Flower's fractions stay at 1.
         super().__init__(
@@ -150,6 +157,10 @@ class CompressedFedAvg(FedAvg):
         self.max_update_bytes = max_update_bytes
         self.max_update_norm = max_update_norm
         self.min_available_wait = min_available_wait
+        self.over_selection = over_selection
+        self.policy = RoundPolicy(
+            quorum=devices_per_round if over_selection > 0 else None, deadline=deadline
+        )
         self.rng = np.random.default_rng(seed)
         self.masks: dict[str, np.ndarray] = {}
         self.stats: dict[int, RoundStats] = {}
@@ -176,7 +187,10 @@ class CompressedFedAvg(FedAvg):
         stats = self.stats.setdefault(server_round, RoundStats(server_round))
         dense = self._prune(server_round, to_numpy(arrays))
         sent = self._encode(server_round, dense)
-        node_ids = self.sample(grid, self.devices_per_round)
+        extra = round(self.devices_per_round * self.over_selection)
+        node_ids = self.sample(grid, self.devices_per_round + extra)
+        if isinstance(grid, PolicyGrid):
+            grid.set_round_policy(self.policy)
         stats.sampled = len(node_ids)
         stats.sparsity = self.schedule.sparsity_at(server_round) if self.masks else 0.0
         task = self.task.replace(round_num=server_round)
@@ -202,7 +216,9 @@ class CompressedFedAvg(FedAvg):
         """Sample ``count`` connected devices with this strategy's seeded generator."""
         # Wait for devices to connect once per run; a fleet smaller than asked for
         # should cost one warning, not a wait in every round.
-        deadline = time.monotonic() + (0.0 if self._waited_for_devices else self.min_available_wait)
+        # A simulated fleet is all there: its offline devices will not connect meanwhile.
+        wait = self._waited_for_devices or getattr(grid, "simulated_clock", False)
+        deadline = time.monotonic() + (0.0 if wait else self.min_available_wait)
         node_ids = sorted(grid.get_node_ids())
         while len(node_ids) < count and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1,0 +1,307 @@
+"""The Stamen simulation grid: a fleet of virtual devices with tiers and a simulated clock.
+
+It is a Flower :class:`~flwr.serverapp.Grid`, so the unchanged ServerApp and
+strategies drive it; the unchanged ClientApp runs each device's task in a pool
+of worker processes (:mod:`stamen.simulations.workers`). Wall time is only the
+devices' compute. The *simulated* clock instead says how long the round would
+take on the real fleet: each device finishes at
+
+    dispatch + download(model bytes) + train(samples x epochs x FLOPs, tier speed)
+             + upload(its actual encoded reply bytes)
+
+on its tier's links (:mod:`stamen.simulations.profiles`). Devices go offline by
+their tier's availability and drop out of tasks by its dropout probability.
+
+``send_and_receive`` closes a round by the :class:`~stamen.fleet.RoundPolicy`
+the strategy set: at the quorum (over-selection) or the deadline, first wins;
+later replies are stragglers (past the deadline) or surplus (past the quorum).
+``push_messages`` / ``pull_messages`` are asynchronous on the same clock: a
+pull returns the replies complete by now, or advances the clock to the next
+completion, which is what an asynchronous strategy such as FedBuff needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Error, Message
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+from stamen.fleet import RoundPolicy, RoundTiming
+from stamen.simulations.profiles import Fleet
+from stamen.simulations.workers import DeviceRunner, ReplyHook, RunConfig, WorkerPool
+from stamen.task import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES
+
+LOG = logging.getLogger("stamen.simulations")
+
+DEVICE_DROPPED_OUT = 2
+"""Error code of the reply an asynchronous pull gets for a device that went away."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """When one device's reply reaches the server on the simulated clock."""
+
+    dispatched: float
+    finished: float
+    dropped: bool
+
+
+class SimulationGrid(Grid):
+    """Virtual devices with tiers and a simulated clock, run by a worker pool.
+
+    Args:
+        client_app: the app every device runs.
+        fleet: each device's tier (partition ``i`` is node ``i + 1``).
+        flops_per_sample: training cost of the model, for the simulated clock.
+        workers: worker processes (each runs torch on one thread).
+        run_config: the run config each device's ``Context`` carries.
+        on_reply: optional hook called as each device finishes (progress bars).
+
+    Examples:
+        >>> from stamen.client import FleetData, client_app
+        >>> from stamen.config import DataSettings
+        >>> from stamen.simulations.profiles import FleetPreset, build_fleet, fleet_mix
+        >>> fleet = build_fleet(fleet_mix(FleetPreset.IDEAL), num_devices=4, seed=0)
+        >>> data = FleetData(DataSettings(dataset="digits"), num_devices=4, seed=0)
+        >>> with SimulationGrid(client_app(data), fleet, flops_per_sample=1e5) as grid:
+        ...     sorted(grid.get_node_ids()), grid.tier_of(1), grid.now
+        ([1, 2, 3, 4], 'phone', 0.0)
+    """
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        fleet: Fleet,
+        *,
+        flops_per_sample: float,
+        workers: int = 1,
+        run_config: RunConfig | None = None,
+        on_reply: ReplyHook | None = None,
+    ) -> None:
+        self._run = Run.create_empty(run_id=1)
+        # Flower stamps new messages with the process's task identity; this grid
+        # plays the SuperLink for the ServerApp, and the workers inherit it.
+        TaskIdentity.task_id = 1
+        TaskIdentity.run_id = self._run.run_id
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
+        self.fleet = fleet
+        self.flops_per_sample = flops_per_sample
+        self._on_reply = on_reply
+        self._now = 0.0
+        self._dispatches = 0
+        self._policy = RoundPolicy()
+        self._timing: RoundTiming | None = None
+        self._pending: dict[str, tuple[Completion, Message]] = {}
+        runner = DeviceRunner(client_app, fleet.num_devices, self._run.run_id, run_config or {})
+        self._pool = WorkerPool(runner, workers)
+        self.simulated_clock = True
+        """Marks a grid whose device set and time are simulated (no waiting for devices)."""
+
+    # -- Grid ------------------------------------------------------------------
+
+    def set_run(self, run: Run) -> None:
+        """Adopt the run id Flower assigns."""
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        """The run this grid serves."""
+        return self._run
+
+    def create_message(
+        self,
+        content: Any,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Create an instruction message (kept for Grid API compatibility)."""
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Ids of the devices online now on the simulated clock."""
+        return [int(pid) + 1 for pid in self.fleet.online(self._now)]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Dispatch ``messages`` now; each completes at its own simulated time."""
+        batch = list(messages)
+        ids = []
+        for message, (completion, reply) in zip(batch, self._execute(batch), strict=True):
+            self._pending[message.metadata.message_id] = (completion, reply)
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Replies complete by now; if none is, advance the clock to the next completion."""
+        wanted = [mid for mid in message_ids if mid in self._pending]
+        if not wanted:
+            return []
+        ready = [mid for mid in wanted if self._pending[mid][0].finished <= self._now]
+        if not ready:
+            self._now = min(self._pending[mid][0].finished for mid in wanted)
+            ready = [mid for mid in wanted if self._pending[mid][0].finished <= self._now]
+        return [self._pending.pop(mid)[1] for mid in ready]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Run one round: dispatch all, then close it by the round policy."""
+        batch = list(messages)
+        if not batch:
+            return []
+        start = self._now
+        results = self._execute(batch)
+        policy = self._policy
+        order = sorted(range(len(batch)), key=lambda i: results[i][0].finished)
+        accepted: list[Message] = []
+        stragglers = surplus = dropouts = 0
+        closed_at = start
+        for i in order:
+            completion, reply = results[i]
+            if completion.dropped:
+                dropouts += 1
+            elif policy.deadline is not None and completion.finished - start > policy.deadline:
+                stragglers += 1
+            elif policy.quorum is not None and len(accepted) >= policy.quorum:
+                surplus += 1
+            else:
+                accepted.append(reply)
+                closed_at = max(closed_at, completion.finished)
+        quorum_met = policy.quorum is not None and len(accepted) >= policy.quorum
+        if policy.deadline is not None and not quorum_met and (stragglers or dropouts):
+            # The server cannot tell a straggler from a lost device: it waits out the deadline.
+            closed_at = start + policy.deadline
+        self._now = closed_at
+        if batch[0].metadata.message_type == "train" or self._timing is None:
+            self._timing = RoundTiming(
+                dispatched=len(batch),
+                participants=len(accepted),
+                stragglers=stragglers,
+                dropouts=dropouts,
+                surplus=surplus,
+                seconds=closed_at - start,
+                clock=closed_at,
+            )
+        return accepted
+
+    # -- Stamen extensions (stamen.fleet protocols) ---------------------------------
+
+    @property
+    def now(self) -> float:
+        """Simulated seconds since the run started."""
+        return self._now
+
+    def set_round_policy(self, policy: RoundPolicy) -> None:
+        """Apply ``policy`` to the following rounds."""
+        self._policy = policy
+
+    def last_timing(self) -> RoundTiming | None:
+        """Timing of the most recent training round."""
+        return self._timing
+
+    def tier_of(self, node_id: int) -> str | None:
+        """The tier name of ``node_id``."""
+        if not 1 <= node_id <= self.fleet.num_devices:
+            return None
+        return self.fleet.tier(node_id - 1).name
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self._pool.close()
+
+    def __enter__(self) -> SimulationGrid:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- execution -----------------------------------------------------------------
+
+    def _execute(self, batch: list[Message]) -> list[tuple[Completion, Message]]:
+        """Run the devices that will answer; time every message on the simulated clock."""
+        for message in batch:
+            # Flower's own in-memory grid sets the id the same way: it is read-only.
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+        dropped = self.fleet.dropouts(self._dispatches)
+        self._dispatches += 1
+        runnable = [m for m in batch if not self._drops(m, dropped)]
+        replies: dict[int, Message] = {}
+        for index, reply in self._pool.run(runnable):
+            replies[index] = reply
+            if self._on_reply is not None:
+                self._on_reply(runnable[index], reply)
+        by_id = {id(m): replies[i] for i, m in enumerate(runnable)}
+        results = []
+        for message in batch:
+            reply = by_id.get(id(message))
+            if reply is None:
+                reply = Message(
+                    Error(code=DEVICE_DROPPED_OUT, reason="device dropped out"), reply_to=message
+                )
+                completion = self._complete(message, None)
+            else:
+                completion = self._complete(message, reply)
+            results.append((completion, reply))
+        return results
+
+    def _drops(self, message: Message, dropped: np.ndarray) -> bool:
+        pid = message.metadata.dst_node_id - 1
+        return 0 <= pid < dropped.shape[0] and bool(dropped[pid])
+
+    def _complete(self, message: Message, reply: Message | None) -> Completion:
+        """When ``message``'s reply lands, by the device's tier; ``None``: it dropped out."""
+        pid = message.metadata.dst_node_id - 1
+        if not 0 <= pid < self.fleet.num_devices:
+            return Completion(self._now, self._now, dropped=reply is None)
+        tier = self.fleet.tier(pid)
+        seconds = tier.download_seconds(content_bytes(message))
+        if reply is not None and not reply.has_error():
+            samples = reply_samples(reply)
+            seconds += tier.train_seconds(
+                samples=samples,
+                epochs=local_epochs(message),
+                flops_per_sample=self.flops_per_sample,
+            )
+            seconds += tier.upload_seconds(content_bytes(reply))
+        return Completion(self._now, self._now + seconds, dropped=reply is None)
+
+
+def content_bytes(message: Message) -> int:
+    """Bytes of the arrays a message carries: what dominates its size on the wire."""
+    if message.has_error():
+        return 0
+    return sum(
+        len(array.data)
+        for record in message.content.array_records.values()
+        for array in record.values()
+    )
+
+
+def local_epochs(message: Message) -> int:
+    """Local epochs the task asks for (1 when the message does not say)."""
+    config = message.content.config_records.get(CONFIG_KEY)
+    value = config.get("local-epochs", 1) if config is not None else 1
+    return int(value) if isinstance(value, int | float) else 1
+
+
+def reply_samples(reply: Message) -> int:
+    """Training examples a reply reports, wherever its app put the count."""
+    preferred = reply.content.metric_records.get(METRICS_KEY)
+    records = [preferred] if preferred is not None else []
+    records += list(reply.content.metric_records.values())
+    for record in records:
+        value = record.get(NUM_EXAMPLES)
+        if isinstance(value, int | float):
+            return int(value)
+    return 0

@@ -1,0 +1,178 @@
+"""A pool of forked worker processes that run virtual devices' ``ClientApp``.
+
+Each worker owns a fixed slice of the fleet (``node_id % workers``), so a
+device's ``Context`` (its error-feedback residual, counters) lives in one
+process for the whole run and never travels. Contexts are created on a
+device's first task: a 10,000-device fleet costs nothing until it trains.
+
+Workers are forked after the dataset is loaded, so they share its pages with
+the parent, and each runs torch on one thread: a device's arithmetic is then
+the same whichever worker runs it, and results do not depend on the pool size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import torch
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from stamen.errors import StamenError
+
+LOG = logging.getLogger("stamen.simulations")
+
+CLIENT_APP_EXCEPTION = 1
+"""Error code of a reply whose ClientApp raised."""
+
+RunConfig = Mapping[str, bool | int | float | str]
+
+
+class DeviceRunner:
+    """Runs one device's task in the current process, keeping each device's context."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int, run_config: RunConfig):
+        self.client_app = client_app
+        self.num_nodes = num_nodes
+        self.run_id = run_id
+        self.run_config = dict(run_config)
+        self.contexts: dict[int, Context] = {}
+
+    def context_of(self, node_id: int) -> Context:
+        """The device's persistent context, created on first use."""
+        context = self.contexts.get(node_id)
+        if context is None:
+            context = Context(
+                run_id=self.run_id,
+                node_id=node_id,
+                node_config={"partition-id": node_id - 1, "num-partitions": self.num_nodes},
+                state=RecordDict(),
+                run_config=dict(self.run_config),
+            )
+            self.contexts[node_id] = context
+        return context
+
+    def run(self, message: Message) -> Message:
+        """Handle ``message`` on its device; a failing device answers with an ``Error``."""
+        node_id = message.metadata.dst_node_id
+        if not 1 <= node_id <= self.num_nodes:
+            return Message(
+                Error(code=CLIENT_APP_EXCEPTION, reason=f"no such node: {node_id}"),
+                reply_to=message,
+            )
+        try:
+            return self.client_app(message, self.context_of(node_id))
+        except Exception as error:  # a device failure must not end the round
+            LOG.debug("node %s failed:\n%s", node_id, traceback.format_exc())
+            return Message(
+                Error(code=CLIENT_APP_EXCEPTION, reason=f"{type(error).__name__}: {error}"),
+                reply_to=message,
+            )
+
+
+class WorkerPool:
+    """``workers`` forked processes, each running the devices whose id maps to it.
+
+    Use as a context manager, or call :meth:`close`; the workers also exit
+    when the parent does, since they read from pipes the parent holds.
+    """
+
+    def __init__(self, runner: DeviceRunner, workers: int) -> None:
+        if workers < 1:
+            raise StamenError(f"a worker pool needs at least one worker; got {workers}")
+        context = multiprocessing.get_context("fork")
+        self.connections: list[Connection] = []
+        self.processes: list[Any] = []
+        for index in range(workers):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(
+                target=_serve, args=(runner, child_end), name=f"stamen-worker-{index}", daemon=True
+            )
+            process.start()
+            child_end.close()
+            self.connections.append(parent_end)
+            self.processes.append(process)
+
+    @property
+    def size(self) -> int:
+        """How many workers the pool has."""
+        return len(self.connections)
+
+    def run(self, messages: Sequence[Message]) -> Iterator[tuple[int, Message]]:
+        """Run ``messages`` across the pool; yields ``(index, reply)`` as replies arrive."""
+        pending: dict[Connection, int] = {}
+        for worker, connection in enumerate(self.connections):
+            batch = [(i, m) for i, m in enumerate(messages) if self._worker_of(m) == worker]
+            if batch:
+                connection.send(batch)
+                pending[connection] = len(batch)
+        while pending:
+            for connection in wait(list(pending)):
+                assert isinstance(connection, Connection)
+                try:
+                    index, reply = connection.recv()
+                except EOFError:
+                    worker = self.connections.index(connection)
+                    raise StamenError(
+                        f"simulation worker {worker} died (out of memory?); the run stops here"
+                    ) from None
+                pending[connection] -= 1
+                if pending[connection] == 0:
+                    del pending[connection]
+                yield index, reply
+
+    def close(self) -> None:
+        """Stop the workers and wait for them."""
+        for connection in self.connections:
+            with contextlib.suppress(OSError):
+                connection.send(None)
+            connection.close()
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.connections.clear()
+        self.processes.clear()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _worker_of(self, message: Message) -> int:
+        return message.metadata.dst_node_id % self.size
+
+
+def _serve(runner: DeviceRunner, connection: Connection) -> None:
+    # Ctrl-C is the parent's to handle: it stops the pool and writes the results.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    while True:
+        try:
+            batch = connection.recv()
+        except (EOFError, OSError):
+            return
+        if batch is None:
+            return
+        for index, message in batch:
+            connection.send((index, runner.run(message)))
+
+
+def default_workers() -> int:
+    """One worker per CPU core this process may use."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+ReplyHook = Callable[[Message, Message], None]
+"""Called with (instruction, reply) as each device finishes."""
