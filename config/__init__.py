@@ -16,22 +16,26 @@ from stamen.config.loading import (
 from stamen.config.settings import (
     Backend,
     DataSettings,
+    DistillSettings,
     FederationSettings,
     Preset,
     QATSettings,
     StamenConfig,
     TrainingSettings,
+    UnlabelledSource,
 )
 
 __all__ = [
     "PRESETS",
     "Backend",
     "DataSettings",
+    "DistillSettings",
     "FederationSettings",
     "Preset",
     "QATSettings",
     "StamenConfig",
     "TrainingSettings",
+    "UnlabelledSource",
     "from_run_config",
     "load_config",
     "parse_assignment",

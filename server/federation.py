@@ -30,6 +30,7 @@ from stamen.models import (
     exchanged_state,
     load_exchanged_state,
 )
+from stamen.server.distillation import build_feddf, edge_metrics, final_models
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.strategies import CompressedFedAvg, RoundStats
 from stamen.strategies.compressed_fedavg import to_array_record, to_numpy
@@ -95,6 +96,8 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
     spec = model_spec(config, dataset)
     model = build_model(spec, seed=config.federation.seed)
     strategy = build_strategy(config, spec)
+    if config.distill.enabled:
+        strategy = build_feddf(config, spec, dataset)
     x_test = torch.tensor(dataset.x_test)
     y_test = torch.tensor(dataset.y_test)
     records: list[RoundRecord] = []
@@ -135,6 +138,12 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
         wall_seconds=time.perf_counter() - started,
     )
     summary["final_model_sha256"] = _final_hash(result.arrays)
+    models = final_models(strategy, config, spec, to_numpy(result.arrays))
+    if config.distill.edge_metrics:
+        summary["edge"] = edge_metrics(models, dataset)
+    on_models = getattr(reporter, "on_models", None)
+    if on_models is not None:
+        on_models(models)
     reporter.on_finish(summary)
     return summary
 
@@ -178,6 +187,7 @@ def round_record(
         surplus=timing.surplus,
         simulated_seconds=timing.seconds,
         clock=timing.clock,
+        extra=dict(stats.extra),
     )
 
 
