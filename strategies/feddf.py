@@ -110,7 +110,7 @@ class FedDF(CompressedFedAvg):
         ...     task=TrainTask(model=spec.name),
         ... )
         >>> sorted(strategy.student_states), strategy.student_params("mcu")
-        (['mcu'], 2754)
+        (['mcu'], 2778)
     """
 
     def __init__(
