@@ -25,12 +25,19 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from stamen.compression import apply_masks, compute_masks, remove_masks
     from stamen.data import load_dataset
     from stamen.export import export_model, verify_artifact
-    from stamen.models import ModelSpec, SavedModel, build_model, exchanged_state, save_model_file
+    from stamen.models import (
+        ModelName,
+        ModelSpec,
+        SavedModel,
+        build_model,
+        exchanged_state,
+        save_model_file,
+    )
 
     torch.set_num_threads(1)
     data = load_dataset(args.dataset)
     x, y = torch.tensor(data.x_train), torch.tensor(data.y_train)
-    spec = ModelSpec("lenet", data.input_shape, data.num_classes)
+    spec = ModelSpec(ModelName.LENET, data.input_shape, data.num_classes)
     key = Ed25519PrivateKey.generate()
     rows = []
     for sparsity in args.sparsity:
