@@ -11,11 +11,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from stamen import __version__
 from stamen.cli import export_command, precision_command
 from stamen.config import Backend, Preset, load_config, parse_assignment
 from stamen.errors import StamenError
+from stamen.simulations.profiles import FleetPreset
+from stamen.simulations.sweep import expand, parse_axis
 
 console = Console()
 err_console = Console(stderr=True)
@@ -71,6 +74,12 @@ FLAG_KEYS: dict[str, str] = {
     "uplink_values": "uplink.values",
     "error_feedback": "uplink.error_feedback",
     "downlink_values": "downlink.values",
+    "fleet": "fleet.preset",
+    "deadline": "federation.deadline",
+    "over_selection": "federation.over_selection",
+    "workers": "federation.workers",
+    "ray_address": "federation.ray_address",
+    "samples_per_device": "data.samples_per_device",
 }
 """Which config key each ``simulate`` flag sets."""
 
@@ -167,8 +176,61 @@ def simulate(
     backend: Annotated[
         Backend | None,
         typer.Option(
-            help="local: in this process. ray: Flower's Simulation Engine.  \\[default: local]",
+            help="local: Stamen's simulation grid (worker processes, simulated clock). "
+            "ray: Flower's Simulation Engine.  \\[default: local]",
             rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    fleet: Annotated[
+        FleetPreset | None,
+        typer.Option(
+            help="Device mix: phones, mixed (phones, IoT boards, microcontrollers), iot, "
+            "ideal, or custom from \\[fleet.tiers.NAME] tables.  \\[default: mixed]",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds (simulated) a device has to answer; later replies are "
+            "stragglers.  \\[default: none]",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    over_selection: Annotated[
+        float | None,
+        typer.Option(
+            help="Sample this fraction more devices; the first devices-per-round to "
+            "answer make the round.  \\[default: 0]",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes of the local backend.  \\[default: one per core]",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --backend ray: join this Ray cluster (e.g. 127.0.0.1:6379).",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    samples_per_device: Annotated[
+        int | None,
+        typer.Option(
+            help="Give every device this many rows, drawn with the partition's skew "
+            "(0 splits the training set).  \\[default: 0]",
+            rich_help_panel=DATA,
             show_default=False,
         ),
     ] = None,
@@ -253,6 +315,16 @@ def simulate(
             show_default=False,
         ),
     ] = None,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sweep",
+            help="Run a grid: --sweep preset=edge,fp32 --sweep seed=0,1,2 (repeatable); "
+            "writes sweep.csv and sweep.png.",
+            rich_help_panel=CONF,
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -300,6 +372,12 @@ def simulate(
         "uplink_values": uplink_values,
         "error_feedback": error_feedback,
         "downlink_values": downlink_values,
+        "fleet": fleet,
+        "deadline": deadline,
+        "over_selection": over_selection,
+        "workers": workers,
+        "ray_address": ray_address,
+        "samples_per_device": samples_per_device,
     }
     try:
         overrides: dict[str, Any] = {}
@@ -312,6 +390,10 @@ def simulate(
         if qat_bits is not None and qat is None:
             overrides["qat.enabled"] = True
         config = load_config(config_file, overrides)
+        runs = [
+            (combo, load_config(config_file, {**overrides, **combo}))
+            for combo in expand([parse_axis(text) for text in sweep or []])
+        ]
     except StamenError as error:
         fail(str(error))
     from stamen.cli.simulate_command import run_simulation_command
@@ -321,10 +403,16 @@ def simulate(
 
         print_config(console, config)
         return
-    out_dir = out or Path("runs") / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{config.preset.value}"
+    label = "sweep" if sweep else config.preset.value
+    out_dir = out or Path("runs") / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{label}"
     setup_logging(verbose)
     try:
-        interrupted = run_simulation_command(console, config, out_dir)
+        if sweep:
+            from stamen.cli.sweep_command import run_sweep_command
+
+            interrupted = run_sweep_command(console, runs, out_dir)
+        else:
+            interrupted = run_simulation_command(console, config, out_dir)
     except StamenError as error:
         fail(str(error))
     if interrupted:
@@ -348,7 +436,7 @@ def setup_logging(verbose: bool) -> None:
 
 def fail(message: str) -> None:
     """Print a one-line error and exit with status 2 (no traceback)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

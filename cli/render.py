@@ -31,6 +31,15 @@ def human_bytes(count: float) -> str:
     return f"{count:.0f} GB"
 
 
+def human_seconds(seconds: float) -> str:
+    """``5400`` to ``'1.5 h'``: simulated device time at a glance."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def ratio(dense: int, actual: int) -> str:
     """``'71.3x'``, or a dash when nothing was sent."""
     return f"{dense / actual:.1f}x" if actual else "-"
@@ -57,6 +66,9 @@ class ProgressReporter:
         self.total_rounds = 0
         self.uplink = 0
         self.uplink_fp32 = 0
+        self.stragglers = 0
+        self.dropouts = 0
+        self.failed = 0
 
     def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
         """Start the bars: rounds, and devices within the round where they are visible."""
@@ -71,25 +83,36 @@ class ProgressReporter:
             )
 
     def on_device_reply(self, instruction: Message, reply: Message) -> None:
-        """One device of the current round has answered (a ``LocalGrid`` hook)."""
-        if self.device_task_id is not None and instruction.metadata.message_type == "train":
-            failed = reply.has_error()
-            self.progress.update(
-                self.device_task_id,
-                advance=1,
-                status="[red]last device failed[/]" if failed else "training",
-            )
+        """One device of the current round has answered or dropped out (a grid hook)."""
+        if self.device_task_id is None or instruction.metadata.message_type != "train":
+            return
+        if reply.has_error():
+            self.failed += 1
+        self.progress.update(self.device_task_id, advance=1, status=self._device_status())
+
+    def _device_status(self) -> str:
+        failed = f" · [yellow]{self.failed} dropped or failed[/]" if self.failed else ""
+        return f"training{failed}"
 
     def on_round(self, record: RoundRecord) -> None:
         """Advance the bar and show the round's outcome."""
         self.uplink += record.uplink_bytes
         self.uplink_fp32 += record.uplink_bytes_fp32
+        self.stragglers += record.stragglers
+        self.dropouts += record.dropouts
+        late = (
+            f" · [yellow]{self.stragglers} stragglers, {self.dropouts} dropouts[/]"
+            if self.stragglers or self.dropouts
+            else ""
+        )
         rejected = f" · [red]{record.rejected} rejected[/]" if record.rejected else ""
+        clock = f" · sim {human_seconds(record.clock)}" if record.clock else ""
         status = (
             f"acc {100 * record.accuracy:5.1f}% · up {human_bytes(self.uplink)} "
-            f"({ratio(self.uplink_fp32, self.uplink)} smaller){rejected}"
+            f"({ratio(self.uplink_fp32, self.uplink)} smaller){clock}{late}{rejected}"
         )
         self.progress.update(self.task_id, advance=1, status=status)
+        self.failed = 0
         if self.device_task_id is not None and record.round >= self.total_rounds:
             self.progress.remove_task(self.device_task_id)
             self.device_task_id = None
@@ -108,31 +131,42 @@ class ProgressReporter:
 
 
 def results_table(records: list[RoundRecord]) -> Table:
-    """Accuracy and bytes per round, with the ratios against dense FP32 FedAvg."""
-    table = Table(title="Rounds", header_style="bold", box=box.SIMPLE_HEAD)
-    for column in (
-        "round",
-        "accuracy",
-        "uplink",
-        "downlink",
-        "up ×",
-        "down ×",
-        "sparsity",
-        "rejected",
-    ):
+    """Accuracy, bytes and devices per round, with the ratios against dense FP32 FedAvg.
+
+    Columns that would be empty for this run (rejections, the simulated clock)
+    are left out, so the table fits an 80-column terminal.
+    """
+    table = Table(
+        title="Rounds",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    clocked = any(record.clock for record in records)
+    rejected = any(record.rejected for record in records)
+    columns = ["round", "accuracy", "uplink", "up ×", "down ×", "sparse", "answered"]
+    columns += ["late/lost", "sim"] if clocked else []
+    columns += ["rejected"] if rejected else []
+    for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     table.caption = "×: times fewer bytes than FP32 FedAvg for the same devices"
     for record in records:
-        table.add_row(
+        row = [
             str(record.round),
             f"{100 * record.accuracy:.2f}%",
             human_bytes(record.uplink_bytes),
-            human_bytes(record.downlink_bytes),
             ratio(record.uplink_bytes_fp32, record.uplink_bytes),
             ratio(record.downlink_bytes_fp32, record.downlink_bytes),
             f"{100 * record.sparsity:.0f}%",
-            str(record.rejected),
-        )
+            f"{record.participants}/{record.sampled}",
+        ]
+        if clocked:
+            row += [f"{record.stragglers}/{record.dropouts}", human_seconds(record.clock)]
+        if rejected:
+            row.append(str(record.rejected))
+        table.add_row(*row)
     return table
 
 
@@ -151,6 +185,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"[bold]{ratio(summary['downlink_bytes_fp32'], summary['downlink_bytes'])}[/] smaller",
         f"wall time {summary['wall_seconds']:.1f} s on the {summary.get('backend', '?')} backend",
     ]
+    if summary.get("simulated_seconds"):
+        lines.append(
+            f"simulated device time {human_seconds(summary['simulated_seconds'])}: "
+            f"{summary.get('stragglers', 0)} stragglers, {summary.get('dropouts', 0)} dropouts"
+        )
     if summary.get("rejected_updates"):
         lines.append(
             f"[red]{summary['rejected_updates']} updates rejected[/] (reasons in metrics.jsonl)"

@@ -15,7 +15,9 @@ from stamen.server.federation import summarize
 from stamen.simulations import simulate
 
 
-def run_simulation_command(console: Console, config: StamenConfig, out_dir: Path) -> bool:
+def run_simulation_command(
+    console: Console, config: StamenConfig, out_dir: Path, *, show_rounds: bool = True
+) -> bool:
     """Run with a progress bar, then print the per-round table and the headline.
 
     Ctrl-C stops the run after writing everything the finished rounds produced;
@@ -23,14 +25,14 @@ def run_simulation_command(console: Console, config: StamenConfig, out_dir: Path
     """
     interrupted = False
     fed = config.federation
+    local = fed.backend is Backend.LOCAL
     console.print(
         f"[bold]Stamen[/] · preset [bold]{config.preset.value}[/] · {config.data.dataset} · "
         f"{config.training.model.value} · {fed.num_devices} devices, {fed.devices_per_round}"
         f"/round · {fed.rounds} rounds · {config.data.partition.value} · "
-        f"{fed.backend.value} backend"
+        f"{fed.backend.value} backend" + (f" · {config.fleet.preset.value} fleet" if local else "")
     )
-    local = config.federation.backend is Backend.LOCAL
-    progress = ProgressReporter(console, fed.devices_per_round if local else None)
+    progress = ProgressReporter(console, fed.devices_sampled if local else None)
     collector = CollectingReporter()
     writer = ResultsWriter(out_dir)
     started = time.perf_counter()
@@ -50,7 +52,8 @@ def run_simulation_command(console: Console, config: StamenConfig, out_dir: Path
         writer.on_finish(summary)
     finally:
         progress.stop()
-    console.print(results_table(collector.records))
+    if show_rounds:
+        console.print(results_table(collector.records))
     for line in summary_lines(summary):
         console.print(line)
     console.print(f"results: {out_dir}/ (metrics.jsonl, summary.json, rounds.png)")

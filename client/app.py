@@ -11,6 +11,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any
 
@@ -99,12 +100,18 @@ def receive_model(
     spec = ModelSpec(
         name=model_name, input_shape=local.input_shape, num_classes=local.num_classes, width=width
     )
-    model = build_model(spec)
+    # Its initial weights are overwritten at once: copying a template skips the init.
+    model = copy.deepcopy(_template(spec))
     shapes = {name: tuple(t.shape) for name, t in exchanged_state(model).items()}
     payload = message.content.array_records[MODEL_KEY][PAYLOAD].numpy().tobytes()
     decoded = decode_model(payload, expected_shapes=shapes)
     load_exchanged_state(model, decoded.tensors)
     return model, decoded
+
+
+@functools.lru_cache(maxsize=8)
+def _template(spec: ModelSpec) -> nn.Module:
+    return build_model(spec)
 
 
 def handle_train(message: Message, context: Context, fleet: FleetData) -> Message:

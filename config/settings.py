@@ -102,6 +102,8 @@ class FederationSettings:
     """Sample this fraction more devices; the first ``devices_per_round`` to answer count."""
     workers: int = 0
     """Worker processes of the local simulation backend; 0: one per CPU core."""
+    eval_every: int = 1
+    """Evaluate the global model centrally every this many rounds (and after the last)."""
     ray_address: str = ""
     """Join this Ray cluster (``ray start --head`` prints it); empty: start a private one."""
 
@@ -127,6 +129,7 @@ class FederationSettings:
             self.over_selection,
         )
         require(self.workers >= 0, "federation.workers", ">= 0", self.workers)
+        require(self.eval_every >= 1, "federation.eval_every", ">= 1", self.eval_every)
 
     @property
     def devices_sampled(self) -> int:

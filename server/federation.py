@@ -6,6 +6,7 @@ model, the central evaluation and the reporting around it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -16,7 +17,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 from torch import nn
 
-from stamen.client.trainer import evaluate
+from stamen.client.trainer import EvalResult, evaluate
 from stamen.compression import dense_nbytes, model_hash
 from stamen.config import StamenConfig
 from stamen.data import Dataset, load_dataset
@@ -100,12 +101,24 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
         strategy = build_feddf(config, spec, dataset)
     x_test = torch.tensor(dataset.x_test)
     y_test = torch.tensor(dataset.y_test)
+    if x_test.dim() == 4:
+        # Channels-last convolutions and pooling evaluate 1.5-2x faster on CPU.
+        x_test = x_test.contiguous(memory_format=torch.channels_last)
+        for parameter in model.parameters():
+            if parameter.dim() == 4:
+                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
     records: list[RoundRecord] = []
     round_started = [time.perf_counter()]
 
+    every = config.federation.eval_every
+    last = [EvalResult(loss=float("nan"), accuracy=0.0, num_examples=0)]
+
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        load_state(model, arrays)
-        result = evaluate(model, x_test, y_test)
+        evaluated = server_round % every == 0 or server_round == config.federation.rounds
+        if evaluated:
+            load_state(model, arrays)
+            last[0] = evaluate(model, x_test, y_test)
+        result = last[0]
         if server_round == 0:
             reporter.on_start(config.federation.rounds, result.accuracy)
         else:
@@ -117,6 +130,8 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
                 time.perf_counter() - round_started[0],
                 grid.last_timing() if isinstance(grid, PolicyGrid) else None,
             )
+            if not evaluated:
+                record = dataclasses.replace(record, evaluated=False)
             records.append(record)
             reporter.on_round(record)
         round_started[0] = time.perf_counter()
@@ -240,6 +255,8 @@ def time_to_accuracy(records: list[RoundRecord]) -> dict[str, dict[str, float]]:
     wall = 0.0
     for record in records:
         wall += record.seconds
+        if not record.evaluated:
+            continue
         for target in ACCURACY_TARGETS:
             key = f"{target:.2f}"
             if record.accuracy >= target and key not in result:

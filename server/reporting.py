@@ -44,6 +44,8 @@ class RoundRecord:
     """The round's duration on the grid's clock (simulated seconds on a simulation)."""
     clock: float = 0.0
     """The grid's clock at the end of the round."""
+    evaluated: bool = True
+    """False when ``federation.eval_every`` skipped this round: accuracy is the last measured."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Metrics a strategy adds (e.g. ``accuracy_before_distill``); flattened by ``to_dict``."""
 

@@ -71,7 +71,10 @@ def plot_rounds(records: list[RoundRecord], path: Path) -> None:
 
     rounds = [r.round for r in records]
     fig, (acc_ax, bytes_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    acc_ax.plot(rounds, [100 * r.accuracy for r in records], marker="o", markersize=3)
+    measured = [r for r in records if r.evaluated]
+    acc_ax.plot(
+        [r.round for r in measured], [100 * r.accuracy for r in measured], marker="o", markersize=3
+    )
     acc_ax.set(xlabel="round", ylabel="test accuracy (%)", title="Global model accuracy")
     acc_ax.grid(alpha=0.3)
     for axis in (acc_ax, bytes_ax):

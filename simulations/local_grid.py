@@ -8,30 +8,18 @@ costs only the devices' compute: no Ray, no polling sleeps, no start-up.
 
 from __future__ import annotations
 
-import logging
-import traceback
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
 from stamen.errors import ConfigError
-
-LOG = logging.getLogger("stamen.simulations")
-
-CLIENT_APP_EXCEPTION = 1
-"""Error code of a reply whose ClientApp raised."""
-
-MessageHook = Callable[[Message, Message], None]
-"""Called with (instruction, reply) after each device finishes."""
+from stamen.simulations.virtual_grid import VirtualGrid
+from stamen.simulations.workers import DeviceRunner, ReplyHook, RunConfig
 
 
-class LocalGrid(Grid):
+class LocalGrid(VirtualGrid):
     """Run virtual devices sequentially in this process.
 
     Args:
@@ -56,60 +44,30 @@ class LocalGrid(Grid):
         client_app: ClientApp,
         num_nodes: int,
         *,
-        run_config: Mapping[str, bool | int | float | str] | None = None,
+        run_config: RunConfig | None = None,
         apps_by_partition: Mapping[int, ClientApp] | None = None,
-        on_reply: MessageHook | None = None,
+        on_reply: ReplyHook | None = None,
     ) -> None:
         if num_nodes < 1:
             raise ConfigError(f"num_nodes must be >= 1; got {num_nodes}")
-        self._run = Run.create_empty(run_id=1)
-        # Flower stamps new messages with the process's task identity, as its own
-        # simulation runtime does; this grid plays the SuperLink for the ServerApp.
-        TaskIdentity.task_id = 1
-        TaskIdentity.run_id = self._run.run_id
-        TaskIdentity.node_id = SUPERLINK_NODE_ID
-        self._apps = {pid: client_app for pid in range(num_nodes)}
-        self._apps.update(apps_by_partition or {})
-        self._contexts = {
-            pid + 1: Context(
-                run_id=self._run.run_id,
-                node_id=pid + 1,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config=dict(run_config or {}),
-            )
-            for pid in range(num_nodes)
-        }
+        super().__init__()
+        self._runner = DeviceRunner(
+            client_app,
+            num_nodes,
+            self._run.run_id,
+            run_config or {},
+            apps_by_partition=apps_by_partition,
+        )
         self._replies: dict[str, Message] = {}
         self._on_reply = on_reply
 
-    def set_run(self, run: Run) -> None:
-        """Adopt the run id Flower assigns."""
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        """The run this grid serves."""
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Create an instruction message (kept for Grid API compatibility)."""
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
     def get_node_ids(self) -> Iterable[int]:
         """Ids of all virtual devices: partition id + 1."""
-        return list(self._contexts)
+        return list(range(1, self._runner.num_nodes + 1))
 
     def context_of(self, node_id: int) -> Context:
         """A device's persistent context (its state survives across rounds)."""
-        return self._contexts[node_id]
+        return self._runner.context_of(node_id)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Deliver each message to its device, which handles it before this returns."""
@@ -118,7 +76,10 @@ class LocalGrid(Grid):
             message_id = uuid.uuid4().hex
             # Flower's own in-memory grid sets the id the same way: it is read-only.
             message.metadata.__dict__["_message_id"] = message_id
-            self._replies[message_id] = self._execute(message)
+            reply = self._runner.run(message)
+            if self._on_reply is not None:
+                self._on_reply(message, reply)
+            self._replies[message_id] = reply
             ids.append(message_id)
         return ids
 
@@ -131,25 +92,3 @@ class LocalGrid(Grid):
     ) -> Iterable[Message]:
         """Run every message's device and return all replies."""
         return self.pull_messages(self.push_messages(messages))
-
-    def _execute(self, message: Message) -> Message:
-        node_id = message.metadata.dst_node_id
-        context = self._contexts.get(node_id)
-        if context is None:
-            reply = Message(
-                Error(code=CLIENT_APP_EXCEPTION, reason=f"no such node: {node_id}"),
-                reply_to=message,
-            )
-        else:
-            app = self._apps[int(context.node_config["partition-id"])]
-            try:
-                reply = app(message, context)
-            except Exception as error:  # a device failure must not end the round
-                LOG.debug("node %s failed:\n%s", node_id, traceback.format_exc())
-                reply = Message(
-                    Error(code=CLIENT_APP_EXCEPTION, reason=f"{type(error).__name__}: {error}"),
-                    reply_to=message,
-                )
-        if self._on_reply is not None:
-            self._on_reply(message, reply)
-        return reply

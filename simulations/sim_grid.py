@@ -26,19 +26,16 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from flwr.app import Error, Message
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
 from stamen.fleet import RoundPolicy, RoundTiming
 from stamen.simulations.profiles import Fleet
+from stamen.simulations.virtual_grid import VirtualGrid
 from stamen.simulations.workers import DeviceRunner, ReplyHook, RunConfig, WorkerPool
+from stamen.strategies.reply_validation import reply_wire_bytes
 from stamen.task import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES
 
 LOG = logging.getLogger("stamen.simulations")
@@ -56,7 +53,7 @@ class Completion:
     dropped: bool
 
 
-class SimulationGrid(Grid):
+class SimulationGrid(VirtualGrid):
     """Virtual devices with tiers and a simulated clock, run by a worker pool.
 
     Args:
@@ -88,12 +85,7 @@ class SimulationGrid(Grid):
         run_config: RunConfig | None = None,
         on_reply: ReplyHook | None = None,
     ) -> None:
-        self._run = Run.create_empty(run_id=1)
-        # Flower stamps new messages with the process's task identity; this grid
-        # plays the SuperLink for the ServerApp, and the workers inherit it.
-        TaskIdentity.task_id = 1
-        TaskIdentity.run_id = self._run.run_id
-        TaskIdentity.node_id = SUPERLINK_NODE_ID
+        super().__init__()
         self.fleet = fleet
         self.flops_per_sample = flops_per_sample
         self._on_reply = on_reply
@@ -108,26 +100,6 @@ class SimulationGrid(Grid):
         """Marks a grid whose device set and time are simulated (no waiting for devices)."""
 
     # -- Grid ------------------------------------------------------------------
-
-    def set_run(self, run: Run) -> None:
-        """Adopt the run id Flower assigns."""
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        """The run this grid serves."""
-        return self._run
-
-    def create_message(
-        self,
-        content: Any,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Create an instruction message (kept for Grid API compatibility)."""
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
         """Ids of the devices online now on the simulated clock."""
@@ -244,13 +216,16 @@ class SimulationGrid(Grid):
         by_id = {id(m): replies[i] for i, m in enumerate(runnable)}
         results = []
         for message in batch:
-            reply = by_id.get(id(message))
-            if reply is None:
+            answer = by_id.get(id(message))
+            if answer is None:
                 reply = Message(
                     Error(code=DEVICE_DROPPED_OUT, reason="device dropped out"), reply_to=message
                 )
                 completion = self._complete(message, None)
+                if self._on_reply is not None:
+                    self._on_reply(message, reply)
             else:
+                reply = answer
                 completion = self._complete(message, reply)
             results.append((completion, reply))
         return results
@@ -265,7 +240,7 @@ class SimulationGrid(Grid):
         if not 0 <= pid < self.fleet.num_devices:
             return Completion(self._now, self._now, dropped=reply is None)
         tier = self.fleet.tier(pid)
-        seconds = tier.download_seconds(content_bytes(message))
+        seconds = tier.download_seconds(reply_wire_bytes(message))
         if reply is not None and not reply.has_error():
             samples = reply_samples(reply)
             seconds += tier.train_seconds(
@@ -273,19 +248,8 @@ class SimulationGrid(Grid):
                 epochs=local_epochs(message),
                 flops_per_sample=self.flops_per_sample,
             )
-            seconds += tier.upload_seconds(content_bytes(reply))
+            seconds += tier.upload_seconds(reply_wire_bytes(reply))
         return Completion(self._now, self._now + seconds, dropped=reply is None)
-
-
-def content_bytes(message: Message) -> int:
-    """Bytes of the arrays a message carries: what dominates its size on the wire."""
-    if message.has_error():
-        return 0
-    return sum(
-        len(array.data)
-        for record in message.content.array_records.values()
-        for array in record.values()
-    )
 
 
 def local_epochs(message: Message) -> int:

@@ -39,8 +39,17 @@ RunConfig = Mapping[str, bool | int | float | str]
 class DeviceRunner:
     """Runs one device's task in the current process, keeping each device's context."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int, run_config: RunConfig):
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_id: int,
+        run_config: RunConfig,
+        *,
+        apps_by_partition: Mapping[int, ClientApp] | None = None,
+    ) -> None:
         self.client_app = client_app
+        self.apps_by_partition = dict(apps_by_partition or {})
         self.num_nodes = num_nodes
         self.run_id = run_id
         self.run_config = dict(run_config)
@@ -68,8 +77,9 @@ class DeviceRunner:
                 Error(code=CLIENT_APP_EXCEPTION, reason=f"no such node: {node_id}"),
                 reply_to=message,
             )
+        app = self.apps_by_partition.get(node_id - 1, self.client_app)
         try:
-            return self.client_app(message, self.context_of(node_id))
+            return app(message, self.context_of(node_id))
         except Exception as error:  # a device failure must not end the round
             LOG.debug("node %s failed:\n%s", node_id, traceback.format_exc())
             return Message(
@@ -115,8 +125,8 @@ class WorkerPool:
                 connection.send(batch)
                 pending[connection] = len(batch)
         while pending:
-            for connection in wait(list(pending)):
-                assert isinstance(connection, Connection)
+            for ready in wait(list(pending)):
+                connection = pending_connection(ready)
                 try:
                     index, reply = connection.recv()
                 except EOFError:
@@ -167,6 +177,13 @@ def _serve(runner: DeviceRunner, connection: Connection) -> None:
             return
         for index, message in batch:
             connection.send((index, runner.run(message)))
+
+
+def pending_connection(ready: object) -> Connection:
+    """``wait`` returns what it was given: here, always a pipe end."""
+    if not isinstance(ready, Connection):
+        raise TypeError(f"expected a pipe connection, got {type(ready).__name__}")
+    return ready
 
 
 def default_workers() -> int:

@@ -48,6 +48,10 @@ def test_help_lists_commands_and_simulate_help_explains_flags() -> None:
         (["--dataset", "npz:/no/such/file.npz"], "dataset file not found: /no/such/file.npz"),
         (["--dataset", "digits", "--num-devices", "5000"], "there are only 1437 training rows"),
         (["--dataset", "watch"], "holds feature vectors of shape (48,); use model mlp"),
+        (["--sweep", "preset"], "--sweep expects KEY=V1,V2"),
+        (["--sweep", "preset=edge,tiny"], "preset must be one of edge, fp32; got 'tiny'"),
+        (["--fleet", "custom"], "fleet.preset custom needs at least one [fleet.tiers.NAME]"),
+        (["--deadline", "-1"], "federation.deadline must be >= 0 seconds"),
     ],
 )
 def test_bad_input_is_one_clear_line_without_traceback(args: list[str], message: str) -> None:
@@ -90,6 +94,34 @@ def test_simulate_runs_prints_the_table_and_writes_results(tmp_path: Path) -> No
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2
     assert summary["config"]["data"]["dataset"] == "digits"
+
+
+def test_sweep_runs_every_combination_and_writes_one_table_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    args = "--dataset digits --model mlp --num-devices 8 --devices-per-round 4 --rounds 2"
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            *args.split(),
+            "--sweep",
+            "preset=edge,fp32",
+            "--sweep",
+            "seed=0,1",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "sweep run 4/4" in result.output
+    lines = (out / "sweep.csv").read_text().splitlines()
+    assert lines[0].startswith("setting,seeds,accuracy_mean")
+    assert sorted(line.split(",")[:2] for line in lines[1:]) == [
+        ["preset=edge", "2"],
+        ["preset=fp32", "2"],
+    ]
+    assert (out / "sweep.png").stat().st_size > 0
+    assert len(list(out.glob("preset=*_seed=*/summary.json"))) == 4
 
 
 @pytest.mark.slow

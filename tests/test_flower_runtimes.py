@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
@@ -311,3 +312,87 @@ def test_flwr_run_on_a_local_simulation_superlink(tmp_path: Path, flower_home: F
     assert summary["num_devices"] == NUM_SUPERNODES
     assert summary["config"]["data"]["dataset"] == "digits"
     assert summary["final_accuracy"] > 1.5 * CHANCE, summary["final_accuracy"]
+
+
+def descendants(roots: list[int], marker: str) -> list[int]:
+    """``roots``, their descendants, and any process whose argv names ``marker``."""
+    table = process_table()
+    found = list(roots) + [
+        pid for pid, (_, argv) in table.items() if any(marker in arg for arg in argv)
+    ]
+    frontier = list(found)
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in table.items() if ppid == parent and pid not in found]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+@pytest.mark.timeout(420)
+def test_stamen_simulate_joins_a_running_ray_cluster(tmp_path: Path) -> None:
+    # Ray's socket paths must stay short, so its temp dir is not pytest's deep one.
+    ray_dir = Path(tempfile.mkdtemp(prefix="stray", dir="/tmp"))
+    port = free_port()
+    head = subprocess.Popen(
+        [
+            tool("ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={ray_dir}",
+        ],
+        env=runtime_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out = tmp_path / "results"
+        command = [
+            tool("stamen"),
+            "simulate",
+            "--backend",
+            "ray",
+            "--ray-address",
+            f"127.0.0.1:{port}",
+            *("--dataset", "digits", "--model", "mlp", "--partition", "iid", "--preset", "fp32"),
+            *("--num-devices", "6", "--devices-per-round", "3", "--rounds", "2"),
+            *("--lr", "0.2", "--local-epochs", "3"),
+            "--out",
+            str(out),
+        ]
+        done = run_when_cluster_is_up(command, tmp_path, head)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        summary = summary_of(out)
+        assert summary["rounds"] == 2
+        assert summary["config"]["federation"]["ray_address"] == f"127.0.0.1:{port}"
+        assert summary["final_accuracy"] > 3 * CHANCE, summary["final_accuracy"]
+    finally:
+        stop_processes(descendants([head.pid], str(ray_dir)))
+        head.wait(timeout=30)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert not descendants([], str(ray_dir)), "a Ray process of this test outlived it"
+
+
+def run_when_cluster_is_up(
+    command: list[str], cwd: Path, head: subprocess.Popen[str]
+) -> subprocess.CompletedProcess[str]:
+    """Retry ``command`` while the head node starts (bounded: about two minutes)."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert head.poll() is None, (
+            f"ray start exited early:\n{head.stdout.read() if head.stdout else ''}"
+        )
+        done = subprocess.run(
+            command, cwd=cwd, env=runtime_env(), capture_output=True, text=True, timeout=280
+        )
+        if done.returncode == 0 or time.monotonic() > deadline:
+            return done
+        if "Could not find any running Ray instance" not in done.stdout + done.stderr:
+            return done
+        time.sleep(2)

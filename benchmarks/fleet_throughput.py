@@ -1,0 +1,260 @@
+"""Benchmark: device-updates per second on workload W1, Stamen's grid against Flower's Ray engine.
+
+Each path runs in its own fresh process, one after another, on the same
+machine and in the same invocation, so the figures compare as ratios:
+
+- ``flower-ray``: stock Flower, plain PyTorch ClientApp, FedAvg, Simulation Engine (Ray);
+- ``stamen-ray``: Stamen's apps (``--preset fp32``) on Flower's Simulation Engine;
+- ``stamen-local-fp32`` and ``stamen-local-edge``: Stamen's simulation grid.
+
+For each it reports steady-state device-updates per second (rounds 2 to R-1:
+no start-up, no final central evaluation), the time from the start of the run
+to the start of round 1, and the peak memory summed over the whole process
+tree (PSS, so pages shared after a fork count once). Writes ``results.json``
+and ``results.md`` into ``--out``.
+
+    python benchmarks/fleet_throughput.py --out runs/benchmark-throughput
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+os.environ.update(QUIET)
+
+PATHS = ("flower-ray", "stamen-ray", "stamen-local-fp32", "stamen-local-edge")
+SCALES = ((1_000, 100), (10_000, 1_000))
+
+
+# -- one path, in a child process ----------------------------------------------------
+
+
+def run_path(path: str, devices: int, per_round: int, rounds: int) -> dict[str, Any]:
+    """Run one path; returns when each round started and how many updates it had."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    marks: list[tuple[int, float, int]] = []
+    started = time.perf_counter()
+    since_launch = time.time() - psutil.Process().create_time()
+    if path == "flower-ray":
+        run_flower_baseline(devices, per_round, rounds, marks)
+    else:
+        run_stamen(path, devices, per_round, rounds, marks)
+    return {"started": started, "since_launch": since_launch, "marks": marks}
+
+
+def run_flower_baseline(
+    devices: int, per_round: int, rounds: int, marks: list[tuple[int, float, int]]
+) -> None:
+    """Stock Flower on Ray, two actors of one CPU each."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from flwr.simulation import run_simulation
+    from w1_flower_baseline import make_client_app, make_server_app
+
+    def on_round(server_round: int) -> None:
+        marks.append((server_round, time.perf_counter(), per_round if server_round else 0))
+
+    run_simulation(
+        server_app=make_server_app(devices, per_round, rounds, on_round),
+        client_app=make_client_app(),
+        num_supernodes=devices,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {
+                "num_cpus": os.cpu_count() or 1,
+                "include_dashboard": False,
+                "log_to_driver": False,
+            },
+        },
+    )
+
+
+def run_stamen(
+    path: str, devices: int, per_round: int, rounds: int, marks: list[tuple[int, float, int]]
+) -> None:
+    """Stamen's apps on the path's backend and preset."""
+    from stamen.config import load_config
+    from stamen.server.reporting import RoundRecord
+    from stamen.simulations import simulate
+
+    class Marks:
+        def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
+            marks.append((0, time.perf_counter(), 0))
+
+        def on_round(self, record: RoundRecord) -> None:
+            marks.append((record.round, time.perf_counter(), record.participants))
+
+        def on_finish(self, summary: dict[str, Any]) -> None:
+            pass
+
+    config = load_config(
+        overrides={
+            "preset": "edge" if path.endswith("edge") else "fp32",
+            "backend": "ray" if path == "stamen-ray" else "local",
+            "dataset": "mnist",
+            "model": "lenet",
+            "partition": "iid",
+            "data.samples_per_device": 60,
+            "num-devices": devices,
+            "devices-per-round": per_round,
+            "rounds": rounds,
+            "local-epochs": 1,
+            "batch-size": 20,
+            "lr": 0.05,
+            "fleet.preset": "ideal",
+            "federation.eval_every": rounds,
+        }
+    )
+    simulate(config, Marks())
+
+
+# -- the harness -----------------------------------------------------------------------
+
+
+def measure(path: str, devices: int, per_round: int, rounds: int, out: Path) -> dict[str, Any]:
+    """Run ``path`` in a fresh process, sampling the memory of its process tree."""
+    result_file = out / f"{path}-{devices}.json"
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        path,
+        "--devices",
+        str(devices),
+        "--per-round",
+        str(per_round),
+        "--rounds",
+        str(rounds),
+        "--result",
+        str(result_file),
+    ]
+    launched = time.perf_counter()
+    child = subprocess.Popen(command, env={**os.environ, **QUIET})
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_pss(child.pid))
+            done.wait(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = child.wait()
+    done.set()
+    sampler.join()
+    if code != 0:
+        return {"path": path, "devices": devices, "error": f"exit code {code}"}
+    raw = json.loads(result_file.read_text())
+    marks = raw["marks"]
+    steady = [(later[2], later[1] - earlier[1]) for earlier, later in itertools.pairwise(marks[1:])]
+    updates = sum(n for n, _ in steady)
+    seconds = sum(s for _, s in steady)
+    return {
+        "path": path,
+        "devices": devices,
+        "per_round": per_round,
+        "rounds": rounds,
+        "updates_per_second": updates / seconds if seconds else None,
+        "first_round_seconds": marks[0][1] - raw["started"],
+        "first_round_seconds_from_launch": marks[0][1] - raw["started"] + raw["since_launch"],
+        "peak_memory_mib": peak[0] / 2**20,
+        "wall_seconds": time.perf_counter() - launched,
+    }
+
+
+def tree_pss(pid: int) -> int:
+    """Proportional set size of a process and all its descendants, in bytes."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_full_info().pss
+        except psutil.Error:
+            continue
+    return total
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """The README table, with ratios against stock Flower at the same scale."""
+    lines = [
+        "| devices (per round) | path | updates/s | vs stock Flower | first round | peak memory |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        scale = f"{row['devices']:,} ({row.get('per_round', '?'):,})"
+        if "error" in row:
+            lines.append(f"| {scale} | {row['path']} | failed: {row['error']} | | | |")
+            continue
+        base = next(
+            (
+                r
+                for r in rows
+                if r["path"] == "flower-ray" and r["devices"] == row["devices"] and "error" not in r
+            ),
+            None,
+        )
+        speedup = (
+            f"{row['updates_per_second'] / base['updates_per_second']:.1f}x"
+            if base and base["updates_per_second"] and row["updates_per_second"]
+            else "-"
+        )
+        lines.append(
+            f"| {scale} | {row['path']} | {row['updates_per_second']:.0f} | {speedup} | "
+            f"{row['first_round_seconds']:.1f} s | {row['peak_memory_mib']:.0f} MiB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run every path at every scale, then write the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--scales", nargs="+", default=["1000:100", "10000:1000"])
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds per run; the first and last are not timed"
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmark-throughput"))
+    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--devices", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--per-round", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = run_path(args.child, args.devices, args.per_round, args.rounds)
+        args.result.write_text(json.dumps(result))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for scale in args.scales:
+        devices, per_round = (int(v) for v in scale.split(":"))
+        for path in args.paths:
+            print(f"== {path} at {devices} devices, {per_round} per round", flush=True)
+            row = measure(path, devices, per_round, args.rounds, args.out)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    markdown = to_markdown(rows)
+    (args.out / "results.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
