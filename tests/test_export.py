@@ -183,3 +183,26 @@ def test_cli_export_and_verify(exported: dict, tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", "--verify", str(manifest)])
     assert result.exit_code == 2
     assert "does not match its manifest" in result.output
+
+
+def test_mobilenet_exports_with_batchnorm_folded_into_integer_convs(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    data = load_dataset("digits")
+    spec = ModelSpec("mobilenet", data.input_shape, data.num_classes)
+    model = build_model(spec, seed=0)
+    x, y = torch.tensor(data.x_train), torch.tensor(data.y_train)
+    train_epochs(model, x, y, epochs=5, batch_size=32, lr=0.05)
+    saved = SavedModel(spec, exchanged_state(model), dataset="digits")
+    result = export_model(saved, tmp_path, Ed25519PrivateKey.generate())
+    accuracy = result.manifest["accuracy"]
+    assert accuracy["fp32_torch"] > 0.8
+    assert abs(accuracy["artifact"] - accuracy["fake_quant_torch"]) <= 0.01  # 360 test images
+    graph = onnx.load_from_string(unpack(result.artifact.read_bytes())).graph
+    assert not any(node.op_type == "BatchNormalization" for node in graph.node)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(unpack(result.artifact.read_bytes()), options)
+    optimized = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert "QLinearConv" in optimized and "Conv" not in optimized
