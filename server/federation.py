@@ -96,9 +96,11 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
     dataset = load_dataset(config.data.dataset)
     spec = model_spec(config, dataset)
     model = build_model(spec, seed=config.federation.seed)
-    strategy = build_strategy(config, spec)
-    if config.distill.enabled:
-        strategy = build_feddf(config, spec, dataset)
+    strategy = (
+        build_feddf(config, spec, dataset)
+        if config.distill.enabled
+        else build_strategy(config, spec)
+    )
     x_test = torch.tensor(dataset.x_test)
     y_test = torch.tensor(dataset.y_test)
     if x_test.dim() == 4:
