@@ -74,6 +74,7 @@ FLAG_KEYS: dict[str, str] = {
     "uplink_values": "uplink.values",
     "error_feedback": "uplink.error_feedback",
     "downlink_values": "downlink.values",
+    "strategy": "strategy.name",
     "fleet": "fleet.preset",
     "deadline": "federation.deadline",
     "over_selection": "federation.over_selection",
@@ -306,6 +307,16 @@ def simulate(
             help="Downlink value format: fp32, fp16, q8.", rich_help_panel=COMP, show_default=False
         ),
     ] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="Aggregation strategy: fedavg, fedprox, fedadam, fedyogi, median, trimmed-mean, "
+            "norm-bounded, krum, multi-krum, fedbuff (stamen strategies describes them).  "
+            "\\[default: fedavg]",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
     assignments: Annotated[
         list[str] | None,
         typer.Option(
@@ -372,6 +383,7 @@ def simulate(
         "uplink_values": uplink_values,
         "error_feedback": error_feedback,
         "downlink_values": downlink_values,
+        "strategy": strategy,
         "fleet": fleet,
         "deadline": deadline,
         "over_selection": over_selection,
@@ -417,6 +429,14 @@ def simulate(
         fail(str(error))
     if interrupted:
         raise typer.Exit(code=130)
+
+
+@app.command()
+def strategies() -> None:
+    """List the aggregation strategies, one line each, with their papers."""
+    from stamen.cli.strategies_command import print_strategies
+
+    print_strategies(console)
 
 
 def setup_logging(verbose: bool) -> None:

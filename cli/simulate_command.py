@@ -30,7 +30,9 @@ def run_simulation_command(
         f"[bold]Stamen[/] · preset [bold]{config.preset.value}[/] · {config.data.dataset} · "
         f"{config.training.model.value} · {fed.num_devices} devices, {fed.devices_per_round}"
         f"/round · {fed.rounds} rounds · {config.data.partition.value} · "
-        f"{fed.backend.value} backend" + (f" · {config.fleet.preset.value} fleet" if local else "")
+        f"{fed.backend.value} backend"
+        + (f" · {config.fleet.preset.value} fleet" if local else "")
+        + f" · strategy {config.strategy.name.value}"
     )
     progress = ProgressReporter(console, fed.devices_sampled if local else None)
     collector = CollectingReporter()

@@ -134,6 +134,7 @@ def handle_train(message: Message, context: Context, fleet: FleetData) -> Messag
         lr=task.lr,
         momentum=task.momentum,
         generator=generator,
+        proximal_mu=task.proximal_mu,
     )
     if decoded.masks:
         remove_masks(model)

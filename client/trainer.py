@@ -40,11 +40,13 @@ def train_epochs(
     lr: float,
     momentum: float = 0.0,
     generator: torch.Generator | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` in place with SGD on ``(x, y)`` for ``epochs`` passes.
 
     Pruning masks applied with ``torch.nn.utils.prune`` keep pruned weights at
     zero: their gradient flows to ``weight_orig`` only through the mask.
+    ``proximal_mu`` > 0 adds FedProx's term ``mu/2 * ||w - w_start||^2``.
 
     Examples:
         >>> model = nn.Linear(4, 2)
@@ -54,6 +56,7 @@ def train_epochs(
     """
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss()
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     model.train()
     n = x.shape[0]
     last_epoch_loss = 0.0
@@ -64,11 +67,19 @@ def train_epochs(
             batch = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[batch]), y[batch])
+            if anchor:  # FedProx (Li et al. 2020): pull towards the received global model
+                loss = loss + proximal_term(model, anchor, proximal_mu)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * batch.numel()
         last_epoch_loss = total / max(n, 1)
     return TrainResult(loss=last_epoch_loss, num_examples=n)
+
+
+def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """``mu/2 * ||w - anchor||^2`` over the model's parameters (FedProx's proximal term)."""
+    squares = [(p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True)]
+    return 0.5 * mu * torch.stack(squares).sum()
 
 
 @torch.no_grad()

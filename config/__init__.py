@@ -14,6 +14,8 @@ from stamen.config.loading import (
     to_run_config,
 )
 from stamen.config.settings import (
+    AttackKind,
+    AttackSettings,
     Backend,
     DataSettings,
     DistillSettings,
@@ -21,12 +23,16 @@ from stamen.config.settings import (
     Preset,
     QATSettings,
     StamenConfig,
+    StrategyName,
+    StrategySettings,
     TrainingSettings,
     UnlabelledSource,
 )
 
 __all__ = [
     "PRESETS",
+    "AttackKind",
+    "AttackSettings",
     "Backend",
     "DataSettings",
     "DistillSettings",
@@ -34,6 +40,8 @@ __all__ = [
     "Preset",
     "QATSettings",
     "StamenConfig",
+    "StrategyName",
+    "StrategySettings",
     "TrainingSettings",
     "UnlabelledSource",
     "from_run_config",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import tomllib
 import types
 import typing
@@ -61,6 +62,7 @@ ALIASES: dict[str, str] = {
     "local-epochs": "training.local_epochs",
     "batch-size": "training.batch_size",
     "lr": "training.lr",
+    "strategy": "strategy.name",
 }
 """Short names accepted in Flower's run config and as CLI flags."""
 
@@ -215,6 +217,8 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         allowed = [member.value for member in annotation]
         if isinstance(value, annotation):
             return value
+        if isinstance(value, float) and not math.isfinite(value):
+            value = str(value)  # `--set attack.kind=nan` reads as a TOML float; the name was meant
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
         return annotation(value)

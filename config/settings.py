@@ -176,6 +176,108 @@ class QATSettings:
             raise ConfigError(f"qat.{error}") from None
 
 
+class StrategyName(enum.StrEnum):
+    """The aggregation strategies ``strategy.name`` and ``--strategy`` select."""
+
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+    MEDIAN = "median"
+    TRIMMED_MEAN = "trimmed-mean"
+    NORM_BOUNDED = "norm-bounded"
+    KRUM = "krum"
+    MULTI_KRUM = "multi-krum"
+    FEDBUFF = "fedbuff"
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    """Which aggregation strategy the server runs, and its hyper-parameters.
+
+    Each strategy reads only its own keys; ``stamen strategies`` lists them.
+    """
+
+    name: StrategyName = StrategyName.FEDAVG
+    proximal_mu: float = 0.01
+    """FedProx: weight of the proximal term on devices."""
+    server_lr: float | None = None
+    """FedAdam/FedYogi (default 0.01) and FedBuff (default 1.0): the server step size."""
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    """FedAdam/FedYogi: moment decays and adaptivity."""
+    trim_fraction: float = 0.2
+    """trimmed-mean: fraction dropped at each end of every coordinate."""
+    clip_norm: float | None = None
+    """norm-bounded: L2 bound per delta; unset uses each round's median norm."""
+    krum_byzantine: int = 2
+    """krum, multi-krum: how many malicious devices a round may hold (f)."""
+    krum_select: int = 0
+    """multi-krum: deltas kept (0: n - f). krum always keeps one."""
+    buffer_size: int = 5
+    """FedBuff: aggregate whenever this many updates are buffered (K)."""
+    concurrency: int | None = None
+    """FedBuff: devices training at once; unset uses federation.devices_per_round."""
+    staleness_exponent: float = 0.5
+    """FedBuff: an update ``s`` versions old is weighted by ``1 / (1 + s) ** exponent``."""
+
+    def __post_init__(self) -> None:
+        key = "strategy."
+        require(self.proximal_mu >= 0, key + "proximal_mu", ">= 0", self.proximal_mu)
+        if self.server_lr is not None:
+            require(self.server_lr > 0, key + "server_lr", "> 0", self.server_lr)
+        require(0 <= self.beta1 < 1, key + "beta1", "in [0, 1)", self.beta1)
+        require(0 <= self.beta2 < 1, key + "beta2", "in [0, 1)", self.beta2)
+        require(self.tau > 0, key + "tau", "> 0", self.tau)
+        require(
+            0 <= self.trim_fraction < 0.5, key + "trim_fraction", "in [0, 0.5)", self.trim_fraction
+        )
+        if self.clip_norm is not None:
+            require(self.clip_norm > 0, key + "clip_norm", "> 0", self.clip_norm)
+        require(self.krum_byzantine >= 0, key + "krum_byzantine", ">= 0", self.krum_byzantine)
+        require(self.krum_select >= 0, key + "krum_select", ">= 0", self.krum_select)
+        require(self.buffer_size >= 1, key + "buffer_size", ">= 1", self.buffer_size)
+        if self.concurrency is not None:
+            require(self.concurrency >= 1, key + "concurrency", ">= 1", self.concurrency)
+        require(
+            self.staleness_exponent >= 0,
+            key + "staleness_exponent",
+            ">= 0",
+            self.staleness_exponent,
+        )
+
+
+class AttackKind(enum.StrEnum):
+    """What the malicious devices of an ``[attack]`` section send."""
+
+    NONE = "none"
+    SIGN_FLIP = "sign-flip"
+    """The honest delta negated and multiplied by ``scale``."""
+    SCALE = "scale"
+    """The honest delta multiplied by ``scale``."""
+    RANDOM = "random"
+    """Gaussian noise with ``scale`` times the honest delta's norm."""
+    NAN = "nan"
+    INF = "inf"
+    STALE = "stale"
+    """The device's first update, replayed in every later round."""
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """A test and benchmark harness: some devices send malicious, correctly encoded updates."""
+
+    kind: AttackKind = AttackKind.NONE
+    fraction: float = 0.2
+    """Share of the fleet that attacks, chosen from federation.seed."""
+    scale: float = 10.0
+
+    def __post_init__(self) -> None:
+        require(0 <= self.fraction <= 1, "attack.fraction", "in [0, 1]", self.fraction)
+        require(self.scale > 0, "attack.scale", "> 0", self.scale)
+
+
 @dataclass(frozen=True)
 class TierShare:
     """A device tier of a custom fleet and the share of devices it takes."""
@@ -317,6 +419,8 @@ class StamenConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     uplink: UplinkCodecConfig = field(default_factory=UplinkCodecConfig)
     downlink: DownlinkCodecConfig = field(default_factory=DownlinkCodecConfig)
+    strategy: StrategySettings = field(default_factory=StrategySettings)
+    attack: AttackSettings = field(default_factory=AttackSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
 
@@ -335,6 +439,8 @@ SECTION_TYPES: dict[str, type] = {
     "pruning": PruningConfig,
     "uplink": UplinkCodecConfig,
     "downlink": DownlinkCodecConfig,
+    "strategy": StrategySettings,
+    "attack": AttackSettings,
     "fleet": FleetSettings,
     "distill": DistillSettings,
 }

@@ -57,6 +57,8 @@ class TrainTask:
     qat: QATConfig | None = None
     """Fake-quantization settings; ``None`` trains in plain float."""
     uplink: UplinkCodecConfig = dataclasses.field(default_factory=UplinkCodecConfig)
+    proximal_mu: float = 0.0
+    """FedProx's proximal weight; 0 trains plain SGD. Optional on the wire (absent: 0)."""
 
     def to_config_record(self) -> ConfigRecord:
         """Flatten into a Flower ``ConfigRecord``."""
@@ -77,6 +79,7 @@ class TrainTask:
             "error-feedback": self.uplink.error_feedback,
             "lossless": self.uplink.lossless.value,
             "stochastic-rounding": self.uplink.stochastic_rounding,
+            "proximal-mu": self.proximal_mu,
         }
         record = ConfigRecord({f"{_PREFIX}{key}": value for key, value in values.items()})
         record["server-round"] = self.round_num
@@ -107,6 +110,10 @@ class TrainTask:
                     f"train task '{_PREFIX}{key}' must be one of {allowed}; got {raw!r}"
                 ) from None
 
+        # Optional keys: a task from a server that predates them still parses.
+        proximal_mu = get("proximal-mu", float) if f"{_PREFIX}proximal-mu" in record else 0.0
+        if not proximal_mu >= 0:
+            raise ConfigError(f"train task '{_PREFIX}proximal-mu' must be >= 0; got {proximal_mu}")
         qat = None
         if get("qat", bool):
             qat = QATConfig(
@@ -130,6 +137,7 @@ class TrainTask:
                 lossless=enum_value("lossless", Lossless),
                 stochastic_rounding=get("stochastic-rounding", bool),
             ),
+            proximal_mu=proximal_mu,
         )
 
     def replace(self, **changes: Any) -> TrainTask:

@@ -23,6 +23,7 @@ from stamen.client.trainer import evaluate
 from stamen.compression import QATConfig
 from stamen.config import StamenConfig, UnlabelledSource
 from stamen.data import Dataset, file_inputs, holdout_inputs
+from stamen.errors import ConfigError
 from stamen.models import ModelSpec, SavedModel, build_model, student_spec
 from stamen.strategies.feddf import FedDF, TierStudent
 
@@ -56,9 +57,18 @@ def tier_students(config: StamenConfig, spec: ModelSpec) -> dict[str, TierStuden
 
 
 def build_feddf(config: StamenConfig, spec: ModelSpec, dataset: Dataset) -> FedDF:
-    """FedDF with the federation's compression settings and the ``[distill]`` section."""
+    """FedDF with the federation's compression settings and the ``[distill]`` section.
+
+    FedDF builds on compressed FedAvg, so it does not combine with another
+    ``strategy.name``.
+    """
     from stamen.server.federation import train_task
 
+    if config.strategy.name.value != "fedavg":
+        raise ConfigError(
+            "distill.enabled runs FedDF, which builds on FedAvg; strategy.name must be fedavg, "
+            f"got {config.strategy.name.value!r}"
+        )
     federation = config.federation
     x_test, y_test = torch.tensor(dataset.x_test), torch.tensor(dataset.y_test)
 

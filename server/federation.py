@@ -33,7 +33,8 @@ from stamen.models import (
 )
 from stamen.server.distillation import build_feddf, edge_metrics, final_models
 from stamen.server.reporting import RoundRecord, RoundReporter
-from stamen.strategies import CompressedFedAvg, RoundStats
+from stamen.strategies import CompressedFedAvg, FedBuff, RoundStats
+from stamen.strategies import build_strategy as build_named_strategy
 from stamen.strategies.compressed_fedavg import to_array_record, to_numpy
 from stamen.task import TrainTask
 
@@ -74,9 +75,10 @@ def train_task(config: StamenConfig) -> TrainTask:
 
 
 def build_strategy(config: StamenConfig, spec: ModelSpec) -> CompressedFedAvg:
-    """The compressed FedAvg strategy this config describes."""
+    """The strategy this config describes (``strategy.name``), over compressed updates."""
     federation = config.federation
-    return CompressedFedAvg(
+    return build_named_strategy(
+        config.strategy,
         model_factory=functools.partial(build_model, spec),
         task=train_task(config),
         downlink=config.downlink,
@@ -155,6 +157,11 @@ def run_federation(grid: Grid, config: StamenConfig, reporter: RoundReporter) ->
         wall_seconds=time.perf_counter() - started,
     )
     summary["final_model_sha256"] = _final_hash(result.arrays)
+    summary["strategy"] = "feddf" if config.distill.enabled else config.strategy.name.value
+    if isinstance(strategy, FedBuff):
+        summary["staleness_histogram"] = {
+            str(k): v for k, v in strategy.staleness_histogram().items()
+        }
     models = final_models(strategy, config, spec, to_numpy(result.arrays))
     if config.distill.edge_metrics:
         summary["edge"] = edge_metrics(models, dataset)
@@ -181,6 +188,8 @@ def round_record(
     """Combine the strategy's traffic stats, the grid's timing and the central evaluation."""
     # A round whose configure step never ran (no devices) still gets a zero record.
     stats = strategy.stats.get(server_round) or RoundStats(server_round)
+    if isinstance(strategy, FedBuff):  # asynchronous: an aggregation is a round
+        timing = strategy.timing(server_round)
     timing = timing or RoundTiming(dispatched=stats.sampled, participants=stats.sampled)
     return RoundRecord(
         round=server_round,
@@ -198,6 +207,7 @@ def round_record(
         seconds=seconds,
         plain_clients=stats.plain_clients,
         rejections=[{"node_id": r.node_id, "reason": r.reason} for r in stats.rejections],
+        staleness=list(getattr(strategy, "staleness", {}).get(server_round, [])),
         participants=timing.participants,
         stragglers=timing.stragglers,
         dropouts=timing.dropouts,

@@ -32,6 +32,8 @@ class RoundRecord:
     plain_clients: int = 0
     """Accepted updates that came from plain Flower ClientApps (dense weights)."""
     rejections: list[dict[str, Any]] = field(default_factory=list)
+    staleness: list[int] = field(default_factory=list)
+    """Asynchronous strategies (FedBuff): each aggregated update's staleness in versions."""
     participants: int = 0
     """Replies the grid handed to the strategy (accepted or rejected)."""
     stragglers: int = 0

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from flwr.app import Context, RecordDict
+from flwr.clientapp import ClientApp
 
 from stamen.client import FleetData, client_app, device_data
 from stamen.config import Backend, StamenConfig, to_run_config
@@ -21,6 +22,7 @@ from stamen.errors import ConfigError
 from stamen.models import build_model, training_flops_per_sample
 from stamen.server import CollectingReporter, Reporters, RoundReporter, server_app
 from stamen.server.federation import model_spec
+from stamen.simulations.attacks import with_attack
 from stamen.simulations.profiles import Fleet, build_fleet, fleet_mix
 from stamen.simulations.sim_grid import SimulationGrid
 from stamen.simulations.workers import ReplyHook, default_workers
@@ -40,6 +42,12 @@ def fleet_of(config: StamenConfig) -> FleetData:
     return FleetData(
         config.data, num_devices=config.federation.num_devices, seed=config.federation.seed
     )
+
+
+def fleet_app(config: StamenConfig) -> ClientApp:
+    """The fleet's ClientApp, with the ``[attack]`` section's attackers when one is set."""
+    fed = config.federation
+    return with_attack(client_app(fleet_of(config)), config.attack, fed.num_devices, fed.seed)
 
 
 def simulate(
@@ -93,7 +101,7 @@ def simulation_grid(config: StamenConfig, on_reply: ReplyHook | None = None) -> 
     """The local backend's grid for ``config``: the fleet, its clock and a worker pool."""
     spec = model_spec(config, load_dataset(config.data.dataset))
     return SimulationGrid(
-        client_app(fleet_of(config)),
+        fleet_app(config),
         device_fleet(config),
         flops_per_sample=training_flops_per_sample(build_model(spec), spec.input_shape),
         workers=config.federation.workers or default_workers(),
@@ -136,7 +144,7 @@ def run_on_ray(config: StamenConfig, reporter: RoundReporter) -> None:
         init_args.update(num_cpus=cpus, object_store_memory=256 * 2**20)
     run_simulation(
         server_app=server_app(config, reporter),
-        client_app=client_app(fleet_of(config)),
+        client_app=fleet_app(config),
         num_supernodes=config.federation.num_devices,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

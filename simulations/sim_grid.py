@@ -255,7 +255,10 @@ class SimulationGrid(VirtualGrid):
 def local_epochs(message: Message) -> int:
     """Local epochs the task asks for (1 when the message does not say)."""
     config = message.content.config_records.get(CONFIG_KEY)
-    value = config.get("local-epochs", 1) if config is not None else 1
+    if config is None:
+        return 1
+    # Stamen's TrainTask prefixes its keys; a plain Flower app's config does not.
+    value = config.get("stamen.local-epochs", config.get("local-epochs", 1))
     return int(value) if isinstance(value, int | float) else 1
 
 

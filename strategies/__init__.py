@@ -7,18 +7,44 @@ from stamen.strategies.compressed_fedavg import (
     to_array_record,
     to_numpy,
 )
+from stamen.strategies.fedadam import FedAdam
+from stamen.strategies.fedbuff import FedBuff, staleness_scaled
 from stamen.strategies.feddf import FedDF, TierStudent
+from stamen.strategies.fedprox import FedProx
+from stamen.strategies.fedyogi import FedYogi
+from stamen.strategies.krum import Krum, krum_scores, krum_select
+from stamen.strategies.median import CoordinateMedian, coordinate_median
+from stamen.strategies.norm_bounding import NormBoundedAvg, norm_bounded_mean
+from stamen.strategies.registry import STRATEGIES, StrategyEntry, build_strategy
 from stamen.strategies.reply_validation import SentModel, ValidUpdate, validate_reply
+from stamen.strategies.trimmed_mean import TrimmedMean, trimmed_mean
 
 __all__ = [
+    "STRATEGIES",
     "CompressedFedAvg",
+    "CoordinateMedian",
+    "FedAdam",
+    "FedBuff",
     "FedDF",
+    "FedProx",
+    "FedYogi",
+    "Krum",
+    "NormBoundedAvg",
     "Rejection",
     "RoundStats",
     "SentModel",
+    "StrategyEntry",
     "TierStudent",
+    "TrimmedMean",
     "ValidUpdate",
+    "build_strategy",
+    "coordinate_median",
+    "krum_scores",
+    "krum_select",
+    "norm_bounded_mean",
+    "staleness_scaled",
     "to_array_record",
     "to_numpy",
+    "trimmed_mean",
     "validate_reply",
 ]

@@ -294,38 +294,24 @@ class CompressedFedAvg(FedAvg):
         if sent is None or sent.round_num != server_round:
             LOG.error("round %d: replies arrived for a round that was never sent", server_round)
             return None, None
-        accepted: list[ValidUpdate] = []
-        fp32_bytes = dense_nbytes(sent.dense)
-        for reply in replies:
-            node_id = reply.metadata.src_node_id
-            stats.uplink_bytes += reply_wire_bytes(reply)
-            stats.uplink_bytes_fp32 += fp32_bytes if not reply.has_error() else 0
-            try:
-                update = validate_reply(
-                    reply,
-                    server_round=server_round,
-                    sent=sent,
-                    max_update_bytes=self.max_update_bytes,
-                    max_update_norm=self.max_update_norm,
-                )
-            except InvalidUpdate as error:
-                stats.rejections.append(Rejection(node_id, str(error)))
-                LOG.warning(
-                    "round %d: rejected update from node %d: %s", server_round, node_id, error
-                )
-                continue
-            if not update.plain:
-                self.stamen_nodes.add(node_id)
-            stats.plain_clients += int(update.plain)
-            accepted.append(update)
+        accepted = [
+            update
+            for reply in replies
+            if (update := self.accept_reply(reply, server_round, sent, stats)) is not None
+        ]
         stats.accepted = len(accepted)
         self.last_accepted = accepted
         if not accepted:
             LOG.warning("round %d: no valid updates; the global model is unchanged", server_round)
             return None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)})
-        new_model = apply_mean_delta(sent.dense, accepted)
+        new_model = self.apply_delta(sent.dense, self.aggregate_deltas(accepted))
         if self.masks:
             new_model = apply_masks_np(new_model, self.masks)
+        if not all(np.isfinite(value).all() for value in new_model.values()):
+            LOG.error(
+                "round %d: aggregation gave non-finite weights; model unchanged", server_round
+            )
+            return None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)})
         losses = [(u.train_loss, u.num_examples) for u in accepted if u.train_loss is not None]
         metrics = MetricRecord({"accepted": len(accepted), "rejected": len(stats.rejections)})
         if losses:
@@ -333,20 +319,64 @@ class CompressedFedAvg(FedAvg):
             metrics["train-loss"] = stats.train_loss
         return to_array_record(new_model), metrics
 
+    def accept_reply(
+        self, reply: Message, server_round: int, sent: SentModel, stats: RoundStats
+    ) -> ValidUpdate | None:
+        """Count a reply's traffic and validate it; a refused one is logged and recorded."""
+        node_id = reply.metadata.src_node_id
+        stats.uplink_bytes += reply_wire_bytes(reply)
+        stats.uplink_bytes_fp32 += dense_nbytes(sent.dense) if not reply.has_error() else 0
+        try:
+            update = validate_reply(
+                reply,
+                server_round=server_round,
+                sent=sent,
+                max_update_bytes=self.max_update_bytes,
+                max_update_norm=self.max_update_norm,
+            )
+        except InvalidUpdate as error:
+            stats.rejections.append(Rejection(node_id, str(error)))
+            LOG.warning("round %d: rejected update from node %d: %s", server_round, node_id, error)
+            return None
+        if not update.plain:
+            self.stamen_nodes.add(node_id)
+        stats.plain_clients += int(update.plain)
+        return update
+
+    # -- hooks that other strategies override ------------------------------------
+
+    def aggregate_deltas(self, updates: list[ValidUpdate]) -> dict[str, np.ndarray]:
+        """Combine the accepted, decoded deltas into one: here their example-weighted mean."""
+        return weighted_mean_delta(updates)
+
+    def apply_delta(
+        self, base: dict[str, np.ndarray], delta: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The next global model from this round's model and the aggregated delta."""
+        return {name: (value + delta[name]).astype(np.float32) for name, value in base.items()}
+
+
+def weighted_mean_delta(updates: list[ValidUpdate]) -> dict[str, np.ndarray]:
+    """The example-weighted mean of the updates' deltas, in float64."""
+    total = float(sum(update.num_examples for update in updates))
+    return {
+        name: np.asarray(
+            sum(
+                update.delta[name].astype(np.float64) * (update.num_examples / total)
+                for update in updates
+            ),
+            dtype=np.float64,
+        )
+        for name in updates[0].delta
+    }
+
 
 def apply_mean_delta(
     base: dict[str, np.ndarray], updates: list[ValidUpdate]
 ) -> dict[str, np.ndarray]:
     """``base`` plus the example-weighted mean of the updates' deltas."""
-    total = float(sum(update.num_examples for update in updates))
-    result = {}
-    for name, value in base.items():
-        mean = sum(
-            update.delta[name].astype(np.float64) * (update.num_examples / total)
-            for update in updates
-        )
-        result[name] = (value + mean).astype(np.float32)
-    return result
+    mean = weighted_mean_delta(updates)
+    return {name: (value + mean[name]).astype(np.float32) for name, value in base.items()}
 
 
 def apply_masks_np(

@@ -112,3 +112,21 @@ def test_unlabelled_file_inputs_are_checked(tmp_path: Path) -> None:
         file_inputs(tmp_path / "missing.npz", (1, 8, 8))
     x = holdout_inputs(load_dataset("digits"), 50, seed=1)
     assert x.shape == (50, 1, 8, 8) and x.flags.writeable
+
+
+def test_distillation_refuses_another_strategy() -> None:
+    from stamen.errors import ConfigError
+    from stamen.server.distillation import build_feddf
+    from stamen.server.federation import model_spec
+
+    config = load_config(
+        overrides={
+            "dataset": "digits",
+            "model": "mlp",
+            "distill.enabled": True,
+            "strategy.name": "fedprox",
+        }
+    )
+    data = load_dataset("digits")
+    with pytest.raises(ConfigError, match=r"strategy\.name must be fedavg, got 'fedprox'"):
+        build_feddf(config, model_spec(config, data), data)

@@ -26,8 +26,8 @@ FAST = TierProfile("fast", gflops=1.0, memory_mb=1, uplink_kbps=8, downlink_kbps
 SLOW = TierProfile("slow", gflops=0.1, memory_mb=1, uplink_kbps=8, downlink_kbps=8, latency_ms=0)
 """1 kbit/s links are 1,000 bytes per second: transfer times are easy to check by hand."""
 
-FLOPS = 1e7
-"""Training FLOPs per sample: 100 samples take 1 s on FAST and 10 s on SLOW."""
+FLOPS = 5e6
+"""Training FLOPs per sample: 100 samples for 2 epochs take 1 s on FAST and 10 s on SLOW."""
 
 
 def echo_app() -> ClientApp:
@@ -53,11 +53,11 @@ def two_speed_grid() -> Iterator[SimulationGrid]:
 
 
 def task(grid: SimulationGrid, node_id: int) -> Message:
-    """A train message carrying 500 bytes of model."""
+    """A train message carrying 500 bytes of model, asking for two local epochs."""
     content = RecordDict(
         {
             "model": ArrayRecord({"payload": Array(np.zeros(500, np.uint8))}),
-            "config": ConfigRecord({"local-epochs": 1}),
+            "config": ConfigRecord({"stamen.local-epochs": 2}),
         }
     )
     return Message(content, node_id, "train", group_id="1")

@@ -1,0 +1,302 @@
+"""FedBuff: asynchronous, buffered aggregation of compressed updates.
+
+Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation",
+AISTATS 2022, https://arxiv.org/abs/2106.06639.
+
+There are no rounds for devices to wait on. The server keeps ``concurrency``
+devices training at all times, each on whichever model version it was handed;
+whenever a device replies, another idle device gets the current model. Once
+``buffer_size`` valid updates are buffered, the server aggregates them, each
+weighted by its staleness ``s`` (how many versions the model moved on while
+the device trained) as ``1 / (1 + s) ** staleness_exponent``, and publishes a
+new version. One aggregation plays the part of one round in the records.
+
+The loop uses only the Grid's ``push_messages`` and ``pull_messages``, so it
+runs on any grid that hands back replies as they complete: the in-process
+grid (where every reply completes at once), a simulation grid with a
+simulated clock (read as ``grid.now`` when present, and recorded per
+aggregation), or the edge grid.
+
+Examples:
+    >>> from stamen.models import ModelSpec, build_model
+    >>> from stamen.task import TrainTask
+    >>> spec = ModelSpec(name="mlp", input_shape=(64,), num_classes=10)
+    >>> strategy = FedBuff(buffer_size=3, devices_per_round=6,
+    ...     model_factory=lambda: build_model(spec), task=TrainTask(model=spec.name))
+    >>> strategy.concurrency, round(strategy.staleness_weight(3), 3)
+    (6, 0.5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+
+from stamen.errors import ConfigError
+from stamen.fleet import RoundTiming
+from stamen.strategies.compressed_fedavg import (
+    LOG,
+    CompressedFedAvg,
+    RoundStats,
+    apply_masks_np,
+    to_array_record,
+    to_numpy,
+)
+from stamen.strategies.reply_validation import SentModel, ValidUpdate
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+class FedBuff(CompressedFedAvg):
+    """Buffered asynchronous aggregation over compressed updates.
+
+    Args:
+        buffer_size: aggregate whenever this many valid updates are buffered (K).
+        concurrency: devices training at once; ``None`` uses ``devices_per_round``.
+        staleness_exponent: weight ``1 / (1 + staleness) ** exponent`` (0.5 as in the paper).
+        server_lr: the server step applied to the aggregated delta.
+        poll_interval: wall-clock seconds between polls when no reply is ready.
+        **kwargs: as for :class:`CompressedFedAvg`.
+    """
+
+    def __init__(
+        self,
+        *,
+        buffer_size: int = 5,
+        concurrency: int | None = None,
+        staleness_exponent: float = 0.5,
+        server_lr: float = 1.0,
+        poll_interval: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if buffer_size < 1:
+            raise ConfigError(f"buffer_size must be >= 1; got {buffer_size!r}")
+        if concurrency is not None and concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1; got {concurrency!r}")
+        if not (math.isfinite(staleness_exponent) and staleness_exponent >= 0):
+            raise ConfigError(f"staleness_exponent must be >= 0; got {staleness_exponent!r}")
+        if not (math.isfinite(server_lr) and server_lr > 0):
+            raise ConfigError(f"server_lr must be > 0; got {server_lr!r}")
+        self.buffer_size = buffer_size
+        self.concurrency = concurrency or self.devices_per_round
+        self.staleness_exponent = staleness_exponent
+        self.server_lr = server_lr
+        self.poll_interval = poll_interval
+        self.staleness: dict[int, list[int]] = {}
+        """The staleness of every update each aggregation used."""
+        self.clock: dict[int, float] = {}
+        """The grid's simulated time (``grid.now``) at each aggregation, where it has one."""
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        super().summary()
+        LOG.info(
+            "FedBuff: buffer %d, %d devices training at once, staleness exponent %g",
+            self.buffer_size,
+            self.concurrency,
+            self.staleness_exponent,
+        )
+
+    def staleness_weight(self, staleness: int) -> float:
+        """How much an update ``staleness`` versions old counts."""
+        return float((1.0 + staleness) ** -self.staleness_exponent)
+
+    def staleness_histogram(self) -> dict[int, int]:
+        """How many aggregated updates had each staleness, over the whole run."""
+        counts = Counter(s for values in self.staleness.values() for s in values)
+        return dict(sorted(counts.items()))
+
+    def timing(self, aggregation: int) -> RoundTiming:
+        """One aggregation as a round: its messages and, on a clocked grid, its duration."""
+        stats = self.stats.get(aggregation) or RoundStats(aggregation)
+        clock = self.clock.get(aggregation, 0.0)
+        return RoundTiming(
+            dispatched=stats.sampled,
+            participants=stats.accepted + len(stats.rejections),
+            seconds=clock - self.clock.get(aggregation - 1, 0.0),
+            clock=clock,
+        )
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+    ) -> Result:
+        """Run until ``num_rounds`` aggregations, with ``Strategy.start``'s contract.
+
+        ``evaluate_fn`` is called with 0 and the initial model, then after each
+        aggregation with its number. ``timeout`` bounds the wall-clock wait for
+        any reply; when it passes, the run ends early with an error logged.
+        """
+        self.summary()
+        result = Result(arrays=initial_arrays)
+        if evaluate_fn is not None and (metrics := evaluate_fn(0, initial_arrays)) is not None:
+            result.evaluate_metrics_serverapp[0] = metrics
+        if self.devices_per_evaluation:
+            LOG.warning("FedBuff does not run federated evaluation; central evaluation only")
+        run = _AsyncRun(self, grid, to_numpy(initial_arrays))
+        for aggregation in range(1, num_rounds + 1):
+            buffer = run.fill_buffer(timeout)
+            if buffer is None:
+                LOG.error("FedBuff: no reply within %.0f s; stopping early", timeout)
+                break
+            arrays, metrics = self._aggregate_buffer(aggregation, run, buffer)
+            if arrays is not None:
+                result.arrays = arrays
+                run.model = to_numpy(arrays)
+            result.train_metrics_clientapp[aggregation] = metrics
+            if (now := getattr(grid, "now", None)) is not None:
+                self.clock[aggregation] = float(now)
+            if evaluate_fn is not None and (res := evaluate_fn(aggregation, result.arrays)):
+                result.evaluate_metrics_serverapp[aggregation] = res
+            if aggregation < num_rounds:
+                run.publish(aggregation + 1)
+        if run.in_flight:
+            LOG.info(
+                "FedBuff: %d updates still in flight at the end are dropped", len(run.in_flight)
+            )
+        return result
+
+    def _aggregate_buffer(
+        self, aggregation: int, run: _AsyncRun, buffer: list[tuple[ValidUpdate, int]]
+    ) -> tuple[ArrayRecord | None, MetricRecord]:
+        stats = self.stats[aggregation]
+        stats.accepted = len(buffer)
+        self.staleness[aggregation] = [staleness for _, staleness in buffer]
+        scaled = staleness_scaled(buffer, self.staleness_exponent, self.server_lr)
+        model = self.apply_delta(run.model, self.aggregate_deltas(scaled))
+        if self.masks:
+            model = apply_masks_np(model, self.masks)
+        metrics = MetricRecord({"accepted": len(buffer), "rejected": len(stats.rejections)})
+        losses = [(u.train_loss, u.num_examples) for u, _ in buffer if u.train_loss is not None]
+        if losses:
+            stats.train_loss = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+            metrics["train-loss"] = stats.train_loss
+        if not all(np.isfinite(value).all() for value in model.values()):
+            LOG.error("aggregation %d gave non-finite weights; model unchanged", aggregation)
+            return None, metrics
+        return to_array_record(model), metrics
+
+
+def staleness_scaled(
+    buffer: list[tuple[ValidUpdate, int]], exponent: float, server_lr: float = 1.0
+) -> list[ValidUpdate]:
+    """Each delta times ``server_lr / (1 + staleness) ** exponent``.
+
+    Their example-weighted mean is then ``server_lr * sum(n_i w_i d_i) / sum(n_i)``:
+    the paper's staleness-scaled average, with devices weighted by their examples.
+
+    Examples:
+        >>> import numpy as np
+        >>> fresh = ValidUpdate({"w": np.array([1.0])}, 1, 0, False, None)
+        >>> [float(u.delta["w"][0]) for u in staleness_scaled([(fresh, 0), (fresh, 3)], 0.5)]
+        [1.0, 0.5]
+    """
+    return [
+        dataclasses.replace(
+            update,
+            delta={
+                name: value * (server_lr * (1.0 + staleness) ** -exponent)
+                for name, value in update.delta.items()
+            },
+        )
+        for update, staleness in buffer
+    ]
+
+
+class _AsyncRun:
+    """The moving parts of one FedBuff run: versions sent, messages in flight, the buffer."""
+
+    def __init__(self, strategy: FedBuff, grid: Grid, model: dict[str, np.ndarray]) -> None:
+        self.strategy = strategy
+        self.grid = grid
+        self.model = model
+        self.version = 0
+        self.sent: dict[int, SentModel] = {}
+        self.in_flight: dict[str, tuple[int, int]] = {}
+        """Message id to (node id, model version it carries)."""
+        self.buffer: list[tuple[ValidUpdate, int]] = []
+        """Valid updates waiting for aggregation, with the model version each trained on."""
+        self.publish(1)
+
+    def publish(self, version: int) -> None:
+        """Make ``version`` the model handed to devices from now on."""
+        strategy = self.strategy
+        stats = strategy.stats.setdefault(version, RoundStats(version))
+        dense = strategy._prune(version, self.model)
+        self.model = dense
+        self.sent[version] = strategy._encode(version, dense)
+        stats.sparsity = strategy.schedule.sparsity_at(version) if strategy.masks else 0.0
+        self.version = version
+        live = {v for _, v in self.in_flight.values()} | {version}
+        self.sent = {v: sent for v, sent in self.sent.items() if v in live}
+
+    def dispatch(self) -> None:
+        """Hand the current model to idle devices until ``concurrency`` are training."""
+        strategy = self.strategy
+        wanted = strategy.concurrency - len(self.in_flight)
+        if wanted <= 0:
+            return
+        busy = {node for node, _ in self.in_flight.values()}
+        idle = [node for node in sorted(self.grid.get_node_ids()) if node not in busy]
+        if not idle:
+            return
+        chosen = strategy.rng.choice(len(idle), size=min(wanted, len(idle)), replace=False)
+        nodes = [idle[int(i)] for i in sorted(chosen)]
+        stats = strategy.stats[self.version]
+        task = strategy.task.replace(round_num=self.version)
+        sent = self.sent[self.version]
+        messages = [strategy._message(n, sent, task, MessageType.TRAIN, stats) for n in nodes]
+        stats.sampled += len(messages)
+        for node, message_id in zip(nodes, self.grid.push_messages(messages), strict=True):
+            self.in_flight[message_id] = (node, self.version)
+
+    def fill_buffer(self, timeout: float) -> list[tuple[ValidUpdate, int]] | None:
+        """Keep devices busy until ``buffer_size`` valid updates wait; ``None`` on timeout.
+
+        Returns the buffered updates with their staleness against the current version.
+        """
+        strategy = self.strategy
+        deadline = time.monotonic() + timeout
+        while len(self.buffer) < strategy.buffer_size:
+            self.dispatch()
+            if not self.in_flight:  # no device connected (yet): wait for one
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(strategy.poll_interval)
+                continue
+            replies = list(self.grid.pull_messages(list(self.in_flight)))
+            if not replies:
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(strategy.poll_interval)
+                continue
+            deadline = time.monotonic() + timeout
+            for reply in replies:
+                entry = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
+                if entry is None:
+                    continue
+                version = entry[1]
+                update = strategy.accept_reply(
+                    reply, version, self.sent[version], strategy.stats[self.version]
+                )
+                if update is not None:
+                    self.buffer.append((update, version))
+        size = strategy.buffer_size
+        buffer, self.buffer = self.buffer[:size], self.buffer[size:]
+        return [(update, self.version - version) for update, version in buffer]
