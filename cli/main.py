@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from stamen import __version__
+from stamen.cli import export_command, precision_command
 from stamen.cli.agent_command import agent_app
 from stamen.cli.certs_command import certs_app
 from stamen.cli.console_command import console_command, monitor_options
@@ -517,6 +518,8 @@ app.command("server")(server)
 app.add_typer(agent_app, name="agent")
 app.add_typer(certs_app, name="certs")
 app.add_typer(devices_app, name="devices")
+export_command.register(app, console, fail)
+precision_command.register(app, console, fail)
 
 
 def main() -> None:

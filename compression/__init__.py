@@ -11,6 +11,13 @@ from stamen.compression.codecs import (
     ValueFormat,
     Zlib,
 )
+from stamen.compression.distillation import (
+    DistillConfig,
+    distill,
+    ensemble_logits,
+    kd_loss,
+    model_logits,
+)
 from stamen.compression.downlink import (
     DecodedModel,
     DownlinkCodec,
@@ -20,6 +27,15 @@ from stamen.compression.downlink import (
 )
 from stamen.compression.error_feedback import ErrorFeedback, ErrorFeedbackResult
 from stamen.compression.hashing import dense_nbytes, model_hash
+from stamen.compression.mixed_precision import (
+    LayerInfo,
+    PrecisionPlan,
+    allocate_bits,
+    apply_plan,
+    measure_sensitivity,
+    plan_precision,
+    quantizable_layers,
+)
 from stamen.compression.pruning import (
     PruningConfig,
     PruningMethod,
@@ -55,6 +71,7 @@ __all__ = [
     "CodecPipeline",
     "DecodedModel",
     "DecodedUpdate",
+    "DistillConfig",
     "DownlinkCodec",
     "DownlinkCodecConfig",
     "EncodedModel",
@@ -62,7 +79,9 @@ __all__ = [
     "ErrorFeedback",
     "ErrorFeedbackResult",
     "Int8Symmetric",
+    "LayerInfo",
     "Lossless",
+    "PrecisionPlan",
     "PruningConfig",
     "PruningMethod",
     "QATConfig",
@@ -76,16 +95,25 @@ __all__ = [
     "UplinkCodecConfig",
     "ValueFormat",
     "Zlib",
+    "allocate_bits",
     "apply_masks",
+    "apply_plan",
     "compute_masks",
     "decode_model",
     "decode_tensor",
     "decode_update",
     "dense_nbytes",
+    "distill",
+    "ensemble_logits",
     "fake_quantize_weight",
+    "kd_loss",
+    "measure_sensitivity",
     "measure_sparsity",
     "model_hash",
+    "model_logits",
+    "plan_precision",
     "prepare_qat",
     "prunable_parameters",
+    "quantizable_layers",
     "remove_masks",
 ]

@@ -18,6 +18,7 @@ from stamen.config.settings import (
     AttackSettings,
     Backend,
     DataSettings,
+    DistillSettings,
     FederationSettings,
     Preset,
     QATSettings,
@@ -25,6 +26,7 @@ from stamen.config.settings import (
     StrategyName,
     StrategySettings,
     TrainingSettings,
+    UnlabelledSource,
 )
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "AttackSettings",
     "Backend",
     "DataSettings",
+    "DistillSettings",
     "FederationSettings",
     "Preset",
     "QATSettings",
@@ -40,6 +43,7 @@ __all__ = [
     "StrategyName",
     "StrategySettings",
     "TrainingSettings",
+    "UnlabelledSource",
     "from_run_config",
     "load_config",
     "parse_assignment",

@@ -5,8 +5,15 @@ updates, and receive compact global models. The same Flower apps run in a
 simulation of many virtual devices or on real devices.
 """
 
-from stamen.errors import ConfigError, DataError, InvalidUpdate, StamenError
+from stamen.errors import ArtifactError, ConfigError, DataError, InvalidUpdate, StamenError
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DataError", "InvalidUpdate", "StamenError", "__version__"]
+__all__ = [
+    "ArtifactError",
+    "ConfigError",
+    "DataError",
+    "InvalidUpdate",
+    "StamenError",
+    "__version__",
+]

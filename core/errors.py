@@ -19,3 +19,7 @@ class DataError(StamenError, ValueError):
 
 class InvalidUpdate(StamenError, ValueError):
     """Encoded bytes (an update or a model) failed validation while decoding."""
+
+
+class ArtifactError(StamenError, ValueError):
+    """An exported artifact or its manifest is missing, tampered with or does not verify."""

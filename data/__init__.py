@@ -23,6 +23,7 @@ from stamen.data.partition import (
 )
 from stamen.data.prepare import dataset_from_arrays
 from stamen.data.sampling import rows_by_class, sample_device_rows
+from stamen.data.unlabelled import file_inputs, holdout_inputs
 from stamen.data.watch import WATCH_FEATURES
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "PartitionScheme",
     "dataset_from_arrays",
     "dataset_names",
+    "file_inputs",
+    "holdout_inputs",
     "label_histogram",
     "load_dataset",
     "partition",

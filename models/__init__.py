@@ -7,6 +7,14 @@ arrays, whether the model is plain, prepared for QAT, or pruned.
 
 from stamen.models.architectures import MLP, LeNet, MobileNet, scaled_channels
 from stamen.models.build import build_model
+from stamen.models.checkpoint import (
+    GLOBAL_MODEL_FILE,
+    ModelFileError,
+    SavedModel,
+    load_model_file,
+    save_model_file,
+    tier_model_file,
+)
 from stamen.models.cost import forward_macs, training_flops_per_sample
 from stamen.models.spec import ModelName, ModelSpec
 from stamen.models.state import (
@@ -15,19 +23,29 @@ from stamen.models.state import (
     exchanged_state,
     load_exchanged_state,
 )
+from stamen.models.students import StudentSpec, parse_students, student_spec
 
 __all__ = [
     "DEVICE_LOCAL_ATTRIBUTE",
+    "GLOBAL_MODEL_FILE",
     "MLP",
     "LeNet",
     "MobileNet",
+    "ModelFileError",
     "ModelName",
     "ModelSpec",
+    "SavedModel",
+    "StudentSpec",
     "build_model",
     "count_parameters",
     "exchanged_state",
     "forward_macs",
     "load_exchanged_state",
+    "load_model_file",
+    "parse_students",
+    "save_model_file",
     "scaled_channels",
+    "student_spec",
+    "tier_model_file",
     "training_flops_per_sample",
 ]

@@ -39,6 +39,7 @@ from stamen.server.checkpoint import (
     strategy_state,
 )
 from stamen.server.control import RunControl, RunState, StopRequested
+from stamen.server.distillation import build_feddf, edge_metrics, final_models
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.strategies import CompressedFedAvg, FedBuff, RoundStats
 from stamen.strategies import build_strategy as build_named_strategy
@@ -118,7 +119,11 @@ def run_federation(
     dataset = load_dataset(config.data.dataset)
     spec = model_spec(config, dataset)
     model = build_model(spec, seed=config.federation.seed)
-    strategy = build_strategy(config, spec)
+    strategy = (
+        build_feddf(config, spec, dataset)
+        if config.distill.enabled
+        else build_strategy(config, spec)
+    )
     if control is not None:
         grid = control.bind(strategy, grid, num_devices=config.federation.num_devices)
     x_test = torch.tensor(dataset.x_test)
@@ -201,13 +206,19 @@ def run_federation(
         wall_seconds=time.perf_counter() - started,
     )
     summary["final_model_sha256"] = _final_hash(final_arrays)
-    summary["strategy"] = config.strategy.name.value
+    summary["strategy"] = "feddf" if config.distill.enabled else config.strategy.name.value
     if isinstance(strategy, FedBuff):
         summary["staleness_histogram"] = {
             str(k): v for k, v in strategy.staleness_histogram().items()
         }
     if stopped is not None:
         summary["stopped"] = True
+    models = final_models(strategy, config, spec, to_numpy(final_arrays))
+    if config.distill.edge_metrics:
+        summary["edge"] = edge_metrics(models, dataset)
+    on_models = getattr(reporter, "on_models", None)
+    if on_models is not None:
+        on_models(models)
     reporter.on_finish(summary)
     if control is not None:
         state = RunState.FINISHED if stopped is None else RunState.STOPPED
@@ -293,6 +304,7 @@ def round_record(
         surplus=timing.surplus,
         simulated_seconds=timing.seconds,
         clock=timing.clock,
+        extra=dict(stats.extra),
     )
 
 

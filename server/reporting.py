@@ -48,10 +48,14 @@ class RoundRecord:
     """The grid's clock at the end of the round."""
     evaluated: bool = True
     """False when ``federation.eval_every`` skipped this round: accuracy is the last measured."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Metrics a strategy adds (e.g. ``accuracy_before_distill``); flattened by ``to_dict``."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values."""
-        return dataclasses.asdict(self)
+        """JSON-ready values; ``extra`` metrics appear as top-level keys."""
+        values = dataclasses.asdict(self)
+        values.update(values.pop("extra"))
+        return values
 
 
 class RoundReporter(Protocol):
@@ -87,6 +91,13 @@ class Reporters:
         """Forward to each reporter."""
         for reporter in self.reporters:
             reporter.on_finish(summary)
+
+    def on_models(self, models: list[Any]) -> None:
+        """Forward the run's final models to each reporter that keeps them."""
+        for reporter in self.reporters:
+            on_models = getattr(reporter, "on_models", None)
+            if on_models is not None:
+                on_models(models)
 
 
 class CollectingReporter:

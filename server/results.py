@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from stamen.models import GLOBAL_MODEL_FILE, SavedModel, save_model_file, tier_model_file
 from stamen.server.reporting import RoundRecord
 
 LOG = logging.getLogger("stamen.server")
@@ -40,6 +41,12 @@ class ResultsWriter:
         self.records.append(record)
         with self._metrics.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(record.to_dict()) + "\n")
+
+    def on_models(self, models: list[SavedModel]) -> None:
+        """Save the run's final models: ``model.pt`` and ``model-<tier>.pt`` per student."""
+        for saved in models:
+            name = tier_model_file(saved.tier) if saved.tier else GLOBAL_MODEL_FILE
+            save_model_file(saved, self.out_dir / name)
 
     def on_finish(self, summary: dict[str, Any]) -> None:
         """Write the summary and the plot."""

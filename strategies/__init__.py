@@ -9,6 +9,7 @@ from stamen.strategies.compressed_fedavg import (
 )
 from stamen.strategies.fedadam import FedAdam
 from stamen.strategies.fedbuff import FedBuff, staleness_scaled
+from stamen.strategies.feddf import FedDF, TierStudent
 from stamen.strategies.fedprox import FedProx
 from stamen.strategies.fedyogi import FedYogi
 from stamen.strategies.krum import Krum, krum_scores, krum_select
@@ -24,6 +25,7 @@ __all__ = [
     "CoordinateMedian",
     "FedAdam",
     "FedBuff",
+    "FedDF",
     "FedProx",
     "FedYogi",
     "Krum",
@@ -32,6 +34,7 @@ __all__ = [
     "RoundStats",
     "SentModel",
     "StrategyEntry",
+    "TierStudent",
     "TrimmedMean",
     "ValidUpdate",
     "build_strategy",

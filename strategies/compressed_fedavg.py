@@ -82,6 +82,8 @@ class RoundStats:
     sparsity: float = 0.0
     train_loss: float | None = None
     plain_clients: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+    """Further per-round metrics a subclass reports (e.g. distillation), flat and JSON-ready."""
 
 
 class CompressedFedAvg(FedAvg):
@@ -162,6 +164,8 @@ class CompressedFedAvg(FedAvg):
         self.rng = np.random.default_rng(seed)
         self.masks: dict[str, np.ndarray] = {}
         self.stats: dict[int, RoundStats] = {}
+        self.last_accepted: list[ValidUpdate] = []
+        """The updates the last ``aggregate_train`` accepted (for subclasses that reuse them)."""
         self.stamen_nodes: set[int] = set()
         self._sent: SentModel | None = None
         self._waited_for_devices = False
@@ -299,6 +303,7 @@ class CompressedFedAvg(FedAvg):
             if (update := self.accept_reply(reply, server_round, sent, stats)) is not None
         ]
         stats.accepted = len(accepted)
+        self.last_accepted = accepted
         if not accepted:
             LOG.warning("round %d: no valid updates; the global model is unchanged", server_round)
             return None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)})

@@ -15,6 +15,7 @@ SUBPACKAGES = [
     "compression",
     "config",
     "data",
+    "export",
     "models",
     "server",
     "server.console",

@@ -1,0 +1,53 @@
+"""Deployable INT8 artifacts: ONNX Q/DQ run by onnxruntime, packed, with a signed manifest.
+
+``export_model`` turns a saved global or tier model into ``<name>.int8.onnx.xz`` and
+``<name>.manifest.json``; ``verify_artifact`` checks both and runs the artifact. Needs the
+``export`` extra (``pip install 'stamen[export]'``).
+"""
+
+from stamen.export.manifest import (
+    load_or_create_key,
+    load_public_key,
+    read_manifest,
+    sign_manifest,
+    verify_manifest,
+)
+from stamen.export.onnx_int8 import fold_batchnorm, quantize_int8, to_onnx
+from stamen.export.packing import pack, unpack
+from stamen.export.pipeline import (
+    ExportResult,
+    VerifyReport,
+    calibration_samples,
+    export_model,
+    fake_quantized,
+    verify_artifact,
+)
+from stamen.export.runtime import (
+    RuntimeMeasure,
+    measure_onnx,
+    measure_torch,
+    peak_inference_bytes,
+)
+
+__all__ = [
+    "ExportResult",
+    "RuntimeMeasure",
+    "VerifyReport",
+    "calibration_samples",
+    "export_model",
+    "fake_quantized",
+    "fold_batchnorm",
+    "load_or_create_key",
+    "load_public_key",
+    "measure_onnx",
+    "measure_torch",
+    "pack",
+    "peak_inference_bytes",
+    "quantize_int8",
+    "read_manifest",
+    "sign_manifest",
+    "to_onnx",
+    "unpack",
+    "verify_artifact",
+    "verify_manifest",
+]
