@@ -17,6 +17,8 @@ EDGE = "Edge server"
 CONF = "Config"
 FED = "Federation"
 
+MONITOR = "Monitor"
+
 EDGE_ROUNDS_FILE = "edge-rounds.jsonl"
 
 
@@ -100,6 +102,32 @@ def server(
             show_default=False,
         ),
     ] = None,
+    monitor_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve the monitor (stamen console, stamen status) on this port, with the "
+            "server's TLS; 0 picks a free one.",
+            rich_help_panel=MONITOR,
+            show_default=False,
+        ),
+    ] = None,
+    monitor_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Operator and read-only tokens ('operator TOKEN' / 'readonly TOKEN' lines); "
+            "default: a generated operator token, written to <out>/monitor-token.",
+            rich_help_panel=MONITOR,
+            show_default=False,
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Also serve Prometheus metrics on this port.",
+            rich_help_panel=MONITOR,
+            show_default=False,
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More logs.")] = False,
 ) -> None:
     """Serve a federation to [bold]stamen agent[/] devices over gRPC (TLS by default).
@@ -109,10 +137,12 @@ def server(
 
     Example: [bold]stamen server --dataset mnist --rounds 20 --devices-per-round 10[/]
     """
+    from stamen.cli.console_command import monitor_options
     from stamen.cli.main import FLAG_KEYS, console, err_console, fail, setup_logging
     from stamen.config import load_config, parse_assignment
     from stamen.errors import StamenError
     from stamen.server.edge import EdgeServer, EdgeServerSettings
+    from stamen.server.edge.certs import CertPaths
 
     flags = {
         "preset": preset,
@@ -141,6 +171,15 @@ def server(
             max_payload_bytes=int(max_payload_mb * 2**20),
             seed=config.federation.seed,
         )
+        paths = CertPaths(certs)
+        monitor = monitor_options(
+            monitor_port,
+            metrics_port,
+            "0.0.0.0",
+            monitor_token_file,
+            None if insecure else paths.server_cert,
+            None if insecure else paths.server_key,
+        )
     except StamenError as error:
         fail(str(error))
         return
@@ -168,7 +207,7 @@ def server(
     )
     try:
         wait_for_devices(console, edge, config.federation.devices_per_round, wait)
-        run_edge_federation(console, edge, config, out_dir, state_dir, edge_log)
+        run_edge_federation(console, edge, config, out_dir, state_dir, edge_log, monitor)
     except StamenError as error:
         fail(str(error))
     except KeyboardInterrupt:
@@ -200,18 +239,32 @@ def run_edge_federation(
     out_dir: Path,
     state_dir: Path,
     edge_log: EdgeRoundLog,
+    monitor: Any = None,
 ) -> None:
-    """Run the unchanged Stamen ServerApp on the edge grid, with checkpoints."""
+    """Run the unchanged Stamen ServerApp on the edge grid, with checkpoints (and a monitor)."""
     from flwr.app import Context, RecordDict
 
+    from stamen.cli.monitor_setup import start_monitored_run
     from stamen.cli.render import ProgressReporter, results_table, summary_lines
     from stamen.server import CollectingReporter, Reporters, ResultsWriter, server_app
     from stamen.server.checkpoint import CheckpointStore
 
+    monitored = start_monitored_run(monitor, config, out_dir, console) if monitor else None
     collector = CollectingReporter()
     progress = ProgressReporter(console)
-    reporters = Reporters(edge_log, progress, collector, ResultsWriter(out_dir))
-    app = server_app(config, reporters, checkpoints=CheckpointStore(state_dir))
+    reporters = Reporters(
+        edge_log,
+        progress,
+        collector,
+        ResultsWriter(out_dir),
+        monitored.state if monitored else None,
+    )
+    app = server_app(
+        config,
+        reporters,
+        monitored.control if monitored else None,
+        checkpoints=CheckpointStore(state_dir),
+    )
     context = Context(
         run_id=edge.grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
     )
@@ -219,6 +272,8 @@ def run_edge_federation(
         app(edge.grid, context)
     finally:
         progress.stop()
+        if monitored is not None:
+            monitored.stop()
     console.print(results_table(collector.records))
     if collector.summary is not None:
         for line in summary_lines(collector.summary):

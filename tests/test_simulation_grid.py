@@ -186,3 +186,50 @@ def test_fixed_size_device_data_gives_every_device_the_same_rows() -> None:
     natural = small_config(**{"data.samples_per_device": 60, "partition": "natural"})
     with pytest.raises(ConfigError, match="natural"):
         device_data(FleetData(natural.data, num_devices=12, seed=0), 0)  # type: ignore[attr-defined]
+
+
+def three_tier_fleet(**changes: object) -> object:
+    """10,000 devices in three tiers, one in five dropping out of each task."""
+    overrides: dict[str, object] = {
+        "dataset": "digits",
+        "model": "mlp",
+        "data.samples_per_device": 20,
+        "num-devices": 10_000,
+        "devices-per-round": 40,
+        "rounds": 2,
+        "federation.deadline": 3.0,
+        "fleet.tiers.phone.share": 0.5,
+        "fleet.tiers.phone.dropout": 0.2,
+        "fleet.tiers.iot.share": 0.3,
+        "fleet.tiers.iot.dropout": 0.2,
+        "fleet.tiers.mcu.share": 0.2,
+        "fleet.tiers.mcu.dropout": 0.2,
+        **changes,
+    }
+    return load_config(overrides=overrides)
+
+
+def test_a_ten_thousand_device_three_tier_fleet_reports_its_losses() -> None:
+    summary = simulate(three_tier_fleet())  # type: ignore[arg-type]
+    assert summary["rounds"] == 2 and summary["num_devices"] == 10_000
+    assert summary["dropouts"] > 0
+    assert summary["stragglers"] > 0  # microcontrollers cannot send 4 KB in 3 s at 64 kbit/s
+    assert summary["simulated_seconds"] == pytest.approx(6.0)  # two rounds, each to its deadline
+
+
+def test_a_slower_uplink_takes_longer_and_a_tighter_deadline_drops_more() -> None:
+    base = simulate(three_tier_fleet(**{"federation.deadline": 0.0}))  # type: ignore[arg-type]
+    slow = simulate(
+        three_tier_fleet(
+            **{
+                "federation.deadline": 0.0,
+                "fleet.tiers.phone.uplink_kbps": 200,
+                "fleet.tiers.iot.uplink_kbps": 100,
+                "fleet.tiers.mcu.uplink_kbps": 6.4,
+            }
+        )  # type: ignore[arg-type]
+    )
+    assert slow["simulated_seconds"] > base["simulated_seconds"]
+    loose = simulate(three_tier_fleet(**{"federation.deadline": 10.0}))  # type: ignore[arg-type]
+    tight = simulate(three_tier_fleet(**{"federation.deadline": 1.0}))  # type: ignore[arg-type]
+    assert tight["stragglers"] > loose["stragglers"]
