@@ -9,7 +9,6 @@ block of ``summary.json``.
 
 from __future__ import annotations
 
-import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from stamen.compression import QATConfig
 from stamen.config import StamenConfig, UnlabelledSource
 from stamen.data import Dataset, file_inputs, holdout_inputs
 from stamen.errors import ConfigError
-from stamen.models import ModelSpec, SavedModel, build_model, student_spec
+from stamen.models import ModelSpec, SavedModel, student_spec
 from stamen.strategies.feddf import FedDF, TierStudent
 
 LOG = logging.getLogger("stamen.server")
@@ -62,7 +61,7 @@ def build_feddf(config: StamenConfig, spec: ModelSpec, dataset: Dataset) -> FedD
     FedDF builds on compressed FedAvg, so it does not combine with another
     ``strategy.name``.
     """
-    from stamen.server.federation import train_task
+    from stamen.server.federation import compressed_fedavg_args
 
     if config.strategy.name.value != "fedavg":
         raise ConfigError(
@@ -82,16 +81,7 @@ def build_feddf(config: StamenConfig, spec: ModelSpec, dataset: Dataset) -> FedD
         students=tier_students(config, spec),
         every_k=config.distill.every_k,
         evaluate_model=accuracy,
-        model_factory=functools.partial(build_model, spec),
-        task=train_task(config),
-        downlink=config.downlink,
-        pruning=config.pruning,
-        devices_per_round=federation.devices_per_round,
-        seed=federation.seed,
-        plain_client_compat=federation.plain_client_compat,
-        max_update_bytes=federation.max_update_bytes,
-        over_selection=federation.over_selection,
-        deadline=federation.deadline or None,
+        **compressed_fedavg_args(config, spec),
     )
 
 

@@ -84,20 +84,24 @@ def train_task(config: StamenConfig) -> TrainTask:
 
 def build_strategy(config: StamenConfig, spec: ModelSpec) -> CompressedFedAvg:
     """The strategy this config describes (``strategy.name``), over compressed updates."""
+    return build_named_strategy(config.strategy, **compressed_fedavg_args(config, spec))
+
+
+def compressed_fedavg_args(config: StamenConfig, spec: ModelSpec) -> dict[str, Any]:
+    """The keyword arguments of :class:`CompressedFedAvg` (and its subclasses) for ``config``."""
     federation = config.federation
-    return build_named_strategy(
-        config.strategy,
-        model_factory=functools.partial(build_model, spec),
-        task=train_task(config),
-        downlink=config.downlink,
-        pruning=config.pruning,
-        devices_per_round=federation.devices_per_round,
-        seed=federation.seed,
-        plain_client_compat=federation.plain_client_compat,
-        max_update_bytes=federation.max_update_bytes,
-        over_selection=federation.over_selection,
-        deadline=federation.deadline or None,
-    )
+    return {
+        "model_factory": functools.partial(build_model, spec),
+        "task": train_task(config),
+        "downlink": config.downlink,
+        "pruning": config.pruning,
+        "devices_per_round": federation.devices_per_round,
+        "seed": federation.seed,
+        "plain_client_compat": federation.plain_client_compat,
+        "max_update_bytes": federation.max_update_bytes,
+        "over_selection": federation.over_selection,
+        "deadline": federation.deadline or None,
+    }
 
 
 def run_federation(
