@@ -167,6 +167,8 @@ def _standardize(
     x: np.ndarray, offset: float, scale: float, axes: tuple[int, ...]
 ) -> tuple[np.ndarray, Normalization]:
     """Scale ``x`` to unit range, then standardize over ``axes`` with its own stats."""
+    if x.dtype == np.uint8 and x.ndim == 4 and axes == (0, 2, 3):
+        return _standardize_uint8_images(x, offset, scale)
     unit = x.astype(np.float32)
     unit -= np.float32(offset)
     unit /= np.float32(scale)
@@ -196,3 +198,37 @@ def _class_names(
             f"but only {len(class_names)} class names were given"
         )
     return tuple(class_names[int(v)] for v in values)
+
+
+def _standardize_uint8_images(
+    x: np.ndarray, offset: float, scale: float
+) -> tuple[np.ndarray, Normalization]:
+    """``_standardize`` for 8-bit images, per channel, through a 256-entry table.
+
+    A pixel has only 256 possible values, so the statistics come from a histogram and
+    the output from one table lookup: the same float32 arithmetic per value as the
+    general path, at a fraction of its passes over a large image set.
+    """
+    levels = np.arange(256, dtype=np.float32)
+    levels -= np.float32(offset)
+    levels /= np.float32(scale)
+    channels = x.shape[1]
+    counts = np.zeros((channels, 256), dtype=np.int64)
+    for start in range(0, len(x), _STATS_CHUNK_ROWS):
+        for channel in range(channels):
+            pixels = x[start : start + _STATS_CHUNK_ROWS, channel].ravel()
+            counts[channel] += np.bincount(pixels, minlength=256)
+    totals = counts.sum(axis=1)
+    mean = counts @ levels.astype(np.float64) / totals
+    variance = (counts * np.square(levels[None, :] - mean[:, None])).sum(axis=1) / totals
+    std = np.sqrt(variance)
+    std[std == 0] = 1.0
+    mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
+    tables = (levels[None, :] - mean32[:, None]) / std32[:, None]
+    unit = np.empty(x.shape, dtype=np.float32)
+    for channel in range(channels):
+        unit[:, channel] = tables[channel][x[:, channel]]
+    shape = (channels, 1, 1)
+    return unit, Normalization(
+        offset=offset, scale=scale, mean=mean32.reshape(shape), std=std32.reshape(shape)
+    )

@@ -90,7 +90,10 @@ def load_exchanged_state(model: nn.Module, tensors: Mapping[str, np.ndarray]) ->
             )
     with torch.no_grad():
         for name, target in targets.items():
-            target.storage.copy_(torch.as_tensor(np.asarray(tensors[name])))
+            source = np.asarray(tensors[name])
+            if not source.flags.writeable:  # torch cannot wrap a read-only array
+                source = source.copy()
+            target.storage.copy_(torch.from_numpy(source))
 
 
 def count_parameters(model: nn.Module) -> int:
