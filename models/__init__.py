@@ -6,7 +6,7 @@ arrays, whether the model is plain, prepared for QAT, or pruned.
 """
 
 from stamen.models.architectures import MLP, LeNet, MobileNet, scaled_channels
-from stamen.models.build import build_model
+from stamen.models.build import build_model, to_channels_last
 from stamen.models.checkpoint import (
     GLOBAL_MODEL_FILE,
     ModelFileError,
@@ -47,5 +47,6 @@ __all__ = [
     "scaled_channels",
     "student_spec",
     "tier_model_file",
+    "to_channels_last",
     "training_flops_per_sample",
 ]

@@ -30,6 +30,7 @@ from stamen.models import (
     count_parameters,
     exchanged_state,
     load_exchanged_state,
+    to_channels_last,
 )
 from stamen.server.checkpoint import (
     Checkpoint,
@@ -133,11 +134,8 @@ def run_federation(
     x_test = torch.tensor(dataset.x_test)
     y_test = torch.tensor(dataset.y_test)
     if x_test.dim() == 4:
-        # Channels-last convolutions and pooling evaluate 1.5-2x faster on CPU.
         x_test = x_test.contiguous(memory_format=torch.channels_last)
-        for parameter in model.parameters():
-            if parameter.dim() == 4:
-                parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+        to_channels_last(model)
     records: list[RoundRecord] = []
     round_started = [time.perf_counter()]
     initial = exchanged_state(model)
