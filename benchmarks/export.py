@@ -89,7 +89,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {100 * r['sparsity']:.0f}% | {r['int8_onnx_bytes']:,} B | "
-            f"{r['artifact_bytes']:,} B | {r['ratio']:.1f}x | {100 * r['fp32_accuracy']:.2f}% | "
+            f"{r['artifact_bytes']:,} B | {r['ratio']:.2f}x | {100 * r['fp32_accuracy']:.2f}% | "
             f"{100 * r['fake_quant_accuracy']:.2f}% | {100 * r['artifact_accuracy']:.2f}% | "
             f"{100 * (r['artifact_accuracy'] - r['fake_quant_accuracy']):+.2f} | "
             f"{r['fp32_latency_ms_p50']:.3f} ms | {r['artifact_latency_ms_p50']:.3f} ms |"

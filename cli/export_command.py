@@ -167,7 +167,7 @@ def register(app: typer.Typer, console: Console, fail: Callable[[str], None]) ->
         accuracy = manifest["accuracy"]
         console.print(
             f"[bold]{result.artifact}[/] · {human_bytes(manifest['bytes'])} "
-            f"({manifest['fp32_onnx_bytes'] / manifest['bytes']:.1f}x smaller than FP32) · "
+            f"({manifest['fp32_onnx_bytes'] / manifest['bytes']:.2f}x smaller than FP32) · "
             f"accuracy {100 * accuracy['artifact']:.2f}% in onnxruntime, "
             f"{100 * accuracy['fake_quant_torch']:.2f}% fake-quantized, "
             f"{100 * accuracy['fp32_torch']:.2f}% FP32"

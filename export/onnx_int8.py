@@ -46,6 +46,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from stamen.export.compaction import compact
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 OPSET = 17
@@ -122,7 +124,9 @@ class _Batches(CalibrationDataReader):
         self._index = 0
 
 
-def quantize_int8(onnx_fp32: bytes, calibration: np.ndarray, batch_size: int = 64) -> bytes:
+def quantize_int8(
+    onnx_fp32: bytes, calibration: np.ndarray, batch_size: int = 64, *, compacted: bool = True
+) -> bytes:
     """Statically quantize an ONNX model to INT8 QDQ: int8 weights, uint8 activations.
 
     Args:
@@ -130,6 +134,8 @@ def quantize_int8(onnx_fp32: bytes, calibration: np.ndarray, batch_size: int = 6
         calibration: Prepared input samples ``(N, *input_shape)`` whose activation ranges
             (min and max) set the activation scales.
         batch_size: Calibration batch size.
+        compacted: Trim the graph for deployment (``stamen.export.compaction``); ``False``
+            keeps the quantizer's readable tensor names.
     """
     if len(calibration) == 0:
         raise ValueError("quantize_int8 needs at least one calibration sample")
@@ -148,40 +154,4 @@ def quantize_int8(onnx_fp32: bytes, calibration: np.ndarray, batch_size: int = 6
             calibrate_method=CalibrationMethod.MinMax,
         )
         model = onnx.load(str(folder / "int8.onnx"))
-    return compact(model).SerializeToString()
-
-
-def compact(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Strip what a device does not need: long tensor and node names, doc strings, shape
-    annotations and unused opset imports. The graph's input and output keep their names.
-
-    Intermediate names such as ``/conv2/Conv_output_0_quantized`` cost about a quarter of a
-    small INT8 model's bytes; they are renamed ``t0``, ``t1``, ...
-    """
-    graph = model.graph
-    keep = {value.name for value in [*graph.input, *graph.output]}
-    names: dict[str, str] = {}
-
-    def short(name: str) -> str:
-        if not name or name in keep:
-            return name
-        return names.setdefault(name, f"t{len(names)}")
-
-    for initializer in graph.initializer:
-        initializer.name = short(initializer.name)
-        initializer.doc_string = ""
-    used_domains = {""}
-    for node in graph.node:
-        node.name = ""
-        node.doc_string = ""
-        node.input[:] = [short(name) for name in node.input]
-        node.output[:] = [short(name) for name in node.output]
-        used_domains.add(node.domain)
-    del graph.value_info[:]
-    graph.doc_string = ""
-    model.doc_string = ""
-    kept = [opset for opset in model.opset_import if opset.domain in used_domains]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
-    del model.metadata_props[:]
-    return model
+    return (compact(model) if compacted else model).SerializeToString()

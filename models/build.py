@@ -51,5 +51,7 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     """
     for parameter in model.parameters():
         if parameter.dim() == 4:
-            parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
+            # Not ``contiguous()``: it keeps a 1-channel weight's NCHW strides, which count as
+            # channels-last too, and oneDNN then converts formats on every call.
+            parameter.data = parameter.data.to(memory_format=torch.channels_last)
     return model

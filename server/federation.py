@@ -134,7 +134,7 @@ def run_federation(
     x_test = torch.tensor(dataset.x_test)
     y_test = torch.tensor(dataset.y_test)
     if x_test.dim() == 4:
-        x_test = x_test.contiguous(memory_format=torch.channels_last)
+        x_test = x_test.to(memory_format=torch.channels_last)
         to_channels_last(model)
     records: list[RoundRecord] = []
     round_started = [time.perf_counter()]
