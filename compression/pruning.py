@@ -200,8 +200,11 @@ def apply_masks(model: nn.Module, masks: Mapping[str, np.ndarray]) -> None:
         module = layers[name]
         if _is_reparametrized(module, "weight"):
             prune.remove(module, "weight")
-        kept = torch.as_tensor(
-            np.asarray(mask, dtype=bool), device=_effective_weight(module).device
+        weight = _effective_weight(module)
+        # In the weight's own memory format: the masked weight, and with it the layer's
+        # output, then stays channels-last, where CPU convolutions and pooling are fastest.
+        kept = torch.empty_like(weight, dtype=torch.bool).copy_(
+            torch.as_tensor(np.asarray(mask, dtype=bool))
         )
         prune.custom_from_mask(module, "weight", kept)
 
@@ -270,7 +273,10 @@ class _WeightHolder(nn.Module):
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        # Contiguous: global ranking flattens every weight with view(-1), which a
+        # channels-last weight does not allow.
+        copy = weight.detach().clone(memory_format=torch.contiguous_format)
+        self.weight = nn.Parameter(copy, requires_grad=False)
 
 
 def _pruning_method(method: str) -> PruningMethod:

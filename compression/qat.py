@@ -96,6 +96,11 @@ class QATLinear(nn.Linear):
         self.weight_bits = config.weight_bits
         self.input_quantizer = _input_quantizer(config, device)
 
+    def reset_parameters(self) -> None:
+        """Initialise the weights, except on the meta device (``from_float`` adopts them)."""
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
     @classmethod
     def from_float(cls, linear: nn.Linear, config: QATConfig) -> Self:
         """Return a QAT layer that shares ``linear``'s parameters."""
@@ -152,6 +157,11 @@ class QATConv2d(nn.Conv2d):
         self.weight_bits = config.weight_bits
         self.input_quantizer = _input_quantizer(config, device)
 
+    def reset_parameters(self) -> None:
+        """Initialise the weights, except on the meta device (``from_float`` adopts them)."""
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
     @classmethod
     def from_float(cls, conv: nn.Conv2d, config: QATConfig) -> Self:
         """Return a QAT layer that shares ``conv``'s parameters."""
@@ -173,7 +183,11 @@ class QATConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the convolution with fake-quantized input and weight."""
-        weight = fake_quantize_weight(self.weight, self.weight_bits)
+        # Channels-last, explicitly: CPU convolutions and the pooling after them run fastest
+        # so, and a 1-input-channel weight would otherwise keep NCHW strides.
+        weight = fake_quantize_weight(self.weight, self.weight_bits).to(
+            memory_format=torch.channels_last
+        )
         return self._conv_forward(self.input_quantizer(x), weight, self.bias)
 
     def extra_repr(self) -> str:

@@ -213,3 +213,14 @@ def test_module_examples_run() -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_masks_of_a_channels_last_model_match_the_plain_model() -> None:
+    from stamen.models import to_channels_last
+
+    plain = build_model(LENET, seed=3)
+    channels_last = to_channels_last(build_model(LENET, seed=3))
+    expected = compute_masks(plain, 0.6, "global")
+    masks = compute_masks(channels_last, 0.6, "global")
+    assert masks.keys() == expected.keys()
+    assert all(np.array_equal(masks[name], expected[name]) for name in expected)
