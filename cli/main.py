@@ -85,6 +85,7 @@ FLAG_KEYS: dict[str, str] = {
     "deadline": "federation.deadline",
     "over_selection": "federation.over_selection",
     "workers": "federation.workers",
+    "device_batch": "federation.device_batch",
     "ray_address": "federation.ray_address",
     "samples_per_device": "data.samples_per_device",
 }
@@ -221,6 +222,15 @@ def simulate(
         int | None,
         typer.Option(
             help="Worker processes of the local backend.  \\[default: one per core]",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
+    device_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Devices a local-backend worker trains together (plain float LeNets; "
+            "1: one by one).  \\[default: 8]",
             rich_help_panel=FED,
             show_default=False,
         ),
@@ -430,6 +440,7 @@ def simulate(
         "deadline": deadline,
         "over_selection": over_selection,
         "workers": workers,
+        "device_batch": device_batch,
         "ray_address": ray_address,
         "samples_per_device": samples_per_device,
     }

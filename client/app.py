@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from stamen.client.local_data import FleetData, LocalData, device_data
-from stamen.client.trainer import evaluate, train_epochs
+from stamen.client.trainer import TrainResult, evaluate, train_epochs
 from stamen.compression import (
     DecodedModel,
     UplinkCodec,
@@ -135,8 +136,31 @@ def _decoded(payload: bytes, shapes: tuple[tuple[str, tuple[int, ...]], ...]) ->
     return decoded
 
 
+@dataclass
+class TrainJob:
+    """One device's round of training, between receiving the model and replying."""
+
+    message: Message
+    context: Context
+    task: TrainTask
+    partition: int
+    local: LocalData
+    model: nn.Module
+    decoded: DecodedModel
+
+    def generator(self) -> torch.Generator:
+        """The device's data-shuffling stream for this round."""
+        return torch.Generator().manual_seed(_device_seed(self.task, self.partition))
+
+
 def handle_train(message: Message, context: Context, fleet: FleetData) -> Message:
     """One round of local training; replies with the encoded delta and metrics."""
+    job = start_training(message, context, fleet)
+    return finish_training(job, train_alone(job))
+
+
+def start_training(message: Message, context: Context, fleet: FleetData) -> TrainJob:
+    """Decode the task and the global model, and ready the model for local training."""
     task = TrainTask.from_config_record(message.content.config_records[CONFIG_KEY])
     pid = partition_id(context)
     local = device_data(fleet, pid)
@@ -145,21 +169,30 @@ def handle_train(message: Message, context: Context, fleet: FleetData) -> Messag
         prepare_qat(model, task.qat)
     if decoded.masks:
         apply_masks(model, decoded.masks)
-    generator = torch.Generator().manual_seed(_device_seed(task, pid))
-    result = train_epochs(
-        model,
-        local.x,
-        local.y,
-        epochs=task.local_epochs,
-        batch_size=task.batch_size,
-        lr=task.lr,
-        momentum=task.momentum,
-        generator=generator,
-        proximal_mu=task.proximal_mu,
+    return TrainJob(message, context, task, pid, local, model, decoded)
+
+
+def train_alone(job: TrainJob) -> TrainResult:
+    """The device's local epochs, on its own."""
+    return train_epochs(
+        job.model,
+        job.local.x,
+        job.local.y,
+        epochs=job.task.local_epochs,
+        batch_size=job.task.batch_size,
+        lr=job.task.lr,
+        momentum=job.task.momentum,
+        generator=job.generator(),
+        proximal_mu=job.task.proximal_mu,
     )
+
+
+def finish_training(job: TrainJob, result: TrainResult) -> Message:
+    """Encode the trained model's delta (with error feedback) into the reply."""
+    task, decoded, context = job.task, job.decoded, job.context
     if decoded.masks:
-        remove_masks(model)
-    trained = exchanged_state(model)
+        remove_masks(job.model)
+    trained = exchanged_state(job.model)
     delta = {name: trained[name] - base for name, base in decoded.tensors.items()}
     residual = load_residual(context, delta, decoded.masks) if task.uplink.error_feedback else None
     encoded = UplinkCodec(task.uplink).encode(
@@ -167,7 +200,7 @@ def handle_train(message: Message, context: Context, fleet: FleetData) -> Messag
         round_num=task.round_num,
         base_model_hash=decoded.model_hash,
         residual=residual,
-        rng=np.random.default_rng(_device_seed(task, pid)),
+        rng=np.random.default_rng(_device_seed(task, job.partition)),
     )
     if encoded.residual is not None:
         # Half precision halves the largest per-device state; the residual is a
@@ -183,7 +216,7 @@ def handle_train(message: Message, context: Context, fleet: FleetData) -> Messag
             ),
         }
     )
-    return Message(content, reply_to=message)
+    return Message(content, reply_to=job.message)
 
 
 def handle_evaluate(message: Message, context: Context, fleet: FleetData) -> Message:

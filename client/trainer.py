@@ -6,10 +6,15 @@ Plain PyTorch loops over in-memory tensors: device datasets are small, and a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from stamen.models.architectures import LeNet
+from stamen.models.stacked import StackedLeNet
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,52 @@ def train_epochs(
             total += float(loss.detach()) * batch.numel()
         last_epoch_loss = total / max(n, 1)
     return TrainResult(loss=last_epoch_loss, num_examples=n)
+
+
+def train_stacked(
+    models: Sequence[LeNet],
+    xs: Sequence[torch.Tensor],
+    ys: Sequence[torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.0,
+    generators: Sequence[torch.Generator],
+) -> list[TrainResult]:
+    """:func:`train_epochs` for several devices at once, through :class:`StackedLeNet`.
+
+    Each device keeps its own data, its own shuffling (``generators[k]``, drawn exactly as
+    ``train_epochs`` draws it) and its own SGD state, and its loss is its own batch mean, so
+    device ``k`` ends where ``train_epochs`` on ``models[k]`` would, to float rounding. Every
+    device must hold the same number of examples; ``models`` are updated in place.
+    """
+    count, n = len(models), xs[0].shape[0]
+    if any(x.shape[0] != n for x in xs) or len(ys) != count or len(generators) != count:
+        raise ValueError("train_stacked needs one data set per model, all of the same size")
+    stacked = StackedLeNet(models)
+    optimizer = torch.optim.SGD(stacked.parameters(), lr=lr, momentum=momentum)
+    x_all, y_all = torch.stack(list(xs)), torch.stack(list(ys))
+    last_epoch_loss = torch.zeros(count)
+    for _ in range(epochs):
+        orders = torch.stack([torch.randperm(n, generator=g) for g in generators])
+        total = torch.zeros(count)
+        for start in range(0, n, batch_size):
+            batch = orders[:, start : start + batch_size]
+            rows = torch.arange(count).unsqueeze(1)
+            logits = stacked.forward(x_all[rows, batch])
+            per_example = F.cross_entropy(
+                logits.flatten(0, 1), y_all[rows, batch].flatten(), reduction="none"
+            )
+            losses = per_example.view(count, -1).mean(dim=1)
+            optimizer.zero_grad(set_to_none=True)
+            # The sum's gradient for each device's weights is that device's own loss gradient.
+            losses.sum().backward()
+            optimizer.step()
+            total += losses.detach() * batch.shape[1]
+        last_epoch_loss = total / max(n, 1)
+    stacked.write_back(models)
+    return [TrainResult(loss=float(loss), num_examples=n) for loss in last_epoch_loss]
 
 
 def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:

@@ -102,6 +102,8 @@ class FederationSettings:
     """Sample this fraction more devices; the first ``devices_per_round`` to answer count."""
     workers: int = 0
     """Worker processes of the local simulation backend; 0: one per CPU core."""
+    device_batch: int = 8
+    """Devices a local-backend worker trains together where the maths allows; 1: one by one."""
     eval_every: int = 1
     """Evaluate the global model centrally every this many rounds (and after the last)."""
     ray_address: str = ""
@@ -129,6 +131,7 @@ class FederationSettings:
             self.over_selection,
         )
         require(self.workers >= 0, "federation.workers", ">= 0", self.workers)
+        require(self.device_batch >= 1, "federation.device_batch", ">= 1", self.device_batch)
         require(self.eval_every >= 1, "federation.eval_every", ">= 1", self.eval_every)
 
     @property
@@ -275,6 +278,11 @@ class AttackSettings:
 
     def __post_init__(self) -> None:
         require(0 <= self.fraction <= 1, "attack.fraction", "in [0, 1]", self.fraction)
+
+    @property
+    def active(self) -> bool:
+        """Whether any device attacks."""
+        return self.kind is not AttackKind.NONE and self.fraction > 0
         require(self.scale > 0, "attack.scale", "> 0", self.scale)
 
 

@@ -49,7 +49,7 @@ def attacked_partitions(num_devices: int, fraction: float, seed: int) -> frozens
 
 def with_attack(app: ClientApp, settings: AttackSettings, num_devices: int, seed: int) -> ClientApp:
     """``app`` with its attacking devices' training replies replaced; unchanged if no attack."""
-    if settings.kind is AttackKind.NONE or settings.fraction == 0:
+    if not settings.active:
         return app
     attackers = attacked_partitions(num_devices, settings.fraction, seed)
     wrapped = ClientApp()

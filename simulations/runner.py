@@ -8,6 +8,7 @@ instance or, with ``federation.ray_address``, on an existing cluster.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -16,6 +17,7 @@ from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 
 from stamen.client import FleetData, client_app, device_data
+from stamen.client.batched import handle_train_batch
 from stamen.config import Backend, StamenConfig, to_run_config
 from stamen.data import load_dataset
 from stamen.errors import ConfigError
@@ -111,6 +113,11 @@ def simulation_grid(config: StamenConfig, on_reply: ReplyHook | None = None) -> 
         workers=config.federation.workers or default_workers(),
         run_config=to_run_config(config),
         on_reply=on_reply,
+        # An attack wraps the ClientApp's replies, so attacked runs train one device at a time.
+        train_batch=None
+        if config.attack.active
+        else functools.partial(handle_train_batch, fleet=fleet_of(config)),
+        device_batch=config.federation.device_batch,
     )
 
 

@@ -34,7 +34,13 @@ from flwr.clientapp import ClientApp
 from stamen.fleet import RoundPolicy, RoundTiming
 from stamen.simulations.profiles import Fleet
 from stamen.simulations.virtual_grid import VirtualGrid
-from stamen.simulations.workers import DeviceRunner, ReplyHook, RunConfig, WorkerPool
+from stamen.simulations.workers import (
+    DeviceRunner,
+    ReplyHook,
+    RunConfig,
+    TrainBatch,
+    WorkerPool,
+)
 from stamen.strategies.reply_validation import reply_wire_bytes
 from stamen.task import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES
 
@@ -63,6 +69,9 @@ class SimulationGrid(VirtualGrid):
         workers: worker processes (each runs torch on one thread).
         run_config: the run config each device's ``Context`` carries.
         on_reply: optional hook called as each device finishes (progress bars).
+        train_batch: trains several devices' tasks together (the Stamen client's
+            ``handle_train_batch``); ``None``: every task goes through ``client_app``.
+        device_batch: how many training tasks a worker hands ``train_batch`` at a time.
 
     Examples:
         >>> from stamen.client import FleetData, client_app
@@ -84,6 +93,8 @@ class SimulationGrid(VirtualGrid):
         workers: int = 1,
         run_config: RunConfig | None = None,
         on_reply: ReplyHook | None = None,
+        train_batch: TrainBatch | None = None,
+        device_batch: int = 1,
     ) -> None:
         super().__init__()
         self.fleet = fleet
@@ -94,7 +105,14 @@ class SimulationGrid(VirtualGrid):
         self._policy = RoundPolicy()
         self._timing: RoundTiming | None = None
         self._pending: dict[str, tuple[Completion, Message]] = {}
-        runner = DeviceRunner(client_app, fleet.num_devices, self._run.run_id, run_config or {})
+        runner = DeviceRunner(
+            client_app,
+            fleet.num_devices,
+            self._run.run_id,
+            run_config or {},
+            train_batch=train_batch,
+            device_batch=device_batch,
+        )
         self._pool = WorkerPool(runner, workers)
         self.simulated_clock = True
         """Marks a grid whose device set and time are simulated (no waiting for devices)."""

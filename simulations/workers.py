@@ -35,6 +35,9 @@ CLIENT_APP_EXCEPTION = 1
 
 RunConfig = Mapping[str, bool | int | float | str]
 
+TrainBatch = Callable[[Sequence[tuple[Message, Context]]], Sequence[Message | Exception]]
+"""Trains several devices' tasks together; returns each reply, or the error it raised."""
+
 
 class DeviceRunner:
     """Runs one device's task in the current process, keeping each device's context."""
@@ -47,9 +50,13 @@ class DeviceRunner:
         run_config: RunConfig,
         *,
         apps_by_partition: Mapping[int, ClientApp] | None = None,
+        train_batch: TrainBatch | None = None,
+        device_batch: int = 1,
     ) -> None:
         self.client_app = client_app
         self.apps_by_partition = dict(apps_by_partition or {})
+        self.train_batch = train_batch
+        self.device_batch = device_batch if train_batch is not None else 1
         self.num_nodes = num_nodes
         self.run_id = run_id
         self.run_config = dict(run_config)
@@ -81,11 +88,56 @@ class DeviceRunner:
         try:
             return app(message, self.context_of(node_id))
         except Exception as error:  # a device failure must not end the round
-            LOG.debug("node %s failed:\n%s", node_id, traceback.format_exc())
-            return Message(
-                Error(code=CLIENT_APP_EXCEPTION, reason=f"{type(error).__name__}: {error}"),
-                reply_to=message,
-            )
+            return failed(message, error)
+
+    def run_all(self, batch: Sequence[tuple[int, Message]]) -> Iterator[tuple[int, Message]]:
+        """Handle a worker's share of a round, yielding ``(index, reply)`` as replies are ready.
+
+        Training tasks go to ``train_batch`` ``device_batch`` at a time; the rest, one by one.
+        """
+        group: list[tuple[int, Message]] = []
+        for index, message in batch:
+            if not self._batchable(message):
+                yield index, self.run(message)
+                continue
+            group.append((index, message))
+            if len(group) == self.device_batch:
+                yield from self._run_group(group)
+                group = []
+        if group:
+            yield from self._run_group(group)
+
+    def _batchable(self, message: Message) -> bool:
+        node_id = message.metadata.dst_node_id
+        return (
+            self.device_batch > 1
+            and message.metadata.message_type == "train"
+            and 1 <= node_id <= self.num_nodes
+            and node_id - 1 not in self.apps_by_partition
+        )
+
+    def _run_group(self, group: list[tuple[int, Message]]) -> Iterator[tuple[int, Message]]:
+        if self.train_batch is None or len(group) == 1:
+            for index, message in group:
+                yield index, self.run(message)
+            return
+        tasks = [(message, self.context_of(message.metadata.dst_node_id)) for _, message in group]
+        outcomes = self.train_batch(tasks)
+        for (index, message), outcome in zip(group, outcomes, strict=True):
+            yield index, outcome if isinstance(outcome, Message) else failed(message, outcome)
+
+
+def failed(message: Message, error: Exception) -> Message:
+    """The ``Error`` reply of a device whose ClientApp raised ``error``."""
+    LOG.debug(
+        "node %s failed:\n%s",
+        message.metadata.dst_node_id,
+        "".join(traceback.format_exception(error)),
+    )
+    return Message(
+        Error(code=CLIENT_APP_EXCEPTION, reason=f"{type(error).__name__}: {error}"),
+        reply_to=message,
+    )
 
 
 class WorkerPool:
@@ -182,8 +234,8 @@ def _serve(runner: DeviceRunner, connection: Connection) -> None:
             return
         if batch is None:
             return
-        for index, message in batch:
-            connection.send((index, runner.run(message)))
+        for index, reply in runner.run_all(batch):
+            connection.send((index, reply))
 
 
 def pending_connection(ready: object) -> Connection:

@@ -1,0 +1,89 @@
+"""The ClientApp's training step for many simulated devices at once.
+
+The simulation grid hands a worker's devices here in groups (``federation.device_batch``).
+Each device is received, replied to and keeps its state exactly as
+:func:`stamen.client.app.handle_train` does it; only the local training in between runs
+for several devices together, through :func:`stamen.client.trainer.train_stacked`, where the
+maths allows it: plain float LeNets with the same task and the same number of examples.
+Every other device trains on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+
+from flwr.app import Context, Message
+
+from stamen.client.app import TrainJob, finish_training, start_training, train_alone
+from stamen.client.local_data import FleetData
+from stamen.client.trainer import TrainResult, train_stacked
+from stamen.models.stacked import stackable
+
+LOG = logging.getLogger("stamen.client")
+
+Outcome = Message | Exception
+"""A device's reply, or the error its training raised."""
+
+
+def handle_train_batch(tasks: Sequence[tuple[Message, Context]], fleet: FleetData) -> list[Outcome]:
+    """Train every ``(message, context)`` and return the outcomes in the same order."""
+    outcomes: list[Outcome | None] = [None] * len(tasks)
+    jobs: dict[int, TrainJob] = {}
+    for index, (message, context) in enumerate(tasks):
+        try:
+            jobs[index] = start_training(message, context, fleet)
+        except Exception as error:  # one device's bad task must not fail the others
+            outcomes[index] = error
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for index, job in jobs.items():
+        groups[_stacking_key(job) if stackable(job.model) else ("alone", index)].append(index)
+    results: dict[int, TrainResult | Exception] = {}
+    for members in groups.values():
+        results.update(_train_group([jobs[i] for i in members], members))
+    for index, job in jobs.items():
+        result = results[index]
+        if isinstance(result, Exception):
+            outcomes[index] = result
+            continue
+        try:
+            outcomes[index] = finish_training(job, result)
+        except Exception as error:
+            outcomes[index] = error
+    return [outcome if outcome is not None else RuntimeError("no outcome") for outcome in outcomes]
+
+
+def _stacking_key(job: TrainJob) -> Hashable:
+    task = job.task
+    if task.proximal_mu > 0:
+        return ("alone", id(job))
+    hyperparameters = (task.local_epochs, task.batch_size, task.lr, task.momentum)
+    return (task.model, task.width, hyperparameters, tuple(job.local.x.shape))
+
+
+def _train_group(jobs: list[TrainJob], indices: list[int]) -> dict[int, TrainResult | Exception]:
+    if len(jobs) > 1:
+        task = jobs[0].task
+        try:
+            results = train_stacked(
+                [job.model for job in jobs],  # type: ignore[misc]  # stackable() checked LeNet
+                [job.local.x for job in jobs],
+                [job.local.y for job in jobs],
+                epochs=task.local_epochs,
+                batch_size=task.batch_size,
+                lr=task.lr,
+                momentum=task.momentum,
+                generators=[job.generator() for job in jobs],
+            )
+            return dict(zip(indices, results, strict=True))
+        except Exception:
+            # The models are untouched until stacked training ends: train them one by one.
+            LOG.debug("stacked training failed; training alone", exc_info=True)
+    outcomes: dict[int, TrainResult | Exception] = {}
+    for index, job in zip(indices, jobs, strict=True):
+        try:
+            outcomes[index] = train_alone(job)
+        except Exception as error:
+            outcomes[index] = error
+    return outcomes

@@ -1,0 +1,113 @@
+"""Training several devices' LeNets together: the same result as one at a time."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from stamen.client.trainer import train_epochs, train_stacked
+from stamen.compression import QATConfig, apply_masks, compute_masks, prepare_qat
+from stamen.models import ModelSpec, build_model
+from stamen.models.stacked import stackable
+from stamen.simulations.local_grid import LocalGrid
+from stamen.simulations.workers import CLIENT_APP_EXCEPTION, DeviceRunner
+
+SPEC = ModelSpec("lenet", (1, 28, 28), num_classes=10)
+
+
+def device_sets(count: int, size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(7)
+    xs = [torch.randn(size, 1, 28, 28, generator=generator) for _ in range(count)]
+    ys = [torch.randint(0, 10, (size,), generator=generator) for _ in range(count)]
+    return xs, ys
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_stacked_training_ends_where_one_by_one_training_ends(momentum: float) -> None:
+    xs, ys = device_sets(count=3, size=30)  # 30 = 8 + 8 + 8 + 6: a short last batch
+    alone = [build_model(SPEC, seed=s) for s in range(3)]
+    together = [copy.deepcopy(m) for m in alone]
+    settings = {"epochs": 2, "batch_size": 8, "lr": 0.05, "momentum": momentum}
+    expected = [
+        train_epochs(m, x, y, generator=torch.Generator().manual_seed(i), **settings)
+        for i, (m, x, y) in enumerate(zip(alone, xs, ys, strict=True))
+    ]
+    generators = [torch.Generator().manual_seed(i) for i in range(3)]
+    results = train_stacked(together, xs, ys, generators=generators, **settings)
+    for one, other in zip(alone, together, strict=True):
+        for (name, a), (_, b) in zip(
+            one.state_dict().items(), other.state_dict().items(), strict=True
+        ):
+            assert torch.allclose(a, b, atol=1e-5), name
+    for result, reference in zip(results, expected, strict=True):
+        assert result.num_examples == reference.num_examples == 30
+        assert result.loss == pytest.approx(reference.loss, rel=1e-5)
+
+
+def test_devices_with_different_amounts_of_data_do_not_stack() -> None:
+    xs, ys = device_sets(count=2, size=20)
+    models = [build_model(SPEC, seed=s) for s in range(2)]
+    with pytest.raises(ValueError, match="same size"):
+        train_stacked(
+            models,
+            [xs[0], xs[1][:10]],
+            ys,
+            epochs=1,
+            batch_size=5,
+            lr=0.1,
+            generators=[torch.Generator(), torch.Generator()],
+        )
+
+
+def test_only_plain_float_lenets_stack() -> None:
+    assert stackable(build_model(SPEC))
+    assert not stackable(build_model(ModelSpec("mlp", (1, 28, 28), num_classes=10)))
+    assert not stackable(prepare_qat(build_model(SPEC), QATConfig()))
+    masked = build_model(SPEC)
+    apply_masks(masked, compute_masks(masked, 0.5))
+    assert not stackable(masked)
+
+
+def reply(message: Message, tag: float) -> Message:
+    content = RecordDict(
+        {
+            "update": ArrayRecord({"payload": Array(np.zeros(4, np.uint8))}),
+            "metrics": MetricRecord({"tag": tag}),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+def test_runner_hands_training_tasks_over_in_groups_and_isolates_failures() -> None:
+    app = ClientApp()
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        return reply(message, -1.0)
+
+    groups: list[list[int]] = []
+
+    def train_batch(tasks: list[tuple[Message, Context]]) -> list[Message | Exception]:
+        groups.append([message.metadata.dst_node_id for message, _ in tasks])
+        return [
+            ValueError("corrupt model") if m.metadata.dst_node_id == 4 else reply(m, c.node_id)
+            for m, c in tasks
+        ]
+
+    grid = LocalGrid(app, 10)  # stamps messages with a run, as a ServerApp's grid does
+    runner = DeviceRunner(app, 10, run_id=1, run_config={}, train_batch=train_batch, device_batch=3)
+    messages = [
+        grid.create_message(RecordDict(), "train" if node != 2 else "evaluate", node, "1")
+        for node in range(1, 8)
+    ]
+    replies = dict(runner.run_all(list(enumerate(messages))))
+    assert groups == [[1, 3, 4], [5, 6, 7]]
+    assert replies[1].content.metric_records["metrics"]["tag"] == -1.0  # evaluate, via the app
+    assert replies[3].has_error() and replies[3].error.code == CLIENT_APP_EXCEPTION
+    assert "corrupt model" in replies[3].error.reason
+    assert replies[4].content.metric_records["metrics"]["tag"] == 5.0  # its own context
