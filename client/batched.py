@@ -15,11 +15,13 @@ from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
 from flwr.app import Context, Message
+from torch import nn
 
 from stamen.client.app import TrainJob, finish_training, start_training, train_alone
 from stamen.client.local_data import FleetData
 from stamen.client.trainer import TrainResult, train_stacked
-from stamen.models.stacked import stackable
+from stamen.compression.stacked_qat import StackedQATLeNet
+from stamen.models.stacked import StackedLeNet
 
 LOG = logging.getLogger("stamen.client")
 
@@ -38,7 +40,7 @@ def handle_train_batch(tasks: Sequence[tuple[Message, Context]], fleet: FleetDat
             outcomes[index] = error
     groups: dict[Hashable, list[int]] = defaultdict(list)
     for index, job in jobs.items():
-        groups[_stacking_key(job) if stackable(job.model) else ("alone", index)].append(index)
+        groups[_stacking_key(job, index)].append(index)
     results: dict[int, TrainResult | Exception] = {}
     for members in groups.values():
         results.update(_train_group([jobs[i] for i in members], members))
@@ -54,12 +56,22 @@ def handle_train_batch(tasks: Sequence[tuple[Message, Context]], fleet: FleetDat
     return [outcome if outcome is not None else RuntimeError("no outcome") for outcome in outcomes]
 
 
-def _stacking_key(job: TrainJob) -> Hashable:
-    task = job.task
-    if task.proximal_mu > 0:
-        return ("alone", id(job))
+def stacking_for(model: nn.Module) -> type[StackedLeNet] | None:
+    """The stacked form that can train ``model`` with others; ``None``: it trains alone."""
+    for stacking in (StackedLeNet, StackedQATLeNet):
+        if stacking.accepts(model):
+            return stacking
+    return None
+
+
+def _stacking_key(job: TrainJob, index: int) -> Hashable:
+    task, stacking = job.task, stacking_for(job.model)
+    if stacking is None or task.proximal_mu > 0:
+        return ("alone", index)
     hyperparameters = (task.local_epochs, task.batch_size, task.lr, task.momentum)
-    return (task.model, task.width, hyperparameters, tuple(job.local.x.shape))
+    masked = bool(job.decoded.masks)
+    shape = tuple(job.local.x.shape)
+    return (stacking, task.model, task.width, task.qat, masked, hyperparameters, shape)
 
 
 def _train_group(jobs: list[TrainJob], indices: list[int]) -> dict[int, TrainResult | Exception]:
@@ -67,7 +79,7 @@ def _train_group(jobs: list[TrainJob], indices: list[int]) -> dict[int, TrainRes
         task = jobs[0].task
         try:
             results = train_stacked(
-                [job.model for job in jobs],  # type: ignore[misc]  # stackable() checked LeNet
+                [job.model for job in jobs],
                 [job.local.x for job in jobs],
                 [job.local.y for job in jobs],
                 epochs=task.local_epochs,
@@ -75,6 +87,7 @@ def _train_group(jobs: list[TrainJob], indices: list[int]) -> dict[int, TrainRes
                 lr=task.lr,
                 momentum=task.momentum,
                 generators=[job.generator() for job in jobs],
+                stacking=stacking_for(jobs[0].model) or StackedLeNet,
             )
             return dict(zip(indices, results, strict=True))
         except Exception:

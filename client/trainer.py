@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stamen.models.architectures import LeNet
 from stamen.models.stacked import StackedLeNet
 
 
@@ -82,7 +81,7 @@ def train_epochs(
 
 
 def train_stacked(
-    models: Sequence[LeNet],
+    models: Sequence[nn.Module],
     xs: Sequence[torch.Tensor],
     ys: Sequence[torch.Tensor],
     *,
@@ -91,8 +90,10 @@ def train_stacked(
     lr: float,
     momentum: float = 0.0,
     generators: Sequence[torch.Generator],
+    stacking: type[StackedLeNet] = StackedLeNet,
 ) -> list[TrainResult]:
-    """:func:`train_epochs` for several devices at once, through :class:`StackedLeNet`.
+    """:func:`train_epochs` for several devices at once, through ``stacking``
+    (:class:`StackedLeNet` or a subclass that accepts all of ``models``).
 
     Each device keeps its own data, its own shuffling (``generators[k]``, drawn exactly as
     ``train_epochs`` draws it) and its own SGD state, and its loss is its own batch mean, so
@@ -102,7 +103,7 @@ def train_stacked(
     count, n = len(models), xs[0].shape[0]
     if any(x.shape[0] != n for x in xs) or len(ys) != count or len(generators) != count:
         raise ValueError("train_stacked needs one data set per model, all of the same size")
-    stacked = StackedLeNet(models)
+    stacked = stacking(models)
     optimizer = torch.optim.SGD(stacked.parameters(), lr=lr, momentum=momentum)
     x_all, y_all = torch.stack(list(xs)), torch.stack(list(ys))
     last_epoch_loss = torch.zeros(count)

@@ -22,7 +22,8 @@ from torch import nn
 
 from stamen.models.architectures import LeNet
 
-_LAYERS = ("conv1", "conv2", "fc1", "classifier")
+_CONVS = ("conv1", "conv2")
+_LAYERS = (*_CONVS, "fc1", "classifier")
 
 
 def stackable(model: nn.Module) -> bool:
@@ -41,6 +42,9 @@ def stackable(model: nn.Module) -> bool:
 class StackedLeNet:
     """K LeNets of one shape as stacked leaf tensors, with their joint forward pass.
 
+    Subclasses change what a layer computes from its stacked weight and input (QAT's fake
+    quantization, pruning masks) through :meth:`layer_weight` and :meth:`layer_input`.
+
     Args:
         models: The devices' LeNets, all built from one :class:`~stamen.models.ModelSpec`.
 
@@ -57,85 +61,104 @@ class StackedLeNet:
         (torch.Size([3, 5, 10]), True)
     """
 
-    def __init__(self, models: Sequence[LeNet]) -> None:
-        if not models or not all(stackable(model) for model in models):
-            raise ValueError("StackedLeNet needs one or more plain float LeNets")
-        first = models[0]
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        if not models or not all(self.accepts(model) for model in models):
+            raise ValueError(f"{type(self).__name__} cannot stack these models")
         self.count = len(models)
-        self.padding = first.conv1.padding
+        conv1 = models[0].conv1
+        if not isinstance(conv1, nn.Conv2d):  # accepts() rules this out
+            raise TypeError("a LeNet's conv1 is a Conv2d")
+        self.padding = conv1.padding
         with torch.no_grad():
-            self.conv1_weight = _stack([m.conv1.weight for m in models], conv=True)
-            self.conv1_bias = _stack([_bias(m.conv1) for m in models], conv=True)
-            self.conv2_weight = _stack([m.conv2.weight for m in models], conv=True)
-            self.conv2_bias = _stack([_bias(m.conv2) for m in models], conv=True)
-            self.fc1_weight = _stack([m.fc1.weight.t() for m in models])
-            self.fc1_bias = _stack([m.fc1.bias.unsqueeze(0) for m in models])
-            self.out_weight = _stack([m.classifier.weight.t() for m in models])
-            self.out_bias = _stack([m.classifier.bias.unsqueeze(0) for m in models])
+            self.weights = [
+                _stack([self.trained_weight(getattr(m, name)) for m in models]) for name in _LAYERS
+            ]
+            self.biases = [
+                _stack([_bias(getattr(m, name)) for m in models], bias_of_conv=name in _CONVS)
+                for name in _LAYERS
+            ]
+
+    @classmethod
+    def accepts(cls, model: nn.Module) -> bool:
+        """Whether ``model`` can be one of the stacked models."""
+        return stackable(model)
+
+    def trained_weight(self, layer: nn.Module) -> torch.Tensor:
+        """The tensor of ``layer`` that SGD updates."""
+        weight = layer.weight
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"{type(layer).__name__} has no weight tensor")
+        return weight
+
+    def layer_weight(self, index: int) -> torch.Tensor:
+        """The weight layer ``index`` computes with (conv: ``(K*out, in, kh, kw)``)."""
+        return self.weights[index]
+
+    def layer_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Layer ``index``'s input as the layer sees it (conv: ``(B, K*C, H, W)``)."""
+        return x
 
     def parameters(self) -> list[torch.Tensor]:
         """The stacked leaf tensors, for an optimizer: per-device SGD is elementwise."""
-        return [
-            self.conv1_weight,
-            self.conv1_bias,
-            self.conv2_weight,
-            self.conv2_bias,
-            self.fc1_weight,
-            self.fc1_bias,
-            self.out_weight,
-            self.out_bias,
-        ]
+        return [*self.weights, *self.biases]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(K, B, classes)`` of inputs ``(K, B, C, H, W)``, device ``k`` on model ``k``."""
         count, batch = x.shape[0], x.shape[1]
         h = x.transpose(0, 1).reshape(batch, count * x.shape[2], *x.shape[3:])
         h = h.to(memory_format=torch.channels_last)
-        h = F.conv2d(h, self.conv1_weight, self.conv1_bias, padding=self.padding, groups=count)
-        h = F.max_pool2d(F.relu(h), 2)
-        h = F.conv2d(h, self.conv2_weight, self.conv2_bias, padding=self.padding, groups=count)
-        h = F.max_pool2d(F.relu(h), 2)
+        for index in range(len(_CONVS)):
+            h = F.conv2d(
+                self.layer_input(index, h),
+                self.layer_weight(index),
+                self.biases[index],
+                padding=self.padding,
+                groups=count,
+            )
+            # LeNet's relu-then-pool, as pool-then-relu: the same values and gradients (both
+            # are monotone), with the ReLU on a quarter of the elements.
+            h = F.relu(F.max_pool2d(h, 2))
         # Per device, the channel-major flatten of LeNet's torch.flatten(x, 1).
         h = h.reshape(batch, count, -1).transpose(0, 1)
-        h = F.relu(torch.baddbmm(self.fc1_bias, h, self.fc1_weight))
-        return torch.baddbmm(self.out_bias, h, self.out_weight)
+        for index in range(len(_CONVS), len(_LAYERS)):
+            weight = self.layer_weight(index).transpose(1, 2)
+            h = torch.baddbmm(self.biases[index], self.layer_input(index, h), weight)
+            if index < len(_LAYERS) - 1:
+                h = F.relu(h)
+        return h
 
     @torch.no_grad()
-    def write_back(self, models: Sequence[LeNet]) -> None:
+    def write_back(self, models: Sequence[nn.Module]) -> None:
         """Copy each device's trained weights into its own model."""
-        per_device = {
-            "conv1.weight": self.conv1_weight.reshape(self.count, -1),
-            "conv1.bias": self.conv1_bias.reshape(self.count, -1),
-            "conv2.weight": self.conv2_weight.reshape(self.count, -1),
-            "conv2.bias": self.conv2_bias.reshape(self.count, -1),
-        }
-        for k, model in enumerate(models):
-            for name in ("conv1", "conv2"):
+        for index, name in enumerate(_LAYERS):
+            weights = self.weights[index].reshape(self.count, -1)
+            biases = self.biases[index].reshape(self.count, -1)
+            for k, model in enumerate(models):
                 layer = getattr(model, name)
-                layer.weight.copy_(per_device[f"{name}.weight"][k].view_as(layer.weight))
-                layer.bias.copy_(per_device[f"{name}.bias"][k])
-            model.fc1.weight.copy_(self.fc1_weight[k].t())
-            model.fc1.bias.copy_(self.fc1_bias[k, 0])
-            model.classifier.weight.copy_(self.out_weight[k].t())
-            model.classifier.bias.copy_(self.out_bias[k, 0])
+                target = self.trained_weight(layer)
+                target.copy_(weights[k].view(target.shape))
+                _bias(layer).copy_(biases[k])
 
 
-def _stack(tensors: Sequence[torch.Tensor], *, conv: bool = False) -> torch.Tensor:
-    if conv:
-        # Device k's output channels are k*C_out .. (k+1)*C_out - 1 of the grouped conv.
+def _stack(tensors: Sequence[torch.Tensor], *, bias_of_conv: bool = False) -> torch.Tensor:
+    """Conv weights: device k's output channels are k*out .. (k+1)*out - 1 of one grouped
+    conv, channels-last; conv biases likewise. Linear weights ``(K, out, in)``, biases
+    ``(K, 1, out)``, for batched matmuls."""
+    first = tensors[0]
+    if first.dim() == 4:
+        stacked = torch.cat([t.detach() for t in tensors]).contiguous()
+        stacked = stacked.to(memory_format=torch.channels_last)
+    elif bias_of_conv:
         stacked = torch.cat([t.detach() for t in tensors])
-        if stacked.dim() == 4:
-            stacked = stacked.contiguous(memory_format=torch.contiguous_format).to(
-                memory_format=torch.channels_last
-            )
-        else:
-            stacked = stacked.clone()
+    elif first.dim() == 1:
+        stacked = torch.stack([t.detach().unsqueeze(0) for t in tensors])
     else:
         stacked = torch.stack([t.detach() for t in tensors]).contiguous()
-    return stacked.requires_grad_(True)
+    return stacked.clone().requires_grad_(True)
 
 
-def _bias(layer: nn.Conv2d) -> torch.Tensor:
-    if layer.bias is None:  # stackable() rules this out
-        raise ValueError("StackedLeNet needs convolutions with a bias")
-    return layer.bias
+def _bias(layer: nn.Module) -> torch.Tensor:
+    bias = layer.bias
+    if not isinstance(bias, torch.Tensor):  # stackable() rules this out
+        raise ValueError("StackedLeNet needs layers with a bias")
+    return bias

@@ -111,3 +111,57 @@ def test_runner_hands_training_tasks_over_in_groups_and_isolates_failures() -> N
     assert replies[3].has_error() and replies[3].error.code == CLIENT_APP_EXCEPTION
     assert "corrupt model" in replies[3].error.reason
     assert replies[4].content.metric_records["metrics"]["tag"] == 5.0  # its own context
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_stacked_qat_computes_what_each_qat_model_computes(pruned: bool) -> None:
+    from stamen.compression.stacked_qat import StackedQATLeNet
+
+    xs, ys = device_sets(count=3, size=30)
+    masks = compute_masks(build_model(SPEC, seed=9), 0.5)
+
+    def device_model(seed: int) -> torch.nn.Module:
+        model = prepare_qat(build_model(SPEC, seed=seed), QATConfig(weight_bits=8))
+        if pruned:
+            apply_masks(model, masks)
+        return model
+
+    alone = [device_model(seed) for seed in range(3)]
+    together = [device_model(seed) for seed in range(3)]
+    assert all(StackedQATLeNet.accepts(m) for m in together)
+    assert not any(stackable(m) for m in together)
+
+    # One forward pass: the same logits and the same observed input ranges.
+    stacked = StackedQATLeNet(together)
+    batch = torch.stack([x[:8] for x in xs])
+    logits = stacked.forward(batch)
+    for k, model in enumerate(alone):
+        assert torch.allclose(logits[k], model(batch[k]), atol=1e-5)
+    for index, layer in enumerate(("conv1", "conv2", "fc1", "classifier")):
+        expected = [getattr(m, layer).input_quantizer.running_max for m in alone]
+        assert torch.allclose(stacked.observers[index].running_max, torch.stack(expected))
+
+    # Training: QAT's rounding grid amplifies float rounding, so the end points agree
+    # closely, not exactly.
+    alone = [device_model(seed) for seed in range(3)]
+    together = [device_model(seed) for seed in range(3)]
+    settings = {"epochs": 1, "batch_size": 8, "lr": 0.05}
+    expected_results = [
+        train_epochs(m, x, y, generator=torch.Generator().manual_seed(i), **settings)
+        for i, (m, x, y) in enumerate(zip(alone, xs, ys, strict=True))
+    ]
+    results = train_stacked(
+        together,
+        xs,
+        ys,
+        generators=[torch.Generator().manual_seed(i) for i in range(3)],
+        stacking=StackedQATLeNet,
+        **settings,
+    )
+    for one, other in zip(alone, together, strict=True):
+        for (name, a), (_, b) in zip(
+            one.state_dict().items(), other.state_dict().items(), strict=True
+        ):
+            assert torch.allclose(a.float(), b.float(), atol=2e-3), name
+    for result, reference in zip(results, expected_results, strict=True):
+        assert result.loss == pytest.approx(reference.loss, rel=1e-2)
