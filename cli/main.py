@@ -229,7 +229,7 @@ def simulate(
     device_batch: Annotated[
         int | None,
         typer.Option(
-            help="Devices a local-backend worker trains together (plain float LeNets; "
+            help="Devices a local-backend worker trains together (LeNets; "
             "1: one by one).  \\[default: 8]",
             rich_help_panel=FED,
             show_default=False,

@@ -4,8 +4,8 @@ The simulation grid hands a worker's devices here in groups (``federation.device
 Each device is received, replied to and keeps its state exactly as
 :func:`stamen.client.app.handle_train` does it; only the local training in between runs
 for several devices together, through :func:`stamen.client.trainer.train_stacked`, where the
-maths allows it: plain float LeNets with the same task and the same number of examples.
-Every other device trains on its own.
+maths allows it: LeNets (float, or quantization-aware and pruned) with the same task and the
+same number of examples. Every other device trains on its own.
 """
 
 from __future__ import annotations
