@@ -25,9 +25,8 @@ from torch.nn.utils import prune
 from stamen.compression.fake_quant import ActivationFakeQuantizer, fake_quantize_weight
 from stamen.compression.qat import QATConv2d, QATLinear
 from stamen.models.architectures import LeNet
-from stamen.models.stacked import StackedLeNet
+from stamen.models.stacked import LENET_LAYERS, StackedLeNet
 
-_LAYERS = ("conv1", "conv2", "fc1", "classifier")
 _SCALE_FLOOR = torch.finfo(torch.float32).eps
 
 
@@ -36,7 +35,7 @@ class StackedQATLeNet(StackedLeNet):
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__(models)
-        layers = [[getattr(m, name) for m in models] for name in _LAYERS]
+        layers = [[getattr(m, name) for m in models] for name in LENET_LAYERS]
         self.weight_bits = layers[0][0].weight_bits
         self.masks = [_stacked_mask(group) for group in layers]
         self.observers = [
@@ -48,7 +47,7 @@ class StackedQATLeNet(StackedLeNet):
         """A LeNet whose four layers are exactly ``QATConv2d``/``QATLinear``, with biases."""
         if type(model) is not LeNet:
             return False
-        layers = [getattr(model, name) for name in _LAYERS]
+        layers = [getattr(model, name) for name in LENET_LAYERS]
         kinds: tuple[type[nn.Module], ...] = (QATConv2d, QATConv2d, QATLinear, QATLinear)
         exact = all(type(layer) is kind for layer, kind in zip(layers, kinds, strict=True))
         biased = all(getattr(layer, "bias", None) is not None for layer in layers)
@@ -86,7 +85,7 @@ class StackedQATLeNet(StackedLeNet):
     def write_back(self, models: Sequence[nn.Module]) -> None:
         """Copy each device's trained weights and observed input ranges into its model."""
         super().write_back(models)
-        for index, name in enumerate(_LAYERS):
+        for index, name in enumerate(LENET_LAYERS):
             self.observers[index].write_back([getattr(m, name).input_quantizer for m in models])
 
 

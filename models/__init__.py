@@ -17,6 +17,7 @@ from stamen.models.checkpoint import (
 )
 from stamen.models.cost import forward_macs, training_flops_per_sample
 from stamen.models.spec import ModelName, ModelSpec
+from stamen.models.stacked import StackedLeNet
 from stamen.models.state import (
     DEVICE_LOCAL_ATTRIBUTE,
     count_parameters,
@@ -35,6 +36,7 @@ __all__ = [
     "ModelName",
     "ModelSpec",
     "SavedModel",
+    "StackedLeNet",
     "StudentSpec",
     "build_model",
     "count_parameters",

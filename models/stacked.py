@@ -23,14 +23,15 @@ from torch import nn
 from stamen.models.architectures import LeNet
 
 _CONVS = ("conv1", "conv2")
-_LAYERS = (*_CONVS, "fc1", "classifier")
+LENET_LAYERS = (*_CONVS, "fc1", "classifier")
+"""LeNet's weighted layers, in the order a :class:`StackedLeNet` keeps them."""
 
 
 def stackable(model: nn.Module) -> bool:
     """Whether ``model`` is a plain float LeNet that :class:`StackedLeNet` can train."""
     if type(model) is not LeNet:
         return False
-    layers = [getattr(model, name) for name in _LAYERS]
+    layers = [getattr(model, name) for name in LENET_LAYERS]
     return all(
         type(layer) in (nn.Conv2d, nn.Linear)  # not a QAT subclass
         and not layer._forward_pre_hooks  # no pruning mask
@@ -71,11 +72,12 @@ class StackedLeNet:
         self.padding = conv1.padding
         with torch.no_grad():
             self.weights = [
-                _stack([self.trained_weight(getattr(m, name)) for m in models]) for name in _LAYERS
+                _stack([self.trained_weight(getattr(m, name)) for m in models])
+                for name in LENET_LAYERS
             ]
             self.biases = [
                 _stack([_bias(getattr(m, name)) for m in models], bias_of_conv=name in _CONVS)
-                for name in _LAYERS
+                for name in LENET_LAYERS
             ]
 
     @classmethod
@@ -120,17 +122,17 @@ class StackedLeNet:
             h = F.relu(F.max_pool2d(h, 2))
         # Per device, the channel-major flatten of LeNet's torch.flatten(x, 1).
         h = h.reshape(batch, count, -1).transpose(0, 1)
-        for index in range(len(_CONVS), len(_LAYERS)):
+        for index in range(len(_CONVS), len(LENET_LAYERS)):
             weight = self.layer_weight(index).transpose(1, 2)
             h = torch.baddbmm(self.biases[index], self.layer_input(index, h), weight)
-            if index < len(_LAYERS) - 1:
+            if index < len(LENET_LAYERS) - 1:
                 h = F.relu(h)
         return h
 
     @torch.no_grad()
     def write_back(self, models: Sequence[nn.Module]) -> None:
         """Copy each device's trained weights into its own model."""
-        for index, name in enumerate(_LAYERS):
+        for index, name in enumerate(LENET_LAYERS):
             weights = self.weights[index].reshape(self.count, -1)
             biases = self.biases[index].reshape(self.count, -1)
             for k, model in enumerate(models):
