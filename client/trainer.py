@@ -106,13 +106,13 @@ def train_stacked(
     stacked = stacking(models)
     optimizer = torch.optim.SGD(stacked.parameters(), lr=lr, momentum=momentum)
     x_all, y_all = torch.stack(list(xs)), torch.stack(list(ys))
+    rows = torch.arange(count).unsqueeze(1)
     last_epoch_loss = torch.zeros(count)
     for _ in range(epochs):
         orders = torch.stack([torch.randperm(n, generator=g) for g in generators])
         total = torch.zeros(count)
         for start in range(0, n, batch_size):
             batch = orders[:, start : start + batch_size]
-            rows = torch.arange(count).unsqueeze(1)
             logits = stacked.forward(x_all[rows, batch])
             per_example = F.cross_entropy(
                 logits.flatten(0, 1), y_all[rows, batch].flatten(), reduction="none"

@@ -52,6 +52,20 @@ def fake_quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, -bound, bound)
 
 
+def affine_qparams(
+    running_min: torch.Tensor, running_max: torch.Tensor, quant_min: int, quant_max: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and int32 zero point of the affine grid over an observed range (elementwise).
+
+    The range is widened to include 0, so zero (ReLU output, padding) stays exact.
+    """
+    low = running_min.clamp(max=0.0)
+    high = running_max.clamp(min=0.0)
+    scale = ((high - low) / (quant_max - quant_min)).clamp(min=_SCALE_FLOOR)
+    zero_point = (quant_min - torch.round(low / scale)).clamp(quant_min, quant_max)
+    return scale, zero_point.to(torch.int32)
+
+
 class ActivationFakeQuantizer(nn.Module):
     """Fake-quantize a tensor to affine int8 over a range observed while training.
 
@@ -91,13 +105,7 @@ class ActivationFakeQuantizer(nn.Module):
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(scale, zero_point)``: ``q = clamp(round(x / scale) + zero_point)``."""
-        low = self.running_min.clamp(max=0.0)
-        high = self.running_max.clamp(min=0.0)
-        scale = ((high - low) / (self.quant_max - self.quant_min)).clamp(min=_SCALE_FLOOR)
-        zero_point = (self.quant_min - torch.round(low / scale)).clamp(
-            self.quant_min, self.quant_max
-        )
-        return scale, zero_point.to(torch.int32)
+        return affine_qparams(self.running_min, self.running_max, self.quant_min, self.quant_max)
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:

@@ -22,12 +22,14 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from stamen.compression.fake_quant import ActivationFakeQuantizer, fake_quantize_weight
+from stamen.compression.fake_quant import (
+    ActivationFakeQuantizer,
+    affine_qparams,
+    fake_quantize_weight,
+)
 from stamen.compression.qat import QATConv2d, QATLinear
 from stamen.models.architectures import LeNet
 from stamen.models.stacked import LENET_LAYERS, StackedLeNet
-
-_SCALE_FLOOR = torch.finfo(torch.float32).eps
 
 
 class StackedQATLeNet(StackedLeNet):
@@ -118,15 +120,12 @@ class _StackedObserver:
                 self.observed, torch.lerp(self.running_max, high, self.momentum), high
             )
             self.observed = torch.ones_like(self.observed)
-            low = self.running_min.clamp(max=0.0)
-            high = self.running_max.clamp(min=0.0)
-            scale = ((high - low) / (self.quant_max - self.quant_min)).clamp(min=_SCALE_FLOOR)
-            zero_point = (self.quant_min - torch.round(low / scale)).clamp(
-                self.quant_min, self.quant_max
+            scale, zero_point = affine_qparams(
+                self.running_min, self.running_max, self.quant_min, self.quant_max
             )
             per_slice = x.shape[axis] // groups
             scale = scale.repeat_interleave(per_slice)
-            zero_point = zero_point.to(torch.int32).repeat_interleave(per_slice)
+            zero_point = zero_point.repeat_interleave(per_slice)
         return torch.fake_quantize_per_channel_affine(
             x, scale, zero_point, axis, self.quant_min, self.quant_max
         )

@@ -122,7 +122,11 @@ class DeviceRunner:
                 yield index, self.run(message)
             return
         tasks = [(message, self.context_of(message.metadata.dst_node_id)) for _, message in group]
-        outcomes = self.train_batch(tasks)
+        try:
+            outcomes = self.train_batch(tasks)
+        except Exception:  # a fault in the batch path must not cost the devices their round
+            LOG.warning("training devices together failed; running them one by one", exc_info=True)
+            outcomes = [self.run(message) for _, message in group]
         for (index, message), outcome in zip(group, outcomes, strict=True):
             yield index, outcome if isinstance(outcome, Message) else failed(message, outcome)
 
