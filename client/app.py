@@ -105,15 +105,46 @@ def receive_model(
     message: Message, local: LocalData, model_name: ModelName, width: float
 ) -> tuple[nn.Module, DecodedModel]:
     """Build the model architecture the task names and load the decoded global weights."""
-    spec = ModelSpec(
+    spec = local_spec(local, model_name, width)
+    decoded = receive_global(message, spec)
+    return global_model(spec, decoded), decoded
+
+
+def local_spec(local: LocalData, model_name: ModelName, width: float) -> ModelSpec:
+    """The spec of the model ``model_name`` at ``width`` for this device's data."""
+    return ModelSpec(
         name=model_name, input_shape=local.input_shape, num_classes=local.num_classes, width=width
     )
+
+
+def receive_global(message: Message, spec: ModelSpec) -> DecodedModel:
+    """The global model in ``message``, decoded and verified against ``spec``'s shapes."""
+    array = message.content.array_records[MODEL_KEY][PAYLOAD]
+    last = _LAST_RECEIVED
+    if last.decoded is not None and last.array is array and last.spec == spec:
+        # The devices of one round share one record, and so one Array, in this process.
+        return last.decoded
+    decoded = _decoded(array.numpy().tobytes(), _exchanged_shapes(spec))
+    last.array, last.spec, last.decoded = array, spec, decoded
+    return decoded
+
+
+@dataclass
+class _Received:
+    array: Array | None = None
+    spec: ModelSpec | None = None
+    decoded: DecodedModel | None = None
+
+
+_LAST_RECEIVED = _Received()
+
+
+def global_model(spec: ModelSpec, decoded: DecodedModel) -> nn.Module:
+    """A fresh ``spec`` model holding the decoded global weights."""
     # Its initial weights are overwritten at once: copying a template skips the init.
     model = copy.deepcopy(_template(spec))
-    payload = message.content.array_records[MODEL_KEY][PAYLOAD].numpy().tobytes()
-    decoded = _decoded(payload, _exchanged_shapes(spec))
     load_exchanged_state(model, decoded.tensors)
-    return model, decoded
+    return model
 
 
 @functools.lru_cache(maxsize=8)
@@ -145,12 +176,31 @@ class TrainJob:
     task: TrainTask
     partition: int
     local: LocalData
-    model: nn.Module
+    spec: ModelSpec
     decoded: DecodedModel
 
     def generator(self) -> torch.Generator:
         """The device's data-shuffling stream for this round."""
         return torch.Generator().manual_seed(_device_seed(self.task, self.partition))
+
+    def starting_model(self) -> nn.Module:
+        """The model this device starts training from: the global weights, with the task's
+        QAT layers and the server's pruning masks in place."""
+        model = global_model(self.spec, self.decoded)
+        if self.task.qat is not None:
+            prepare_qat(model, self.task.qat)
+        if self.decoded.masks:
+            apply_masks(model, self.decoded.masks)
+        return model
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A device's local training: its loss and example count, and its trained weights."""
+
+    result: TrainResult
+    state: dict[str, np.ndarray]
+    """The trained model's exchanged state (pruned weights as ``weight_orig * mask``)."""
 
 
 def handle_train(message: Message, context: Context, fleet: FleetData) -> Message:
@@ -160,22 +210,19 @@ def handle_train(message: Message, context: Context, fleet: FleetData) -> Messag
 
 
 def start_training(message: Message, context: Context, fleet: FleetData) -> TrainJob:
-    """Decode the task and the global model, and ready the model for local training."""
+    """Read the task, this device's data and the global model."""
     task = TrainTask.from_config_record(message.content.config_records[CONFIG_KEY])
     pid = partition_id(context)
     local = device_data(fleet, pid)
-    model, decoded = receive_model(message, local, task.model, task.width)
-    if task.qat is not None:
-        prepare_qat(model, task.qat)
-    if decoded.masks:
-        apply_masks(model, decoded.masks)
-    return TrainJob(message, context, task, pid, local, model, decoded)
+    spec = local_spec(local, task.model, task.width)
+    return TrainJob(message, context, task, pid, local, spec, receive_global(message, spec))
 
 
-def train_alone(job: TrainJob) -> TrainResult:
+def train_alone(job: TrainJob) -> Trained:
     """The device's local epochs, on its own."""
-    return train_epochs(
-        job.model,
+    model = job.starting_model()
+    result = train_epochs(
+        model,
         job.local.x,
         job.local.y,
         epochs=job.task.local_epochs,
@@ -185,15 +232,15 @@ def train_alone(job: TrainJob) -> TrainResult:
         generator=job.generator(),
         proximal_mu=job.task.proximal_mu,
     )
+    if job.decoded.masks:
+        remove_masks(model)
+    return Trained(result, exchanged_state(model))
 
 
-def finish_training(job: TrainJob, result: TrainResult) -> Message:
+def finish_training(job: TrainJob, trained: Trained) -> Message:
     """Encode the trained model's delta (with error feedback) into the reply."""
     task, decoded, context = job.task, job.decoded, job.context
-    if decoded.masks:
-        remove_masks(job.model)
-    trained = exchanged_state(job.model)
-    delta = {name: trained[name] - base for name, base in decoded.tensors.items()}
+    delta = {name: trained.state[name] - base for name, base in decoded.tensors.items()}
     residual = load_residual(context, delta, decoded.masks) if task.uplink.error_feedback else None
     encoded = UplinkCodec(task.uplink).encode(
         delta,
@@ -212,7 +259,7 @@ def finish_training(job: TrainJob, result: TrainResult) -> Message:
         {
             UPDATE_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(encoded.payload, np.uint8))}),
             METRICS_KEY: MetricRecord(
-                {NUM_EXAMPLES: result.num_examples, "train-loss": result.loss}
+                {NUM_EXAMPLES: trained.result.num_examples, "train-loss": trained.result.loss}
             ),
         }
     )

@@ -4,8 +4,12 @@ The simulation grid hands a worker's devices here in groups (``federation.device
 Each device is received, replied to and keeps its state exactly as
 :func:`stamen.client.app.handle_train` does it; only the local training in between runs
 for several devices together, through :func:`stamen.client.trainer.train_stacked`, where the
-maths allows it: LeNets (float, or quantization-aware and pruned) with the same task and the
-same number of examples. Every other device trains on its own.
+maths allows it: LeNets (float, or quantization-aware and pruned) with the same task, the
+same global model and the same number of examples. Every other device trains on its own.
+
+Devices of one round start from the same model, so a group builds it once and stacks it
+(:meth:`~stamen.models.StackedLeNet.replicate`), then reads each device's trained weights
+from the stack: no per-device model is built.
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 from flwr.app import Context, Message
 from torch import nn
 
-from stamen.client.app import TrainJob, finish_training, start_training, train_alone
+from stamen.client.app import Trained, TrainJob, finish_training, start_training, train_alone
 from stamen.client.local_data import FleetData
-from stamen.client.trainer import TrainResult, train_stacked
+from stamen.client.trainer import train_stacked
+from stamen.compression import DecodedModel, QATConfig
 from stamen.compression.stacked_qat import StackedQATLeNet
+from stamen.models import ModelSpec
 from stamen.models.stacked import StackedLeNet
 
 LOG = logging.getLogger("stamen.client")
@@ -41,16 +48,16 @@ def handle_train_batch(tasks: Sequence[tuple[Message, Context]], fleet: FleetDat
     groups: dict[Hashable, list[int]] = defaultdict(list)
     for index, job in jobs.items():
         groups[_stacking_key(job, index)].append(index)
-    results: dict[int, TrainResult | Exception] = {}
+    trained: dict[int, Trained | Exception] = {}
     for members in groups.values():
-        results.update(_train_group([jobs[i] for i in members], members))
+        trained.update(_train_group([jobs[i] for i in members], members))
     for index, job in jobs.items():
-        result = results[index]
-        if isinstance(result, Exception):
-            outcomes[index] = result
+        done = trained[index]
+        if isinstance(done, Exception):
+            outcomes[index] = done
             continue
         try:
-            outcomes[index] = finish_training(job, result)
+            outcomes[index] = finish_training(job, done)
         except Exception as error:
             outcomes[index] = error
     return [outcome if outcome is not None else RuntimeError("no outcome") for outcome in outcomes]
@@ -65,21 +72,24 @@ def stacking_for(model: nn.Module) -> type[StackedLeNet] | None:
 
 
 def _stacking_key(job: TrainJob, index: int) -> Hashable:
-    task, stacking = job.task, stacking_for(job.model)
-    if stacking is None or task.proximal_mu > 0:
+    task = job.task
+    if task.proximal_mu > 0 or stacking_for(_round_model(job)) is None:
         return ("alone", index)
     hyperparameters = (task.local_epochs, task.batch_size, task.lr, task.momentum)
-    masked = bool(job.decoded.masks)
     shape = tuple(job.local.x.shape)
-    return (stacking, task.model, task.width, task.qat, masked, hyperparameters, shape)
+    return (job.spec, task.qat, id(job.decoded), hyperparameters, shape)
 
 
-def _train_group(jobs: list[TrainJob], indices: list[int]) -> dict[int, TrainResult | Exception]:
+def _train_group(jobs: list[TrainJob], indices: list[int]) -> dict[int, Trained | Exception]:
     if len(jobs) > 1:
-        task = jobs[0].task
+        task, model = jobs[0].task, _round_model(jobs[0])
+        stacking = stacking_for(model)
         try:
+            if stacking is None:
+                raise ValueError(f"{type(model).__name__} does not stack")
+            stacked = stacking.replicate(model, len(jobs))
             results = train_stacked(
-                [job.model for job in jobs],
+                stacked,
                 [job.local.x for job in jobs],
                 [job.local.y for job in jobs],
                 epochs=task.local_epochs,
@@ -87,16 +97,45 @@ def _train_group(jobs: list[TrainJob], indices: list[int]) -> dict[int, TrainRes
                 lr=task.lr,
                 momentum=task.momentum,
                 generators=[job.generator() for job in jobs],
-                stacking=stacking_for(jobs[0].model) or StackedLeNet,
             )
-            return dict(zip(indices, results, strict=True))
+            states = stacked.device_states()
+            return {
+                index: Trained(result, state)
+                for index, result, state in zip(indices, results, states, strict=True)
+            }
         except Exception:
-            # The models are untouched until stacked training ends: train them one by one.
             LOG.debug("stacked training failed; training alone", exc_info=True)
-    outcomes: dict[int, TrainResult | Exception] = {}
+    outcomes: dict[int, Trained | Exception] = {}
     for index, job in zip(indices, jobs, strict=True):
         try:
             outcomes[index] = train_alone(job)
         except Exception as error:
             outcomes[index] = error
     return outcomes
+
+
+@dataclass
+class _RoundModel:
+    """The model every device of a round starts from, built once per process and round."""
+
+    spec: ModelSpec | None = None
+    qat: QATConfig | None = None
+    decoded: DecodedModel | None = None
+    model: nn.Module | None = None
+
+
+_ROUND_MODEL = _RoundModel()
+
+
+def _round_model(job: TrainJob) -> nn.Module:
+    # Stacking copies the model's tensors and never writes to it: one copy serves the round.
+    cached = _ROUND_MODEL
+    if (
+        cached.model is None
+        or cached.decoded is not job.decoded
+        or cached.spec != job.spec
+        or cached.qat != job.task.qat
+    ):
+        cached.spec, cached.qat, cached.decoded = job.spec, job.task.qat, job.decoded
+        cached.model = job.starting_model()
+    return cached.model

@@ -81,7 +81,7 @@ def train_epochs(
 
 
 def train_stacked(
-    models: Sequence[nn.Module],
+    stacked: StackedLeNet,
     xs: Sequence[torch.Tensor],
     ys: Sequence[torch.Tensor],
     *,
@@ -90,20 +90,24 @@ def train_stacked(
     lr: float,
     momentum: float = 0.0,
     generators: Sequence[torch.Generator],
-    stacking: type[StackedLeNet] = StackedLeNet,
 ) -> list[TrainResult]:
-    """:func:`train_epochs` for several devices at once, through ``stacking``
-    (:class:`StackedLeNet` or a subclass that accepts all of ``models``).
+    """:func:`train_epochs` for the ``stacked.count`` devices of ``stacked`` at once.
 
     Each device keeps its own data, its own shuffling (``generators[k]``, drawn exactly as
     ``train_epochs`` draws it) and its own SGD state, and its loss is its own batch mean, so
-    device ``k`` ends where ``train_epochs`` on ``models[k]`` would, to float rounding. Every
-    device must hold the same number of examples; ``models`` are updated in place.
+    device ``k`` ends where ``train_epochs`` on its own model would, to float rounding. Every
+    device must hold the same number of examples. ``stacked`` is trained in place: read the
+    devices' weights with :meth:`~StackedLeNet.device_states` or
+    :meth:`~StackedLeNet.write_back`.
     """
-    count, n = len(models), xs[0].shape[0]
-    if any(x.shape[0] != n for x in xs) or len(ys) != count or len(generators) != count:
+    count, n = stacked.count, xs[0].shape[0]
+    if (
+        len(xs) != count
+        or any(x.shape[0] != n for x in xs)
+        or len(ys) != count
+        or len(generators) != count
+    ):
         raise ValueError("train_stacked needs one data set per model, all of the same size")
-    stacked = stacking(models)
     optimizer = torch.optim.SGD(stacked.parameters(), lr=lr, momentum=momentum)
     x_all, y_all = torch.stack(list(xs)), torch.stack(list(ys))
     rows = torch.arange(count).unsqueeze(1)
@@ -124,7 +128,6 @@ def train_stacked(
             optimizer.step()
             total += losses.detach() * batch.shape[1]
         last_epoch_loss = total / max(n, 1)
-    stacked.write_back(models)
     return [TrainResult(loss=float(loss), num_examples=n) for loss in last_epoch_loss]
 
 

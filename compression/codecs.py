@@ -33,11 +33,12 @@ from stamen.compression.bitpack import (
     rice_bit_count,
     varint_sizes,
 )
-from stamen.compression.tensor_decode import decode_tensor, index_bits_for
+from stamen.compression.tensor_decode import decode_tensor, dequantize, index_bits_for
 from stamen.errors import ConfigError
 from stamen.protos.update.v1 import update_pb2 as pb
 
 UNIFORM_BITS = (2, 4, 8)
+_NO_VALUES = np.zeros(0, dtype=np.float32)
 _DTYPES = {
     np.dtype(np.float32): pb.DTYPE_FLOAT32,
     np.dtype(np.float16): pb.DTYPE_FLOAT16,
@@ -118,6 +119,8 @@ class PackedValues:
     scale: float
     zero_point: float
     data: bytes
+    decoded: np.ndarray
+    """The float32 values a receiver decodes from ``data``."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,10 @@ class FP32:
 
     def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
         """Encode float32 values."""
-        data = values.astype("<f4").tobytes()
-        return PackedValues(pb.VALUE_ENCODING_FP32, 32, 0.0, 0.0, data)
+        exact = values.astype("<f4")
+        return PackedValues(
+            pb.VALUE_ENCODING_FP32, 32, 0.0, 0.0, exact.tobytes(), exact.astype(np.float32)
+        )
 
 
 @dataclass(frozen=True)
@@ -138,8 +143,10 @@ class FP16:
         """Encode float32 values; values beyond the float16 range are an error."""
         if values.size and float(np.max(np.abs(values))) > float(np.finfo(np.float16).max):
             raise ValueError("a value exceeds the float16 range (65504); use fp32")
-        data = values.astype("<f2").tobytes()
-        return PackedValues(pb.VALUE_ENCODING_FP16, 16, 0.0, 0.0, data)
+        half = values.astype("<f2")
+        return PackedValues(
+            pb.VALUE_ENCODING_FP16, 16, 0.0, 0.0, half.tobytes(), half.astype(np.float32)
+        )
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ class Uniform:
         """Quantize float32 values and bit-pack the levels."""
         top = (1 << self.bits) - 1
         if values.size == 0:
-            return PackedValues(pb.VALUE_ENCODING_UNIFORM, self.bits, 0.0, 0.0, b"")
+            return PackedValues(pb.VALUE_ENCODING_UNIFORM, self.bits, 0.0, 0.0, b"", _NO_VALUES)
         low = float(np.min(values))  # exact: values are float32
         high = float(np.max(values))
         scale = _step_covering(high - low, top)
@@ -179,7 +186,8 @@ class Uniform:
                 position = np.rint(position)
             levels = np.minimum(position, top).astype(np.uint64)
         data = pack_bits(levels, self.bits)
-        return PackedValues(pb.VALUE_ENCODING_UNIFORM, self.bits, scale, low, data)
+        decoded = dequantize(levels, scale, low)
+        return PackedValues(pb.VALUE_ENCODING_UNIFORM, self.bits, scale, low, data, decoded)
 
 
 @dataclass(frozen=True)
@@ -189,14 +197,21 @@ class Int8Symmetric:
     def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
         """Round float32 values to the nearest of 255 symmetric levels."""
         if values.size == 0:
-            return PackedValues(pb.VALUE_ENCODING_INT8_SYMMETRIC, 8, 0.0, 0.0, b"")
+            return PackedValues(pb.VALUE_ENCODING_INT8_SYMMETRIC, 8, 0.0, 0.0, b"", _NO_VALUES)
         scale = _step_covering(float(np.max(np.abs(values))), 127)
         if scale == 0.0:
             levels = np.zeros(values.size, dtype=np.int8)
         else:
             levels = np.clip(np.rint(values.astype(np.float64) / scale), -127, 127)
             levels = levels.astype(np.int8)
-        return PackedValues(pb.VALUE_ENCODING_INT8_SYMMETRIC, 8, scale, 0.0, levels.tobytes())
+        return PackedValues(
+            pb.VALUE_ENCODING_INT8_SYMMETRIC,
+            8,
+            scale,
+            0.0,
+            levels.tobytes(),
+            dequantize(levels, scale),
+        )
 
 
 @dataclass(frozen=True)
@@ -273,6 +288,18 @@ class CodecPipeline:
 
         ``rng`` drives stochastic rounding and is required when that is on.
         """
+        return self.encode_and_reconstruct(name, array, rng, mask=mask)[0]
+
+    def encode_and_reconstruct(
+        self,
+        name: str,
+        array: np.ndarray,
+        rng: np.random.Generator | None = None,
+        *,
+        mask: np.ndarray | None = None,
+    ) -> tuple[pb.CompressedTensor, np.ndarray]:
+        """:meth:`encode_tensor`, and the float32 tensor a receiver decodes from the message
+        (computed while encoding, not by decoding it)."""
         source = np.asarray(array)
         if source.dtype not in _DTYPES:
             raise ValueError(f"tensor {name!r}: dtype {source.dtype} is not float16/32/64")
@@ -295,15 +322,18 @@ class CodecPipeline:
             message.sparsity = pb.SPARSITY_ENCODING_BITMASK
             message.index_encoding = pb.INDEX_ENCODING_NONE
             indices = np.packbits(keep.ravel()).tobytes()
-            kept = flat[keep.ravel()]
+            where: np.ndarray | None = keep.ravel()
+            kept = flat[where]
         elif self.topk is not None and self.topk.keep_count(flat.size) < flat.size:
             positions = self.topk.select(flat)
             message.sparsity = pb.SPARSITY_ENCODING_INDICES
             indices = _pack_indices(message, positions, flat.size)
+            where = positions
             kept = flat[positions]
         else:
             message.sparsity = pb.SPARSITY_ENCODING_DENSE
             message.index_encoding = pb.INDEX_ENCODING_NONE
+            where = None
             kept = flat
         packed = self.values.pack(kept, rng)
         message.value_encoding = packed.encoding
@@ -313,7 +343,12 @@ class CodecPipeline:
         message.num_values = kept.size
         message.indices_size = len(indices)
         _finish(message, indices, packed.data, self.zlib)
-        return message
+        if where is None:
+            received = packed.decoded
+        else:
+            received = np.zeros(flat.size, dtype=np.float32)
+            received[where] = packed.decoded
+        return message, received.reshape(source.shape)
 
     def decode_tensor(
         self, message: pb.CompressedTensor, expected_shape: tuple[int, ...] | None = None

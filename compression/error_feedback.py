@@ -78,9 +78,8 @@ class ErrorFeedback:
         decoded: dict[str, np.ndarray] = {}
         new_residual: dict[str, np.ndarray] = {}
         for name, corrected in self.corrected(delta, residual).items():
-            message = self.pipeline.encode_tensor(name, corrected, rng)
-            # Decode the message itself, so the residual matches what the server sees.
-            decoded[name] = self.pipeline.decode_tensor(message, corrected.shape)
+            # The reconstruction is exactly what the server decodes from the message.
+            message, decoded[name] = self.pipeline.encode_and_reconstruct(name, corrected, rng)
             new_residual[name] = corrected - decoded[name]
             tensors.append(message)
         return ErrorFeedbackResult(tensors, decoded, new_residual)

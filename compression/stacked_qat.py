@@ -66,16 +66,18 @@ class StackedQATLeNet(StackedLeNet):
 
     def layer_weight(self, index: int) -> torch.Tensor:
         """The masked, fake-quantized weight, as ``QATConv2d``/``QATLinear`` compute it."""
-        weight = self.weights[index]
-        mask = self.masks[index]
-        if mask is not None:
-            weight = weight * mask
+        weight = self.effective_weight(index)
         if weight.dim() == 4:
             quantized = fake_quantize_weight(weight, self.weight_bits)
             return quantized.to(memory_format=torch.channels_last)
         count, out_features, in_features = weight.shape
         flat = weight.reshape(count * out_features, in_features)
         return fake_quantize_weight(flat, self.weight_bits).view(weight.shape)
+
+    def effective_weight(self, index: int) -> torch.Tensor:
+        """The pruned weight, ``weight_orig * mask``, as ``remove_masks`` leaves it."""
+        mask = self.masks[index]
+        return self.weights[index] if mask is None else self.weights[index] * mask
 
     def layer_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """The input fake-quantized per device, over each device's observed range."""

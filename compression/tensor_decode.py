@@ -74,20 +74,21 @@ def checked_shape(
 
     Without an expected shape the element count is capped at ``max_elements``.
     """
-    label = _label(message)
     if len(message.shape) > MAX_NDIM:
-        raise InvalidUpdate(f"{label}: {len(message.shape)} dimensions, at most {MAX_NDIM}")
+        raise InvalidUpdate(
+            f"{_label(message)}: {len(message.shape)} dimensions, at most {MAX_NDIM}"
+        )
     shape = tuple(int(d) for d in message.shape)
     if expected is not None:
         # The receiver's own model fixes the shape, so no cap is needed beyond equality.
         if shape != tuple(expected):
-            raise InvalidUpdate(f"{label}: shape {shape}, expected {tuple(expected)}")
+            raise InvalidUpdate(f"{_label(message)}: shape {shape}, expected {tuple(expected)}")
         return shape, math.prod(shape)
     size = 1
     for dim in shape:
         size *= dim
         if size > max_elements:
-            raise InvalidUpdate(f"{label}: shape {shape} exceeds {max_elements} elements")
+            raise InvalidUpdate(f"{_label(message)}: shape {shape} exceeds {max_elements} elements")
     return shape, size
 
 
@@ -97,7 +98,6 @@ def check_layout(
     max_elements: int = MAX_ELEMENTS,
 ) -> TensorLayout:
     """Validate the header of ``message`` without touching its byte fields."""
-    label = _label(message)
     for field, allowed in (
         ("dtype", _DTYPES),
         ("value_encoding", _VALUE_BITS.keys()),
@@ -107,7 +107,7 @@ def check_layout(
     ):
         value = getattr(message, field)
         if value not in allowed:
-            raise InvalidUpdate(f"{label}: unknown or unspecified {field} {value}")
+            raise InvalidUpdate(f"{_label(message)}: unknown or unspecified {field} {value}")
     shape, size = checked_shape(message, expected_shape, max_elements)
 
     bits, count = message.bits, message.num_values
@@ -115,34 +115,40 @@ def check_layout(
         allowed_bits = ", ".join(map(str, _VALUE_BITS[message.value_encoding]))
         encoding = pb.ValueEncoding.Name(message.value_encoding)
         raise InvalidUpdate(
-            f"{label}: bits must be one of {allowed_bits} for {encoding}; got {bits}"
+            f"{_label(message)}: bits must be one of {allowed_bits} for {encoding}; got {bits}"
         )
-    if not (np.isfinite(message.scale) and np.isfinite(message.zero_point)):
-        raise InvalidUpdate(f"{label}: scale and zero point must be finite")
+    if not (math.isfinite(message.scale) and math.isfinite(message.zero_point)):
+        raise InvalidUpdate(f"{_label(message)}: scale and zero point must be finite")
     if message.scale < 0:
-        raise InvalidUpdate(f"{label}: negative scale {message.scale}")
+        raise InvalidUpdate(f"{_label(message)}: negative scale {message.scale}")
     if message.value_encoding != pb.VALUE_ENCODING_UNIFORM and message.zero_point != 0:
-        raise InvalidUpdate(f"{label}: zero point must be 0 for this value encoding")
+        raise InvalidUpdate(f"{_label(message)}: zero point must be 0 for this value encoding")
 
     sparsity = message.sparsity
     if sparsity == pb.SPARSITY_ENCODING_DENSE and count != size:
-        raise InvalidUpdate(f"{label}: dense tensor of {size} elements has {count} values")
+        raise InvalidUpdate(
+            f"{_label(message)}: dense tensor of {size} elements has {count} values"
+        )
     if count > size:
-        raise InvalidUpdate(f"{label}: {count} values for {size} elements")
+        raise InvalidUpdate(f"{_label(message)}: {count} values for {size} elements")
     wants_index_list = sparsity == pb.SPARSITY_ENCODING_INDICES
     if wants_index_list == (message.index_encoding == pb.INDEX_ENCODING_NONE):
-        raise InvalidUpdate(f"{label}: index encoding does not match the sparsity encoding")
+        raise InvalidUpdate(
+            f"{_label(message)}: index encoding does not match the sparsity encoding"
+        )
     bitpacked = message.index_encoding == pb.INDEX_ENCODING_BITPACKED
     rice = message.index_encoding == pb.INDEX_ENCODING_RICE_GAPS
     width = index_bits_for(size) if bitpacked else 0
     if rice:
         if message.index_bits > MAX_RICE_PARAMETER:
             raise InvalidUpdate(
-                f"{label}: Rice parameter (index_bits) must be in 0..{MAX_RICE_PARAMETER}; "
-                f"got {message.index_bits}"
+                f"{_label(message)}: Rice parameter (index_bits) must be in "
+                f"0..{MAX_RICE_PARAMETER}; got {message.index_bits}"
             )
     elif message.index_bits != width:
-        raise InvalidUpdate(f"{label}: index_bits is {message.index_bits}, expected {width}")
+        raise InvalidUpdate(
+            f"{_label(message)}: index_bits is {message.index_bits}, expected {width}"
+        )
 
     if sparsity == pb.SPARSITY_ENCODING_BITMASK:
         indices_size = packed_size(size, 1)
@@ -151,20 +157,22 @@ def check_layout(
     elif message.index_encoding == pb.INDEX_ENCODING_VARINT_GAPS:
         indices_size = message.indices_size
         if not count <= indices_size <= MAX_VARINT_BYTES * count:
-            raise InvalidUpdate(f"{label}: {indices_size} varint bytes for {count} indices")
+            raise InvalidUpdate(
+                f"{_label(message)}: {indices_size} varint bytes for {count} indices"
+            )
     elif rice:
         indices_size = message.indices_size
         low, high = _rice_size_range(count, size, message.index_bits)
         if not low <= indices_size <= high:
             raise InvalidUpdate(
-                f"{label}: {indices_size} Rice bytes for {count} indices with "
+                f"{_label(message)}: {indices_size} Rice bytes for {count} indices with "
                 f"k={message.index_bits}, expected {low}..{high}"
             )
     else:
         indices_size = 0
     if message.indices_size != indices_size:
         raise InvalidUpdate(
-            f"{label}: indices_size is {message.indices_size}, expected {indices_size}"
+            f"{_label(message)}: indices_size is {message.indices_size}, expected {indices_size}"
         )
     return TensorLayout(shape, size, indices_size, packed_size(count, bits))
 
@@ -195,36 +203,42 @@ def decode_tensor_and_mask(
     max_elements: int = MAX_ELEMENTS,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Like :func:`decode_tensor`, also returning the bool mask of a BITMASK tensor."""
-    layout = check_layout(message, expected_shape, max_elements)
-    label = _label(message)
+    return decode_checked(message, check_layout(message, expected_shape, max_elements))
+
+
+def decode_checked(
+    message: pb.CompressedTensor, layout: TensorLayout
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`decode_tensor_and_mask` for a header :func:`check_layout` has already passed."""
     crc = zlib.crc32(message.values, zlib.crc32(message.indices))
     if crc != message.crc32:
-        raise InvalidUpdate(f"{label}: checksum mismatch (corrupted in transit?)")
+        raise InvalidUpdate(f"{_label(message)}: checksum mismatch (corrupted in transit?)")
     zipped = message.lossless == pb.LOSSLESS_ZLIB
     count = message.num_values
     if message.sparsity == pb.SPARSITY_ENCODING_BITMASK:
         index_what = f"mask bytes for {layout.size} elements"
     else:
         index_what = f"index bytes for {count} indices"
-    indices = _unsqueeze(message.indices, layout.indices_size, zipped, label, index_what)
+    indices = _unsqueeze(message, message.indices, layout.indices_size, zipped, index_what)
     value_what = f"value bytes for {count} values at {message.bits} bits"
-    values = _unsqueeze(message.values, layout.values_size, zipped, label, value_what)
+    values = _unsqueeze(message, message.values, layout.values_size, zipped, value_what)
     try:
         kept = _decode_values(message, values)
-        if not np.all(np.isfinite(kept)):
+        if not np.isfinite(kept).all():
             raise InvalidUpdate("decoded values are not all finite")
-        out = np.zeros(layout.size, dtype=np.float32)
         mask = None
         if message.sparsity == pb.SPARSITY_ENCODING_DENSE:
-            out[:] = kept
+            out = kept
         elif message.sparsity == pb.SPARSITY_ENCODING_BITMASK:
+            out = np.zeros(layout.size, dtype=np.float32)
             mask = _decode_bitmask(indices, layout.size, message.num_values)
             out[mask] = kept
             mask = mask.reshape(layout.shape)
         else:
+            out = np.zeros(layout.size, dtype=np.float32)
             out[_decode_positions(message, indices, layout.size)] = kept
     except InvalidUpdate as error:
-        raise InvalidUpdate(f"{label}: {error}") from None
+        raise InvalidUpdate(f"{_label(message)}: {error}") from None
     return out.reshape(layout.shape), mask
 
 
@@ -233,21 +247,23 @@ def _label(message: pb.CompressedTensor) -> str:
     return f"tensor {name!r}"
 
 
-def _unsqueeze(data: bytes, expected: int, zipped: bool, label: str, what: str) -> bytes:
+def _unsqueeze(
+    message: pb.CompressedTensor, data: bytes, expected: int, zipped: bool, what: str
+) -> bytes:
     """Undo the lossless stage, never producing more than ``expected`` bytes."""
     if not zipped or expected == 0:
         if len(data) != expected:
-            raise InvalidUpdate(f"{label}: {len(data)} {what}, expected {expected}")
+            raise InvalidUpdate(f"{_label(message)}: {len(data)} {what}, expected {expected}")
         return data
     inflater = zlib.decompressobj()
     try:
         # One byte of headroom tells "exactly right" from "too long".
         out = inflater.decompress(data, expected + 1)
     except zlib.error as error:
-        raise InvalidUpdate(f"{label}: corrupt zlib stream of {what} ({error})") from None
+        raise InvalidUpdate(f"{_label(message)}: corrupt zlib stream of {what} ({error})") from None
     if len(out) != expected or not inflater.eof or inflater.unused_data:
         raise InvalidUpdate(
-            f"{label}: zlib stream of {what} does not inflate to exactly {expected} bytes"
+            f"{_label(message)}: zlib stream of {what} does not inflate to exactly {expected} bytes"
         )
     return out
 
@@ -263,11 +279,18 @@ def _decode_values(message: pb.CompressedTensor, data: bytes) -> np.ndarray:
         levels = np.frombuffer(data, dtype=np.int8)
         if np.any(levels == -128):
             raise InvalidUpdate("int8 level -128 is outside the symmetric range")
-        return (levels.astype(np.float64) * float(message.scale)).astype(np.float32)
-    levels = unpack_bits(data, count, message.bits).astype(np.float64)
-    decoded = float(message.zero_point) + levels * float(message.scale)
+        return dequantize(levels, float(message.scale))
+    levels = unpack_bits(data, count, message.bits)
     with np.errstate(over="ignore"):  # an overflow shows up as inf, rejected by the caller
-        return decoded.astype(np.float32)
+        return dequantize(levels, float(message.scale), float(message.zero_point))
+
+
+def dequantize(levels: np.ndarray, scale: float, zero_point: float = 0.0) -> np.ndarray:
+    """Float32 values of quantization ``levels``: ``zero_point + level * scale``, in float64.
+
+    The encoder uses it too, so its error feedback sees exactly what the receiver decodes.
+    """
+    return (zero_point + levels.astype(np.float64) * scale).astype(np.float32)
 
 
 def _rice_size_range(count: int, size: int, k: int) -> tuple[int, int]:

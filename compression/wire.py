@@ -15,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from stamen.compression.tensor_decode import MAX_ELEMENTS, check_layout, decode_tensor_and_mask
+from stamen.compression.tensor_decode import MAX_ELEMENTS, check_layout, decode_checked
 from stamen.errors import InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
@@ -80,17 +80,18 @@ def decode_tensors(
     """
     _check_names([message.name for message in messages], expected_shapes)
     budget = MAX_ELEMENTS
+    layouts = []
     for message in messages:
         layout = check_layout(message, _expected(expected_shapes, message.name))
+        layouts.append(layout)
         if expected_shapes is None:
             budget -= layout.size
             if budget < 0:
                 raise InvalidUpdate(f"tensors hold more than {MAX_ELEMENTS} elements in total")
     tensors: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
-    for message in messages:
-        expected = _expected(expected_shapes, message.name)
-        array, mask = decode_tensor_and_mask(message, expected_shape=expected)
+    for message, layout in zip(messages, layouts, strict=True):
+        array, mask = decode_checked(message, layout)
         tensors[message.name] = array
         if mask is not None:
             masks[message.name] = mask

@@ -8,14 +8,17 @@ this way costs about a quarter less per device on one CPU thread than one device
 (docs/simulation.md). Results match one-at-a-time training to float rounding, not bit for
 bit: the kernels sum in a different order.
 
-Only plain float LeNets stack (see :func:`stackable`); QAT, pruning masks and other
+Plain float LeNets stack here (see :func:`stackable`);
+:class:`stamen.compression.stacked_qat.StackedQATLeNet` adds QAT and pruning masks. Other
 architectures train one device at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Self
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,6 +84,11 @@ class StackedLeNet:
             ]
 
     @classmethod
+    def replicate(cls, model: nn.Module, count: int) -> Self:
+        """``count`` devices that all start from ``model`` (a round's global model)."""
+        return cls([model] * count)
+
+    @classmethod
     def accepts(cls, model: nn.Module) -> bool:
         """Whether ``model`` can be one of the stacked models."""
         return stackable(model)
@@ -128,6 +136,27 @@ class StackedLeNet:
             if index < len(LENET_LAYERS) - 1:
                 h = F.relu(h)
         return h
+
+    def effective_weight(self, index: int) -> torch.Tensor:
+        """Layer ``index``'s weight as the device's model exchanges it (before quantization)."""
+        return self.weights[index]
+
+    @torch.no_grad()
+    def device_states(self) -> list[dict[str, np.ndarray]]:
+        """Each device's trained weights and biases, named and shaped as
+        :func:`~stamen.models.exchanged_state` names them for its LeNet."""
+        states: list[dict[str, np.ndarray]] = [{} for _ in range(self.count)]
+        for index, name in enumerate(LENET_LAYERS):
+            weight = self.effective_weight(index)
+            shape = (self.count, weight.shape[0] // self.count, *weight.shape[1:])
+            if weight.dim() == 3:  # linear layers are stacked (K, out, in) already
+                shape = tuple(weight.shape)
+            weights = weight.detach().reshape(shape).contiguous().numpy()
+            biases = self.biases[index].detach().reshape(self.count, -1).numpy()
+            for k, state in enumerate(states):
+                state[f"{name}.weight"] = weights[k]
+                state[f"{name}.bias"] = biases[k]
+        return states
 
     @torch.no_grad()
     def write_back(self, models: Sequence[nn.Module]) -> None:

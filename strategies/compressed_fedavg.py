@@ -168,6 +168,7 @@ class CompressedFedAvg(FedAvg):
         """The updates the last ``aggregate_train`` accepted (for subclasses that reuse them)."""
         self.stamen_nodes: set[int] = set()
         self._sent: SentModel | None = None
+        self._outgoing: dict[tuple[int, TrainTask], _Outgoing] = {}
         self._waited_for_devices = False
 
     def summary(self) -> None:
@@ -267,24 +268,37 @@ class CompressedFedAvg(FedAvg):
     def _message(
         self, node_id: int, sent: SentModel, task: TrainTask, message_type: str, stats: RoundStats
     ) -> Message:
+        outgoing = self._outgoing_records(sent, task)
         records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
-            MODEL_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(sent.payload, np.uint8))}),
-            CONFIG_KEY: task.to_config_record(),
+            MODEL_KEY: outgoing.model,
+            CONFIG_KEY: outgoing.config,
         }
         if self.plain_client_compat and node_id not in self.stamen_nodes:
-            records[DENSE_KEY] = ArrayRecord({k: Array(v) for k, v in sent.dense.items()})
+            records[DENSE_KEY] = outgoing.dense()
         content = RecordDict(records)
         if message_type == MessageType.TRAIN:
             stats.downlink_bytes += sum(
                 array_nbytes(a) for r in content.array_records.values() for a in r.values()
             )
-            stats.downlink_bytes_fp32 += dense_nbytes(sent.dense)
+            stats.downlink_bytes_fp32 += outgoing.dense_bytes
         return Message(
             content=content,
             dst_node_id=node_id,
             message_type=message_type,
             group_id=str(task.round_num),
         )
+
+    def _outgoing_records(self, sent: SentModel, task: TrainTask) -> _Outgoing:
+        """The records every device of a round receives, built once and shared by its messages
+        (nothing downstream mutates them); a worker pool then also pickles them once."""
+        key = (id(sent), task)
+        outgoing = self._outgoing.get(key)
+        if outgoing is None or outgoing.sent is not sent:
+            if any(o.sent.round_num != sent.round_num for o in self._outgoing.values()):
+                self._outgoing.clear()
+            outgoing = _Outgoing(sent, task.to_config_record())
+            self._outgoing[key] = outgoing
+        return outgoing
 
     # -- aggregate ---------------------------------------------------------------
 
@@ -357,6 +371,23 @@ class CompressedFedAvg(FedAvg):
     ) -> dict[str, np.ndarray]:
         """The next global model from this round's model and the aggregated delta."""
         return {name: (value + delta[name]).astype(np.float32) for name, value in base.items()}
+
+
+class _Outgoing:
+    """One round's model and task records, as sent to every device."""
+
+    def __init__(self, sent: SentModel, config: ConfigRecord) -> None:
+        self.sent = sent
+        self.model = ArrayRecord({PAYLOAD: Array(np.frombuffer(sent.payload, np.uint8))})
+        self.config = config
+        self.dense_bytes = dense_nbytes(sent.dense)
+        self._dense: ArrayRecord | None = None
+
+    def dense(self) -> ArrayRecord:
+        """The dense model, for plain Flower clients."""
+        if self._dense is None:
+            self._dense = ArrayRecord({k: Array(v) for k, v in self.sent.dense.items()})
+        return self._dense
 
 
 def weighted_mean_delta(updates: list[ValidUpdate]) -> dict[str, np.ndarray]:

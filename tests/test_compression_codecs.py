@@ -386,6 +386,42 @@ def test_error_feedback_sum_of_decoded_tracks_sum_of_deltas() -> None:
     assert tracking < without / 10
 
 
+@pytest.mark.parametrize(
+    "stages",
+    [
+        [TopK(0.05), Uniform(bits=4), Zlib()],
+        [TopK(0.3), Uniform(bits=2, stochastic=False)],
+        [Uniform(bits=8)],
+        [TopK(0.1), Int8Symmetric()],
+        [FP16(), Zlib()],
+        [TopK(0.5)],
+    ],
+    ids=["topk-q4-zlib", "topk-q2-nearest", "q8", "topk-int8", "fp16-zlib", "topk-fp32"],
+)
+def test_the_encoder_reconstructs_exactly_what_the_receiver_decodes(stages: list[object]) -> None:
+    # Error feedback keeps "corrected - reconstruction" as its residual: any gap to what
+    # the server decodes would be mass lost for good.
+    pipeline = CodecPipeline(stages)  # type: ignore[arg-type]
+    for seed, x in enumerate([normal(3_000), np.zeros(40, np.float32), normal(1).reshape(1, 1)]):
+        message, reconstruction = pipeline.encode_and_reconstruct(
+            "t", x, np.random.default_rng(seed)
+        )
+        decoded = pipeline.decode_tensor(message, x.shape)
+        assert reconstruction.shape == x.shape and reconstruction.dtype == np.float32
+        assert np.array_equal(reconstruction, decoded)
+
+
+def test_masked_encoding_reconstructs_exactly_what_the_receiver_decodes() -> None:
+    x = normal(500)
+    mask = np.random.default_rng(1).random(500) < 0.4
+    message, reconstruction = CodecPipeline([Uniform(bits=8)]).encode_and_reconstruct(
+        "t", x, np.random.default_rng(0), mask=mask
+    )
+    decoded = CodecPipeline([]).decode_tensor(message, x.shape)
+    assert np.array_equal(reconstruction, decoded)
+    assert not reconstruction[~mask].any()
+
+
 def test_residual_is_none_without_error_feedback() -> None:
     codec = UplinkCodec(UplinkCodecConfig(topk_ratio=0.5))
     encoded = codec.encode(

@@ -11,8 +11,8 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from stamen.client.trainer import train_epochs, train_stacked
-from stamen.compression import QATConfig, apply_masks, compute_masks, prepare_qat
-from stamen.models import ModelSpec, build_model
+from stamen.compression import QATConfig, apply_masks, compute_masks, prepare_qat, remove_masks
+from stamen.models import ModelSpec, StackedLeNet, build_model, exchanged_state
 from stamen.models.stacked import stackable
 from stamen.simulations.local_grid import LocalGrid
 from stamen.simulations.workers import CLIENT_APP_EXCEPTION, DeviceRunner
@@ -38,7 +38,9 @@ def test_stacked_training_ends_where_one_by_one_training_ends(momentum: float) -
         for i, (m, x, y) in enumerate(zip(alone, xs, ys, strict=True))
     ]
     generators = [torch.Generator().manual_seed(i) for i in range(3)]
-    results = train_stacked(together, xs, ys, generators=generators, **settings)
+    stacked = StackedLeNet(together)
+    results = train_stacked(stacked, xs, ys, generators=generators, **settings)
+    stacked.write_back(together)
     for one, other in zip(alone, together, strict=True):
         for (name, a), (_, b) in zip(
             one.state_dict().items(), other.state_dict().items(), strict=True
@@ -54,7 +56,7 @@ def test_devices_with_different_amounts_of_data_do_not_stack() -> None:
     models = [build_model(SPEC, seed=s) for s in range(2)]
     with pytest.raises(ValueError, match="same size"):
         train_stacked(
-            models,
+            StackedLeNet(models),
             [xs[0], xs[1][:10]],
             ys,
             epochs=1,
@@ -150,14 +152,16 @@ def test_stacked_qat_computes_what_each_qat_model_computes(pruned: bool) -> None
         train_epochs(m, x, y, generator=torch.Generator().manual_seed(i), **settings)
         for i, (m, x, y) in enumerate(zip(alone, xs, ys, strict=True))
     ]
+    stacked = StackedQATLeNet(together)
     results = train_stacked(
-        together,
+        stacked,
         xs,
         ys,
         generators=[torch.Generator().manual_seed(i) for i in range(3)],
-        stacking=StackedQATLeNet,
         **settings,
     )
+    states = stacked.device_states()
+    stacked.write_back(together)
     for one, other in zip(alone, together, strict=True):
         for (name, a), (_, b) in zip(
             one.state_dict().items(), other.state_dict().items(), strict=True
@@ -165,3 +169,21 @@ def test_stacked_qat_computes_what_each_qat_model_computes(pruned: bool) -> None
             assert torch.allclose(a.float(), b.float(), atol=2e-3), name
     for result, reference in zip(results, expected_results, strict=True):
         assert result.loss == pytest.approx(reference.loss, rel=1e-2)
+    # What a device replies with: its model's exchanged state, pruned weights masked.
+    for state, model in zip(states, together, strict=True):
+        if pruned:
+            remove_masks(model)
+        expected_state = exchanged_state(model)
+        assert state.keys() == expected_state.keys()
+        for name, value in expected_state.items():
+            assert np.array_equal(state[name], value), name
+
+
+def test_devices_replicated_from_one_model_start_from_it() -> None:
+    model = build_model(SPEC, seed=3)
+    states = StackedLeNet.replicate(model, 4).device_states()
+    expected = exchanged_state(model)
+    assert len(states) == 4
+    for state in states:
+        assert state.keys() == expected.keys()
+        assert all(np.array_equal(state[name], expected[name]) for name in expected)
