@@ -23,6 +23,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from stamen.client.local_data import FleetData, LocalData, device_data
+from stamen.client.residual import load_residual, store_residual
 from stamen.client.trainer import TrainResult, evaluate, train_epochs
 from stamen.compression import (
     DecodedModel,
@@ -49,7 +50,6 @@ from stamen.task import (
     NUM_EXAMPLES,
     OUT_KEY,
     PAYLOAD,
-    RESIDUAL_KEY,
     UPDATE_KEY,
     TrainTask,
 )
@@ -250,11 +250,7 @@ def finish_training(job: TrainJob, trained: Trained) -> Message:
         rng=np.random.default_rng(_device_seed(task, job.partition)),
     )
     if encoded.residual is not None:
-        # Half precision halves the largest per-device state; the residual is a
-        # running correction, and fp16 keeps ~3 significant digits of it.
-        context.state[RESIDUAL_KEY] = ArrayRecord(
-            {name: Array(value.astype(np.float16)) for name, value in encoded.residual.items()}
-        )
+        store_residual(context, encoded.residual)
     content = RecordDict(
         {
             UPDATE_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(encoded.payload, np.uint8))}),
@@ -280,27 +276,6 @@ def handle_evaluate(message: Message, context: Context, fleet: FleetData) -> Mes
         }
     )
     return Message(RecordDict({METRICS_KEY: metrics}), reply_to=message)
-
-
-def load_residual(
-    context: Context, delta: dict[str, np.ndarray], masks: dict[str, np.ndarray]
-) -> dict[str, np.ndarray] | None:
-    """The error-feedback residual from device state, if it fits this model.
-
-    Residual mass on weights the server has since pruned is dropped: sending it
-    would only spend top-k slots on values the server zeroes again.
-    """
-    if RESIDUAL_KEY not in context.state.array_records:
-        return None
-    stored = context.state.array_records[RESIDUAL_KEY]
-    residual = {name: stored[name].numpy().astype(np.float32) for name in stored}
-    if residual.keys() != delta.keys() or any(
-        residual[name].shape != delta[name].shape for name in delta
-    ):
-        return None
-    for name, mask in masks.items():
-        residual[name] = residual[name] * mask
-    return residual
 
 
 def _device_seed(task: TrainTask, pid: int) -> int:

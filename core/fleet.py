@@ -17,10 +17,14 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from stamen.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flwr.app import Message
 
 
 @dataclass(frozen=True)
@@ -88,4 +92,17 @@ class PolicyGrid(Protocol):
 
     def last_timing(self) -> RoundTiming | None:
         """Timing of the most recent ``send_and_receive``, if any."""
+        ...
+
+
+@runtime_checkable
+class StreamingGrid(Protocol):
+    """A grid that shows each reply to a hook as it arrives, before the exchange closes.
+
+    A strategy can then check replies while the rest of the devices still work,
+    instead of all at once after the last one.
+    """
+
+    def on_each_reply(self, hook: Callable[[Message], None] | None) -> None:
+        """Call ``hook`` with every reply as it arrives (``None``: stop)."""
         ...

@@ -44,7 +44,7 @@ from stamen.server.distillation import build_feddf, edge_metrics, final_models
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.strategies import CompressedFedAvg, FedBuff, RoundStats
 from stamen.strategies import build_strategy as build_named_strategy
-from stamen.strategies.compressed_fedavg import to_array_record, to_numpy
+from stamen.strategies.deltas import to_array_record, to_numpy
 from stamen.task import TrainTask
 
 LOG = logging.getLogger("stamen.server")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +105,7 @@ class SimulationGrid(VirtualGrid):
         self._policy = RoundPolicy()
         self._timing: RoundTiming | None = None
         self._pending: dict[str, tuple[Completion, Message]] = {}
+        self._each_reply: Callable[[Message], None] | None = None
         runner = DeviceRunner(
             client_app,
             fleet.num_devices,
@@ -200,6 +201,10 @@ class SimulationGrid(VirtualGrid):
         """Timing of the most recent training round."""
         return self._timing
 
+    def on_each_reply(self, hook: Callable[[Message], None] | None) -> None:
+        """Show ``hook`` each reply as its worker returns it, while the others still train."""
+        self._each_reply = hook
+
     def tier_of(self, node_id: int) -> str | None:
         """The tier name of ``node_id``."""
         if not 1 <= node_id <= self.fleet.num_devices:
@@ -229,6 +234,8 @@ class SimulationGrid(VirtualGrid):
         replies: dict[int, Message] = {}
         for index, reply in self._pool.run(runnable):
             replies[index] = reply
+            if self._each_reply is not None:
+                self._each_reply(reply)
             if self._on_reply is not None:
                 self._on_reply(runnable[index], reply)
         by_id = {id(m): replies[i] for i, m in enumerate(runnable)}

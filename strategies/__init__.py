@@ -1,12 +1,7 @@
 """Aggregation strategies, one algorithm per module, all speaking Stamen's codecs."""
 
-from stamen.strategies.compressed_fedavg import (
-    CompressedFedAvg,
-    Rejection,
-    RoundStats,
-    to_array_record,
-    to_numpy,
-)
+from stamen.strategies.compressed_fedavg import CompressedFedAvg, Rejection, RoundStats
+from stamen.strategies.deltas import to_array_record, to_numpy
 from stamen.strategies.fedadam import FedAdam
 from stamen.strategies.fedbuff import FedBuff, staleness_scaled
 from stamen.strategies.feddf import FedDF, TierStudent

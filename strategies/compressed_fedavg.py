@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Message,
@@ -45,8 +44,10 @@ from stamen.compression import (
     dense_nbytes,
 )
 from stamen.errors import InvalidUpdate
-from stamen.fleet import PolicyGrid, RoundPolicy
+from stamen.fleet import PolicyGrid, RoundPolicy, StreamingGrid
 from stamen.models import load_exchanged_state
+from stamen.strategies.deltas import apply_masks_np, to_array_record, to_numpy, weighted_mean_delta
+from stamen.strategies.outgoing import CheckedReply, OutgoingRecords
 from stamen.strategies.reply_validation import (
     SentModel,
     ValidUpdate,
@@ -54,7 +55,7 @@ from stamen.strategies.reply_validation import (
     reply_wire_bytes,
     validate_reply,
 )
-from stamen.task import CONFIG_KEY, DENSE_KEY, MODEL_KEY, PAYLOAD, TrainTask
+from stamen.task import CONFIG_KEY, DENSE_KEY, MODEL_KEY, TrainTask
 
 LOG = logging.getLogger("stamen.strategies")
 
@@ -168,7 +169,8 @@ class CompressedFedAvg(FedAvg):
         """The updates the last ``aggregate_train`` accepted (for subclasses that reuse them)."""
         self.stamen_nodes: set[int] = set()
         self._sent: SentModel | None = None
-        self._outgoing: dict[tuple[int, TrainTask], _Outgoing] = {}
+        self._outgoing: dict[tuple[int, TrainTask], OutgoingRecords] = {}
+        self._checked: dict[str, CheckedReply] = {}
         self._waited_for_devices = False
 
     def summary(self) -> None:
@@ -194,6 +196,9 @@ class CompressedFedAvg(FedAvg):
         node_ids = self.sample(grid, self.devices_per_round + extra)
         if isinstance(grid, PolicyGrid):
             grid.set_round_policy(self.round_policy())
+        self._checked.clear()
+        if isinstance(grid, StreamingGrid):
+            grid.on_each_reply(self._check_early)
         stats.sampled = len(node_ids)
         stats.sparsity = self.schedule.sparsity_at(server_round) if self.masks else 0.0
         task = self.task.replace(round_num=server_round)
@@ -288,7 +293,7 @@ class CompressedFedAvg(FedAvg):
             group_id=str(task.round_num),
         )
 
-    def _outgoing_records(self, sent: SentModel, task: TrainTask) -> _Outgoing:
+    def _outgoing_records(self, sent: SentModel, task: TrainTask) -> OutgoingRecords:
         """The records every device of a round receives, built once and shared by its messages
         (nothing downstream mutates them); a worker pool then also pickles them once."""
         key = (id(sent), task)
@@ -296,7 +301,7 @@ class CompressedFedAvg(FedAvg):
         if outgoing is None or outgoing.sent is not sent:
             if any(o.sent.round_num != sent.round_num for o in self._outgoing.values()):
                 self._outgoing.clear()
-            outgoing = _Outgoing(sent, task.to_config_record())
+            outgoing = OutgoingRecords(sent, task.to_config_record())
             self._outgoing[key] = outgoing
         return outgoing
 
@@ -343,14 +348,12 @@ class CompressedFedAvg(FedAvg):
         node_id = reply.metadata.src_node_id
         stats.uplink_bytes += reply_wire_bytes(reply)
         stats.uplink_bytes_fp32 += dense_nbytes(sent.dense) if not reply.has_error() else 0
+        checked = self._checked.pop(reply.metadata.reply_to_message_id, None)
         try:
-            update = validate_reply(
-                reply,
-                server_round=server_round,
-                sent=sent,
-                max_update_bytes=self.max_update_bytes,
-                max_update_norm=self.max_update_norm,
-            )
+            if checked is not None and checked.sent is sent and checked.round == server_round:
+                update = checked.outcome()
+            else:
+                update = self._validate_reply(reply, server_round, sent)
         except InvalidUpdate as error:
             stats.rejections.append(Rejection(node_id, str(error)))
             LOG.warning("round %d: rejected update from node %d: %s", server_round, node_id, error)
@@ -359,6 +362,28 @@ class CompressedFedAvg(FedAvg):
             self.stamen_nodes.add(node_id)
         stats.plain_clients += int(update.plain)
         return update
+
+    def _validate_reply(self, reply: Message, server_round: int, sent: SentModel) -> ValidUpdate:
+        return validate_reply(
+            reply,
+            server_round=server_round,
+            sent=sent,
+            max_update_bytes=self.max_update_bytes,
+            max_update_norm=self.max_update_norm,
+        )
+
+    def _check_early(self, reply: Message) -> None:
+        """Validate a training reply as it arrives; ``accept_reply`` then reuses the result."""
+        sent = self._sent
+        if sent is None or reply.metadata.message_type != MessageType.TRAIN:
+            return
+        try:
+            outcome: ValidUpdate | InvalidUpdate = self._validate_reply(reply, sent.round_num, sent)
+        except InvalidUpdate as error:
+            outcome = error
+        self._checked[reply.metadata.reply_to_message_id] = CheckedReply(
+            sent, sent.round_num, outcome
+        )
 
     # -- hooks that other strategies override ------------------------------------
 
@@ -371,62 +396,3 @@ class CompressedFedAvg(FedAvg):
     ) -> dict[str, np.ndarray]:
         """The next global model from this round's model and the aggregated delta."""
         return {name: (value + delta[name]).astype(np.float32) for name, value in base.items()}
-
-
-class _Outgoing:
-    """One round's model and task records, as sent to every device."""
-
-    def __init__(self, sent: SentModel, config: ConfigRecord) -> None:
-        self.sent = sent
-        self.model = ArrayRecord({PAYLOAD: Array(np.frombuffer(sent.payload, np.uint8))})
-        self.config = config
-        self.dense_bytes = dense_nbytes(sent.dense)
-        self._dense: ArrayRecord | None = None
-
-    def dense(self) -> ArrayRecord:
-        """The dense model, for plain Flower clients."""
-        if self._dense is None:
-            self._dense = ArrayRecord({k: Array(v) for k, v in self.sent.dense.items()})
-        return self._dense
-
-
-def weighted_mean_delta(updates: list[ValidUpdate]) -> dict[str, np.ndarray]:
-    """The example-weighted mean of the updates' deltas, in float64."""
-    total = float(sum(update.num_examples for update in updates))
-    return {
-        name: np.asarray(
-            sum(
-                update.delta[name].astype(np.float64) * (update.num_examples / total)
-                for update in updates
-            ),
-            dtype=np.float64,
-        )
-        for name in updates[0].delta
-    }
-
-
-def apply_mean_delta(
-    base: dict[str, np.ndarray], updates: list[ValidUpdate]
-) -> dict[str, np.ndarray]:
-    """``base`` plus the example-weighted mean of the updates' deltas."""
-    mean = weighted_mean_delta(updates)
-    return {name: (value + mean[name]).astype(np.float32) for name, value in base.items()}
-
-
-def apply_masks_np(
-    tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Zero the pruned entries (``mask == False``) of the masked tensors."""
-    return {
-        name: value * masks[name] if name in masks else value for name, value in tensors.items()
-    }
-
-
-def to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    """Float32 numpy copies of an ``ArrayRecord``."""
-    return {name: arrays[name].numpy().astype(np.float32) for name in arrays}
-
-
-def to_array_record(tensors: dict[str, np.ndarray]) -> ArrayRecord:
-    """Wrap numpy tensors into an ``ArrayRecord``, keeping their order."""
-    return ArrayRecord({name: Array(value) for name, value in tensors.items()})

@@ -1,4 +1,5 @@
-"""Small helpers over decoded deltas (``{tensor name: array}``) shared by the strategies."""
+"""Small helpers over decoded deltas and models (``{tensor name: array}``) shared by the
+strategies."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+from flwr.app import Array, ArrayRecord
 
 from stamen.strategies.reply_validation import ValidUpdate
 
@@ -43,3 +45,46 @@ def weights_of(updates: list[ValidUpdate]) -> np.ndarray:
     """Example counts as aggregation weights that sum to one."""
     counts = np.array([update.num_examples for update in updates], dtype=np.float64)
     return counts / counts.sum()
+
+
+def weighted_mean_delta(updates: list[ValidUpdate]) -> dict[str, np.ndarray]:
+    """The example-weighted mean of the updates' deltas, in float64."""
+    total = float(sum(update.num_examples for update in updates))
+    mean: dict[str, np.ndarray] = {}
+    for name, first in updates[0].delta.items():
+        total_delta = np.zeros(first.shape, dtype=np.float64)
+        weighted = np.empty_like(total_delta)
+        for update in updates:
+            np.multiply(
+                update.delta[name], update.num_examples / total, out=weighted, dtype=np.float64
+            )
+            total_delta += weighted
+        mean[name] = total_delta
+    return mean
+
+
+def apply_mean_delta(
+    base: dict[str, np.ndarray], updates: list[ValidUpdate]
+) -> dict[str, np.ndarray]:
+    """``base`` plus the example-weighted mean of the updates' deltas."""
+    mean = weighted_mean_delta(updates)
+    return {name: (value + mean[name]).astype(np.float32) for name, value in base.items()}
+
+
+def apply_masks_np(
+    tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Zero the pruned entries (``mask == False``) of the masked tensors."""
+    return {
+        name: value * masks[name] if name in masks else value for name, value in tensors.items()
+    }
+
+
+def to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    """Float32 numpy copies of an ``ArrayRecord``."""
+    return {name: arrays[name].numpy().astype(np.float32) for name in arrays}
+
+
+def to_array_record(tensors: dict[str, np.ndarray]) -> ArrayRecord:
+    """Wrap numpy tensors into an ``ArrayRecord``, keeping their order."""
+    return ArrayRecord({name: Array(value) for name, value in tensors.items()})

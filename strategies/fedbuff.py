@@ -43,14 +43,8 @@ from flwr.serverapp.strategy import Result
 
 from stamen.errors import ConfigError
 from stamen.fleet import RoundTiming
-from stamen.strategies.compressed_fedavg import (
-    LOG,
-    CompressedFedAvg,
-    RoundStats,
-    apply_masks_np,
-    to_array_record,
-    to_numpy,
-)
+from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg, RoundStats
+from stamen.strategies.deltas import apply_masks_np, to_array_record, to_numpy
 from stamen.strategies.reply_validation import SentModel, ValidUpdate
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]

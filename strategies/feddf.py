@@ -49,14 +49,8 @@ from stamen.errors import InvalidUpdate
 from stamen.fleet import TieredGrid
 from stamen.models import ModelSpec, build_model, count_parameters, exchanged_state
 from stamen.models import load_exchanged_state as load_state
-from stamen.strategies.compressed_fedavg import (
-    CompressedFedAvg,
-    Rejection,
-    RoundStats,
-    apply_mean_delta,
-    to_array_record,
-    to_numpy,
-)
+from stamen.strategies.compressed_fedavg import CompressedFedAvg, Rejection, RoundStats
+from stamen.strategies.deltas import apply_mean_delta, to_array_record, to_numpy
 from stamen.strategies.reply_validation import (
     SentModel,
     ValidUpdate,

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from stamen.errors import ConfigError
-from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg, weighted_mean_delta
-from stamen.strategies.deltas import flat
+from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg
+from stamen.strategies.deltas import flat, weighted_mean_delta
 from stamen.strategies.reply_validation import ValidUpdate
 
 

@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from stamen.config import load_config
-from stamen.fleet import PolicyGrid, RoundPolicy, TieredGrid
+from stamen.fleet import PolicyGrid, RoundPolicy, StreamingGrid, TieredGrid
 from stamen.simulations import SimulationGrid, simulate
 from stamen.simulations.profiles import (
     FleetMix,
@@ -73,6 +73,23 @@ def test_reply_times_follow_tier_speed_and_actual_bytes(two_speed_grid: Simulati
     timing = grid.last_timing()
     assert timing is not None and timing.participants == 2 and timing.stragglers == 0
     assert grid.tier_of(1) == "fast" and grid.tier_of(6) == "slow"
+
+
+def test_each_reply_is_shown_as_it_arrives_for_early_checks(
+    two_speed_grid: SimulationGrid,
+) -> None:
+    grid = two_speed_grid
+    assert isinstance(grid, StreamingGrid)
+    seen: list[int] = []
+    grid.on_each_reply(lambda reply: seen.append(reply.metadata.src_node_id))
+    messages = [task(grid, node) for node in (1, 2, 6)]
+    replies = list(grid.send_and_receive(messages))
+    assert sorted(seen) == [1, 2, 6] == sorted(r.metadata.src_node_id for r in replies)
+    ids = {m.metadata.message_id for m in messages}
+    assert {r.metadata.reply_to_message_id for r in replies} == ids  # how checks are matched
+    grid.on_each_reply(None)
+    grid.send_and_receive([task(grid, 3)])
+    assert len(seen) == 3
 
 
 def test_deadline_drops_stragglers_and_closes_the_round_at_the_deadline(

@@ -22,7 +22,7 @@ from stamen.strategies import (
     staleness_scaled,
     trimmed_mean,
 )
-from stamen.strategies.compressed_fedavg import weighted_mean_delta
+from stamen.strategies.deltas import weighted_mean_delta
 from stamen.task import TrainTask
 
 SPEC = ModelSpec(name=ModelName.MLP, input_shape=(64,), num_classes=10)

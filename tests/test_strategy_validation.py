@@ -12,7 +12,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from stamen.compression import DownlinkCodec, DownlinkCodecConfig, UplinkCodec, UplinkCodecConfig
 from stamen.errors import InvalidUpdate
 from stamen.strategies import SentModel, ValidUpdate, validate_reply
-from stamen.strategies.compressed_fedavg import apply_mean_delta
+from stamen.strategies.deltas import apply_mean_delta
 from stamen.task import DENSE_KEY, METRICS_KEY, PAYLOAD, UPDATE_KEY
 
 MODEL = {

@@ -7,14 +7,14 @@ A grid that knows device tiers may offer ``tier_of(node_id) -> str``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from stamen.fleet import PolicyGrid, RoundPolicy, RoundTiming, TieredGrid
+from stamen.fleet import PolicyGrid, RoundPolicy, RoundTiming, StreamingGrid, TieredGrid
 from stamen.strategies.reply_validation import array_nbytes, reply_wire_bytes
 
 if TYPE_CHECKING:
@@ -94,6 +94,11 @@ class ObservedGrid(Grid):
     def last_timing(self) -> RoundTiming | None:
         """The inner grid's last round timing, if it reports one."""
         return self.inner.last_timing() if isinstance(self.inner, PolicyGrid) else None
+
+    def on_each_reply(self, hook: Callable[[Message], None] | None) -> None:
+        """Forward the reply hook, if the inner grid streams replies."""
+        if isinstance(self.inner, StreamingGrid):
+            self.inner.on_each_reply(hook)
 
     def tier_of(self, node_id: int) -> str | None:
         """The inner grid's tier of ``node_id``, if it knows tiers."""
