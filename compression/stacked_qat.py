@@ -110,11 +110,10 @@ class _StackedObserver:
     def __call__(self, x: torch.Tensor, axis: int, groups: int) -> torch.Tensor:
         """Observe and fake-quantize ``x``, whose ``axis`` holds ``groups`` equal slices, one
         per device (several channels each for a conv input)."""
-        other = tuple(d for d in range(x.dim()) if d != axis)
         with torch.no_grad():
-            detached = x.detach().float()
-            low = detached.amin(dim=other).view(groups, -1).amin(dim=1)
-            high = detached.amax(dim=other).view(groups, -1).amax(dim=1)
+            low, high = _extrema_along(x.detach().float(), axis)
+            low = low.view(groups, -1).amin(dim=1)
+            high = high.view(groups, -1).amax(dim=1)
             self.running_min = torch.where(
                 self.observed, torch.lerp(self.running_min, low, self.momentum), low
             )
@@ -137,6 +136,24 @@ class _StackedObserver:
             quantizer.running_min.copy_(self.running_min[k])
             quantizer.running_max.copy_(self.running_max[k])
             quantizer.observed.copy_(self.observed[k])
+
+
+def _extrema_along(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of each index of ``axis`` over all other dimensions."""
+    if axis == 0 or not x.is_contiguous(memory_format=torch.channels_last):
+        other = tuple(d for d in range(x.dim()) if d != axis)
+        return x.amin(dim=other), x.amax(dim=other)
+    # Channels-last: a (pixels, channels) matrix. CPU reductions down narrow columns are slow,
+    # so fold rows side by side until the matrix is 64 wide; each channel then repeats.
+    channels = x.shape[1]
+    columns = x.movedim(1, -1).reshape(-1, channels)
+    fold = 1
+    while channels * fold * 2 <= 64 and columns.shape[0] % (fold * 2) == 0:
+        fold *= 2
+    wide = columns.reshape(-1, channels * fold)
+    low = wide.amin(dim=0).view(fold, channels).amin(dim=0)
+    high = wide.amax(dim=0).view(fold, channels).amax(dim=0)
+    return low, high
 
 
 def _stacked_mask(layers: Sequence[nn.Module]) -> torch.Tensor | None:

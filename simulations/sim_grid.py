@@ -231,28 +231,26 @@ class SimulationGrid(VirtualGrid):
         dropped = self.fleet.dropouts(self._dispatches)
         self._dispatches += 1
         runnable = [m for m in batch if not self._drops(m, dropped)]
-        replies: dict[int, Message] = {}
+        answered: dict[int, tuple[Completion, Message]] = {}
         for index, reply in self._pool.run(runnable):
-            replies[index] = reply
+            message = runnable[index]
+            # Timed as it arrives, while the other workers still train.
+            answered[id(message)] = (self._complete(message, reply), reply)
             if self._each_reply is not None:
                 self._each_reply(reply)
             if self._on_reply is not None:
-                self._on_reply(runnable[index], reply)
-        by_id = {id(m): replies[i] for i, m in enumerate(runnable)}
+                self._on_reply(message, reply)
         results = []
         for message in batch:
-            answer = by_id.get(id(message))
-            if answer is None:
+            result = answered.get(id(message))
+            if result is None:
                 reply = Message(
                     Error(code=DEVICE_DROPPED_OUT, reason="device dropped out"), reply_to=message
                 )
-                completion = self._complete(message, None)
+                result = (self._complete(message, None), reply)
                 if self._on_reply is not None:
                     self._on_reply(message, reply)
-            else:
-                reply = answer
-                completion = self._complete(message, reply)
-            results.append((completion, reply))
+            results.append(result)
         return results
 
     def _drops(self, message: Message, dropped: np.ndarray) -> bool:
