@@ -34,6 +34,10 @@ import psutil
 QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
 os.environ.update(QUIET)
 
+MEMORY_SAMPLE_SECONDS = 1.0
+"""Reading a process's PSS walks its page tables, about 10 ms of CPU per process: sampled
+more often, the harness would take a noticeable share of the two cores it measures."""
+
 PATHS = ("flower-ray", "stamen-ray", "stamen-local-fp32", "stamen-local-edge")
 SCALES = ((1_000, 100), (10_000, 1_000))
 
@@ -149,7 +153,7 @@ def measure(path: str, devices: int, per_round: int, rounds: int, out: Path) -> 
     def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], tree_pss(child.pid))
-            done.wait(0.25)
+            done.wait(MEMORY_SAMPLE_SECONDS)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -52,6 +52,7 @@ from stamen.task import (
     PAYLOAD,
     UPDATE_KEY,
     TrainTask,
+    payload_bytes,
 )
 
 
@@ -124,9 +125,26 @@ def receive_global(message: Message, spec: ModelSpec) -> DecodedModel:
     if last.decoded is not None and last.array is array and last.spec == spec:
         # The devices of one round share one record, and so one Array, in this process.
         return last.decoded
-    decoded = _decoded(array.numpy().tobytes(), _exchanged_shapes(spec))
+    decoded = _decoded(payload_bytes(array), _exchanged_shapes(spec))
     last.array, last.spec, last.decoded = array, spec, decoded
     return decoded
+
+
+def _task_of(record: ConfigRecord) -> TrainTask:
+    # The devices of one round share one config record in this process: parse it once.
+    last = _LAST_TASK
+    if last.task is None or last.record is not record:
+        last.record, last.task = record, TrainTask.from_config_record(record)
+    return last.task
+
+
+@dataclass
+class _Task:
+    record: ConfigRecord | None = None
+    task: TrainTask | None = None
+
+
+_LAST_TASK = _Task()
 
 
 @dataclass
@@ -211,7 +229,7 @@ def handle_train(message: Message, context: Context, fleet: FleetData) -> Messag
 
 def start_training(message: Message, context: Context, fleet: FleetData) -> TrainJob:
     """Read the task, this device's data and the global model."""
-    task = TrainTask.from_config_record(message.content.config_records[CONFIG_KEY])
+    task = _task_of(message.content.config_records[CONFIG_KEY])
     pid = partition_id(context)
     local = device_data(fleet, pid)
     spec = local_spec(local, task.model, task.width)

@@ -210,7 +210,9 @@ def decode_checked(
     message: pb.CompressedTensor, layout: TensorLayout
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`decode_tensor_and_mask` for a header :func:`check_layout` has already passed."""
-    crc = zlib.crc32(message.values, zlib.crc32(message.indices))
+    # Each read of a bytes field copies it out of the message: read each once.
+    raw_indices, raw_values = message.indices, message.values
+    crc = zlib.crc32(raw_values, zlib.crc32(raw_indices))
     if crc != message.crc32:
         raise InvalidUpdate(f"{_label(message)}: checksum mismatch (corrupted in transit?)")
     zipped = message.lossless == pb.LOSSLESS_ZLIB
@@ -219,9 +221,9 @@ def decode_checked(
         index_what = f"mask bytes for {layout.size} elements"
     else:
         index_what = f"index bytes for {count} indices"
-    indices = _unsqueeze(message, message.indices, layout.indices_size, zipped, index_what)
+    indices = _unsqueeze(message, raw_indices, layout.indices_size, zipped, index_what)
     value_what = f"value bytes for {count} values at {message.bits} bits"
-    values = _unsqueeze(message, message.values, layout.values_size, zipped, value_what)
+    values = _unsqueeze(message, raw_values, layout.values_size, zipped, value_what)
     try:
         kept = _decode_values(message, values)
         if not np.isfinite(kept).all():

@@ -34,7 +34,7 @@ from stamen.compression import (
 from stamen.compression.wire import parse, serialize
 from stamen.config import AttackKind, AttackSettings
 from stamen.protos.update.v1 import update_pb2 as pb
-from stamen.task import CONFIG_KEY, PAYLOAD, UPDATE_KEY, TrainTask
+from stamen.task import CONFIG_KEY, PAYLOAD, UPDATE_KEY, TrainTask, payload_bytes
 
 REPLAY_KEY = "stamen.attack.replay"
 """Device state of a stale-replay attacker: the update it keeps resending."""
@@ -75,7 +75,7 @@ def attack_reply(
 ) -> Message:
     """Replace the encoded update in ``reply`` by the attack ``settings`` describes."""
     task = TrainTask.from_config_record(message.content.config_records[CONFIG_KEY])
-    payload = reply.content.array_records[UPDATE_KEY][PAYLOAD].numpy().tobytes()
+    payload = payload_bytes(reply.content.array_records[UPDATE_KEY][PAYLOAD])
     if settings.kind is AttackKind.STALE:
         payload = _replayed(context, payload)
     else:
@@ -143,4 +143,4 @@ def _replayed(context: Context, payload: bytes) -> bytes:
     if stored is None:
         context.state[REPLAY_KEY] = ArrayRecord({PAYLOAD: Array(np.frombuffer(payload, np.uint8))})
         return payload
-    return stored[PAYLOAD].numpy().tobytes()
+    return payload_bytes(stored[PAYLOAD])

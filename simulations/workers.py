@@ -1,9 +1,11 @@
 """A pool of forked worker processes that run virtual devices' ``ClientApp``.
 
-Each worker owns a fixed slice of the fleet (``node_id % workers``), so a
-device's ``Context`` (its error-feedback residual, counters) lives in one
-process for the whole run and never travels. Contexts are created on a
-device's first task: a 10,000-device fleet costs nothing until it trains.
+A device whose ``Context`` holds state (its error-feedback residual, counters)
+belongs to the worker that holds it, for the whole run: contexts never travel.
+A device without state yet can run anywhere, so each round hands those to the
+workers with the least work, and the workers finish their rounds together.
+Contexts are created on a device's first task: a 10,000-device fleet costs
+nothing until it trains.
 
 Workers are forked after the dataset is loaded, so they share its pages with
 the parent, and each runs torch on one thread: a device's arithmetic is then
@@ -75,6 +77,15 @@ class DeviceRunner:
             )
             self.contexts[node_id] = context
         return context
+
+    def keeps_state(self, node_id: int) -> bool:
+        """Whether the device's context holds state; a context without any is dropped, so
+        the device can run in any worker next time."""
+        context = self.contexts.get(node_id)
+        if context is not None and len(context.state) == 0:
+            del self.contexts[node_id]
+            return False
+        return context is not None
 
     def run(self, message: Message) -> Message:
         """Handle ``message`` on its device; a failing device answers with an ``Error``."""
@@ -157,6 +168,8 @@ class WorkerPool:
         context = multiprocessing.get_context("fork")
         self.connections: list[Connection] = []
         self.processes: list[Any] = []
+        self.homes: dict[int, int] = {}
+        """The worker holding each device whose context keeps state."""
         for index in range(workers):
             parent_end, child_end = context.Pipe()
             process = context.Process(
@@ -174,26 +187,45 @@ class WorkerPool:
 
     def run(self, messages: Sequence[Message]) -> Iterator[tuple[int, Message]]:
         """Run ``messages`` across the pool; yields ``(index, reply)`` as replies arrive."""
+        shares = self.assign(messages)
         pending: dict[Connection, int] = {}
-        for worker, connection in enumerate(self.connections):
-            batch = [(i, m) for i, m in enumerate(messages) if self._worker_of(m) == worker]
+        for connection, batch in zip(self.connections, shares, strict=True):
             if batch:
-                connection.send(batch)
+                connection.send([(i, messages[i]) for i in batch])
                 pending[connection] = len(batch)
         while pending:
             for ready in wait(list(pending)):
                 connection = pending_connection(ready)
                 try:
-                    index, reply = connection.recv()
+                    index, reply, keeps_state = connection.recv()
                 except EOFError:
                     worker = self.connections.index(connection)
                     raise StamenError(
                         f"simulation worker {worker} died (out of memory?); the run stops here"
                     ) from None
+                if keeps_state:
+                    self.homes[messages[index].metadata.dst_node_id] = self.connections.index(
+                        connection
+                    )
                 pending[connection] -= 1
                 if pending[connection] == 0:
                     del pending[connection]
                 yield index, reply
+
+    def assign(self, messages: Sequence[Message]) -> list[list[int]]:
+        """Each worker's message indices: a device with state goes to the worker holding it,
+        the others to whichever worker has the fewest tasks so far, in message order."""
+        shares: list[list[int]] = [[] for _ in self.connections]
+        free = []
+        for index, message in enumerate(messages):
+            home = self.homes.get(message.metadata.dst_node_id)
+            if home is None:
+                free.append(index)
+            else:
+                shares[home].append(index)
+        for index in free:
+            min(shares, key=len).append(index)
+        return [sorted(share) for share in shares]
 
     def close(self) -> None:
         """Stop the workers and wait for them."""
@@ -215,9 +247,6 @@ class WorkerPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _worker_of(self, message: Message) -> int:
-        return message.metadata.dst_node_id % self.size
-
 
 def _serve(runner: DeviceRunner, connection: Connection) -> None:
     # Ctrl-C is the parent's to handle: it stops the pool and writes the results.
@@ -238,8 +267,9 @@ def _serve(runner: DeviceRunner, connection: Connection) -> None:
             return
         if batch is None:
             return
+        nodes = {index: message.metadata.dst_node_id for index, message in batch}
         for index, reply in runner.run_all(batch):
-            connection.send((index, reply))
+            connection.send((index, reply, runner.keeps_state(nodes[index])))
 
 
 def pending_connection(ready: object) -> Connection:

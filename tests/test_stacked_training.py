@@ -1,4 +1,4 @@
-"""Training several devices' LeNets together: the same result as one at a time."""
+"""Training devices together (as one at a time would) and sharing them out to workers."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from stamen.compression import QATConfig, apply_masks, compute_masks, prepare_qa
 from stamen.models import ModelSpec, StackedLeNet, build_model, exchanged_state
 from stamen.models.stacked import stackable
 from stamen.simulations.local_grid import LocalGrid
-from stamen.simulations.workers import CLIENT_APP_EXCEPTION, DeviceRunner
+from stamen.simulations.workers import CLIENT_APP_EXCEPTION, DeviceRunner, WorkerPool
 
 SPEC = ModelSpec("lenet", (1, 28, 28), num_classes=10)
 
@@ -187,3 +187,39 @@ def test_devices_replicated_from_one_model_start_from_it() -> None:
     for state in states:
         assert state.keys() == expected.keys()
         assert all(np.array_equal(state[name], expected[name]) for name in expected)
+
+
+def test_devices_without_state_balance_the_workers_and_devices_with_state_stay_home() -> None:
+    app = ClientApp()
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        if context.node_id % 3 == 0:  # these devices keep something between rounds
+            seen = context.state.metric_records.get("seen", MetricRecord({"rounds": 0}))
+            context.state["seen"] = MetricRecord({"rounds": int(seen["rounds"]) + 1})
+            tag = float(context.state.metric_records["seen"]["rounds"])
+        else:
+            tag = 0.0
+        return reply(message, tag)
+
+    grid = LocalGrid(app, 12)
+    runner = DeviceRunner(app, 12, run_id=1, run_config={})
+    with WorkerPool(runner, workers=2) as pool:
+        first = [grid.create_message(RecordDict(), "train", node, "1") for node in range(1, 13)]
+        assert sorted(len(share) for share in pool.assign(first)) == [6, 6]
+        list(pool.run(first))
+        homes = dict(pool.homes)
+        assert sorted(homes) == [3, 6, 9, 12]
+        # Round 2: only devices 1..6 and 9; the stateful ones go back to their worker.
+        second = [grid.create_message(RecordDict(), "train", n, "2") for n in (1, 2, 3, 4, 5, 6, 9)]
+        shares = pool.assign(second)
+        for node in (3, 6, 9):
+            index = [m.metadata.dst_node_id for m in second].index(node)
+            assert index in shares[homes[node]]
+        assert abs(len(shares[0]) - len(shares[1])) <= 1
+        tags = {
+            second[i].metadata.dst_node_id: r.content.metric_records["metrics"]["tag"]
+            for i, r in pool.run(second)
+        }
+    assert tags[3] == tags[6] == tags[9] == 2.0  # their state survived the first round
+    assert tags[1] == tags[2] == 0.0

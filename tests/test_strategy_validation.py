@@ -13,7 +13,7 @@ from stamen.compression import DownlinkCodec, DownlinkCodecConfig, UplinkCodec, 
 from stamen.errors import InvalidUpdate
 from stamen.strategies import SentModel, ValidUpdate, validate_reply
 from stamen.strategies.deltas import apply_mean_delta
-from stamen.task import DENSE_KEY, METRICS_KEY, PAYLOAD, UPDATE_KEY
+from stamen.task import DENSE_KEY, METRICS_KEY, PAYLOAD, UPDATE_KEY, payload_bytes
 
 MODEL = {
     "w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
@@ -139,3 +139,14 @@ def test_mean_delta_is_weighted_by_examples() -> None:
     )
     merged = apply_mean_delta(MODEL, [first, second])
     np.testing.assert_allclose(merged["b"], 0.5 * 30 / 40)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1_000, 70_000])
+def test_payload_bytes_are_the_arrays_bytes_without_parsing_its_header(size: int) -> None:
+    raw = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    assert payload_bytes(Array(raw)) == raw.tobytes()
+
+
+def test_payload_bytes_of_any_other_array_go_through_numpy() -> None:
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert payload_bytes(Array(values)) == values.tobytes()

@@ -41,7 +41,7 @@ from stamen.client.agent.wire import (
 from stamen.config.settings import require
 from stamen.errors import StamenError
 from stamen.protos.edge.v1 import edge_pb2
-from stamen.task import MODEL_KEY, PAYLOAD, RESIDUAL_KEY
+from stamen.task import MODEL_KEY, PAYLOAD, RESIDUAL_KEY, payload_bytes
 
 LOG = logging.getLogger("stamen.agent")
 
@@ -223,7 +223,7 @@ class Agent:
             residual = {name: record[name].numpy() for name in record}
         model = b""
         if MODEL_KEY in content.array_records and PAYLOAD in content.array_records[MODEL_KEY]:
-            model = content.array_records[MODEL_KEY][PAYLOAD].numpy().tobytes()
+            model = payload_bytes(content.array_records[MODEL_KEY][PAYLOAD])
         self.state = AgentState(
             round=int(round_label) if round_label.isdigit() else self.state.round,
             residual=residual,
