@@ -16,7 +16,8 @@ standardized the same way:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -225,10 +226,31 @@ def _standardize_uint8_images(
     std[std == 0] = 1.0
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
     tables = (levels[None, :] - mean32[:, None]) / std32[:, None]
-    unit = np.empty(x.shape, dtype=np.float32)
+    with _small_pages():
+        unit = np.empty(x.shape, dtype=np.float32)
     for channel in range(channels):
         unit[:, channel] = tables[channel][x[:, channel]]
     shape = (channels, 1, 1)
     return unit, Normalization(
         offset=offset, scale=scale, mean=mean32.reshape(shape), std=std32.reshape(shape)
     )
+
+
+@contextlib.contextmanager
+def _small_pages() -> Iterator[None]:
+    """Allocate without asking for transparent huge pages (numpy asks for large arrays).
+
+    Filling a fresh image set of a few hundred MB with huge pages made the kernel compact
+    memory first: 0.2 to 0.9 s for MNIST's training images, against a steady 0.3 s with
+    ordinary pages, on the run's critical path to its first round.
+    """
+    toggle = getattr(getattr(np, "_core", None), "multiarray", None)
+    setter = getattr(toggle, "_set_madvise_hugepage", None)
+    if setter is None:
+        yield
+        return
+    previous = setter(False)
+    try:
+        yield
+    finally:
+        setter(previous)
