@@ -10,6 +10,8 @@ Bit order is MSB first, as in :func:`numpy.packbits`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from stamen.errors import InvalidUpdate
@@ -20,10 +22,13 @@ MAX_VARINT_BYTES = 5
 MAX_GAP_BITS = 7 * MAX_VARINT_BYTES
 """Rice codes carry the same gaps as varints: below ``2**MAX_GAP_BITS``."""
 MAX_RICE_PARAMETER = 30
-_RICE_BLOCK = 64
 """Rice decoding follows the code chain this many codes per jump (see ``_follow``)."""
 _RICE_WINDOW_BYTES = 1 << 15
 """Rice decoding works on windows of this many bytes, so its scratch memory is bounded."""
+
+
+_VARINT_LIMITS = np.array([1 << shift for shift in range(7, 7 * MAX_VARINT_BYTES, 7)], np.uint64)
+"""A varint needs one more byte at each of these values."""
 
 
 def packed_size(count: int, bits: int) -> int:
@@ -45,6 +50,12 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
         raise ValueError(f"a value does not fit in {bits} bits")
     if bits == 8:
         return flat.astype(np.uint8).tobytes()
+    if 8 % bits == 0:  # whole values per byte (q4, q2): shift them into place
+        per_byte = 8 // bits
+        padded = np.zeros(-(-flat.size // per_byte) * per_byte, dtype=np.uint8)
+        padded[: flat.size] = flat
+        shifts = np.arange(8 - bits, -1, -bits, dtype=np.uint8)
+        return np.bitwise_or.reduce(padded.reshape(-1, per_byte) << shifts, axis=1).tobytes()
     # Spread each value over its 32 big-endian bits and keep the low `bits` columns.
     as_bytes = flat.astype(">u4").view(np.uint8).reshape(-1, 4)
     bit_matrix = np.unpackbits(as_bytes, axis=1)[:, MAX_PACKED_BITS - bits :]
@@ -66,6 +77,12 @@ def unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
     raw = np.frombuffer(data, dtype=np.uint8)
     if bits == 8:
         return raw.astype(np.uint32)
+    if 8 % bits == 0:  # whole values per byte (q4, q2)
+        shifts = np.arange(8 - bits, -1, -bits, dtype=np.uint8)
+        values = ((raw[:, None] >> shifts) & ((1 << bits) - 1)).ravel()
+        if values[count:].any():
+            raise InvalidUpdate("non-zero padding bits after the packed values")
+        return values[:count].astype(np.uint32)
     all_bits = np.unpackbits(raw)
     used = count * bits
     if all_bits[used:].any():
@@ -78,10 +95,7 @@ def unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
 def varint_sizes(values: np.ndarray) -> np.ndarray:
     """Bytes each value takes as a LEB128 varint (values below ``2**35``)."""
     flat = np.asarray(values, dtype=np.uint64).ravel()
-    sizes = np.ones(flat.shape, dtype=np.int64)
-    for shift in range(7, 7 * MAX_VARINT_BYTES, 7):
-        sizes += flat >= np.uint64(1 << shift)
-    return sizes
+    return np.searchsorted(_VARINT_LIMITS, flat, side="right").astype(np.int64) + 1
 
 
 def encode_varints(values: np.ndarray) -> bytes:
@@ -274,23 +288,25 @@ def _follow(successor: np.ndarray, count: int) -> np.ndarray:
     """The first ``count`` nodes of the chain ``0, successor[0], successor[successor[0]], ...``.
 
     ``successor`` increases along the chain and its last entry is a fixed point
-    (the end). Jumps of ``_RICE_BLOCK`` steps, built by squaring, leave a Python
-    loop of only ``count / _RICE_BLOCK`` steps; each block is then filled with
-    vectorised single steps. Work is linear in ``successor.size + count``.
+    (the end). Jumps of one block of steps, built by squaring, leave a Python loop
+    of only ``count / block`` steps; each block is then filled with vectorised
+    single steps. A block of about ``sqrt(count)`` steps balances the two loops.
+    Work is linear in ``successor.size + count``.
     """
-    blocks = -(-count // _RICE_BLOCK)
+    block = max(2, 1 << (math.isqrt(count) - 1).bit_length()) if count > 1 else 2
+    blocks = -(-count // block)
     block_starts = np.zeros(blocks, dtype=successor.dtype)
     if blocks > 1:
         jump = successor
-        for _ in range(_RICE_BLOCK.bit_length() - 1):
+        for _ in range(block.bit_length() - 1):
             jump = jump[jump]
         node = 0
-        for block in range(1, blocks):
+        for index in range(1, blocks):
             node = int(jump[node])
-            block_starts[block] = node
-    chain = np.empty((_RICE_BLOCK, blocks), dtype=successor.dtype)
+            block_starts[index] = node
+    chain = np.empty((block, blocks), dtype=successor.dtype)
     chain[0] = block_starts
-    for step in range(1, min(count, _RICE_BLOCK)):
+    for step in range(1, min(count, block)):
         chain[step] = successor[chain[step - 1]]
     return chain.T.ravel()[:count]
 

@@ -39,6 +39,7 @@ from stamen.protos.update.v1 import update_pb2 as pb
 
 UNIFORM_BITS = (2, 4, 8)
 _NO_VALUES = np.zeros(0, dtype=np.float32)
+_SMALL_TENSOR = 256
 _DTYPES = {
     np.dtype(np.float32): pb.DTYPE_FLOAT32,
     np.dtype(np.float16): pb.DTYPE_FLOAT16,
@@ -103,6 +104,8 @@ class TopK:
         k = self.keep_count(flat.size)
         if k >= flat.size:
             return np.arange(flat.size, dtype=np.int64)
+        if flat.size <= _SMALL_TENSOR:  # a bias: sorting beats torch's call overhead
+            return np.sort(np.argsort(-np.abs(flat), kind="stable")[:k]).astype(np.int64)
         # Not np.argpartition: its introselect slows down 10x or more on a delta with many
         # exact zeros (pruned weights) and repeats (an fp16 residual), as trained deltas have.
         magnitudes = torch.from_numpy(np.abs(flat))
@@ -303,7 +306,7 @@ class CodecPipeline:
         source = np.asarray(array)
         if source.dtype not in _DTYPES:
             raise ValueError(f"tensor {name!r}: dtype {source.dtype} is not float16/32/64")
-        flat = source.astype(np.float32).ravel()
+        flat = np.asarray(source, dtype=np.float32).ravel()
         if not np.all(np.isfinite(flat)):
             raise ValueError(f"tensor {name!r} has NaN or infinite values")
         message = pb.CompressedTensor(
