@@ -1,10 +1,14 @@
 """A pool of forked worker processes that run virtual devices' ``ClientApp``.
 
-A device whose ``Context`` holds state (its error-feedback residual, counters)
-belongs to the worker that holds it, for the whole run: contexts never travel.
-A device without state yet can run anywhere, so each round hands those to the
-workers with the least work, and the workers finish their rounds together.
-Contexts are created on a device's first task: a 10,000-device fleet costs
+The parent keeps each device's state between rounds (its ``Context.state``:
+the error-feedback residual, counters) and sends it along with the device's
+task; the worker that runs the task sends the new state back with the reply.
+Any worker can then run any device, so a round is handed out in chunks of
+consecutive devices to whichever worker runs short of work first, and the
+workers finish a round together. A chunk is one training group
+(``device_batch``), so which devices train together depends only on the order
+of the round's messages, not on timing or the number of workers. A device
+without state costs nothing between rounds: a 10,000-device fleet costs
 nothing until it trains.
 
 Workers are forked after the dataset is loaded, so they share its pages with
@@ -18,10 +22,14 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import queue
 import signal
+import threading
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import torch
@@ -78,14 +86,16 @@ class DeviceRunner:
             self.contexts[node_id] = context
         return context
 
-    def keeps_state(self, node_id: int) -> bool:
-        """Whether the device's context holds state; a context without any is dropped, so
-        the device can run in any worker next time."""
-        context = self.contexts.get(node_id)
-        if context is not None and len(context.state) == 0:
-            del self.contexts[node_id]
-            return False
-        return context is not None
+    def adopt(self, node_id: int, state: RecordDict | None) -> None:
+        """Give the device the state it kept from an earlier round in another process."""
+        self.context_of(node_id).state = state if state is not None else RecordDict()
+
+    def release(self, node_id: int) -> RecordDict | None:
+        """Drop the device's context here and return its state (``None`` if it has none)."""
+        context = self.contexts.pop(node_id, None)
+        if context is None or len(context.state) == 0:
+            return None
+        return context.state
 
     def run(self, message: Message) -> Message:
         """Handle ``message`` on its device; a failing device answers with an ``Error``."""
@@ -155,8 +165,15 @@ def failed(message: Message, error: Exception) -> Message:
     )
 
 
+_ROUND, _CHUNK = "round", "chunk"
+
+PREFETCH_CHUNKS = 3
+"""Chunks a worker is given ahead: enough to keep it training while the server is busy
+checking replies."""
+
+
 class WorkerPool:
-    """``workers`` forked processes, each running the devices whose id maps to it.
+    """``workers`` forked processes that share out each round's devices.
 
     Use as a context manager, or call :meth:`close`; the workers also exit
     when the parent does, since they read from pipes the parent holds.
@@ -166,10 +183,12 @@ class WorkerPool:
         if workers < 1:
             raise StamenError(f"a worker pool needs at least one worker; got {workers}")
         context = multiprocessing.get_context("fork")
+        self.chunk = runner.device_batch
+        """Devices handed to a worker at a time: one training group."""
         self.connections: list[Connection] = []
         self.processes: list[Any] = []
-        self.homes: dict[int, int] = {}
-        """The worker holding each device whose context keeps state."""
+        self.states: dict[int, RecordDict] = {}
+        """Each device's state between its tasks, for the devices that keep any."""
         for index in range(workers):
             parent_end, child_end = context.Pipe()
             process = context.Process(
@@ -186,46 +205,47 @@ class WorkerPool:
         return len(self.connections)
 
     def run(self, messages: Sequence[Message]) -> Iterator[tuple[int, Message]]:
-        """Run ``messages`` across the pool; yields ``(index, reply)`` as replies arrive."""
-        shares = self.assign(messages)
-        pending: dict[Connection, int] = {}
-        for connection, batch in zip(self.connections, shares, strict=True):
-            if batch:
-                connection.send([(i, messages[i]) for i in batch])
-                pending[connection] = len(batch)
-        while pending:
-            for ready in wait(list(pending)):
+        """Run ``messages`` across the pool; yields ``(index, reply)`` as replies arrive.
+
+        Every worker receives the round's messages once (a round's devices share one model
+        record, pickled once); then chunks of ``chunk`` consecutive message indices, with
+        their devices' states, go to whichever worker runs short of work first, and each
+        reply brings its device's state back.
+        """
+        pickled = bytes(ForkingPickler.dumps((_ROUND, list(messages))))
+        for connection in self.connections:
+            connection.send_bytes(pickled)
+        chunks = deque(
+            range(start, min(start + self.chunk, len(messages)))
+            for start in range(0, len(messages), self.chunk)
+        )
+        outstanding = [0] * self.size
+
+        def top_up(worker: int) -> None:
+            while chunks and outstanding[worker] < self.chunk * PREFETCH_CHUNKS:
+                indices = chunks.popleft()
+                states = [(i, self.states.pop(_node(messages[i]), None)) for i in indices]
+                self.connections[worker].send((_CHUNK, states))
+                outstanding[worker] += len(indices)
+
+        for worker in range(self.size):
+            top_up(worker)
+        while any(outstanding):
+            busy = [self.connections[w] for w in range(self.size) if outstanding[w]]
+            for ready in wait(busy):
                 connection = pending_connection(ready)
+                worker = self.connections.index(connection)
                 try:
-                    index, reply, keeps_state = connection.recv()
+                    index, reply, state = connection.recv()
                 except EOFError:
-                    worker = self.connections.index(connection)
                     raise StamenError(
                         f"simulation worker {worker} died (out of memory?); the run stops here"
                     ) from None
-                if keeps_state:
-                    self.homes[messages[index].metadata.dst_node_id] = self.connections.index(
-                        connection
-                    )
-                pending[connection] -= 1
-                if pending[connection] == 0:
-                    del pending[connection]
+                if state is not None:
+                    self.states[_node(messages[index])] = state
+                outstanding[worker] -= 1
+                top_up(worker)
                 yield index, reply
-
-    def assign(self, messages: Sequence[Message]) -> list[list[int]]:
-        """Each worker's message indices: a device with state goes to the worker holding it,
-        the others to whichever worker has the fewest tasks so far, in message order."""
-        shares: list[list[int]] = [[] for _ in self.connections]
-        free = []
-        for index, message in enumerate(messages):
-            home = self.homes.get(message.metadata.dst_node_id)
-            if home is None:
-                free.append(index)
-            else:
-                shares[home].append(index)
-        for index in free:
-            min(shares, key=len).append(index)
-        return [sorted(share) for share in shares]
 
     def close(self) -> None:
         """Stop the workers and wait for them."""
@@ -260,16 +280,40 @@ def _serve(runner: DeviceRunner, connection: Connection) -> None:
     # A process's first optimizer imports torch's compiler stack (about 1 s): pay it now,
     # while the server evaluates the initial model, rather than in the first round.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    # A thread drains the pipe as work arrives, so the parent never waits on a send to a
+    # worker that is itself waiting to send a reply.
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    threading.Thread(target=_receive, args=(connection, inbox), daemon=True).start()
+    messages: list[Message] = []
+    while True:
+        item = inbox.get()
+        if item is None:
+            return
+        kind, payload = item
+        if kind == _ROUND:
+            messages = payload
+            continue
+        nodes = {}
+        for index, state in payload:
+            nodes[index] = _node(messages[index])
+            runner.adopt(nodes[index], state)
+        for index, reply in runner.run_all([(index, messages[index]) for index, _ in payload]):
+            connection.send((index, reply, runner.release(nodes[index])))
+
+
+def _receive(connection: Connection, inbox: queue.SimpleQueue[Any]) -> None:
     while True:
         try:
-            batch = connection.recv()
+            item = connection.recv()
         except (EOFError, OSError):
+            item = None
+        inbox.put(item)
+        if item is None:
             return
-        if batch is None:
-            return
-        nodes = {index: message.metadata.dst_node_id for index, message in batch}
-        for index, reply in runner.run_all(batch):
-            connection.send((index, reply, runner.keeps_state(nodes[index])))
+
+
+def _node(message: Message) -> int:
+    return message.metadata.dst_node_id
 
 
 def pending_connection(ready: object) -> Connection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -189,37 +190,32 @@ def test_devices_replicated_from_one_model_start_from_it() -> None:
         assert all(np.array_equal(state[name], expected[name]) for name in expected)
 
 
-def test_devices_without_state_balance_the_workers_and_devices_with_state_stay_home() -> None:
+def test_device_state_travels_with_its_tasks_to_whichever_worker_runs_them() -> None:
     app = ClientApp()
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        if context.node_id % 3 == 0:  # these devices keep something between rounds
+        if context.node_id % 3 == 0:  # these devices keep a counter between rounds
             seen = context.state.metric_records.get("seen", MetricRecord({"rounds": 0}))
             context.state["seen"] = MetricRecord({"rounds": int(seen["rounds"]) + 1})
             tag = float(context.state.metric_records["seen"]["rounds"])
         else:
-            tag = 0.0
+            tag = float(os.getpid())
         return reply(message, tag)
 
     grid = LocalGrid(app, 12)
     runner = DeviceRunner(app, 12, run_id=1, run_config={})
     with WorkerPool(runner, workers=2) as pool:
-        first = [grid.create_message(RecordDict(), "train", node, "1") for node in range(1, 13)]
-        assert sorted(len(share) for share in pool.assign(first)) == [6, 6]
-        list(pool.run(first))
-        homes = dict(pool.homes)
-        assert sorted(homes) == [3, 6, 9, 12]
-        # Round 2: only devices 1..6 and 9; the stateful ones go back to their worker.
-        second = [grid.create_message(RecordDict(), "train", n, "2") for n in (1, 2, 3, 4, 5, 6, 9)]
-        shares = pool.assign(second)
-        for node in (3, 6, 9):
-            index = [m.metadata.dst_node_id for m in second].index(node)
-            assert index in shares[homes[node]]
-        assert abs(len(shares[0]) - len(shares[1])) <= 1
-        tags = {
-            second[i].metadata.dst_node_id: r.content.metric_records["metrics"]["tag"]
-            for i, r in pool.run(second)
-        }
-    assert tags[3] == tags[6] == tags[9] == 2.0  # their state survived the first round
-    assert tags[1] == tags[2] == 0.0
+        tags: dict[int, float] = {}
+        for round_num in range(1, 4):
+            messages = [
+                grid.create_message(RecordDict(), "train", node, str(round_num))
+                for node in range(1, 13)
+            ]
+            tags = {
+                messages[i].metadata.dst_node_id: r.content.metric_records["metrics"]["tag"]
+                for i, r in pool.run(messages)
+            }
+        assert sorted(pool.states) == [3, 6, 9, 12]  # only devices with state keep any
+    assert all(tags[node] == 3.0 for node in (3, 6, 9, 12))  # counted in every round
+    assert len({tags[node] for node in (1, 2, 4, 5, 7, 8, 10, 11)}) == 2  # both workers ran
