@@ -169,7 +169,7 @@ class CompressedFedAvg(FedAvg):
         """The updates the last ``aggregate_train`` accepted (for subclasses that reuse them)."""
         self.stamen_nodes: set[int] = set()
         self._sent: SentModel | None = None
-        self._outgoing: dict[tuple[int, TrainTask], OutgoingRecords] = {}
+        self._outgoing: dict[tuple[str, TrainTask], OutgoingRecords] = {}
         self._checked: dict[str, CheckedReply] = {}
         self._waited_for_devices = False
 
@@ -296,13 +296,12 @@ class CompressedFedAvg(FedAvg):
     def _outgoing_records(self, sent: SentModel, task: TrainTask) -> OutgoingRecords:
         """The records every device of a round receives, built once and shared by its messages
         (nothing downstream mutates them); a worker pool then also pickles them once."""
-        key = (id(sent), task)
+        key = (sent.model_hash, task)
         outgoing = self._outgoing.get(key)
-        if outgoing is None or outgoing.sent is not sent:
+        if outgoing is None:
             if any(o.sent.round_num != sent.round_num for o in self._outgoing.values()):
-                self._outgoing.clear()
-            outgoing = OutgoingRecords(sent, task.to_config_record())
-            self._outgoing[key] = outgoing
+                self._outgoing.clear()  # keep only this round's
+            outgoing = self._outgoing[key] = OutgoingRecords(sent, task.to_config_record())
         return outgoing
 
     # -- aggregate ---------------------------------------------------------------
@@ -350,7 +349,7 @@ class CompressedFedAvg(FedAvg):
         stats.uplink_bytes_fp32 += dense_nbytes(sent.dense) if not reply.has_error() else 0
         checked = self._checked.pop(reply.metadata.reply_to_message_id, None)
         try:
-            if checked is not None and checked.sent is sent and checked.round == server_round:
+            if checked is not None and checked.sent is sent and sent.round_num == server_round:
                 update = checked.outcome()
             else:
                 update = self._validate_reply(reply, server_round, sent)
@@ -381,9 +380,7 @@ class CompressedFedAvg(FedAvg):
             outcome: ValidUpdate | InvalidUpdate = self._validate_reply(reply, sent.round_num, sent)
         except InvalidUpdate as error:
             outcome = error
-        self._checked[reply.metadata.reply_to_message_id] = CheckedReply(
-            sent, sent.round_num, outcome
-        )
+        self._checked[reply.metadata.reply_to_message_id] = CheckedReply(sent, outcome)
 
     # -- hooks that other strategies override ------------------------------------
 

@@ -20,10 +20,9 @@ from stamen.task import PAYLOAD
 
 @dataclass(frozen=True)
 class CheckedReply:
-    """A reply validated as it arrived, against the model sent in ``round``."""
+    """A reply validated as it arrived, against the model ``sent`` (and its round)."""
 
     sent: SentModel
-    round: int
     result: ValidUpdate | InvalidUpdate
 
     def outcome(self) -> ValidUpdate:
