@@ -24,6 +24,8 @@ MAX_GAP_BITS = 7 * MAX_VARINT_BYTES
 MAX_RICE_PARAMETER = 30
 """Rice decoding follows the code chain this many codes per jump (see ``_follow``)."""
 _RICE_WINDOW_BYTES = 1 << 15
+_SMALL_RICE_BYTES = 256
+"""Rice streams up to this size are decoded code by code (see _short_stream_terminators)."""
 """Rice decoding works on windows of this many bytes, so its scratch memory is bounded."""
 
 
@@ -225,6 +227,49 @@ def decode_rice(data: bytes, count: int, k: int) -> np.ndarray:
     total_bits = raw.size * 8
     if total_bits < count * (k + 1):
         raise InvalidUpdate(f"{raw.size} bytes cannot hold {count} Rice codes with k={k}")
+    if raw.size <= _SMALL_RICE_BYTES:
+        terminators, position = _short_stream_terminators(data, count, k)
+    else:
+        terminators, position = _long_stream_terminators(raw, count, k)
+    if raw.size != packed_size(position, 1):
+        extra = raw.size - packed_size(position, 1)
+        raise InvalidUpdate(f"{extra} trailing byte(s) after the Rice codes")
+    if position % 8 and int(raw[-1]) & ((1 << (8 - position % 8)) - 1):
+        raise InvalidUpdate("non-zero padding bits after the Rice codes")
+    starts = np.concatenate(([0], terminators[:-1] + (k + 1)))
+    quotients = terminators - starts
+    if int(quotients.max()) >> (MAX_GAP_BITS - k):
+        raise InvalidUpdate(f"a Rice-coded value is not below 2**{MAX_GAP_BITS}")
+    return (quotients << k) | _bits_at(raw, terminators + 1, k)
+
+
+def _short_stream_terminators(data: bytes, count: int, k: int) -> tuple[np.ndarray, int]:
+    """The terminating zero-bits of ``count`` codes, found one after another.
+
+    Most top-k streams are a few dozen bytes (biases, small layers), where the vectorised
+    search costs its fixed overhead many times over: ``str.find`` on the stream's bits
+    follows the chain in a few microseconds. Returns the terminators and the bit where
+    the last code ends.
+    """
+    total_bits = len(data) * 8
+    bits = format(int.from_bytes(data, "big"), f"0{total_bits}b")
+    step = k + 1
+    terminators = []
+    position = 0
+    for found in range(count):
+        end = bits.find("0", position)
+        if end < 0:
+            raise InvalidUpdate(f"Rice stream ends after {found} of {count} codes")
+        terminators.append(end)
+        position = end + step
+        if position > total_bits:
+            raise InvalidUpdate(f"Rice stream ends inside the remainder of code {found + 1}")
+    return np.array(terminators, dtype=np.int64), position
+
+
+def _long_stream_terminators(raw: np.ndarray, count: int, k: int) -> tuple[np.ndarray, int]:
+    """:func:`_short_stream_terminators` by vectorised windows of bits, for long streams."""
+    total_bits = raw.size * 8
     terminators = np.empty(count, dtype=np.int64)
     found = 0
     position = 0  # no terminator lies before this bit
@@ -240,16 +285,7 @@ def decode_rice(data: bytes, count: int, k: int) -> np.ndarray:
         position = int(chain[-1]) + k + 1
         if position > total_bits:
             raise InvalidUpdate(f"Rice stream ends inside the remainder of code {found}")
-    if raw.size != packed_size(position, 1):
-        extra = raw.size - packed_size(position, 1)
-        raise InvalidUpdate(f"{extra} trailing byte(s) after the Rice codes")
-    if position % 8 and int(raw[-1]) & ((1 << (8 - position % 8)) - 1):
-        raise InvalidUpdate("non-zero padding bits after the Rice codes")
-    starts = np.concatenate(([0], terminators[:-1] + (k + 1)))
-    quotients = terminators - starts
-    if int(quotients.max()) >> (MAX_GAP_BITS - k):
-        raise InvalidUpdate(f"a Rice-coded value is not below 2**{MAX_GAP_BITS}")
-    return (quotients << k) | _bits_at(raw, terminators + 1, k)
+    return terminators, position
 
 
 def _window_terminators(

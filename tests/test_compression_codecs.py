@@ -224,7 +224,11 @@ def _rice_tensor(positions: list[int], size: int, k: int) -> pb.CompressedTensor
         ([3, 4, 5, 2**20, 2**20 + 1, 2**22 - 2], 2**22),  # huge and zero gaps mixed
     ],
 )
-def test_rice_positions_round_trip_for_every_parameter(positions: list[int], size: int) -> None:
+@pytest.mark.parametrize("short_stream_bytes", [256, 0], ids=["code-by-code", "windowed"])
+def test_rice_positions_round_trip_for_every_parameter(
+    positions: list[int], size: int, short_stream_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bitpack, "_SMALL_RICE_BYTES", short_stream_bytes)
     for k in range(31):
         decoded = CodecPipeline([]).decode_tensor(_rice_tensor(positions, size, k), (size,))
         assert np.flatnonzero(decoded).tolist() == positions

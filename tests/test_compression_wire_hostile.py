@@ -24,6 +24,7 @@ from stamen.compression import (
     UplinkCodec,
     UplinkCodecConfig,
     ValueFormat,
+    bitpack,
     decode_model,
     decode_update,
 )
@@ -364,7 +365,17 @@ RICE_5_9_100 = encode_rice(np.array([5, 3, 90]), 2)
         (bytes([0b1001_0111]), 2, 2, "non-zero padding bits after the Rice codes"),
     ],
 )
-def test_malformed_rice_streams(stream: bytes, count: int, k: int, reason: str) -> None:
+@pytest.mark.parametrize("short_stream_bytes", [256, 0], ids=["code-by-code", "windowed"])
+def test_malformed_rice_streams(
+    stream: bytes,
+    count: int,
+    k: int,
+    reason: str,
+    short_stream_bytes: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Both decoders (short streams code by code, long ones by windows) give the same reason.
+    monkeypatch.setattr(bitpack, "_SMALL_RICE_BYTES", short_stream_bytes)
     assert len(RICE_5_9_100) == 4
     rejects(_rice_stream(stream, count, k), f"tensor 'fc.weight': .*{reason}")
 
