@@ -230,7 +230,7 @@ def simulate(
         int | None,
         typer.Option(
             help="Devices a local-backend worker trains together (LeNets; "
-            "1: one by one).  \\[default: 8]",
+            "1: one by one).  \\[default: 16]",
             rich_help_panel=FED,
             show_default=False,
         ),

@@ -102,7 +102,7 @@ class FederationSettings:
     """Sample this fraction more devices; the first ``devices_per_round`` to answer count."""
     workers: int = 0
     """Worker processes of the local simulation backend; 0: one per CPU core."""
-    device_batch: int = 8
+    device_batch: int = 16
     """Devices a local-backend worker trains together where the maths allows; 1: one by one."""
     eval_every: int = 1
     """Evaluate the global model centrally every this many rounds (and after the last)."""
