@@ -45,14 +45,20 @@ SCALES = ((1_000, 100), (10_000, 1_000))
 # -- one path, in a child process ----------------------------------------------------
 
 
-def run_path(path: str, devices: int, per_round: int, rounds: int) -> dict[str, Any]:
-    """Run one path; returns when each round started and how many updates it had."""
+def run_path(
+    path: str, devices: int, per_round: int, rounds: int, launched: float
+) -> dict[str, Any]:
+    """Run one path; returns when each round started and how many updates it had.
+
+    ``launched`` is the wall-clock time at which the harness started this process (a
+    process's own start time, from /proc, is only as exact as the boot time's whole second).
+    """
     import logging
 
     logging.disable(logging.WARNING)
     marks: list[tuple[int, float, int]] = []
     started = time.perf_counter()
-    since_launch = time.time() - psutil.Process().create_time()
+    since_launch = time.time() - launched
     if path == "flower-ray":
         run_flower_baseline(devices, per_round, rounds, marks)
     else:
@@ -144,6 +150,8 @@ def measure(path: str, devices: int, per_round: int, rounds: int, out: Path) -> 
         str(rounds),
         "--result",
         str(result_file),
+        "--launched",
+        repr(time.time()),
     ]
     launched = time.perf_counter()
     child = subprocess.Popen(command, env={**os.environ, **QUIET})
@@ -244,9 +252,10 @@ def main() -> None:
     parser.add_argument("--devices", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--per-round", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--launched", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = run_path(args.child, args.devices, args.per_round, args.rounds)
+        result = run_path(args.child, args.devices, args.per_round, args.rounds, args.launched)
         args.result.write_text(json.dumps(result))
         return
     args.out.mkdir(parents=True, exist_ok=True)
