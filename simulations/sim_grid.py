@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Error, Message
+from flwr.app import ConfigRecord, Error, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from stamen.fleet import RoundPolicy, RoundTiming
@@ -42,7 +42,7 @@ from stamen.simulations.workers import (
     WorkerPool,
 )
 from stamen.strategies.reply_validation import reply_wire_bytes
-from stamen.task import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES
+from stamen.task import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES, records_of
 
 LOG = logging.getLogger("stamen.simulations")
 
@@ -277,7 +277,7 @@ class SimulationGrid(VirtualGrid):
 
 def local_epochs(message: Message) -> int:
     """Local epochs the task asks for (1 when the message does not say)."""
-    config = message.content.config_records.get(CONFIG_KEY)
+    config = records_of(message.content, ConfigRecord).get(CONFIG_KEY)
     if config is None:
         return 1
     # Stamen's TrainTask prefixes its keys; a plain Flower app's config does not.
@@ -287,9 +287,10 @@ def local_epochs(message: Message) -> int:
 
 def reply_samples(reply: Message) -> int:
     """Training examples a reply reports, wherever its app put the count."""
-    preferred = reply.content.metric_records.get(METRICS_KEY)
+    metrics = records_of(reply.content, MetricRecord)
+    preferred = metrics.get(METRICS_KEY)
     records = [preferred] if preferred is not None else []
-    records += list(reply.content.metric_records.values())
+    records += list(metrics.values())
     for record in records:
         value = record.get(NUM_EXAMPLES)
         if isinstance(value, int | float):

@@ -55,7 +55,7 @@ from stamen.strategies.reply_validation import (
     reply_wire_bytes,
     validate_reply,
 )
-from stamen.task import CONFIG_KEY, DENSE_KEY, MODEL_KEY, TrainTask
+from stamen.task import CONFIG_KEY, DENSE_KEY, MODEL_KEY, TrainTask, records_of
 
 LOG = logging.getLogger("stamen.strategies")
 
@@ -282,9 +282,8 @@ class CompressedFedAvg(FedAvg):
             records[DENSE_KEY] = outgoing.dense()
         content = RecordDict(records)
         if message_type == MessageType.TRAIN:
-            stats.downlink_bytes += sum(
-                array_nbytes(a) for r in content.array_records.values() for a in r.values()
-            )
+            arrays = records_of(content, ArrayRecord).values()
+            stats.downlink_bytes += sum(array_nbytes(a) for r in arrays for a in r.values())
             stats.downlink_bytes_fp32 += outgoing.dense_bytes
         return Message(
             content=content,

@@ -14,11 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, Message
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from stamen.compression import decode_update
 from stamen.errors import InvalidUpdate
-from stamen.task import DENSE_KEY, METRICS_KEY, NUM_EXAMPLES, PAYLOAD, UPDATE_KEY, payload_bytes
+from stamen.task import (
+    DENSE_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES,
+    PAYLOAD,
+    UPDATE_KEY,
+    payload_bytes,
+    records_of,
+)
 
 MAX_NUM_EXAMPLES = 10**9
 
@@ -68,7 +76,7 @@ def reply_wire_bytes(message: Message) -> int:
         return 0
     return sum(
         array_nbytes(array)
-        for record in message.content.array_records.values()
+        for record in records_of(message.content, ArrayRecord).values()
         for array in record.values()
     )
 
@@ -88,7 +96,7 @@ def validate_reply(
     content = message.content
     num_examples, train_loss = _read_metrics(message)
     shapes = {name: tuple(value.shape) for name, value in sent.decoded.items()}
-    records = content.array_records
+    records = records_of(content, ArrayRecord)
     if UPDATE_KEY in records:
         if PAYLOAD not in records[UPDATE_KEY]:
             raise InvalidUpdate(f"'{UPDATE_KEY}' record has no '{PAYLOAD}' array")
@@ -131,7 +139,7 @@ def validate_reply(
 
 
 def _read_metrics(message: Message) -> tuple[int, float | None]:
-    records = message.content.metric_records
+    records = records_of(message.content, MetricRecord)
     record = records.get(METRICS_KEY) or next(iter(records.values()), None)
     if record is None or NUM_EXAMPLES not in record:
         raise InvalidUpdate(f"reply has no '{NUM_EXAMPLES}' metric")
