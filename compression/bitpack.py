@@ -22,11 +22,11 @@ MAX_VARINT_BYTES = 5
 MAX_GAP_BITS = 7 * MAX_VARINT_BYTES
 """Rice codes carry the same gaps as varints: below ``2**MAX_GAP_BITS``."""
 MAX_RICE_PARAMETER = 30
-"""Rice decoding follows the code chain this many codes per jump (see ``_follow``)."""
+"""The largest Rice parameter ``k``: how many low bits of each gap are sent as they are."""
 _RICE_WINDOW_BYTES = 1 << 15
-_SMALL_RICE_BYTES = 256
-"""Rice streams up to this size are decoded code by code (see _short_stream_terminators)."""
 """Rice decoding works on windows of this many bytes, so its scratch memory is bounded."""
+_SMALL_RICE_BYTES = 256
+"""Rice streams up to this size are decoded code by code (``_short_stream_terminators``)."""
 
 
 _VARINT_LIMITS = np.array([1 << shift for shift in range(7, 7 * MAX_VARINT_BYTES, 7)], np.uint64)
