@@ -6,6 +6,7 @@ Examples:
     True
 """
 
+from stamen.config.distill_settings import DistillSettings, UnlabelledSource
 from stamen.config.loading import (
     PRESETS,
     from_run_config,
@@ -18,7 +19,6 @@ from stamen.config.settings import (
     AttackSettings,
     Backend,
     DataSettings,
-    DistillSettings,
     FederationSettings,
     Preset,
     QATSettings,
@@ -26,7 +26,6 @@ from stamen.config.settings import (
     StrategyName,
     StrategySettings,
     TrainingSettings,
-    UnlabelledSource,
 )
 
 __all__ = [

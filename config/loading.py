@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stamen.config.settings import SECTION_TYPES, Preset, StamenConfig, tier_share
+from stamen.config.fleet_settings import tier_share
+from stamen.config.settings import SECTION_TYPES, Preset, StamenConfig
 from stamen.errors import ConfigError
 
 PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {

@@ -6,8 +6,9 @@ Every setting that a user can write in TOML, pass as a flag or find in a
 its own values in ``__post_init__`` and raises :class:`~stamen.errors.ConfigError`
 with one line that names the key and what is allowed.
 
-The compression pieces (QAT, pruning, codecs) own their configs; this module
-composes them into one :class:`StamenConfig`.
+The compression pieces (QAT, pruning, codecs) own their configs, and the fleet
+and distillation sections live in ``fleet_settings`` and ``distill_settings``;
+this module composes them into one :class:`StamenConfig`.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stamen.compression import (
-    DistillConfig,
     DownlinkCodecConfig,
     PruningConfig,
     QATConfig,
     UplinkCodecConfig,
 )
+from stamen.config.checks import require
+from stamen.config.distill_settings import DistillSettings
+from stamen.config.fleet_settings import FleetSettings
 from stamen.data import PartitionScheme
 from stamen.errors import ConfigError
-from stamen.models import ModelName, StudentSpec, parse_students
-from stamen.simulations.profiles import BUILTIN_TIERS, FleetPreset, TierProfile
+from stamen.models import ModelName
 
 
 class Preset(enum.StrEnum):
@@ -45,12 +47,6 @@ class Backend(enum.StrEnum):
     """In this process, one device after another; no Ray, no start-up cost."""
     RAY = "ray"
     """Flower's Simulation Engine on Ray actors."""
-
-
-def require(condition: bool, key: str, expected: str, value: object) -> None:
-    """Raise a one-line :class:`ConfigError` unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(f"{key} must be {expected}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -284,135 +280,6 @@ class AttackSettings:
         """Whether any device attacks."""
         return self.kind is not AttackKind.NONE and self.fraction > 0
         require(self.scale > 0, "attack.scale", "> 0", self.scale)
-
-
-@dataclass(frozen=True)
-class TierShare:
-    """A device tier of a custom fleet and the share of devices it takes."""
-
-    profile: TierProfile
-    share: float
-
-    def __post_init__(self) -> None:
-        require(self.share > 0, f"fleet.tiers.{self.profile.name}.share", "> 0", self.share)
-
-
-@dataclass(frozen=True)
-class FleetSettings:
-    """The hardware mix of a simulated fleet: device tiers and their shares."""
-
-    preset: FleetPreset = FleetPreset.MIXED
-    tiers: tuple[TierShare, ...] = ()
-    """The tiers of a ``custom`` fleet, from ``[fleet.tiers.NAME]`` tables."""
-
-    def __post_init__(self) -> None:
-        if self.tiers and self.preset is not FleetPreset.CUSTOM:
-            raise ConfigError(
-                f"fleet.tiers tables define a custom fleet; set fleet.preset = "
-                f"'custom' (it is {self.preset.value!r})"
-            )
-        if self.preset is FleetPreset.CUSTOM and not self.tiers:
-            raise ConfigError("fleet.preset custom needs at least one [fleet.tiers.NAME] table")
-
-
-def tier_share(name: str, values: dict[str, Any]) -> TierShare:
-    """Build a custom tier from its TOML table; a built-in name inherits that tier's values."""
-    fields = dict(values)
-    if "share" not in fields:
-        raise ConfigError(f"fleet.tiers.{name}.share is missing: each tier needs its share")
-    share = fields.pop("share")
-    base = BUILTIN_TIERS.get(name)
-    known = set(TierProfile.__dataclass_fields__) - {"name"}
-    unknown = set(fields) - known
-    if unknown:
-        raise ConfigError(
-            f"unknown key 'fleet.tiers.{name}.{sorted(unknown)[0]}'; allowed: share, "
-            + ", ".join(sorted(known))
-        )
-    if base is None:
-        missing = {"gflops", "memory_mb", "uplink_kbps", "downlink_kbps"} - set(fields)
-        if missing:
-            raise ConfigError(
-                f"fleet.tiers.{name} is not a built-in tier, so it needs "
-                + ", ".join(sorted(missing))
-            )
-        defaults: dict[str, Any] = {}
-    else:
-        defaults = {key: getattr(base, key) for key in known}
-    for key, value in fields.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"fleet.tiers.{name}.{key} must be a number; got {value!r}")
-    if isinstance(share, bool) or not isinstance(share, int | float):
-        raise ConfigError(f"fleet.tiers.{name}.share must be a number; got {share!r}")
-    merged = {key: float(value) for key, value in {**defaults, **fields}.items()}
-    return TierShare(TierProfile(name=name, **merged), float(share))
-
-
-class UnlabelledSource(enum.StrEnum):
-    """Where the server's unlabelled distillation inputs come from."""
-
-    HOLDOUT = "holdout"
-    """Training-set rows drawn with the run's seed; their labels are dropped."""
-    FILE = "file"
-    """The array ``x`` of the ``.npz`` file named by ``distill.file``."""
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    """Server-side ensemble distillation (FedDF) and the students of device tiers."""
-
-    enabled: bool = False
-    temperature: float = 3.0
-    """Softmax temperature of the KD loss."""
-    steps: int = 100
-    """Adam steps per distillation (each model, each round)."""
-    batch_size: int = 128
-    lr: float = 1e-3
-    source: UnlabelledSource = UnlabelledSource.HOLDOUT
-    holdout_size: int = 2000
-    """Rows of the held-out unlabelled split (``source = "holdout"``)."""
-    file: str = ""
-    """An ``.npz`` file with an array ``x`` (``source = "file"``)."""
-    students: str = ""
-    """Tier students, ``"TIER=[MODEL@]WIDTH[:BITS], ..."``, e.g. ``"mcu=0.25:4,iot=0.5"``."""
-    every_k: int = 1
-    """Distil the global teacher into each student every k rounds (else the ensemble)."""
-    edge_metrics: bool = False
-    """At the end, export the global model and each student to INT8 ONNX and measure them
-    (``edge`` in summary.json; needs the ``export`` extra). Works with distillation off too."""
-
-    def __post_init__(self) -> None:
-        require(self.steps >= 1, "distill.steps", ">= 1", self.steps)
-        require(self.holdout_size >= 1, "distill.holdout_size", ">= 1", self.holdout_size)
-        require(self.every_k >= 1, "distill.every_k", ">= 1", self.every_k)
-        require(
-            self.source is not UnlabelledSource.FILE or bool(self.file.strip()),
-            "distill.file",
-            'a path when distill.source = "file"',
-            self.file,
-        )
-        try:
-            self.to_distill_config(seed=0)
-        except ConfigError as error:
-            raise ConfigError(f"distill.{error}") from None
-        try:
-            self.student_specs()
-        except ConfigError as error:
-            raise ConfigError(f"distill.students: {error}") from None
-
-    def to_distill_config(self, seed: int) -> DistillConfig:
-        """The distillation maths' config."""
-        return DistillConfig(
-            temperature=self.temperature,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            seed=seed,
-        )
-
-    def student_specs(self) -> tuple[StudentSpec, ...]:
-        """The parsed ``students``."""
-        return parse_students(self.students)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from stamen.client.agent.wire import (
     sha256,
     task_signing_bytes,
 )
-from stamen.config.settings import require
+from stamen.config.checks import require
 from stamen.errors import StamenError
 from stamen.protos.edge.v1 import edge_pb2
 from stamen.task import MODEL_KEY, PAYLOAD, RESIDUAL_KEY, payload_bytes

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 
 from stamen.client.agent.identity import load_private_key
-from stamen.config.settings import require
+from stamen.config.checks import require
 from stamen.errors import ConfigError
 from stamen.protos.edge.v1 import edge_pb2_grpc
 from stamen.server.edge.certs import CertPaths
