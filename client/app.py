@@ -53,6 +53,7 @@ from stamen.task import (
     UPDATE_KEY,
     TrainTask,
     payload_bytes,
+    records_of,
 )
 
 
@@ -120,7 +121,7 @@ def local_spec(local: LocalData, model_name: ModelName, width: float) -> ModelSp
 
 def receive_global(message: Message, spec: ModelSpec) -> DecodedModel:
     """The global model in ``message``, decoded and verified against ``spec``'s shapes."""
-    array = message.content.array_records[MODEL_KEY][PAYLOAD]
+    array = records_of(message.content, ArrayRecord)[MODEL_KEY][PAYLOAD]
     last = _LAST_RECEIVED
     if last.decoded is not None and last.array is array and last.spec == spec:
         # The devices of one round share one record, and so one Array, in this process.
@@ -229,7 +230,7 @@ def handle_train(message: Message, context: Context, fleet: FleetData) -> Messag
 
 def start_training(message: Message, context: Context, fleet: FleetData) -> TrainJob:
     """Read the task, this device's data and the global model."""
-    task = _task_of(message.content.config_records[CONFIG_KEY])
+    task = _task_of(records_of(message.content, ConfigRecord)[CONFIG_KEY])
     pid = partition_id(context)
     local = device_data(fleet, pid)
     spec = local_spec(local, task.model, task.width)

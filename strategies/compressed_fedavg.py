@@ -51,11 +51,10 @@ from stamen.strategies.outgoing import CheckedReply, OutgoingRecords
 from stamen.strategies.reply_validation import (
     SentModel,
     ValidUpdate,
-    array_nbytes,
     reply_wire_bytes,
     validate_reply,
 )
-from stamen.task import CONFIG_KEY, DENSE_KEY, MODEL_KEY, TrainTask, records_of
+from stamen.task import CONFIG_KEY, DENSE_KEY, MODEL_KEY, TrainTask
 
 LOG = logging.getLogger("stamen.strategies")
 
@@ -280,17 +279,16 @@ class CompressedFedAvg(FedAvg):
         }
         if self.plain_client_compat and node_id not in self.stamen_nodes:
             records[DENSE_KEY] = outgoing.dense()
-        content = RecordDict(records)
-        if message_type == MessageType.TRAIN:
-            arrays = records_of(content, ArrayRecord).values()
-            stats.downlink_bytes += sum(array_nbytes(a) for r in arrays for a in r.values())
-            stats.downlink_bytes_fp32 += outgoing.dense_bytes
-        return Message(
-            content=content,
+        message = Message(
+            content=RecordDict(records),
             dst_node_id=node_id,
             message_type=message_type,
             group_id=str(task.round_num),
         )
+        if message_type == MessageType.TRAIN:
+            stats.downlink_bytes += reply_wire_bytes(message)
+            stats.downlink_bytes_fp32 += outgoing.dense_bytes
+        return message
 
     def _outgoing_records(self, sent: SentModel, task: TrainTask) -> OutgoingRecords:
         """The records every device of a round receives, built once and shared by its messages
