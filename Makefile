@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-fast lint typecheck protos benchmark clean
+.PHONY: demo test test-fast lint layers typecheck protos benchmark clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/stamen simulate --preset edge --dataset mnist --rounds 20 --out runs/demo
 
-## test: set up, lint, type-check, then every test but the benchmarks (end-to-end included)
-test: $(STAMP) lint typecheck
+## test: set up, lint, check the layers, type-check, then every test but the benchmarks (end-to-end included)
+test: $(STAMP) lint layers typecheck
 	$(BIN)/pytest -q -m "not benchmark"
 
 ## test-fast: the quick loop: unit and in-process tests, no Ray or flwr processes
@@ -32,6 +32,10 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+## layers: the import-linter contract in pyproject.toml (docs/architecture.md)
+layers: $(STAMP)
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/python scripts/typecheck.py

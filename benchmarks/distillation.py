@@ -61,8 +61,8 @@ def arm_overrides(arm: str, args: argparse.Namespace) -> dict[str, Any]:
 def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     """One federation; returns its summary (without the config) and per-round records."""
     from stamen.config import load_config
+    from stamen.launch import simulate
     from stamen.server import ResultsWriter
-    from stamen.simulations import simulate
 
     config = load_config(overrides=arm_overrides(arm, args))
     out = args.out / arm

@@ -35,8 +35,8 @@ def run_one(strategy: str, rounds: int, args: dict[str, Any], out: Path) -> dict
     import torch
 
     from stamen.config import load_config
+    from stamen.launch import simulate
     from stamen.server import CollectingReporter, Reporters, ResultsWriter
-    from stamen.simulations import simulate
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.ERROR)

@@ -97,8 +97,8 @@ def run_stamen(
 ) -> None:
     """Stamen's apps on the path's backend and preset."""
     from stamen.config import load_config
+    from stamen.launch import simulate
     from stamen.server.reporting import RoundRecord
-    from stamen.simulations import simulate
 
     class Marks:
         def on_start(self, total_rounds: int, initial_accuracy: float) -> None:

@@ -28,8 +28,8 @@ def run_one(preset: str, seed: int, rounds: int, dataset: str, out: Path) -> dic
     import torch
 
     from stamen.config import load_config
+    from stamen.launch import simulate
     from stamen.server import ResultsWriter
-    from stamen.simulations import simulate
 
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)

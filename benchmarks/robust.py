@@ -59,8 +59,8 @@ def run_one(overrides: dict[str, Any], out: Path) -> dict[str, Any]:
         import torch
 
         from stamen.config import load_config
+        from stamen.launch import simulate
         from stamen.server import ResultsWriter
-        from stamen.simulations import simulate
 
         torch.set_num_threads(1)
         logging.basicConfig(level=logging.WARNING, format="%(message)s")

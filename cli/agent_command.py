@@ -117,7 +117,7 @@ def agent(
     from stamen.client.agent import Agent, AgentRefused, AgentSettings, GuardSettings
     from stamen.client.agent.identity import load_public_key
     from stamen.client.agent.state import AgentStateStore
-    from stamen.errors import StamenError
+    from stamen.core.errors import StamenError
 
     if server is None:
         fail("--server HOST:PORT is required (or use: stamen agent keygen)")
@@ -194,7 +194,7 @@ def keygen(
     from stamen.cli.main import console, fail
     from stamen.client.agent.identity import device_id, public_bytes
     from stamen.client.agent.state import AgentStateStore
-    from stamen.errors import StamenError
+    from stamen.core.errors import StamenError
 
     store = AgentStateStore(state_dir)
     try:

@@ -37,7 +37,7 @@ def init(
     keys on the server (and ca.key offline if you can).
     """
     from stamen.cli.main import console, fail
-    from stamen.errors import StamenError
+    from stamen.core.errors import StamenError
     from stamen.server.edge.certs import init_certs
 
     hosts = host or ["localhost", "127.0.0.1", socket.gethostname()]

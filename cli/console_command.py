@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from stamen.cli.monitor_setup import MonitorOptions
-from stamen.errors import ConfigError, StamenError
+from stamen.core.errors import ConfigError, StamenError
 from stamen.server.console.client import ConnectionSettings
 from stamen.server.monitor.auth import CLIENT_ENV
 

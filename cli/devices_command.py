@@ -28,7 +28,7 @@ def register(
     """Admit a device's public key (made by [bold]stamen agent keygen[/])."""
     from stamen.cli.main import console, fail
     from stamen.client.agent.identity import load_public_key
-    from stamen.errors import StamenError
+    from stamen.core.errors import StamenError
     from stamen.server.edge.registry import DeviceRegistry
 
     try:
@@ -45,7 +45,7 @@ def list_devices(registry: RegistryOption = Path("devices.json")) -> None:
     from rich.table import Table
 
     from stamen.cli.main import console, fail
-    from stamen.errors import StamenError
+    from stamen.core.errors import StamenError
     from stamen.server.edge.registry import DeviceRegistry
 
     try:
@@ -73,7 +73,7 @@ def revoke(
 ) -> None:
     """Refuse a device from now on; a running server drops it at its next call."""
     from stamen.cli.main import console, fail
-    from stamen.errors import StamenError
+    from stamen.core.errors import StamenError
     from stamen.server.edge.registry import DeviceRegistry
 
     try:

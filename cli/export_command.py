@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stamen.cli.render import human_bytes
-from stamen.errors import StamenError
+from stamen.core.errors import StamenError
 from stamen.models import GLOBAL_MODEL_FILE, tier_model_file
 
 

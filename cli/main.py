@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from stamen import __version__
 from stamen.cli import export_command, precision_command
 from stamen.cli.agent_command import agent_app
 from stamen.cli.certs_command import certs_app
@@ -21,9 +20,9 @@ from stamen.cli.console_command import console_command, monitor_options
 from stamen.cli.devices_command import devices_app
 from stamen.cli.server_command import server
 from stamen.cli.status_command import status_command
-from stamen.config import Backend, Preset, load_config, parse_assignment
-from stamen.errors import StamenError
-from stamen.simulations.profiles import FleetPreset
+from stamen.config import Backend, FleetPreset, Preset, load_config, parse_assignment
+from stamen.core import __version__
+from stamen.core.errors import StamenError
 from stamen.simulations.sweep import expand, parse_axis
 
 console = Console()

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from stamen.config import StamenConfig
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.server.monitor import MonitorSettings, Role, TokenStore, generate_token, load_tokens
 from stamen.server.monitor.session import MonitoredRun
 

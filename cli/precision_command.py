@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stamen.cli.render import human_bytes
-from stamen.errors import StamenError
+from stamen.core.errors import StamenError
 
 CALIBRATION_SAMPLES = 512
 

@@ -140,7 +140,7 @@ def server(
     from stamen.cli.console_command import monitor_options
     from stamen.cli.main import FLAG_KEYS, console, err_console, fail, setup_logging
     from stamen.config import load_config, parse_assignment
-    from stamen.errors import StamenError
+    from stamen.core.errors import StamenError
     from stamen.server.edge import EdgeServer, EdgeServerSettings
     from stamen.server.edge.certs import CertPaths
 

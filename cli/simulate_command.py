@@ -11,9 +11,9 @@ from rich.console import Console
 from stamen.cli.monitor_setup import MonitorOptions, start_monitored_run
 from stamen.cli.render import ProgressReporter, results_table, summary_lines
 from stamen.config import Backend, StamenConfig
+from stamen.launch import simulate
 from stamen.server import CollectingReporter, Reporters, ResultsWriter
 from stamen.server.federation import summarize
-from stamen.simulations import simulate
 
 
 def run_simulation_command(

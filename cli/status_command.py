@@ -16,7 +16,7 @@ from stamen.cli.console_command import (
     connection,
     fail,
 )
-from stamen.errors import StamenError
+from stamen.core.errors import StamenError
 from stamen.server.console.client import MonitorClient, snapshot
 
 

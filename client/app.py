@@ -34,16 +34,7 @@ from stamen.compression import (
     remove_masks,
 )
 from stamen.config import from_run_config
-from stamen.errors import ConfigError
-from stamen.models import (
-    ModelName,
-    ModelSpec,
-    build_model,
-    exchanged_state,
-    load_exchanged_state,
-    to_channels_last,
-)
-from stamen.task import (
+from stamen.contract import (
     CONFIG_KEY,
     METRICS_KEY,
     MODEL_KEY,
@@ -54,6 +45,15 @@ from stamen.task import (
     TrainTask,
     payload_bytes,
     records_of,
+)
+from stamen.core.errors import ConfigError
+from stamen.models import (
+    ModelName,
+    ModelSpec,
+    build_model,
+    exchanged_state,
+    load_exchanged_state,
+    to_channels_last,
 )
 
 

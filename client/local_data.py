@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from stamen.config import DataSettings
+from stamen.core.errors import ConfigError
 from stamen.data import (
     Dataset,
     PartitionConfig,
@@ -22,7 +23,6 @@ from stamen.data import (
     rows_by_class,
     sample_device_rows,
 )
-from stamen.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context
 
-from stamen.task import RESIDUAL_KEY
+from stamen.contract import RESIDUAL_KEY
 
 
 def store_residual(context: Context, residual: Mapping[str, np.ndarray]) -> None:

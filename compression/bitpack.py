@@ -3,7 +3,7 @@
 All formats are canonical, and the unpackers reject anything the packers would
 not have produced (non-zero padding bits, overlong varints, trailing bytes). That way a payload
 has exactly one valid encoding, and a corrupted one fails loudly instead of
-decoding to something plausible. Unpackers raise :class:`stamen.errors.InvalidUpdate`.
+decoding to something plausible. Unpackers raise :class:`stamen.core.errors.InvalidUpdate`.
 
 Bit order is MSB first, as in :func:`numpy.packbits`.
 """
@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from stamen.errors import InvalidUpdate
+from stamen.core.errors import InvalidUpdate
 
 MAX_PACKED_BITS = 32
 MAX_VARINT_BYTES = 5

@@ -34,7 +34,7 @@ from stamen.compression.bitpack import (
     varint_sizes,
 )
 from stamen.compression.tensor_decode import decode_tensor, dequantize, index_bits_for
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.protos.update.v1 import update_pb2 as pb
 
 UNIFORM_BITS = (2, 4, 8)

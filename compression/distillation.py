@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class DistillConfig:
         >>> DistillConfig(temperature=0)
         Traceback (most recent call last):
         ...
-        stamen.errors.ConfigError: temperature must be > 0; got 0
+        stamen.core.errors.ConfigError: temperature must be > 0; got 0
     """
 
     temperature: float = 3.0

@@ -32,7 +32,7 @@ from stamen.compression.wire import (
     parse,
     serialize,
 )
-from stamen.errors import InvalidUpdate
+from stamen.core.errors import InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
 DOWNLINK_VALUE_FORMATS = (ValueFormat.FP32, ValueFormat.FP16, ValueFormat.Q8)
@@ -142,7 +142,7 @@ def decode_model(
     """Validate and decode a model payload, and check its hash.
 
     With ``expected_shapes`` the names and shapes must match exactly. Raises only
-    :class:`stamen.errors.InvalidUpdate`, with a one-line reason.
+    :class:`stamen.core.errors.InvalidUpdate`, with a one-line reason.
     """
     envelope = parse(pb.ModelPayload, payload, max_bytes)
     tensors, masks = decode_tensors(envelope.tensors, expected_shapes)

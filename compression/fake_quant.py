@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
+from stamen.models import WEIGHT_BITS
 
-WEIGHT_BITS = (2, 4, 8)
 ACTIVATION_BITS = (8,)
 _SCALE_FLOOR = torch.finfo(torch.float32).eps  # as torch's observers do, to avoid 1/0
 

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from stamen.compression.fake_quant import WEIGHT_BITS, fake_quantize_weight
 from stamen.compression.qat import QAT_MODULE_TYPES, QATConfig, prepare_qat
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 BITS_DESCENDING = tuple(sorted(WEIGHT_BITS, reverse=True))
 _SCALE_BYTES = 4  # one float32 scale per output channel

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 MAX_TARGET_SPARSITY = 0.95
 
@@ -59,7 +59,7 @@ class PruningConfig:
         >>> PruningConfig(target_sparsity=0.99)
         Traceback (most recent call last):
         ...
-        stamen.errors.ConfigError: target_sparsity must be in [0, 0.95]; got 0.99
+        stamen.core.errors.ConfigError: target_sparsity must be in [0, 0.95]; got 0.99
     """
 
     target_sparsity: float = 0.0

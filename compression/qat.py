@@ -37,7 +37,7 @@ from stamen.compression.fake_quant import (
     check_bits,
     fake_quantize_weight,
 )
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class QATConfig:
         >>> QATConfig(weight_bits=3)
         Traceback (most recent call last):
         ...
-        stamen.errors.ConfigError: weight_bits must be one of 2, 4, 8; got 3
+        stamen.core.errors.ConfigError: weight_bits must be one of 2, 4, 8; got 3
     """
 
     weight_bits: int = 8

@@ -4,7 +4,7 @@ Every field is checked against the others before anything is allocated: enum
 values, the element count (capped), the packed sizes it implies, the checksum,
 then a zlib inflate bounded by the exact expected size. Only then are indices
 and values unpacked and checked (in range, strictly increasing, finite).
-The one exception raised on bad input is :class:`stamen.errors.InvalidUpdate`,
+The one exception raised on bad input is :class:`stamen.core.errors.InvalidUpdate`,
 with a one-line message that names the tensor.
 """
 
@@ -24,7 +24,7 @@ from stamen.compression.bitpack import (
     packed_size,
     unpack_bits,
 )
-from stamen.errors import InvalidUpdate
+from stamen.core.errors import InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
 MAX_ELEMENTS = 2**28

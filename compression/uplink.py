@@ -31,7 +31,7 @@ from stamen.compression.wire import (
     parse,
     serialize,
 )
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.protos.update.v1 import update_pb2 as pb
 
 _UNIFORM_BITS = {ValueFormat.Q8: 8, ValueFormat.Q4: 4, ValueFormat.Q2: 2}
@@ -156,7 +156,7 @@ def decode_update(
     """Validate and decode an update from an untrusted device.
 
     The tensor names and shapes must be exactly ``expected_shapes``. Raises only
-    :class:`stamen.errors.InvalidUpdate`, with a one-line reason.
+    :class:`stamen.core.errors.InvalidUpdate`, with a one-line reason.
     """
     envelope = parse(pb.ModelUpdate, payload, max_bytes)
     tensors, _ = decode_tensors(envelope.tensors, expected_shapes)

@@ -4,7 +4,7 @@ Parsing is for hostile input: the size limit is checked before the protobuf
 parser sees a byte, the format version and hash length are checked before any
 tensor, and every tensor's header (names, shapes, sizes) is checked before any
 tensor is decoded, so a bad payload costs no large allocation. Every failure is
-:class:`stamen.errors.InvalidUpdate`.
+:class:`stamen.core.errors.InvalidUpdate`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from stamen.compression.tensor_decode import MAX_ELEMENTS, check_layout, decode_checked
-from stamen.errors import InvalidUpdate
+from stamen.core.errors import InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
 FORMAT_VERSION = 1

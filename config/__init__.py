@@ -27,6 +27,7 @@ from stamen.config.settings import (
     StrategySettings,
     TrainingSettings,
 )
+from stamen.config.tiers import FleetMix, FleetPreset, TierProfile, builtin_tier, fleet_mix
 
 __all__ = [
     "PRESETS",
@@ -36,13 +37,18 @@ __all__ = [
     "DataSettings",
     "DistillSettings",
     "FederationSettings",
+    "FleetMix",
+    "FleetPreset",
     "Preset",
     "QATSettings",
     "StamenConfig",
     "StrategyName",
     "StrategySettings",
+    "TierProfile",
     "TrainingSettings",
     "UnlabelledSource",
+    "builtin_tier",
+    "fleet_mix",
     "from_run_config",
     "load_config",
     "parse_assignment",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 
 def require(condition: bool, key: str, expected: str, value: object) -> None:

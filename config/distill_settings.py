@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from stamen.compression import DistillConfig
 from stamen.config.checks import require
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.models import StudentSpec, parse_students
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from stamen.config.checks import require
-from stamen.errors import ConfigError
-from stamen.simulations.profiles import BUILTIN_TIERS, FleetPreset, TierProfile
+from stamen.config.tiers import BUILTIN_TIERS, FleetPreset, TierProfile
+from stamen.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

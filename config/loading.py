@@ -20,7 +20,7 @@ from typing import Any
 
 from stamen.config.fleet_settings import tier_share
 from stamen.config.settings import SECTION_TYPES, Preset, StamenConfig
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
     Preset.EDGE: {

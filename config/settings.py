@@ -3,7 +3,7 @@
 Every setting that a user can write in TOML, pass as a flag or find in a
 ``summary.json`` lives here as a frozen dataclass field. Enumerated values are
 ``str`` enums so that they read and write as plain strings. Each class checks
-its own values in ``__post_init__`` and raises :class:`~stamen.errors.ConfigError`
+its own values in ``__post_init__`` and raises :class:`~stamen.core.errors.ConfigError`
 with one line that names the key and what is allowed.
 
 The compression pieces (QAT, pruning, codecs) own their configs, and the fleet
@@ -26,8 +26,8 @@ from stamen.compression import (
 from stamen.config.checks import require
 from stamen.config.distill_settings import DistillSettings
 from stamen.config.fleet_settings import FleetSettings
+from stamen.core.errors import ConfigError
 from stamen.data import PartitionScheme
-from stamen.errors import ConfigError
 from stamen.models import ModelName
 
 

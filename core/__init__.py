@@ -1,11 +1,9 @@
-"""Stamen: federated edge learning on Flower and PyTorch.
+"""Stamen's leaf layer: its errors and the protocols a Grid may offer beyond Flower's.
 
-Devices train quantization-aware, pruned models on local data, send compressed
-updates, and receive compact global models. The same Flower apps run in a
-simulation of many virtual devices or on real devices.
+Every other Stamen package may import this one; it imports none of them.
 """
 
-from stamen.errors import ArtifactError, ConfigError, DataError, InvalidUpdate, StamenError
+from stamen.core.errors import ArtifactError, ConfigError, DataError, InvalidUpdate, StamenError
 
 __version__ = "0.1.0"
 

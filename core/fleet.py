@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from flwr.app import Message

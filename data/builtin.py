@@ -23,10 +23,10 @@ from types import ModuleType
 
 import numpy as np
 
+from stamen.core.errors import DataError
 from stamen.data.dataset import Dataset
 from stamen.data.prepare import dataset_from_arrays
 from stamen.data.watch import recordings_to_features
-from stamen.errors import DataError
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2

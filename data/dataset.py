@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stamen.errors import DataError
+from stamen.core.errors import DataError
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from stamen.core.errors import DataError
 from stamen.data.builtin import BuiltinDataset, load_builtin
 from stamen.data.dataset import Dataset
 from stamen.data.npz import load_npz
-from stamen.errors import DataError
 
 NPZ_PREFIX = "npz:"
 # Enough for every built-in plus a handful of user files without holding many

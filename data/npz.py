@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stamen.core.errors import DataError
 from stamen.data.dataset import Dataset
 from stamen.data.prepare import dataset_from_arrays
-from stamen.errors import DataError
 
 REQUIRED_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS: tuple[str, ...] = ("client_train",)

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stamen.core.errors import ConfigError, DataError
 from stamen.data.dataset import Dataset
-from stamen.errors import ConfigError, DataError
 
 
 class PartitionScheme(enum.StrEnum):
@@ -58,7 +58,7 @@ class PartitionConfig:
         >>> PartitionConfig(alpha=0)
         Traceback (most recent call last):
         ...
-        stamen.errors.ConfigError: alpha must be a finite number > 0; got 0
+        stamen.core.errors.ConfigError: alpha must be a finite number > 0; got 0
     """
 
     scheme: PartitionScheme = PartitionScheme.DIRICHLET

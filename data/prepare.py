@@ -21,8 +21,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from stamen.core.errors import DataError
 from stamen.data.dataset import Dataset, Normalization
-from stamen.errors import DataError
 
 # Rows per chunk when computing standard deviations, so that the float64
 # temporaries stay small even for the 60k-image MNIST training set.

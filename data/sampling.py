@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stamen.core.errors import ConfigError
 from stamen.data.partition import PartitionConfig, PartitionScheme
-from stamen.errors import ConfigError
 
 
 def rows_by_class(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:

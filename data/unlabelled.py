@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stamen.core.errors import DataError
 from stamen.data.dataset import Dataset
-from stamen.errors import DataError
 
 
 def holdout_inputs(dataset: Dataset, size: int, seed: int) -> np.ndarray:

@@ -12,11 +12,11 @@ from stamen.compression import (
     ValueFormat,
 )
 from stamen.config import DataSettings
+from stamen.contract import TrainTask
 from stamen.data import PartitionScheme
 from stamen.models import ModelName, ModelSpec, build_model, exchanged_state
 from stamen.simulations import LocalGrid
 from stamen.strategies import CompressedFedAvg, to_array_record
-from stamen.task import TrainTask
 
 spec = ModelSpec(name=ModelName.MLP, input_shape=(1, 8, 8), num_classes=10)  # sklearn digits
 strategy = CompressedFedAvg(

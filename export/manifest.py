@@ -16,7 +16,7 @@ Examples:
     >>> verify_manifest({**signed, "tier": "phone"})
     Traceback (most recent call last):
     ...
-    stamen.errors.ArtifactError: manifest signature does not verify: ...
+    stamen.core.errors.ArtifactError: manifest signature does not verify: ...
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stamen.errors import ArtifactError
+from stamen.core.errors import ArtifactError
 
 FORMAT = "stamen.artifact.v1"
 SIGNATURE = "signature"

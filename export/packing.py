@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import lzma
 
-from stamen.errors import ArtifactError
+from stamen.core.errors import ArtifactError
 
 PACKED_SUFFIX = ".onnx.xz"
 # No literal context (lc=0) and no position bits (pb=0): int8 weights are close to independent

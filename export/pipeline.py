@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from torch import nn
 
 from stamen.compression import QATConfig, measure_sparsity, prepare_qat
+from stamen.core.errors import ArtifactError, ConfigError
 from stamen.data import Dataset, load_dataset
-from stamen.errors import ArtifactError, ConfigError
 from stamen.export.manifest import FORMAT, read_manifest, sign_manifest, verify_manifest
 from stamen.export.onnx_int8 import (
     INPUT_NAME,

@@ -16,7 +16,7 @@ from stamen.models.checkpoint import (
     tier_model_file,
 )
 from stamen.models.cost import forward_macs, training_flops_per_sample
-from stamen.models.spec import ModelName, ModelSpec
+from stamen.models.spec import WEIGHT_BITS, ModelName, ModelSpec
 from stamen.models.stacked import StackedLeNet
 from stamen.models.state import (
     DEVICE_LOCAL_ATTRIBUTE,
@@ -30,6 +30,7 @@ __all__ = [
     "DEVICE_LOCAL_ATTRIBUTE",
     "GLOBAL_MODEL_FILE",
     "MLP",
+    "WEIGHT_BITS",
     "LeNet",
     "MobileNet",
     "ModelFileError",

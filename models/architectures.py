@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 _LENET_REFERENCE_SIZE = 28
 _LENET_KERNEL = 5

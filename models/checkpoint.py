@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stamen.errors import ConfigError, StamenError
+from stamen.core.errors import ConfigError, StamenError
 from stamen.models.build import build_model
 from stamen.models.spec import ModelSpec
 from stamen.models.state import load_exchanged_state

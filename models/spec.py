@@ -6,7 +6,10 @@ import enum
 import math
 from dataclasses import dataclass
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
+
+WEIGHT_BITS = (2, 4, 8)
+"""The weight precisions a model can be trained at (QAT) and shipped in."""
 
 
 class ModelName(enum.StrEnum):

@@ -16,7 +16,7 @@ Examples:
     >>> parse_students("mcu=0")
     Traceback (most recent call last):
     ...
-    stamen.errors.ConfigError: student 'mcu=0' needs a width > 0 and at most 1; got 0
+    stamen.core.errors.ConfigError: student 'mcu=0' needs a width > 0 and at most 1; got 0
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from stamen.compression.fake_quant import WEIGHT_BITS
-from stamen.errors import ConfigError
-from stamen.models.spec import ModelName, ModelSpec
+from stamen.core.errors import ConfigError
+from stamen.models.spec import WEIGHT_BITS, ModelName, ModelSpec
 
 _TIER = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -27,6 +27,7 @@ TOKEN = "screenshot-operator-token"
 async def capture(rounds_before: int, svg_path: Path, size: tuple[int, int]) -> None:
     """Run the federation and the console; write the SVG screenshot to ``svg_path``."""
     from stamen.config import load_config
+    from stamen.launch import simulate
     from stamen.server.console import ConnectionSettings, ConsoleApp
     from stamen.server.control import RunState
     from stamen.server.monitor import MonitoredRun, MonitorSettings, Role, TokenStore
@@ -42,7 +43,7 @@ async def capture(rounds_before: int, svg_path: Path, size: tuple[int, int]) -> 
     )
     settings = MonitorSettings(tokens=TokenStore({TOKEN: Role.OPERATOR}))
     with MonitoredRun(config, settings) as run:
-        run.simulate_in_background()
+        run.run_in_background(simulate)
         app = ConsoleApp(ConnectionSettings(run.server.address, TOKEN), poll_interval=0.2)
         async with app.run_test(size=size) as pilot:
 

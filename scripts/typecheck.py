@@ -1,10 +1,10 @@
 """Run mypy over the ``stamen`` package as it is imported.
 
-The code folders map onto ``stamen.*`` through ``package-dir`` in
-pyproject.toml, and the editable install resolves them with an import hook
-that mypy cannot follow. So this script lays out the same tree as symlinks
-under ``build/typecheck/stamen`` and checks ``-p stamen`` there: every
-``import stamen.x`` is then resolved and checked, none silently becomes Any.
+Each code folder ``X/`` is the package ``stamen.X`` (``package-dir`` in
+pyproject.toml), and ``stamen`` itself is a namespace package with no folder
+of its own. mypy finds packages by folder name only, so this script links
+each folder under ``build/typecheck/stamen/`` and checks ``-p stamen`` there:
+every ``import stamen.x`` is then resolved and checked, none silently becomes Any.
 """
 
 from __future__ import annotations
@@ -27,13 +27,7 @@ def build_tree() -> None:
     root = TREE / "stamen"
     root.mkdir(parents=True)
     for package, folder in setuptools["package-dir"].items():
-        source = ROOT / folder
-        if package == "stamen":
-            for item in source.iterdir():
-                if item.suffix in (".py", ".typed"):
-                    (root / item.name).symlink_to(item)
-        else:
-            (root / package.split(".", 1)[1]).symlink_to(source, target_is_directory=True)
+        (root / package.removeprefix("stamen.")).symlink_to(ROOT / folder, target_is_directory=True)
 
 
 def main() -> int:

@@ -12,12 +12,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from stamen.config import StamenConfig, from_run_config
+from stamen.contract import OUT_KEY
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.control import RunControl
 from stamen.server.federation import run_federation
 from stamen.server.reporting import Reporters, RoundReporter
 from stamen.server.results import ResultsWriter
-from stamen.task import OUT_KEY
 
 
 def server_app(

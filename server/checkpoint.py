@@ -31,7 +31,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from stamen.client.agent.identity import write_atomic
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 LOG = logging.getLogger("stamen.server")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from stamen.errors import StamenError
+from stamen.core.errors import StamenError
 
 StateListener = Callable[["RunState", str], None]
 """Called with the new state and a sentence about the change."""

@@ -21,8 +21,8 @@ from torch import nn
 from stamen.client.trainer import evaluate
 from stamen.compression import QATConfig
 from stamen.config import StamenConfig, UnlabelledSource
+from stamen.core.errors import ConfigError
 from stamen.data import Dataset, file_inputs, holdout_inputs
-from stamen.errors import ConfigError
 from stamen.models import ModelSpec, SavedModel, student_spec
 from stamen.strategies.feddf import FedDF, TierStudent
 

@@ -20,9 +20,10 @@ from torch import nn
 from stamen.client.trainer import EvalResult, evaluate
 from stamen.compression import dense_nbytes, model_hash
 from stamen.config import StamenConfig
+from stamen.contract import TrainTask
+from stamen.core.errors import ConfigError
+from stamen.core.fleet import PolicyGrid, RoundTiming
 from stamen.data import Dataset, load_dataset
-from stamen.errors import ConfigError
-from stamen.fleet import PolicyGrid, RoundTiming
 from stamen.models import (
     ModelName,
     ModelSpec,
@@ -45,7 +46,6 @@ from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.strategies import CompressedFedAvg, FedBuff, RoundStats
 from stamen.strategies import build_strategy as build_named_strategy
 from stamen.strategies.deltas import to_array_record, to_numpy
-from stamen.task import TrainTask
 
 LOG = logging.getLogger("stamen.server")
 

@@ -33,8 +33,8 @@ from stamen.compression import (
 )
 from stamen.compression.wire import parse, serialize
 from stamen.config import AttackKind, AttackSettings
+from stamen.contract import CONFIG_KEY, PAYLOAD, UPDATE_KEY, TrainTask, payload_bytes
 from stamen.protos.update.v1 import update_pb2 as pb
-from stamen.task import CONFIG_KEY, PAYLOAD, UPDATE_KEY, TrainTask, payload_bytes
 
 REPLAY_KEY = "stamen.attack.replay"
 """Device state of a stale-replay attacker: the update it keeps resending."""

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.simulations.virtual_grid import VirtualGrid
 from stamen.simulations.workers import DeviceRunner, ReplyHook, RunConfig
 

@@ -12,7 +12,7 @@ take on the real fleet: each device finishes at
 on its tier's links (:mod:`stamen.simulations.profiles`). Devices go offline by
 their tier's availability and drop out of tasks by its dropout probability.
 
-``send_and_receive`` closes a round by the :class:`~stamen.fleet.RoundPolicy`
+``send_and_receive`` closes a round by the :class:`~stamen.core.fleet.RoundPolicy`
 the strategy set: at the quorum (over-selection) or the deadline, first wins;
 later replies are stragglers (past the deadline) or surplus (past the quorum).
 ``push_messages`` / ``pull_messages`` are asynchronous on the same clock: a
@@ -31,7 +31,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Error, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from stamen.fleet import RoundPolicy, RoundTiming
+from stamen.contract import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES, records_of
+from stamen.core.fleet import RoundPolicy, RoundTiming
 from stamen.simulations.profiles import Fleet
 from stamen.simulations.virtual_grid import VirtualGrid
 from stamen.simulations.workers import (
@@ -42,7 +43,6 @@ from stamen.simulations.workers import (
     WorkerPool,
 )
 from stamen.strategies.reply_validation import reply_wire_bytes
-from stamen.task import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES, records_of
 
 LOG = logging.getLogger("stamen.simulations")
 
@@ -76,7 +76,8 @@ class SimulationGrid(VirtualGrid):
     Examples:
         >>> from stamen.client import FleetData, client_app
         >>> from stamen.config import DataSettings
-        >>> from stamen.simulations.profiles import FleetPreset, build_fleet, fleet_mix
+        >>> from stamen.config import FleetPreset, fleet_mix
+        >>> from stamen.simulations.profiles import build_fleet
         >>> fleet = build_fleet(fleet_mix(FleetPreset.IDEAL), num_devices=4, seed=0)
         >>> data = FleetData(DataSettings(dataset="digits"), num_devices=4, seed=0)
         >>> with SimulationGrid(client_app(data), fleet, flops_per_sample=1e5) as grid:
@@ -186,7 +187,7 @@ class SimulationGrid(VirtualGrid):
             )
         return accepted
 
-    # -- Stamen extensions (stamen.fleet protocols) ---------------------------------
+    # -- Stamen extensions (stamen.core.fleet protocols) ---------------------------------
 
     @property
     def now(self) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stamen.config.loading import canonical_key
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 SEED_KEY = "federation.seed"
 

@@ -39,7 +39,7 @@ import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from stamen.errors import StamenError
+from stamen.core.errors import StamenError
 
 LOG = logging.getLogger("stamen.simulations")
 

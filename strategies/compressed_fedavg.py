@@ -43,8 +43,9 @@ from stamen.compression import (
     compute_masks,
     dense_nbytes,
 )
-from stamen.errors import InvalidUpdate
-from stamen.fleet import PolicyGrid, RoundPolicy, StreamingGrid
+from stamen.contract import CONFIG_KEY, DENSE_KEY, MODEL_KEY, TrainTask
+from stamen.core.errors import InvalidUpdate
+from stamen.core.fleet import PolicyGrid, RoundPolicy, StreamingGrid
 from stamen.models import load_exchanged_state
 from stamen.strategies.deltas import apply_masks_np, to_array_record, to_numpy, weighted_mean_delta
 from stamen.strategies.outgoing import CheckedReply, OutgoingRecords
@@ -54,7 +55,6 @@ from stamen.strategies.reply_validation import (
     reply_wire_bytes,
     validate_reply,
 )
-from stamen.task import CONFIG_KEY, DENSE_KEY, MODEL_KEY, TrainTask
 
 LOG = logging.getLogger("stamen.strategies")
 
@@ -111,7 +111,7 @@ class CompressedFedAvg(FedAvg):
     Examples:
         >>> from stamen.compression import DownlinkCodecConfig, UplinkCodecConfig
         >>> from stamen.models import ModelSpec, build_model
-        >>> from stamen.task import TrainTask
+        >>> from stamen.contract import TrainTask
         >>> spec = ModelSpec(name="mlp", input_shape=(64,), num_classes=10)
         >>> strategy = CompressedFedAvg(
         ...     model_factory=lambda: build_model(spec),

@@ -17,7 +17,7 @@ changes only the ``v`` update.
 Examples:
     >>> import numpy as np
     >>> from stamen.models import ModelSpec, build_model
-    >>> from stamen.task import TrainTask
+    >>> from stamen.contract import TrainTask
     >>> spec = ModelSpec(name="mlp", input_shape=(64,), num_classes=10)
     >>> adam = FedAdam(server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3,
     ...     model_factory=lambda: build_model(spec), task=TrainTask(model=spec.name))
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg
 
 

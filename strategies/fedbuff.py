@@ -19,7 +19,7 @@ aggregation), or the edge grid.
 
 Examples:
     >>> from stamen.models import ModelSpec, build_model
-    >>> from stamen.task import TrainTask
+    >>> from stamen.contract import TrainTask
     >>> spec = ModelSpec(name="mlp", input_shape=(64,), num_classes=10)
     >>> strategy = FedBuff(buffer_size=3, devices_per_round=6,
     ...     model_factory=lambda: build_model(spec), task=TrainTask(model=spec.name))
@@ -41,8 +41,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from stamen.errors import ConfigError
-from stamen.fleet import RoundTiming
+from stamen.core.errors import ConfigError
+from stamen.core.fleet import RoundTiming
 from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg, RoundStats
 from stamen.strategies.deltas import apply_masks_np, to_array_record, to_numpy
 from stamen.strategies.reply_validation import SentModel, ValidUpdate

@@ -45,8 +45,8 @@ from stamen.compression import (
     model_logits,
     remove_masks,
 )
-from stamen.errors import InvalidUpdate
-from stamen.fleet import TieredGrid
+from stamen.core.errors import InvalidUpdate
+from stamen.core.fleet import TieredGrid
 from stamen.models import ModelSpec, build_model, count_parameters, exchanged_state
 from stamen.models import load_exchanged_state as load_state
 from stamen.strategies.compressed_fedavg import CompressedFedAvg, Rejection, RoundStats
@@ -93,7 +93,7 @@ class FedDF(CompressedFedAvg):
 
     Examples:
         >>> from stamen.compression import DistillConfig
-        >>> from stamen.task import TrainTask
+        >>> from stamen.contract import TrainTask
         >>> spec = ModelSpec("mlp", (64,), num_classes=10)
         >>> strategy = FedDF(
         ...     teacher_spec=spec,

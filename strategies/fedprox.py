@@ -6,12 +6,12 @@ https://arxiv.org/abs/1812.06127.
 Each device minimises ``loss(w) + mu/2 * ||w - w_global||^2`` where ``w_global``
 is the model it received, which keeps non-IID devices from drifting far from
 the global model. The server sets ``mu``; it travels in the
-:class:`~stamen.task.TrainTask` (``proximal_mu``), and the device's trainer adds
+:class:`~stamen.contract.task.TrainTask` (``proximal_mu``), and the device's trainer adds
 the term. Aggregation is compressed FedAvg's, unchanged.
 
 Examples:
     >>> from stamen.models import ModelSpec, build_model
-    >>> from stamen.task import TrainTask
+    >>> from stamen.contract import TrainTask
     >>> spec = ModelSpec(name="mlp", input_shape=(64,), num_classes=10)
     >>> strategy = FedProx(proximal_mu=0.1, model_factory=lambda: build_model(spec),
     ...     task=TrainTask(model=spec.name))
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg
 
 

@@ -16,7 +16,7 @@ effective learning rate down at once. Everything else is
 Examples:
     >>> import numpy as np
     >>> from stamen.models import ModelSpec, build_model
-    >>> from stamen.task import TrainTask
+    >>> from stamen.contract import TrainTask
     >>> spec = ModelSpec(name="mlp", input_shape=(64,), num_classes=10)
     >>> yogi = FedYogi(beta2=0.99, model_factory=lambda: build_model(spec),
     ...     task=TrainTask(model=spec.name))

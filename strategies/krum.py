@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg
 from stamen.strategies.deltas import flat, weighted_mean_delta
 from stamen.strategies.reply_validation import ValidUpdate

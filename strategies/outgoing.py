@@ -13,9 +13,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from stamen.compression import dense_nbytes
-from stamen.errors import InvalidUpdate
+from stamen.contract import PAYLOAD
+from stamen.core.errors import InvalidUpdate
 from stamen.strategies.reply_validation import SentModel, ValidUpdate
-from stamen.task import PAYLOAD
 
 
 @dataclass(frozen=True)

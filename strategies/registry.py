@@ -6,7 +6,7 @@ select from :data:`STRATEGIES`; ``stamen strategies`` prints it.
 Examples:
     >>> from stamen.config import StrategySettings
     >>> from stamen.models import ModelSpec, build_model
-    >>> from stamen.task import TrainTask
+    >>> from stamen.contract import TrainTask
     >>> spec = ModelSpec(name="mlp", input_shape=(64,), num_classes=10)
     >>> strategy = build_strategy(StrategySettings(name="trimmed-mean", trim_fraction=0.1),
     ...     model_factory=lambda: build_model(spec), task=TrainTask(model=spec.name))

@@ -2,7 +2,7 @@
 
 Both reply kinds are accepted: a Stamen device's encoded update, and a plain
 Flower ClientApp's dense ``ArrayRecord`` of trained weights. Everything that
-is wrong with a reply ends in :class:`~stamen.errors.InvalidUpdate` with one
+is wrong with a reply ends in :class:`~stamen.core.errors.InvalidUpdate` with one
 line the server logs and counts; nothing here raises anything else.
 """
 
@@ -17,8 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from stamen.compression import decode_update
-from stamen.errors import InvalidUpdate
-from stamen.task import (
+from stamen.contract import (
     DENSE_KEY,
     METRICS_KEY,
     NUM_EXAMPLES,
@@ -27,6 +26,7 @@ from stamen.task import (
     payload_bytes,
     records_of,
 )
+from stamen.core.errors import InvalidUpdate
 
 MAX_NUM_EXAMPLES = 10**9
 

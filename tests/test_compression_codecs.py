@@ -34,7 +34,7 @@ from stamen.compression.bitpack import (
     encode_rice,
     rice_bit_count,
 )
-from stamen.errors import ConfigError, InvalidUpdate
+from stamen.core.errors import ConfigError, InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
 HASH = "ab" * 32

@@ -24,7 +24,7 @@ from stamen.compression.pruning import (
     remove_masks,
 )
 from stamen.compression.qat import QATConfig, prepare_qat
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.models import ModelSpec, build_model, exchanged_state
 
 LENET = ModelSpec("lenet", (1, 28, 28), num_classes=10)

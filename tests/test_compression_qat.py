@@ -20,7 +20,7 @@ from stamen.compression.qat import (
     QATLinear,
     prepare_qat,
 )
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.models import ModelSpec, build_model, exchanged_state
 
 

@@ -30,7 +30,7 @@ from stamen.compression import (
 )
 from stamen.compression.bitpack import encode_rice, encode_varints, pack_bits
 from stamen.compression.tensor_decode import decode_tensor
-from stamen.errors import InvalidUpdate
+from stamen.core.errors import InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
 HASH = "cd" * 32

@@ -12,7 +12,7 @@ from stamen.config import (
     parse_assignment,
     to_run_config,
 )
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 
 def test_edge_is_the_default_preset_with_full_compression() -> None:

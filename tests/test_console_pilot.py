@@ -10,6 +10,7 @@ import pytest
 from textual.pilot import Pilot
 
 from stamen.config import load_config
+from stamen.launch import simulate
 from stamen.server.console import ConnectionSettings, ConsoleApp
 from stamen.server.control import RunState
 from stamen.server.monitor import MonitorSettings, MonitorState, Role, TokenStore, start_monitor
@@ -53,7 +54,7 @@ def run() -> Iterator[MonitoredRun]:
     )
     with MonitoredRun(config, MonitorSettings(tokens=TOKENS)) as monitored:
         monitored.control.pause()
-        monitored.simulate_in_background()
+        monitored.run_in_background(simulate)
         wait_until(lambda: monitored.control.state is RunState.PAUSED)
         yield monitored
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from stamen.core.errors import DataError
 from stamen.data import WATCH_FEATURES, Dataset, dataset_names, load_dataset
-from stamen.errors import DataError
 
 # name -> (train rows, test rows, sample shape, classes)
 BUILTIN_SHAPES = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stamen.core.errors import ConfigError, DataError
 from stamen.data import (
     PartitionConfig,
     PartitionScheme,
@@ -13,7 +14,6 @@ from stamen.data import (
     partition,
     partition_dataset,
 )
-from stamen.errors import ConfigError, DataError
 
 # 6,000 rows over 10 balanced classes, in a shuffled order.
 LABELS = np.random.default_rng(123).permutation(np.repeat(np.arange(10), 600))

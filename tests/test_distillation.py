@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from stamen.compression import DistillConfig, distill, ensemble_logits, kd_loss, model_logits
+from stamen.core.errors import ConfigError
 from stamen.data import load_dataset
-from stamen.errors import ConfigError
 from stamen.models import ModelSpec, build_model
 
 

@@ -24,7 +24,7 @@ from stamen.client.agent.identity import (
     verify_signature,
 )
 from stamen.client.agent.wire import task_signing_bytes
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.protos.edge.v1 import edge_pb2
 from stamen.server.checkpoint import Checkpoint, CheckpointStore, ResumedStrategy
 from stamen.server.edge import DeviceRegistry, DeviceStatus, init_certs

@@ -232,7 +232,7 @@ def server_rounds(rounds: int, per_round: int, fleet: int = FLEET) -> list[str]:
 @pytest.mark.timeout(600)
 def test_ten_agents_train_five_rounds_over_tls_like_the_simulation(site: Site) -> None:
     from stamen.config import load_config
-    from stamen.simulations import simulate
+    from stamen.launch import simulate
 
     states = [site.device(f"dev{i}") for i in range(FLEET)]
     server, port = site.server(*server_rounds(5, FLEET), "--round-deadline", "120")

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from stamen.cli.main import app
 from stamen.client.trainer import train_epochs
 from stamen.compression import apply_masks, compute_masks, remove_masks
+from stamen.core.errors import ArtifactError
 from stamen.data import load_dataset
-from stamen.errors import ArtifactError
 from stamen.export import (
     export_model,
     load_or_create_key,

@@ -9,14 +9,15 @@ import pytest
 from stamen.client import FleetData, client_app
 from stamen.compression import DistillConfig, DownlinkCodecConfig, UplinkCodecConfig
 from stamen.config import DataSettings, load_config
+from stamen.contract import TrainTask
+from stamen.core.errors import DataError
+from stamen.core.fleet import TieredGrid
 from stamen.data import PartitionScheme, file_inputs, holdout_inputs, load_dataset
-from stamen.errors import DataError
-from stamen.fleet import TieredGrid
+from stamen.launch import simulate
 from stamen.models import ModelSpec, build_model, exchanged_state, load_model_file
 from stamen.server import ResultsWriter
-from stamen.simulations import LocalGrid, simulate
+from stamen.simulations import LocalGrid
 from stamen.strategies import FedDF, TierStudent, to_array_record
-from stamen.task import TrainTask
 
 
 def test_feddf_with_students_reports_per_tier_metrics_models_and_edge(tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ def test_unlabelled_file_inputs_are_checked(tmp_path: Path) -> None:
 
 
 def test_distillation_refuses_another_strategy() -> None:
-    from stamen.errors import ConfigError
+    from stamen.core.errors import ConfigError
     from stamen.server.distillation import build_feddf
     from stamen.server.federation import model_spec
 

@@ -12,10 +12,11 @@ from flwr.clientapp import ClientApp
 
 from stamen.client import client_app
 from stamen.config import StamenConfig, load_config
+from stamen.contract import METRICS_KEY, UPDATE_KEY
+from stamen.launch import fleet_of, simulate
 from stamen.models import ModelName, ModelSpec, build_model
 from stamen.server import CollectingReporter, ResultsWriter, server_app
-from stamen.simulations import LocalGrid, fleet_of, simulate
-from stamen.task import METRICS_KEY, UPDATE_KEY
+from stamen.simulations import LocalGrid
 
 
 def digits_config(**overrides: object) -> StamenConfig:

@@ -14,8 +14,8 @@ from stamen.compression import (
     plan_precision,
     quantizable_layers,
 )
+from stamen.core.errors import ConfigError
 from stamen.data import load_dataset
-from stamen.errors import ConfigError
 from stamen.models import ModelSpec, build_model
 
 

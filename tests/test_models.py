@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from stamen.compression.qat import QATConfig, prepare_qat
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.models import (
     ModelName,
     ModelSpec,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.server.console.view import RunView, device_row, device_sort_key, header_text
 from stamen.server.control import ControlRefused, RunControl, RunState, StopRequested

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from stamen.cli.main import app
 from stamen.config import load_config
+from stamen.launch import simulate
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.server.console import ConnectionSettings, MonitorClient, MonitorError
 from stamen.server.monitor import MonitorSettings, MonitorState, Role, TokenStore, start_monitor
@@ -56,7 +57,7 @@ def run() -> Iterator[MonitoredRun]:
     monitored = MonitoredRun(config, MonitorSettings(tokens=TOKENS), metrics_port=0)
     with monitored:
         monitored.control.pause()
-        monitored.simulate_in_background()
+        monitored.run_in_background(simulate)
         wait_until(lambda: monitored.state.state.value == "paused")
         yield monitored
 
@@ -226,7 +227,7 @@ def test_tls_monitor_serves_tls_clients_only(tmp_path: Path) -> None:
 
 
 def test_bad_monitor_settings_are_one_line_errors(tmp_path: Path) -> None:
-    from stamen.errors import ConfigError
+    from stamen.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="needs both a certificate and a key"):
         MonitorSettings(tls_cert=tmp_path / "x.pem", tokens=TOKENS)

@@ -11,16 +11,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from stamen.config import load_config
-from stamen.fleet import PolicyGrid, RoundPolicy, StreamingGrid, TieredGrid
-from stamen.simulations import SimulationGrid, simulate
-from stamen.simulations.profiles import (
-    FleetMix,
-    FleetPreset,
-    TierProfile,
-    build_fleet,
-    fleet_mix,
-)
+from stamen.config import FleetMix, FleetPreset, TierProfile, fleet_mix, load_config
+from stamen.core.fleet import PolicyGrid, RoundPolicy, StreamingGrid, TieredGrid
+from stamen.launch import simulate
+from stamen.simulations import SimulationGrid
+from stamen.simulations.profiles import build_fleet
 
 FAST = TierProfile("fast", gflops=1.0, memory_mb=1, uplink_kbps=8, downlink_kbps=8, latency_ms=0)
 SLOW = TierProfile("slow", gflops=0.1, memory_mb=1, uplink_kbps=8, downlink_kbps=8, latency_ms=0)
@@ -218,7 +213,7 @@ def test_summary_reports_device_time_and_per_round_participation(tmp_path: Path)
 
 def test_fixed_size_device_data_gives_every_device_the_same_rows() -> None:
     from stamen.client import FleetData, device_data
-    from stamen.errors import ConfigError
+    from stamen.core.errors import ConfigError
 
     config = small_config(**{"data.samples_per_device": 60, "num-devices": 10_000})
     fleet = FleetData(config.data, num_devices=10_000, seed=0)  # type: ignore[attr-defined]

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from stamen.cli.main import app
 from stamen.config import AttackKind, StrategyName, load_config, parse_assignment
-from stamen.errors import ConfigError
-from stamen.task import TrainTask
+from stamen.contract import TrainTask
+from stamen.core.errors import ConfigError
 
 runner = CliRunner()
 

@@ -13,13 +13,14 @@ from stamen.client import client_app
 from stamen.client.trainer import train_epochs
 from stamen.compression import UplinkCodecConfig, ValueFormat
 from stamen.config import AttackKind, AttackSettings, StamenConfig, StrategyName, load_config
+from stamen.contract import TrainTask
+from stamen.launch import fleet_of, simulate
 from stamen.models import ModelName, ModelSpec, build_model, exchanged_state
 from stamen.server import CollectingReporter, ResultsWriter
-from stamen.simulations import LocalGrid, fleet_of, simulate
+from stamen.simulations import LocalGrid
 from stamen.simulations.attacks import attacked_partitions, with_attack
 from stamen.strategies import CompressedFedAvg, FedProx, to_array_record, validate_reply
 from stamen.strategies.deltas import l2_norm
-from stamen.task import TrainTask
 
 
 def digits(**overrides: Any) -> StamenConfig:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from stamen.config import StrategyName, StrategySettings
-from stamen.errors import ConfigError
+from stamen.contract import TrainTask
+from stamen.core.errors import ConfigError
 from stamen.models import ModelName, ModelSpec, build_model
 from stamen.strategies import (
     STRATEGIES,
@@ -23,7 +24,6 @@ from stamen.strategies import (
     trimmed_mean,
 )
 from stamen.strategies.deltas import weighted_mean_delta
-from stamen.task import TrainTask
 
 SPEC = ModelSpec(name=ModelName.MLP, input_shape=(64,), num_classes=10)
 

@@ -10,10 +10,10 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
 from stamen.compression import DownlinkCodec, DownlinkCodecConfig, UplinkCodec, UplinkCodecConfig
-from stamen.errors import InvalidUpdate
+from stamen.contract import DENSE_KEY, METRICS_KEY, PAYLOAD, UPDATE_KEY, payload_bytes
+from stamen.core.errors import InvalidUpdate
 from stamen.strategies import SentModel, ValidUpdate, validate_reply
 from stamen.strategies.deltas import apply_mean_delta
-from stamen.task import DENSE_KEY, METRICS_KEY, PAYLOAD, UPDATE_KEY, payload_bytes
 
 MODEL = {
     "w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stamen.config import UnlabelledSource, load_config
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.models import (
     ModelName,
     ModelSpec,

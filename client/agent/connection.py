@@ -26,7 +26,7 @@ from stamen.client.agent.wire import (
     edge_error_of,
     sha256,
 )
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
 
 CALL_TIMEOUT = 15.0

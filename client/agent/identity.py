@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 JOIN_PREFIX = b"stamen-edge-v1-join"
 """Domain separation for challenge signatures (see protos/edge/v1/edge.proto)."""

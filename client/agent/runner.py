@@ -39,9 +39,9 @@ from stamen.client.agent.wire import (
     task_signing_bytes,
 )
 from stamen.config.checks import require
-from stamen.errors import StamenError
+from stamen.contract import MODEL_KEY, PAYLOAD, RESIDUAL_KEY, payload_bytes
+from stamen.core.errors import StamenError
 from stamen.protos.edge.v1 import edge_pb2
-from stamen.task import MODEL_KEY, PAYLOAD, RESIDUAL_KEY, payload_bytes
 
 LOG = logging.getLogger("stamen.agent")
 

@@ -31,7 +31,7 @@ from stamen.client.agent.identity import (
     save_public_key,
     write_atomic,
 )
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 KEY_FILE = "device.key"
 PUBLIC_KEY_FILE = "device.pub"

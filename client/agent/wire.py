@@ -24,7 +24,7 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from google.protobuf.message import DecodeError
 
 from stamen.client.agent.identity import TASK_PREFIX
-from stamen.errors import StamenError
+from stamen.core.errors import StamenError
 from stamen.protos.edge.v1 import edge_pb2
 
 PROTOCOL_VERSION = 1

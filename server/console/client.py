@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from stamen.errors import ConfigError, StamenError
+from stamen.core.errors import ConfigError, StamenError
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.protos.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from stamen.server.monitor.auth import bearer

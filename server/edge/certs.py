@@ -30,7 +30,7 @@ from stamen.client.agent.identity import (
     save_public_key,
     write_atomic,
 )
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

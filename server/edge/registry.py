@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from stamen.client.agent.identity import device_id, write_atomic
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 
 class DeviceStatus(enum.StrEnum):

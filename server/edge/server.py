@@ -17,7 +17,7 @@ import grpc
 
 from stamen.client.agent.identity import load_private_key
 from stamen.config.checks import require
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.protos.edge.v1 import edge_pb2_grpc
 from stamen.server.edge.certs import CertPaths
 from stamen.server.edge.grid import EdgeGrid, EdgeRoundStats

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 
 METADATA_KEY = "authorization"
 """The gRPC metadata key that carries the token (lower case, as gRPC requires)."""

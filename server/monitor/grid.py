@@ -14,7 +14,7 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from stamen.fleet import PolicyGrid, RoundPolicy, RoundTiming, StreamingGrid, TieredGrid
+from stamen.core.fleet import PolicyGrid, RoundPolicy, RoundTiming, StreamingGrid, TieredGrid
 from stamen.strategies.reply_validation import array_nbytes, reply_wire_bytes
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class ObservedGrid(Grid):
         self._replied(replies)
         return replies
 
-    # -- the stamen.fleet extensions of the inner grid, where it has them ---------------
+    # -- the stamen.core.fleet extensions of the inner grid, where it has them ---------------
 
     @property
     def now(self) -> float:

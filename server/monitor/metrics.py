@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.server.control import RunState
 from stamen.server.monitor.state import MonitorState
 

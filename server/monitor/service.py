@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.protos.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from stamen.server.control import ControlRefused, RunControl

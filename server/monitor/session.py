@@ -16,16 +16,24 @@ from __future__ import annotations
 import contextlib
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stamen.config import StamenConfig
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.server.control import ControlRefused, RunControl
 from stamen.server.monitor.service import MonitorServer, MonitorSettings, start_monitor
 from stamen.server.monitor.state import MonitorState
 
 if TYPE_CHECKING:
     from stamen.server.monitor.metrics import MetricsServer
+
+
+class Federation(Protocol):
+    """How a monitored run is started: :func:`stamen.launch.simulate` has this shape."""
+
+    def __call__(
+        self, config: StamenConfig, reporter: MonitorState, *, control: RunControl
+    ) -> dict[str, Any]: ...
 
 
 class MonitoredRun:
@@ -78,16 +86,16 @@ class MonitoredRun:
                 raise
         return self
 
-    def simulate_in_background(self) -> threading.Thread:
-        """Run the simulation of :attr:`config` in a thread (demos, tests, screenshots).
+    def run_in_background(self, federation: Federation) -> threading.Thread:
+        """Run ``federation`` on :attr:`config` in a thread (demos, tests, screenshots).
 
-        The summary lands in :attr:`summary`, an exception in :attr:`error`.
+        ``federation`` is :func:`stamen.launch.simulate` or anything called like
+        it. The summary lands in :attr:`summary`, an exception in :attr:`error`.
         """
-        from stamen.simulations import simulate
 
         def target() -> None:
             try:
-                self.summary = simulate(self.config, self.state, control=self.control)
+                self.summary = federation(self.config, self.state, control=self.control)
             except BaseException as error:  # kept for the caller, who joins the thread
                 self.error = error
 

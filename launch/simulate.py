@@ -18,15 +18,15 @@ from flwr.clientapp import ClientApp
 
 from stamen.client import FleetData, client_app, device_data
 from stamen.client.batched import handle_train_batch
-from stamen.config import Backend, StamenConfig, to_run_config
+from stamen.config import Backend, StamenConfig, fleet_mix, to_run_config
+from stamen.core.errors import ConfigError
 from stamen.data import load_dataset
-from stamen.errors import ConfigError
 from stamen.models import build_model, training_flops_per_sample
 from stamen.server import CollectingReporter, Reporters, RoundReporter, server_app
 from stamen.server.control import RunControl
 from stamen.server.federation import model_spec
 from stamen.simulations.attacks import with_attack
-from stamen.simulations.profiles import Fleet, build_fleet, fleet_mix
+from stamen.simulations.profiles import Fleet, build_fleet
 from stamen.simulations.sim_grid import SimulationGrid
 from stamen.simulations.workers import ReplyHook, default_workers
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from stamen.compression import Lossless, QATConfig, UplinkCodecConfig, ValueFormat
-from stamen.errors import ConfigError
+from stamen.core.errors import ConfigError
 from stamen.models import ModelName
 
 MODEL_KEY = "stamen.model"

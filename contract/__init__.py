@@ -1,0 +1,36 @@
+"""The device–server contract: the task a device is given, the record keys it travels under.
+
+Both sides of every grid read and write messages through these names: the
+server builds a :class:`TrainTask` into each train message, the device parses
+it back, and both find the model, update and metrics under the same keys.
+"""
+
+from stamen.contract.task import (
+    CONFIG_KEY,
+    DENSE_KEY,
+    METRICS_KEY,
+    MODEL_KEY,
+    NUM_EXAMPLES,
+    OUT_KEY,
+    PAYLOAD,
+    RESIDUAL_KEY,
+    UPDATE_KEY,
+    TrainTask,
+    payload_bytes,
+    records_of,
+)
+
+__all__ = [
+    "CONFIG_KEY",
+    "DENSE_KEY",
+    "METRICS_KEY",
+    "MODEL_KEY",
+    "NUM_EXAMPLES",
+    "OUT_KEY",
+    "PAYLOAD",
+    "RESIDUAL_KEY",
+    "UPDATE_KEY",
+    "TrainTask",
+    "payload_bytes",
+    "records_of",
+]
