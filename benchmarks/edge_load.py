@@ -44,8 +44,8 @@ def run_load(agents: int, rounds: int, out: Path, deadline: float = 300.0) -> di
 
     from stamen.client import FleetData, client_app
     from stamen.client.agent import Agent, AgentSettings, AgentStateStore
-    from stamen.client.agent.identity import load_public_key
     from stamen.config import load_config
+    from stamen.contract.edge import load_public_key
     from stamen.server.edge import DeviceRegistry
 
     torch.set_num_threads(1)

@@ -115,8 +115,8 @@ def agent(
         return
     from stamen.cli.main import err_console, fail, setup_logging
     from stamen.client.agent import Agent, AgentRefused, AgentSettings, GuardSettings
-    from stamen.client.agent.identity import load_public_key
     from stamen.client.agent.state import AgentStateStore
+    from stamen.contract.edge import load_public_key
     from stamen.core.errors import StamenError
 
     if server is None:
@@ -192,8 +192,8 @@ def keygen(
 ) -> None:
     """Create this device's Ed25519 key pair; register device.pub on the server."""
     from stamen.cli.main import console, fail
-    from stamen.client.agent.identity import device_id, public_bytes
     from stamen.client.agent.state import AgentStateStore
+    from stamen.contract.edge import device_id, public_bytes
     from stamen.core.errors import StamenError
 
     store = AgentStateStore(state_dir)

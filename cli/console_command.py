@@ -9,9 +9,8 @@ import typer
 from rich.console import Console
 
 from stamen.cli.monitor_setup import MonitorOptions
+from stamen.console.client import CLIENT_ENV, ConnectionSettings
 from stamen.core.errors import ConfigError, StamenError
-from stamen.server.console.client import ConnectionSettings
-from stamen.server.monitor.auth import CLIENT_ENV
 
 err_console = Console(stderr=True)
 
@@ -91,7 +90,7 @@ def console_command(
     except StamenError as error:
         fail(str(error))
     try:
-        from stamen.server.console.app import ConsoleApp
+        from stamen.console.app import ConsoleApp
     except ImportError:
         fail("the console needs Textual: pip install 'stamen[console]'")
     ConsoleApp(settings).run()

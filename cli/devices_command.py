@@ -27,7 +27,7 @@ def register(
 ) -> None:
     """Admit a device's public key (made by [bold]stamen agent keygen[/])."""
     from stamen.cli.main import console, fail
-    from stamen.client.agent.identity import load_public_key
+    from stamen.contract.edge import load_public_key
     from stamen.core.errors import StamenError
     from stamen.server.edge.registry import DeviceRegistry
 

@@ -16,8 +16,8 @@ from stamen.cli.console_command import (
     connection,
     fail,
 )
+from stamen.console.client import MonitorClient, snapshot
 from stamen.core.errors import StamenError
-from stamen.server.console.client import MonitorClient, snapshot
 
 
 def status_command(

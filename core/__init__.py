@@ -1,9 +1,10 @@
-"""Stamen's leaf layer: its errors and the protocols a Grid may offer beyond Flower's.
+"""Stamen's leaf layer: its errors, atomic files, and what a Grid may offer beyond Flower's.
 
 Every other Stamen package may import this one; it imports none of them.
 """
 
 from stamen.core.errors import ArtifactError, ConfigError, DataError, InvalidUpdate, StamenError
+from stamen.core.files import write_atomic
 
 __version__ = "0.1.0"
 
@@ -14,4 +15,5 @@ __all__ = [
     "InvalidUpdate",
     "StamenError",
     "__version__",
+    "write_atomic",
 ]

@@ -27,8 +27,8 @@ TOKEN = "screenshot-operator-token"
 async def capture(rounds_before: int, svg_path: Path, size: tuple[int, int]) -> None:
     """Run the federation and the console; write the SVG screenshot to ``svg_path``."""
     from stamen.config import load_config
+    from stamen.console import ConnectionSettings, ConsoleApp
     from stamen.launch import simulate
-    from stamen.server.console import ConnectionSettings, ConsoleApp
     from stamen.server.control import RunState
     from stamen.server.monitor import MonitoredRun, MonitorSettings, Role, TokenStore
 

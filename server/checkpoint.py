@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from stamen.client.agent.identity import write_atomic
+from stamen.core import write_atomic
 from stamen.core.errors import ConfigError
 
 LOG = logging.getLogger("stamen.server")

@@ -10,8 +10,8 @@ import pytest
 from textual.pilot import Pilot
 
 from stamen.config import load_config
+from stamen.console import ConnectionSettings, ConsoleApp
 from stamen.launch import simulate
-from stamen.server.console import ConnectionSettings, ConsoleApp
 from stamen.server.control import RunState
 from stamen.server.monitor import MonitorSettings, MonitorState, Role, TokenStore, start_monitor
 from stamen.server.monitor.session import MonitoredRun

@@ -25,8 +25,8 @@ from stamen.client.agent import (
     EdgeProtocolError,
     open_channel,
 )
-from stamen.client.agent.identity import generate_key, load_public_key
 from stamen.config import StamenConfig, load_config
+from stamen.contract.edge import generate_key, load_public_key
 from stamen.data import load_dataset
 from stamen.models import build_model, exchanged_state
 from stamen.server import CollectingReporter, server_app

@@ -15,15 +15,15 @@ from flwr.serverapp.strategy import Strategy
 
 from stamen.client.agent import AgentState, AgentStateStore, Backoff, GuardSettings
 from stamen.client.agent.guards import power_state, skip_reason
-from stamen.client.agent.identity import (
+from stamen.contract.edge import (
     device_id,
     generate_key,
     load_private_key,
     load_public_key,
     public_bytes,
+    task_signing_bytes,
     verify_signature,
 )
-from stamen.client.agent.wire import task_signing_bytes
 from stamen.core.errors import ConfigError
 from stamen.protos.edge.v1 import edge_pb2
 from stamen.server.checkpoint import Checkpoint, CheckpointStore, ResumedStrategy

@@ -404,7 +404,7 @@ def test_oversized_and_corrupt_uploads_are_refused_and_the_server_keeps_serving(
 
     from stamen.client.agent import EdgeConnection, EdgeProtocolError, open_channel
     from stamen.client.agent.state import AgentStateStore
-    from stamen.client.agent.wire import edge_error_of
+    from stamen.contract.edge import edge_error_of
     from stamen.protos.edge.v1 import edge_pb2
 
     states = [site.device(f"dev{i}") for i in range(3)]

@@ -9,18 +9,13 @@ from typing import Any
 
 import pytest
 
+from stamen.console.view import RunView, device_row, device_sort_key, header_text
+from stamen.contract.monitor import bearer, token_from_metadata
 from stamen.core.errors import ConfigError
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
-from stamen.server.console.view import RunView, device_row, device_sort_key, header_text
 from stamen.server.control import ControlRefused, RunControl, RunState, StopRequested
 from stamen.server.monitor import DeviceStatus, MonitorState, Role, TokenStore, load_tokens
-from stamen.server.monitor.auth import (
-    OPERATOR_ENV,
-    READ_ONLY_ENV,
-    bearer,
-    parse_token_lines,
-    token_from_metadata,
-)
+from stamen.server.monitor.auth import OPERATOR_ENV, READ_ONLY_ENV, parse_token_lines
 from stamen.server.reporting import RoundRecord
 
 

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from stamen.cli.main import app
 from stamen.config import load_config
+from stamen.console import ConnectionSettings, MonitorClient, MonitorError
 from stamen.launch import simulate
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
-from stamen.server.console import ConnectionSettings, MonitorClient, MonitorError
 from stamen.server.monitor import MonitorSettings, MonitorState, Role, TokenStore, start_monitor
 from stamen.server.monitor.session import MonitoredRun
 

@@ -4,7 +4,7 @@ from stamen.client.agent.connection import Backoff, EdgeConnection, SessionInfo,
 from stamen.client.agent.guards import GuardSettings, PowerState, power_state, skip_reason
 from stamen.client.agent.runner import Agent, AgentRefused, AgentSettings
 from stamen.client.agent.state import AgentState, AgentStateStore
-from stamen.client.agent.wire import EdgeProtocolError
+from stamen.contract.edge import EdgeProtocolError
 
 __all__ = [
     "Agent",

@@ -18,12 +18,14 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from stamen.client.agent.identity import challenge_message, device_id, public_bytes
-from stamen.client.agent.wire import (
+from stamen.contract.edge import (
     PROTOCOL_VERSION,
     EdgeProtocolError,
+    challenge_message,
     chunks,
+    device_id,
     edge_error_of,
+    public_bytes,
     sha256,
 )
 from stamen.core.errors import ConfigError

@@ -28,18 +28,18 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from stamen.client.agent.connection import Backoff, EdgeConnection, SessionInfo, is_fatal
 from stamen.client.agent.connection import open_channel as _open_channel
 from stamen.client.agent.guards import GuardSettings, skip_reason
-from stamen.client.agent.identity import verify_signature
 from stamen.client.agent.state import AgentState, AgentStateStore
-from stamen.client.agent.wire import (
+from stamen.config.checks import require
+from stamen.contract import MODEL_KEY, PAYLOAD, RESIDUAL_KEY, payload_bytes
+from stamen.contract.edge import (
     CorruptRecords,
     EdgeProtocolError,
     parse_records,
     serialize_records,
     sha256,
     task_signing_bytes,
+    verify_signature,
 )
-from stamen.config.checks import require
-from stamen.contract import MODEL_KEY, PAYLOAD, RESIDUAL_KEY, payload_bytes
 from stamen.core.errors import StamenError
 from stamen.protos.edge.v1 import edge_pb2
 

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from stamen.client.agent.identity import (
+from stamen.contract.edge import (
     generate_key,
     load_private_key,
     save_private_key,
     save_public_key,
-    write_atomic,
 )
+from stamen.core import write_atomic
 from stamen.core.errors import ConfigError
 
 KEY_FILE = "device.key"

@@ -24,12 +24,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from stamen.client.agent.identity import (
+from stamen.contract.edge import (
     generate_key,
     save_private_key,
     save_public_key,
-    write_atomic,
 )
+from stamen.core import write_atomic
 from stamen.core.errors import ConfigError
 
 

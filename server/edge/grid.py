@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from stamen.client.agent.wire import serialize_records, sha256, task_signing_bytes
+from stamen.contract.edge import serialize_records, sha256, task_signing_bytes
 from stamen.protos.edge.v1 import edge_pb2
 
 LOG = logging.getLogger("stamen.server.edge")

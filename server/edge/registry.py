@@ -7,7 +7,7 @@ device's next join without a server restart.
 Examples:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from stamen.client.agent.identity import generate_key, public_bytes
+    >>> from stamen.contract.edge import generate_key, public_bytes
     >>> registry = DeviceRegistry(Path(tempfile.mkdtemp()) / "devices.json")
     >>> entry = registry.register(public_bytes(generate_key().public_key()), name="pi-1")
     >>> registry.status(entry.public_key).value
@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from stamen.client.agent.identity import device_id, write_atomic
+from stamen.contract.edge import device_id
+from stamen.core import write_atomic
 from stamen.core.errors import ConfigError
 
 

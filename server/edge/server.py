@@ -15,8 +15,8 @@ from pathlib import Path
 
 import grpc
 
-from stamen.client.agent.identity import load_private_key
 from stamen.config.checks import require
+from stamen.contract.edge import load_private_key
 from stamen.core.errors import ConfigError
 from stamen.protos.edge.v1 import edge_pb2_grpc
 from stamen.server.edge.certs import CertPaths

@@ -1,7 +1,7 @@
 """The gRPC servicer of ``stamen.edge.v1.EdgeService``: join, tasks, uploads, heartbeats.
 
 Every refusal ends the call with a gRPC status plus a typed ``EdgeError`` in the
-trailers (:func:`stamen.client.agent.wire.abort`), and none of them touches a
+trailers (:func:`stamen.contract.edge.abort`), and none of them touches a
 round: an unregistered device never becomes a node, and a refused upload never
 reaches the strategy.
 """
@@ -20,8 +20,17 @@ from typing import NoReturn
 import grpc
 from flwr.app import Error, Message
 
-from stamen.client.agent.identity import challenge_message, device_id, node_id_of, verify_signature
-from stamen.client.agent.wire import PROTOCOL_VERSION, CorruptRecords, abort, parse_records, sha256
+from stamen.contract.edge import (
+    PROTOCOL_VERSION,
+    CorruptRecords,
+    abort,
+    challenge_message,
+    device_id,
+    node_id_of,
+    parse_records,
+    sha256,
+    verify_signature,
+)
 from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
 from stamen.server.edge.grid import EdgeGrid
 from stamen.server.edge.registry import DeviceRegistry, DeviceStatus

@@ -1,6 +1,7 @@
 """Operator tokens for the monitor: who may watch, and who may also steer.
 
-A token travels in the gRPC metadata ``authorization: Bearer <token>``. Each
+A token travels in the gRPC metadata ``authorization: Bearer <token>``
+(:mod:`stamen.contract.monitor`). Each
 token has a role: ``read-only`` tokens watch; ``operator`` tokens also pause,
 resume, stop and change settings. Tokens come from options, the environment
 (``STAMEN_MONITOR_OPERATOR_TOKEN``, ``STAMEN_MONITOR_READONLY_TOKEN``) or a file
@@ -28,13 +29,8 @@ from pathlib import Path
 
 from stamen.core.errors import ConfigError
 
-METADATA_KEY = "authorization"
-"""The gRPC metadata key that carries the token (lower case, as gRPC requires)."""
-
 OPERATOR_ENV = "STAMEN_MONITOR_OPERATOR_TOKEN"
 READ_ONLY_ENV = "STAMEN_MONITOR_READONLY_TOKEN"
-CLIENT_ENV = "STAMEN_TOKEN"
-"""The token ``stamen console`` and ``stamen status`` send when ``--token`` is not given."""
 
 MIN_TOKEN_LENGTH = 12
 
@@ -128,18 +124,3 @@ def load_tokens(
         check_token(token)
         tokens[token] = Role.OPERATOR
     return TokenStore(tokens)
-
-
-def bearer(token: str) -> tuple[tuple[str, str]]:
-    """The call metadata that presents ``token``."""
-    return ((METADATA_KEY, f"Bearer {token}"),)
-
-
-def token_from_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
-    """The bearer token in a call's metadata, if any."""
-    for key, value in metadata:
-        if key == METADATA_KEY and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-    return None

@@ -20,11 +20,12 @@ from typing import Any
 
 import grpc
 
+from stamen.contract.monitor import token_from_metadata
 from stamen.core.errors import ConfigError
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.protos.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from stamen.server.control import ControlRefused, RunControl
-from stamen.server.monitor.auth import Role, TokenStore, token_from_metadata
+from stamen.server.monitor.auth import Role, TokenStore
 from stamen.server.monitor.state import DeviceRecord, MonitorState
 
 DEVICE_STATES = {

@@ -1,6 +1,7 @@
 """What travels on the edge protocol: records, signed tasks, chunks and typed errors.
 
-Shared by the agent and the edge server, so both sides agree byte for byte.
+Shared by the agent (``stamen.client.agent``) and the edge server
+(``stamen.server.edge``), so both sides agree byte for byte.
 
 Examples:
     >>> from flwr.app import ConfigRecord, RecordDict
@@ -23,7 +24,7 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from google.protobuf.message import DecodeError
 
-from stamen.client.agent.identity import TASK_PREFIX
+from stamen.contract.edge.identity import TASK_PREFIX
 from stamen.core.errors import StamenError
 from stamen.protos.edge.v1 import edge_pb2
 

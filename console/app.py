@@ -21,10 +21,10 @@ from textual.containers import Horizontal
 from textual.widgets import Footer, RichLog, Static
 from textual.worker import get_current_worker
 
+from stamen.console.client import ConnectionSettings, MonitorClient, MonitorError
+from stamen.console.view import RunView, header_text, human_bytes
+from stamen.console.widgets import Chart, ConfirmStop, DeviceTable
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
-from stamen.server.console.client import ConnectionSettings, MonitorClient, MonitorError
-from stamen.server.console.view import RunView, header_text, human_bytes
-from stamen.server.console.widgets import Chart, ConfirmStop, DeviceTable
 
 CONTROL_NAMES = {
     pb.CONTROL_ACTION_PAUSE: "pause",

@@ -17,7 +17,6 @@ Examples:
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from stamen.core.errors import ConfigError
+from stamen.core.files import write_atomic
 
 JOIN_PREFIX = b"stamen-edge-v1-join"
 """Domain separation for challenge signatures (see protos/edge/v1/edge.proto)."""
@@ -107,27 +107,6 @@ def load_public_key(path: Path) -> bytes:
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
     return public_bytes(key)
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _read(path: Path, what: str) -> bytes:

@@ -10,7 +10,7 @@ from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Label, Sparkline
 
-from stamen.server.console.view import DEVICE_COLUMNS, device_row, device_sort_key
+from stamen.console.view import DEVICE_COLUMNS, device_row, device_sort_key
 
 
 class Chart(Vertical):

@@ -15,10 +15,13 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from stamen.contract.monitor import bearer
 from stamen.core.errors import ConfigError, StamenError
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.protos.monitor.v1 import monitor_pb2_grpc as pb_grpc
-from stamen.server.monitor.auth import bearer
+
+CLIENT_ENV = "STAMEN_TOKEN"
+"""The token ``stamen console`` and ``stamen status`` send when ``--token`` is not given."""
 
 
 class MonitorError(StamenError):

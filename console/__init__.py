@@ -6,8 +6,8 @@ on first use, so the client works without it.
 
 from typing import Any
 
-from stamen.server.console.client import ConnectionSettings, MonitorClient, MonitorError, snapshot
-from stamen.server.console.view import RunView
+from stamen.console.client import ConnectionSettings, MonitorClient, MonitorError, snapshot
+from stamen.console.view import RunView
 
 __all__ = [
     "ConnectionSettings",
@@ -21,7 +21,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "ConsoleApp":
-        from stamen.server.console.app import ConsoleApp
+        from stamen.console.app import ConsoleApp
 
         return ConsoleApp
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
