@@ -80,13 +80,23 @@ def server(
         Path,
         typer.Option(help="Checkpoints; a restart resumes from here.", rich_help_panel=EDGE),
     ] = Path("server-state"),
-    round_deadline: Annotated[
-        float, typer.Option(help="Seconds a round waits for devices.", rich_help_panel=EDGE)
-    ] = 120.0,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a device has to answer (federation.deadline); 0: none.",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
     over_selection: Annotated[
-        float,
-        typer.Option(help="Train this many times the devices needed.", rich_help_panel=EDGE),
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            help="Sample this fraction more devices; the first devices-per-round to answer "
+            "count (federation.over_selection).",
+            rich_help_panel=FED,
+            show_default=False,
+        ),
+    ] = None,
     max_payload_mb: Annotated[
         float, typer.Option(help="Largest upload accepted, in MiB.", rich_help_panel=EDGE)
     ] = 16.0,
@@ -151,6 +161,8 @@ def server(
         "rounds": rounds,
         "devices_per_round": devices_per_round,
         "num_devices": num_devices,
+        "deadline": deadline,
+        "over_selection": over_selection,
     }
     try:
         overrides: dict[str, Any] = {}
@@ -166,10 +178,7 @@ def server(
             certs_dir=certs,
             insecure=insecure,
             registry=registry,
-            round_deadline=round_deadline,
-            over_selection=over_selection,
             max_payload_bytes=int(max_payload_mb * 2**20),
-            seed=config.federation.seed,
         )
         paths = CertPaths(certs)
         monitor = monitor_options(
@@ -198,11 +207,13 @@ def server(
     except StamenError as error:
         fail(str(error))
         return
+    seconds = config.federation.deadline
     console.print(
         f"[bold]Stamen edge server[/] on port {port} · "
         f"{'[yellow]insecure[/]' if insecure else 'TLS'} · {config.data.dataset} · "
         f"{config.training.model.value} · {config.federation.rounds} rounds · "
-        f"{config.federation.devices_per_round}/round · deadline {round_deadline:.0f} s",
+        f"{config.federation.devices_per_round}/round · "
+        f"{f'deadline {seconds:g} s' if seconds else 'no deadline'}",
         highlight=False,
     )
     try:

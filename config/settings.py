@@ -93,9 +93,12 @@ class FederationSettings:
     max_update_bytes: int = 64 * 2**20
     """Encoded updates larger than this are rejected."""
     deadline: float = 0.0
-    """Seconds (simulated on a simulation) a device has to answer; 0: no deadline."""
+    """Seconds a device has to answer once its task is sent, on every grid (simulated seconds
+    on the simulation grid, real ones on the edge grid); later replies are dropped as
+    stragglers. 0: no deadline, a round waits for every device (up to ``round_timeout``)."""
     over_selection: float = 0.0
-    """Sample this fraction more devices; the first ``devices_per_round`` to answer count."""
+    """Sample this fraction more devices (0.3: 30% more), on every grid; the first
+    ``devices_per_round`` good replies close the round and later ones are surplus."""
     workers: int = 0
     """Worker processes of the local simulation backend; 0: one per CPU core."""
     device_batch: int = 16

@@ -8,18 +8,17 @@ costs only the devices' compute: no Ray, no polling sleeps, no start-up.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from stamen.core.errors import ConfigError
-from stamen.simulations.virtual_grid import VirtualGrid
+from stamen.core.grid import StamenGrid, assign_message_id
 from stamen.simulations.workers import DeviceRunner, ReplyHook, RunConfig
 
 
-class LocalGrid(VirtualGrid):
+class LocalGrid(StamenGrid):
     """Run virtual devices sequentially in this process.
 
     Args:
@@ -73,9 +72,7 @@ class LocalGrid(VirtualGrid):
         """Deliver each message to its device, which handles it before this returns."""
         ids: list[str] = []
         for message in messages:
-            message_id = uuid.uuid4().hex
-            # Flower's own in-memory grid sets the id the same way: it is read-only.
-            message.metadata.__dict__["_message_id"] = message_id
+            message_id = assign_message_id(message)
             reply = self._runner.run(message)
             if self._on_reply is not None:
                 self._on_reply(message, reply)

@@ -23,7 +23,6 @@ completion, which is what an asynchronous strategy such as FedBuff needs.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -32,9 +31,9 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from stamen.contract import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES, records_of
-from stamen.core.fleet import RoundPolicy, RoundTiming
+from stamen.core.fleet import RoundTiming
+from stamen.core.grid import RoundPolicyGrid, assign_message_id
 from stamen.simulations.profiles import Fleet
-from stamen.simulations.virtual_grid import VirtualGrid
 from stamen.simulations.workers import (
     DeviceRunner,
     ReplyHook,
@@ -59,7 +58,7 @@ class Completion:
     dropped: bool
 
 
-class SimulationGrid(VirtualGrid):
+class SimulationGrid(RoundPolicyGrid):
     """Virtual devices with tiers and a simulated clock, run by a worker pool.
 
     Args:
@@ -103,8 +102,6 @@ class SimulationGrid(VirtualGrid):
         self._on_reply = on_reply
         self._now = 0.0
         self._dispatches = 0
-        self._policy = RoundPolicy()
-        self._timing: RoundTiming | None = None
         self._pending: dict[str, tuple[Completion, Message]] = {}
         self._each_reply: Callable[[Message], None] | None = None
         runner = DeviceRunner(
@@ -154,7 +151,7 @@ class SimulationGrid(VirtualGrid):
             return []
         start = self._now
         results = self._execute(batch)
-        policy = self._policy
+        policy = self.round_policy
         order = sorted(range(len(batch)), key=lambda i: results[i][0].finished)
         accepted: list[Message] = []
         stragglers = surplus = dropouts = 0
@@ -175,8 +172,9 @@ class SimulationGrid(VirtualGrid):
             # The server cannot tell a straggler from a lost device: it waits out the deadline.
             closed_at = start + policy.deadline
         self._now = closed_at
-        if batch[0].metadata.message_type == "train" or self._timing is None:
-            self._timing = RoundTiming(
+        self.record_timing(
+            batch[0].metadata.message_type,
+            RoundTiming(
                 dispatched=len(batch),
                 participants=len(accepted),
                 stragglers=stragglers,
@@ -184,7 +182,8 @@ class SimulationGrid(VirtualGrid):
                 surplus=surplus,
                 seconds=closed_at - start,
                 clock=closed_at,
-            )
+            ),
+        )
         return accepted
 
     # -- Stamen extensions (stamen.core.fleet protocols) ---------------------------------
@@ -193,14 +192,6 @@ class SimulationGrid(VirtualGrid):
     def now(self) -> float:
         """Simulated seconds since the run started."""
         return self._now
-
-    def set_round_policy(self, policy: RoundPolicy) -> None:
-        """Apply ``policy`` to the following rounds."""
-        self._policy = policy
-
-    def last_timing(self) -> RoundTiming | None:
-        """Timing of the most recent training round."""
-        return self._timing
 
     def on_each_reply(self, hook: Callable[[Message], None] | None) -> None:
         """Show ``hook`` each reply as its worker returns it, while the others still train."""
@@ -227,8 +218,7 @@ class SimulationGrid(VirtualGrid):
     def _execute(self, batch: list[Message]) -> list[tuple[Completion, Message]]:
         """Run the devices that will answer; time every message on the simulated clock."""
         for message in batch:
-            # Flower's own in-memory grid sets the id the same way: it is read-only.
-            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            assign_message_id(message)
         dropped = self.fleet.dropouts(self._dispatches)
         self._dispatches += 1
         runnable = [m for m in batch if not self._drops(m, dropped)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from stamen.client import FleetData, client_app
 from stamen.client.agent import (
@@ -26,12 +26,13 @@ from stamen.client.agent import (
     open_channel,
 )
 from stamen.config import StamenConfig, load_config
-from stamen.contract.edge import generate_key, load_public_key
+from stamen.contract.edge import generate_key, load_public_key, task_signing_bytes, verify_signature
+from stamen.core.fleet import PolicyGrid, RoundPolicy
 from stamen.data import load_dataset
 from stamen.models import build_model, exchanged_state
 from stamen.server import CollectingReporter, server_app
 from stamen.server.checkpoint import CheckpointStore
-from stamen.server.edge import EdgeServer, EdgeServerSettings, init_certs
+from stamen.server.edge import EdgeGrid, EdgeServer, EdgeServerSettings, init_certs
 from stamen.server.federation import build_strategy, model_spec
 from stamen.strategies.deltas import to_array_record
 
@@ -49,6 +50,7 @@ def digits_config(**overrides: object) -> StamenConfig:
         "lr": 0.2,
         "local-epochs": 3,
         "uplink.topk_ratio": 0.1,
+        "federation.deadline": 20.0,
     }
     values.update(overrides)
     return load_config(overrides=values)
@@ -114,7 +116,6 @@ def make_fleet(tmp_path: Path) -> Iterator[object]:
             "address": "127.0.0.1:0",
             "certs_dir": tmp_path / "certs",
             "registry": tmp_path / "devices.json",
-            "round_deadline": 20.0,
         }
         values.update(settings)
         server = EdgeServer(EdgeServerSettings(**values))  # type: ignore[arg-type]
@@ -158,14 +159,18 @@ def test_agents_train_over_tls_and_a_second_run_resumes_from_the_checkpoint(
 
 
 def test_over_selection_keeps_the_first_replies_and_counts_the_rest(make_fleet: object) -> None:
-    fleet = make_fleet(over_selection=2.0)  # type: ignore[operator]
+    fleet = make_fleet()  # type: ignore[operator]
     for pid in range(FLEET):
         fleet.add_agent(pid)
     fleet.wait_connected(FLEET)
-    collector = fleet.run(digits_config(rounds=1))
+    # Two devices per round, sampled with 100% over-selection: the first two good replies count.
+    collector = fleet.run(digits_config(rounds=1, **{"federation.over_selection": 1.0}))
     stats = fleet.server.grid.history[0]
     assert stats.sent == 4 and stats.over_selected == 2
-    assert collector.records[0].accepted == 2
+    assert collector.records[0].sampled == 4 and collector.records[0].accepted == 2
+    timing = fleet.server.grid.last_timing()
+    assert timing is not None and timing.dispatched == 4 and timing.participants == 2
+    assert timing.surplus == 2 and timing.stragglers == 0
     # The two extra devices were either beaten (their uploads then come late and
     # are dropped) or replied in the same instant (dropped as surplus).
     assert stats.timed_out == 0
@@ -238,3 +243,52 @@ def test_a_tampered_task_is_refused_and_a_sound_one_is_trained(make_fleet: objec
     new_arrays, metrics = strategy.aggregate_train(1, [reply])
     assert new_arrays is not None and metrics["accepted"] == 1
     assert np.any(new_arrays.to_numpy_ndarrays()[0] != arrays.to_numpy_ndarrays()[0])
+
+
+def test_the_round_policy_closes_an_edge_round_at_its_quorum_or_its_deadline() -> None:
+    key = generate_key()
+    grid = EdgeGrid(key)
+    assert isinstance(grid, PolicyGrid)
+    channels = [grid.connect(node, f"device-{node}") for node in (1, 2, 3)]
+
+    def answer(channel: object, count: int) -> None:
+        for _ in range(count):
+            task = channel.tasks.get(timeout=5)  # type: ignore[attr-defined]
+            instruction = grid.instruction(task.task_id, channel.node_id)  # type: ignore[attr-defined]
+            assert instruction is not None
+            grid.deliver(
+                task.task_id,
+                Message(RecordDict({"m": MetricRecord({"x": 1})}), reply_to=instruction),
+            )
+
+    # Over-selection: four devices asked (one not connected), the first two good replies close it.
+    grid.set_round_policy(RoundPolicy(quorum=2))
+    helpers = [threading.Thread(target=answer, args=(c, 1)) for c in channels[:2]]
+    for helper in helpers:
+        helper.start()
+    messages = [grid.create_message(RecordDict(), "train", node, "1") for node in (1, 2, 3, 9)]
+    replies = list(grid.send_and_receive(messages))
+    for helper in helpers:
+        helper.join(timeout=5)
+    stats = grid.history[-1]
+    good = [r for r in replies if not r.has_error()]
+    assert len(good) == 2 and stats.over_selected == 2 and stats.not_connected == 1
+    assert stats.cancelled == 1 and stats.timed_out == 0
+    timing = grid.last_timing()
+    assert timing is not None and (timing.dispatched, timing.dropouts, timing.surplus) == (4, 1, 1)
+
+    # Deadline: a connected device that never answers is a straggler once it passes.
+    channels[2].tasks.get(timeout=5)  # the cancelled task of the round above
+    grid.set_round_policy(RoundPolicy(deadline=0.3))
+    (message,) = [grid.create_message(RecordDict(), "train", 3, "2")]
+    assert list(grid.send_and_receive([message], timeout=60)) == []
+    task = channels[2].tasks.get(timeout=5)
+    assert task.deadline_unix > 0  # signed into the task, so the agent knows it too
+    assert verify_signature(
+        key.public_key().public_bytes_raw(), task.signature, task_signing_bytes(task, 3)
+    )
+    stats = grid.history[-1]
+    assert stats.timed_out == 1 and stats.timed_out_nodes == [3] and stats.seconds >= 0.3
+    timing = grid.last_timing()
+    assert timing is not None and timing.stragglers == 1 and timing.participants == 0
+    grid.close()

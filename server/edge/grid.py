@@ -5,43 +5,38 @@ replies in. Behind it, each message becomes a signed :class:`Task` on the
 device's task stream, and each reply arrives as a chunked upload (see
 :mod:`stamen.server.edge.servicer`).
 
-A round has a deadline: ``send_and_receive`` returns when every device has
-answered or the deadline passes, whichever is first. With over-selection the
-grid also sends each training round to a few extra idle devices and returns as
-soon as the requested number of updates is in. Replies that arrive after their
-round returned are refused and counted as late; each round's counts go to the
-log and to ``on_round`` (see :class:`EdgeRoundStats`).
+A round closes by the strategy's :class:`~stamen.core.fleet.RoundPolicy`, as on
+the simulation grid, but on the real clock: ``send_and_receive`` returns when
+every device has answered, when ``quorum`` devices have sent a good reply
+(over-selection: the strategy sampled more), or at the ``deadline`` (seconds
+after dispatch; the strategy's ``timeout`` bounds it too), whichever is first.
+Replies that arrive after their round returned are refused and counted as
+late; each round's counts go to the log and to ``on_round`` (see
+:class:`EdgeRoundStats`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import queue
-import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import Error, Message, MessageType, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Error, Message
 
 from stamen.contract.edge import serialize_records, sha256, task_signing_bytes
+from stamen.core.fleet import RoundTiming
+from stamen.core.grid import RoundPolicyGrid, assign_message_id
 from stamen.protos.edge.v1 import edge_pb2
 
 LOG = logging.getLogger("stamen.server.edge")
 
 NOT_CONNECTED = 2
 """Error code of a reply the grid makes for a device that is not connected."""
-NO_REPLY = 3
-"""Error code of a reply the grid makes for a device that missed the deadline (push/pull API)."""
 
 
 @dataclass
@@ -52,15 +47,18 @@ class EdgeRoundStats:
     message_type: str
     sent: int = 0
     over_selected: int = 0
+    """Devices sent the task beyond the round policy's quorum."""
+    not_connected: int = 0
+    """Devices whose task stream was closed when the task was sent."""
     replies: int = 0
     timed_out: int = 0
     """Devices that had not replied when the deadline passed."""
     cancelled: int = 0
-    """Over-selected devices still working when enough replies were in."""
+    """Devices still working when the quorum of good replies was in."""
     late_dropped: int = 0
     """Replies that arrived after the round returned, refused."""
     surplus_dropped: int = 0
-    """Over-selected replies beyond the requested number, dropped."""
+    """Replies beyond the quorum that came in the same instant, dropped."""
     refused_uploads: int = 0
     """Uploads refused as oversized or corrupt."""
     seconds: float = 0.0
@@ -83,41 +81,30 @@ class _NodeChannel:
 class _Pending:
     message: Message
     node_id: int
-    deadline: float
     stats: EdgeRoundStats
 
 
-class EdgeGrid(Grid):
+class EdgeGrid(RoundPolicyGrid):
     """A Flower Grid whose nodes are devices connected to the edge server.
+
+    It is a :class:`~stamen.core.fleet.PolicyGrid`: the strategy's round policy
+    (``federation.deadline``, ``federation.over_selection``) closes each round.
 
     Args:
         signing_key: signs every task (and so every model) sent.
-        round_deadline: seconds a round waits for replies at most; the strategy's
-            own timeout applies too, whichever is shorter.
-        over_selection: send training rounds to this many times the requested
-            devices (>= 1.0), and keep the first replies.
         on_round: called with each batch's stats once it returns.
-        seed: seeds the choice of over-selected devices.
     """
 
     def __init__(
         self,
         signing_key: Ed25519PrivateKey,
         *,
-        round_deadline: float = 60.0,
-        over_selection: float = 1.0,
         on_round: Callable[[EdgeRoundStats], None] | None = None,
-        seed: int = 0,
     ) -> None:
+        super().__init__()
         self._signing_key = signing_key
-        self.round_deadline = round_deadline
-        self.over_selection = over_selection
         self._on_round = on_round
-        self._rng = random.Random(seed)
-        self._run = Run.create_empty(run_id=1)
-        TaskIdentity.task_id = 1
-        TaskIdentity.run_id = self._run.run_id
-        TaskIdentity.node_id = SUPERLINK_NODE_ID
+        self._started = time.monotonic()
         self._cond = threading.Condition()
         self._nodes: dict[int, _NodeChannel] = {}
         self._pending: dict[str, _Pending] = {}
@@ -126,27 +113,12 @@ class EdgeGrid(Grid):
         self._closing = False
         self.history: list[EdgeRoundStats] = []
 
-    # -- Grid API -----------------------------------------------------------------
-
-    def set_run(self, run: Run) -> None:
-        """Adopt the run Flower assigns."""
-        self._run = run
-
     @property
-    def run(self) -> Run:
-        """The run this grid serves."""
-        return self._run
+    def now(self) -> float:
+        """Seconds since this grid started (the real clock)."""
+        return time.monotonic() - self._started
 
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Create an instruction message."""
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+    # -- Grid API -----------------------------------------------------------------
 
     def get_node_ids(self) -> Iterable[int]:
         """Ids of the devices whose task stream is open now."""
@@ -156,8 +128,10 @@ class EdgeGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Send each message to its device as a signed task; returns message ids."""
         batch = list(messages)
-        stats = self._new_stats(batch)
-        return self._push(batch, time.time() + self.round_deadline, stats)
+        deadline = self.round_policy.deadline
+        return self._push(
+            batch, time.time() + deadline if deadline else 0.0, self._new_stats(batch)
+        )
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """The replies received so far for ``message_ids`` (each returned once)."""
@@ -167,28 +141,40 @@ class EdgeGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Send a round and wait for its replies until they are all in or the deadline passes."""
+        """Send a round and wait for its replies, until the round policy closes it."""
         batch = list(messages)
         if not batch:
             return []
         started = time.monotonic()
-        limit = self.round_deadline if timeout is None else min(timeout, self.round_deadline)
-        deadline = time.time() + limit
+        limits = [t for t in (self.round_policy.deadline, timeout) if t is not None]
+        deadline = time.time() + min(limits) if limits else 0.0
+        quorum = min(self.round_policy.quorum or len(batch), len(batch))
         stats = self._new_stats(batch)
-        target = len(batch)
-        extras = self._over_select(batch)
-        stats.over_selected = len(extras)
-        ids = self._push([*batch, *extras], deadline, stats)
+        stats.over_selected = len(batch) - quorum
+        ids = self._push(batch, deadline, stats)
         with self._cond:
             while not self._closing:
                 answered = [mid for mid in ids if mid in self._replies]
                 successes = sum(not self._replies[mid].has_error() for mid in answered)
-                remaining = deadline - time.time()
-                if len(answered) == len(ids) or successes >= target or remaining <= 0:
+                remaining = deadline - time.time() if deadline else 1.0
+                if len(answered) == len(ids) or successes >= quorum or remaining <= 0:
                     break
                 self._cond.wait(timeout=min(remaining, 1.0))
-            replies = self._collect(ids, target, stats, expired=time.time() >= deadline)
+            expired = bool(deadline) and time.time() >= deadline
+            replies = self._collect(ids, quorum, stats, expired=expired)
         stats.seconds = time.monotonic() - started
+        self.record_timing(
+            stats.message_type,
+            RoundTiming(
+                dispatched=stats.sent,
+                participants=len(replies),
+                stragglers=stats.timed_out,
+                dropouts=stats.not_connected,
+                surplus=stats.cancelled + stats.surplus_dropped,
+                seconds=stats.seconds,
+                clock=self.now,
+            ),
+        )
         self._report(stats)
         return replies
 
@@ -270,49 +256,30 @@ class EdgeGrid(Grid):
             message_type=first.message_type if first else "",
         )
 
-    def _over_select(self, batch: list[Message]) -> list[Message]:
-        if self.over_selection <= 1.0 or batch[0].metadata.message_type != MessageType.TRAIN:
-            return []
-        wanted = math.ceil(len(batch) * self.over_selection) - len(batch)
-        chosen = {m.metadata.dst_node_id for m in batch}
-        with self._cond:
-            idle = sorted(n for n, c in self._nodes.items() if n not in chosen and c.busy == 0)
-        extras = self._rng.sample(idle, min(wanted, len(idle)))
-        template = batch[0]
-        return [
-            Message(
-                template.content,
-                dst_node_id=node,
-                message_type=template.metadata.message_type,
-                group_id=template.metadata.group_id,
-            )
-            for node in sorted(extras)
-        ]
-
     def _push(self, batch: list[Message], deadline: float, stats: EdgeRoundStats) -> list[str]:
         ids: list[str] = []
         for message in batch:
-            task_id = uuid.uuid4().hex
-            message.metadata.__dict__["_message_id"] = task_id  # read-only in Flower's API
+            task_id = assign_message_id(message)
             node_id = message.metadata.dst_node_id
             task = self._seal(message, task_id, deadline)
             with self._cond:
                 channel = self._nodes.get(node_id)
                 stats.sent += 1
                 if channel is None:
+                    stats.not_connected += 1
                     self._replies[task_id] = Message(
                         Error(code=NOT_CONNECTED, reason=f"node {node_id} is not connected"),
                         reply_to=message,
                     )
                 else:
-                    self._pending[task_id] = _Pending(message, node_id, deadline, stats)
+                    self._pending[task_id] = _Pending(message, node_id, stats)
                     channel.busy += 1
                     channel.tasks.put(task)
             ids.append(task_id)
         return ids
 
     def _seal(self, message: Message, task_id: str, deadline: float) -> edge_pb2.Task:
-        """The signed task carrying ``message`` to its device."""
+        """The signed task carrying ``message`` to its device (``deadline`` 0: none)."""
         content = serialize_records(message.content)
         task = edge_pb2.Task(
             task_id=task_id,
@@ -329,7 +296,7 @@ class EdgeGrid(Grid):
         return task
 
     def _collect(
-        self, ids: list[str], target: int, stats: EdgeRoundStats, *, expired: bool
+        self, ids: list[str], quorum: int, stats: EdgeRoundStats, *, expired: bool
     ) -> list[Message]:
         """Take this round's replies and close the round (caller holds the lock)."""
         replies: list[Message] = []
@@ -350,7 +317,7 @@ class EdgeGrid(Grid):
                 self._closed[mid] = stats
                 continue
             if not reply.has_error():
-                if successes >= target:
+                if successes >= quorum:
                     stats.surplus_dropped += 1
                     continue
                 successes += 1

@@ -29,7 +29,12 @@ LOG = logging.getLogger("stamen.server.edge")
 
 @dataclass(frozen=True)
 class EdgeServerSettings:
-    """How the edge server listens and runs rounds."""
+    """How the edge server listens and takes uploads.
+
+    When a round closes (deadline, over-selection) is the federation config's
+    business (``federation.deadline``, ``federation.over_selection``): the
+    strategy sets it on the grid as a round policy, as on every Stamen grid.
+    """
 
     address: str = "0.0.0.0:9443"
     """host:port to listen on; port 0 picks a free one."""
@@ -39,17 +44,12 @@ class EdgeServerSettings:
     """Plain-text gRPC. For tests on loopback only; models are still signed."""
     registry: Path = Path("devices.json")
     """The device registry ``stamen devices`` edits."""
-    round_deadline: float = 120.0
-    """Seconds a round waits for device replies at most."""
-    over_selection: float = 1.0
-    """Send training to this many times the requested devices; keep the first replies."""
     max_payload_bytes: int = 16 * 2**20
     """Uploads larger than this are refused before they are read."""
     heartbeat_seconds: float = 5.0
     chunk_bytes: int = 256 * 1024
     max_workers: int = 1024
     """Threads serving RPCs; each connected device holds one for its task stream."""
-    seed: int = 0
 
     def __post_init__(self) -> None:
         host, sep, port = self.address.rpartition(":")
@@ -59,8 +59,6 @@ class EdgeServerSettings:
             "host:port",
             self.address,
         )
-        require(self.round_deadline > 0, "edge round deadline", "> 0", self.round_deadline)
-        require(self.over_selection >= 1.0, "edge over-selection", ">= 1.0", self.over_selection)
         require(self.max_payload_bytes > 0, "edge max payload", "> 0", self.max_payload_bytes)
         require(self.heartbeat_seconds > 0, "edge heartbeat", "> 0", self.heartbeat_seconds)
         require(
@@ -100,13 +98,7 @@ class EdgeServer:
             )
         self.registry = DeviceRegistry(settings.registry)
         self.registry.entries()  # a malformed registry fails here, not at the first join
-        self.grid = EdgeGrid(
-            load_private_key(paths.signing_key),
-            round_deadline=settings.round_deadline,
-            over_selection=settings.over_selection,
-            on_round=on_round,
-            seed=settings.seed,
-        )
+        self.grid = EdgeGrid(load_private_key(paths.signing_key), on_round=on_round)
         limit = settings.chunk_bytes + 64 * 1024
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers),
