@@ -88,7 +88,7 @@ def run_load(agents: int, rounds: int, out: Path, deadline: float = 300.0) -> di
             str(out / "server-state"),
             "--out",
             str(out / "results"),
-            "--round-deadline",
+            "--deadline",
             str(deadline),
             "--wait",
             "600",
