@@ -155,9 +155,9 @@ def test_a_restarted_server_resumes_after_the_last_finished_round(site: Site) ->
         site.agent(f"dev{pid}", state, port, *digits_agent(pid, 3), "--give-up-after", "120")
         for pid, state in enumerate(states)
     ]
-    metrics = site.root / "results" / "metrics.jsonl"
-    wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 200, server)
-    finished = len(metrics.read_text().splitlines())
+    lines = site.root / "results" / "metrics.jsonl"
+    wait_for(lambda: lines.exists() and len(lines.read_text().splitlines()) >= 2, 200, server)
+    finished = len(lines.read_text().splitlines())
     os.killpg(server.pid, signal.SIGKILL)
     server.wait(timeout=10)
     assert finished < 6, "the run ended before the server could be killed"
