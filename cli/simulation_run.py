@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -75,26 +74,3 @@ def run_simulation_command(
         console.print(line)
     console.print(f"results: {out_dir}/ (metrics.jsonl, summary.json, rounds.png)")
     return interrupted
-
-
-def print_config(console: Console, config: StamenConfig) -> None:
-    """Print the resolved config as TOML that ``--config`` accepts."""
-    console.print(to_toml(config.to_dict()), highlight=False, markup=False)
-
-
-def to_toml(values: dict[str, Any]) -> str:
-    """A flat-sections TOML rendering of a config dict."""
-
-    def literal(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str):
-            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        return repr(value)
-
-    lines = [f"{k} = {literal(v)}" for k, v in values.items() if not isinstance(v, dict)]
-    for section, body in values.items():
-        if isinstance(body, dict):
-            lines.append(f"\n[{section}]")
-            lines.extend(f"{k} = {literal(v)}" for k, v in body.items() if v is not None)
-    return "\n".join(lines)
