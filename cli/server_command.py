@@ -18,6 +18,7 @@ from stamen.cli.monitor_setup import monitor_options
 from stamen.cli.options import OptionValues, takes
 from stamen.cli.output import console, err_console, one_line_errors, setup_logging
 from stamen.cli.render import print_config
+from stamen.config import load_config
 
 EDGE_ROUNDS_FILE = "edge-rounds.jsonl"
 
@@ -72,7 +73,6 @@ def server(values: OptionValues) -> None:
 
     Example: [bold]stamen server --dataset mnist --rounds 20 --devices-per-round 10[/]
     """
-    from stamen.config import load_config
     from stamen.server.edge import EdgeServer, EdgeServerSettings
     from stamen.server.edge.certs import CertPaths
 
