@@ -106,7 +106,7 @@ def run_stamen(
     try:
         from stamen.launch import simulate
     except ImportError:  # a build from before stamen.launch (--before)
-        from stamen.simulations import simulate  # type: ignore[attr-defined,no-redef]
+        from stamen.simulations import simulate  # type: ignore[no-redef]
 
     class Marks:
         def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
