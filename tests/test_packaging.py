@@ -58,3 +58,14 @@ def test_wheel_contains_every_subpackage(tmp_path: Path) -> None:
     assert not any(name.startswith(("server/", "client/", "tests/")) for name in names)
     # ``stamen`` is a namespace package: no folder of the checkout stands in for its root.
     assert "stamen/__init__.py" not in names
+
+
+def test_the_layer_contract_covers_every_package() -> None:
+    """A package left out of the import-linter contract would escape the layer check."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    mapped = set(pyproject["tool"]["setuptools"]["package-dir"])
+    linter = pyproject["tool"]["importlinter"]
+    assert set(linter["root_packages"]) == mapped
+    layers = next(c for c in linter["contracts"] if c["type"] == "layers")["layers"]
+    layered = {name.strip() for layer in layers for name in layer.split("|")}
+    assert layered == mapped
