@@ -8,7 +8,7 @@ layer because a config names them (``fleet.preset``, ``[fleet.tiers.NAME]``);
 :mod:`stamen.simulations.profiles` turns a mix into a fleet.
 
 Examples:
-    >>> phone = builtin_tier("phone")
+    >>> phone = BUILTIN_TIERS["phone"]
     >>> round(phone.train_seconds(samples=60, epochs=1, flops_per_sample=2e6), 3)
     0.06
     >>> fleet_mix(FleetPreset.IOT).names
@@ -104,15 +104,6 @@ BUILTIN_TIERS: dict[str, TierProfile] = {
     ),
 }
 """The built-in tiers; ``mcu`` to ``phone`` spans 10x in compute speed."""
-
-
-def builtin_tier(name: str) -> TierProfile:
-    """A built-in tier by name."""
-    try:
-        return BUILTIN_TIERS[name]
-    except KeyError:
-        allowed = ", ".join(BUILTIN_TIERS)
-        raise ConfigError(f"unknown device tier {name!r}; built-in tiers: {allowed}") from None
 
 
 class FleetPreset(enum.StrEnum):
