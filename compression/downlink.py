@@ -13,17 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stamen.compression.codecs import (
-    FP16,
-    FP32,
-    CodecPipeline,
-    Int8Symmetric,
-    Lossless,
-    Stage,
-    ValueFormat,
-    Zlib,
-    coerce_choice,
-)
+from stamen.compression.codec_stages import FP16, FP32, Int8Symmetric, Stage, Zlib
+from stamen.compression.codecs import CodecPipeline, Lossless, ValueFormat, coerce_choice
 from stamen.compression.hashing import model_hash
 from stamen.compression.wire import (
     FORMAT_VERSION,

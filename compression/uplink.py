@@ -11,18 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stamen.compression.codecs import (
-    FP16,
-    FP32,
-    CodecPipeline,
-    Lossless,
-    Stage,
-    TopK,
-    Uniform,
-    ValueFormat,
-    Zlib,
-    coerce_choice,
-)
+from stamen.compression.codec_stages import FP16, FP32, Stage, TopK, Uniform, Zlib
+from stamen.compression.codecs import CodecPipeline, Lossless, ValueFormat, coerce_choice
 from stamen.compression.error_feedback import ErrorFeedback
 from stamen.compression.wire import (
     FORMAT_VERSION,
