@@ -88,6 +88,7 @@ def coerce_choice(
         raise ConfigError(f"{field} must be one of {names}; got {value!r}")
     return member
 
+
 class CodecPipeline:
     """Stages applied in order to turn one tensor into a ``CompressedTensor``.
 

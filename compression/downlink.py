@@ -134,6 +134,18 @@ def decode_model(
 
     With ``expected_shapes`` the names and shapes must match exactly. Raises only
     :class:`stamen.core.errors.InvalidUpdate`, with a one-line reason.
+
+    Examples:
+        >>> model = {"w": np.arange(4, dtype=np.float32)}
+        >>> payload = DownlinkCodec(DownlinkCodecConfig(values="fp32")).encode(
+        ...     model, round_num=2).payload
+        >>> decoded = decode_model(payload, expected_shapes={"w": (4,)})
+        >>> decoded.round_num, decoded.tensors["w"].tolist()
+        (2, [0.0, 1.0, 2.0, 3.0])
+        >>> decode_model(payload[:-1])
+        Traceback (most recent call last):
+        ...
+        stamen.core.errors.InvalidUpdate: ...
     """
     envelope = parse(pb.ModelPayload, payload, max_bytes)
     tensors, masks = decode_tensors(envelope.tensors, expected_shapes)

@@ -147,6 +147,17 @@ def decode_update(
 
     The tensor names and shapes must be exactly ``expected_shapes``. Raises only
     :class:`stamen.core.errors.InvalidUpdate`, with a one-line reason.
+
+    Examples:
+        >>> codec = UplinkCodec(UplinkCodecConfig(values="fp32", error_feedback=False))
+        >>> payload = codec.encode({"w": np.ones(3, np.float32)}, round_num=1,
+        ...     base_model_hash="ab" * 32, residual=None, rng=np.random.default_rng(0)).payload
+        >>> decode_update(payload, expected_shapes={"w": (3,)}).tensors["w"].tolist()
+        [1.0, 1.0, 1.0]
+        >>> decode_update(payload, expected_shapes={"w": (4,)})
+        Traceback (most recent call last):
+        ...
+        stamen.core.errors.InvalidUpdate: ...
     """
     envelope = parse(pb.ModelUpdate, payload, max_bytes)
     tensors, _ = decode_tensors(envelope.tensors, expected_shapes)

@@ -157,7 +157,16 @@ PRESET_MIXES: dict[FleetPreset, FleetMix] = {
 
 
 def fleet_mix(preset: FleetPreset, custom: tuple[tuple[TierProfile, float], ...] = ()) -> FleetMix:
-    """The mix a preset names; ``custom`` supplies the tiers of ``FleetPreset.CUSTOM``."""
+    """The mix a preset names; ``custom`` supplies the tiers of ``FleetPreset.CUSTOM``.
+
+    Examples:
+        >>> fleet_mix(FleetPreset.MIXED).shares
+        (0.5, 0.35, 0.15)
+        >>> board = TierProfile("board", gflops=1, memory_mb=512, uplink_kbps=500,
+        ...                     downlink_kbps=2000)
+        >>> fleet_mix(FleetPreset.CUSTOM, ((board, 1.0),)).names
+        ('board',)
+    """
     if preset is FleetPreset.CUSTOM:
         if not custom:
             raise ConfigError("fleet.preset custom needs at least one [fleet.tiers.NAME] table")

@@ -49,7 +49,16 @@ class StudentSpec:
 
 
 def parse_students(text: str) -> tuple[StudentSpec, ...]:
-    """Parse ``"TIER=[MODEL@]WIDTH[:BITS], ..."``; an empty string means no students."""
+    """Parse ``"TIER=[MODEL@]WIDTH[:BITS], ..."``; an empty string means no students.
+
+    Examples:
+        >>> [(s.tier, s.width, s.weight_bits) for s in parse_students("mcu=0.25:4, iot=0.5")]
+        [('mcu', 0.25, 4), ('iot', 0.5, None)]
+        >>> parse_students("mcu=2")
+        Traceback (most recent call last):
+        ...
+        stamen.core.errors.ConfigError: student 'mcu=2' needs a width > 0 and at most 1; got 2
+    """
     students: list[StudentSpec] = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -100,6 +109,12 @@ def student_spec(teacher: ModelSpec, student: StudentSpec) -> ModelSpec:
 
     The width is relative to the architecture's full size, so a teacher built at width 1.0
     and a student at 0.25 have a quarter of the channels in every layer.
+
+    Examples:
+        >>> teacher = ModelSpec("lenet", (1, 28, 28), num_classes=10)
+        >>> student = student_spec(teacher, StudentSpec("mcu", width=0.25))
+        >>> student.name.value, student.input_shape, student.width
+        ('lenet', (1, 28, 28), 0.25)
     """
     return ModelSpec(
         name=student.model or teacher.name,
