@@ -39,13 +39,43 @@ class StudentSpec:
         width: Width multiplier relative to the teacher's architecture at width 1.0, (0, 1].
         weight_bits: QAT weight bits on the tier's devices (2, 4 or 8); ``None`` keeps the
             federation's QAT setting.
-        model: Architecture family; ``None`` keeps the teacher's.
+        model: Architecture family; ``None`` keeps the teacher's. A plain string is accepted
+            and converted.
+
+    Examples:
+        >>> StudentSpec("mcu", 0.25, model="mlp").model
+        <ModelName.MLP: 'mlp'>
+        >>> StudentSpec("mcu", 0.25, weight_bits=3)
+        Traceback (most recent call last):
+        ...
+        stamen.core.errors.ConfigError: student mcu: weight_bits must be one of 2, 4, 8; got 3
     """
 
     tier: str
     width: float
     weight_bits: int | None = None
     model: ModelName | None = None
+
+    def __post_init__(self) -> None:
+        where = f"student {self.tier}"
+        if not isinstance(self.tier, str) or not _TIER.match(self.tier):
+            raise ConfigError(f"student tier must be letters, digits, _ or -; got {self.tier!r}")
+        width = self.width
+        if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width <= 1:
+            raise ConfigError(f"{where}: width must be > 0 and at most 1; got {width!r}")
+        object.__setattr__(self, "width", float(width))
+        bits = self.weight_bits
+        if bits is not None and (isinstance(bits, bool) or bits not in WEIGHT_BITS):
+            allowed = ", ".join(map(str, WEIGHT_BITS))
+            raise ConfigError(f"{where}: weight_bits must be one of {allowed}; got {bits!r}")
+        if self.model is not None:
+            try:
+                object.__setattr__(self, "model", ModelName(self.model))
+            except ValueError:
+                allowed = ", ".join(name.value for name in ModelName)
+                raise ConfigError(
+                    f"{where}: model must be one of {allowed}; got {self.model!r}"
+                ) from None
 
 
 def parse_students(text: str) -> tuple[StudentSpec, ...]:
