@@ -14,8 +14,8 @@ from stamen.cli.console_command import (
     TokenFileOption,
     TokenOption,
     connection,
-    fail,
 )
+from stamen.cli.output import fail
 from stamen.core.errors import StamenError
 from stamen.server.console.client import MonitorClient, snapshot
 

@@ -50,9 +50,11 @@ def test_wheel_contains_every_subpackage(tmp_path: Path) -> None:
     wheel = next(tmp_path.glob("stamen-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for folder in code_folders():
-        package = "stamen" if folder.name == "core" else f"stamen/{folder.name}"
+        package = f"stamen/{folder.name}"
         assert f"{package}/__init__.py" in names, f"{folder.name}/ is not in the wheel"
         assert f"{package}/py.typed" in names
     assert "stamen/protos/update/v1/update_pb2.py" in names
     assert "stamen/protos/update/v1/update.proto" in names
     assert not any(name.startswith(("server/", "client/", "tests/")) for name in names)
+    # ``stamen`` is a namespace package: no folder of the checkout stands in for its root.
+    assert "stamen/__init__.py" not in names
