@@ -63,7 +63,7 @@ def plan_precision_command(
     from stamen.client.trainer import evaluate
     from stamen.compression import apply_plan, plan_precision, quantizable_layers
     from stamen.data import load_dataset
-    from stamen.export.pipeline import calibration_samples
+    from stamen.export import calibration_samples
     from stamen.models import load_model_file
 
     try:
