@@ -14,6 +14,11 @@ tree (PSS, so pages shared after a fork count once). Writes ``results.json``
 and ``results.md`` into ``--out``.
 
     python benchmarks/fleet_throughput.py --out runs/benchmark-throughput
+
+``--before DIR`` also runs the Stamen local paths on an earlier build installed
+in ``DIR`` (``pip install --no-deps --target DIR CHECKOUT``), right after this
+build's run of the same path, so a change is measured against what it replaced
+in one invocation.
 """
 
 from __future__ import annotations
@@ -97,14 +102,17 @@ def run_stamen(
 ) -> None:
     """Stamen's apps on the path's backend and preset."""
     from stamen.config import load_config
-    from stamen.launch import simulate
-    from stamen.server.reporting import RoundRecord
+
+    try:
+        from stamen.launch import simulate
+    except ImportError:  # a build from before stamen.launch (--before)
+        from stamen.simulations import simulate  # type: ignore[no-redef]
 
     class Marks:
         def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
             marks.append((0, time.perf_counter(), 0))
 
-        def on_round(self, record: RoundRecord) -> None:
+        def on_round(self, record: Any) -> None:
             marks.append((record.round, time.perf_counter(), record.participants))
 
         def on_finish(self, summary: dict[str, Any]) -> None:
@@ -134,9 +142,15 @@ def run_stamen(
 # -- the harness -----------------------------------------------------------------------
 
 
-def measure(path: str, devices: int, per_round: int, rounds: int, out: Path) -> dict[str, Any]:
-    """Run ``path`` in a fresh process, sampling the memory of its process tree."""
-    result_file = out / f"{path}-{devices}.json"
+def measure(
+    path: str, devices: int, per_round: int, rounds: int, out: Path, before: Path | None = None
+) -> dict[str, Any]:
+    """Run ``path`` in a fresh process, sampling the memory of its process tree.
+
+    With ``before``, the child imports the build installed there instead of this one.
+    """
+    build = "before" if before else "this"
+    result_file = out / f"{path}-{devices}-{build}.json"
     command = [
         sys.executable,
         __file__,
@@ -153,8 +167,11 @@ def measure(path: str, devices: int, per_round: int, rounds: int, out: Path) -> 
         "--launched",
         repr(time.time()),
     ]
+    env = {**os.environ, **QUIET}
+    if before is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(before), env.get("PYTHONPATH", "")])
     launched = time.perf_counter()
-    child = subprocess.Popen(command, env={**os.environ, **QUIET})
+    child = subprocess.Popen(command, env=env)
     peak = [0]
     done = threading.Event()
 
@@ -169,7 +186,7 @@ def measure(path: str, devices: int, per_round: int, rounds: int, out: Path) -> 
     done.set()
     sampler.join()
     if code != 0:
-        return {"path": path, "devices": devices, "error": f"exit code {code}"}
+        return {"path": path, "build": build, "devices": devices, "error": f"exit code {code}"}
     raw = json.loads(result_file.read_text())
     marks = raw["marks"]
     # Round i ends at marks[i]; rounds 2 .. R-1 are the intervals between marks[1] and
@@ -181,6 +198,7 @@ def measure(path: str, devices: int, per_round: int, rounds: int, out: Path) -> 
     seconds = sum(s for _, s in steady)
     return {
         "path": path,
+        "build": build,
         "devices": devices,
         "per_round": per_round,
         "rounds": rounds,
@@ -216,8 +234,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for row in rows:
         scale = f"{row['devices']:,} ({row.get('per_round', '?'):,})"
+        label = row["path"] + (" (before)" if row.get("build") == "before" else "")
         if "error" in row:
-            lines.append(f"| {scale} | {row['path']} | failed: {row['error']} | | | |")
+            lines.append(f"| {scale} | {label} | failed: {row['error']} | | | |")
             continue
         base = next(
             (
@@ -233,10 +252,36 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             else "-"
         )
         lines.append(
-            f"| {scale} | {row['path']} | {row['updates_per_second']:.0f} | {speedup} | "
+            f"| {scale} | {label} | {row['updates_per_second']:.0f} | {speedup} | "
             f"{row['first_round_seconds']:.1f} s | {row['peak_memory_mib']:.0f} MiB |"
         )
+    lines += before_and_after(rows)
     return "\n".join(lines) + "\n"
+
+
+def before_and_after(rows: list[dict[str, Any]]) -> list[str]:
+    """This build's updates/s over the earlier build's, per path and scale (``--before``)."""
+    found = []
+    for row in rows:
+        if row.get("build") != "before" or "error" in row:
+            continue
+        this = next(
+            (
+                r
+                for r in rows
+                if r.get("build") == "this"
+                and r["path"] == row["path"]
+                and r["devices"] == row["devices"]
+                and "error" not in r
+            ),
+            None,
+        )
+        if this and this["updates_per_second"] and row["updates_per_second"]:
+            ratio = this["updates_per_second"] / row["updates_per_second"]
+            found.append(f"| {row['devices']:,} | {row['path']} | {ratio:.3f} |")
+    if not found:
+        return []
+    return ["", "| devices | path | this build / before |", "|---|---|---:|", *found]
 
 
 def main() -> None:
@@ -248,6 +293,11 @@ def main() -> None:
         "--rounds", type=int, default=6, help="rounds per run; the first and last are not timed"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark-throughput"))
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also run the Stamen local paths on the build installed in this folder",
+    )
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--devices", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--per-round", type=int, help=argparse.SUPPRESS)
@@ -263,11 +313,16 @@ def main() -> None:
     for scale in args.scales:
         devices, per_round = (int(v) for v in scale.split(":"))
         for path in args.paths:
-            print(f"== {path} at {devices} devices, {per_round} per round", flush=True)
-            row = measure(path, devices, per_round, args.rounds, args.out)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+            builds = [None]
+            if args.before is not None and path.startswith("stamen-local"):
+                builds.append(args.before)
+            for before in builds:
+                label = "the earlier build" if before else "this build"
+                print(f"== {path} at {devices} devices, {per_round} per round, {label}", flush=True)
+                row = measure(path, devices, per_round, args.rounds, args.out, before)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     markdown = to_markdown(rows)
     (args.out / "results.md").write_text(markdown)
     print(markdown)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from stamen.cli.output import console, err_console, fail, setup_logging
+
 if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
 
@@ -113,7 +115,6 @@ def agent(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from stamen.cli.main import err_console, fail, setup_logging
     from stamen.client.agent import Agent, AgentRefused, AgentSettings, GuardSettings
     from stamen.client.agent.state import AgentStateStore
     from stamen.contract.edge import load_public_key
@@ -191,7 +192,6 @@ def keygen(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing key.")] = False,
 ) -> None:
     """Create this device's Ed25519 key pair; register device.pub on the server."""
-    from stamen.cli.main import console, fail
     from stamen.client.agent.state import AgentStateStore
     from stamen.contract.edge import device_id, public_bytes
     from stamen.core.errors import StamenError

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from stamen.cli.output import console, fail
+
 certs_app = typer.Typer(
     help="Certificates for an edge server: CA, TLS certificate, model-signing key.",
     no_args_is_help=True,
@@ -36,7 +38,6 @@ def init(
     Copy [bold]ca.pem[/] and [bold]model-signing.pub[/] to each device; keep the
     keys on the server (and ca.key offline if you can).
     """
-    from stamen.cli.main import console, fail
     from stamen.core.errors import StamenError
     from stamen.server.edge.certs import init_certs
 

@@ -6,13 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from stamen.cli.monitor_setup import MonitorOptions
+from stamen.cli.output import fail
 from stamen.console.client import CLIENT_ENV, ConnectionSettings
 from stamen.core.errors import ConfigError, StamenError
-
-err_console = Console(stderr=True)
 
 ServerOption = Annotated[
     str, typer.Option("--server", help="The monitor's HOST:PORT.", show_default=False)
@@ -65,12 +62,6 @@ def connection(
     return ConnectionSettings(server, token, tls_ca=tls_ca, tls_server_name=tls_server_name)
 
 
-def fail(message: str) -> None:
-    """Print a one-line error and exit with status 2."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
-
-
 def console_command(
     server: ServerOption,
     token: TokenOption = None,
@@ -94,19 +85,3 @@ def console_command(
     except ImportError:
         fail("the console needs Textual: pip install 'stamen[console]'")
     ConsoleApp(settings).run()
-
-
-def monitor_options(
-    port: int | None,
-    metrics_port: int | None,
-    host: str,
-    token_file: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-) -> MonitorOptions | None:
-    """The simulate command's monitor flags, or ``None`` without ``--monitor-port``."""
-    if port is None:
-        if metrics_port is not None:
-            raise ConfigError("--metrics-port needs --monitor-port")
-        return None
-    return MonitorOptions(port, metrics_port, host, token_file, tls_cert, tls_key)

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from stamen.cli.output import console, fail
+
 devices_app = typer.Typer(
     help="Register, list and revoke the devices an edge server admits.", no_args_is_help=True
 )
@@ -26,7 +28,6 @@ def register(
     registry: RegistryOption = Path("devices.json"),
 ) -> None:
     """Admit a device's public key (made by [bold]stamen agent keygen[/])."""
-    from stamen.cli.main import console, fail
     from stamen.contract.edge import load_public_key
     from stamen.core.errors import StamenError
     from stamen.server.edge.registry import DeviceRegistry
@@ -44,7 +45,6 @@ def list_devices(registry: RegistryOption = Path("devices.json")) -> None:
     """List registered and revoked devices."""
     from rich.table import Table
 
-    from stamen.cli.main import console, fail
     from stamen.core.errors import StamenError
     from stamen.server.edge.registry import DeviceRegistry
 
@@ -72,7 +72,6 @@ def revoke(
     registry: RegistryOption = Path("devices.json"),
 ) -> None:
     """Refuse a device from now on; a running server drops it at its next call."""
-    from stamen.cli.main import console, fail
     from stamen.core.errors import StamenError
     from stamen.server.edge.registry import DeviceRegistry
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
+from stamen.cli.output import console, fail
 from stamen.cli.render import human_bytes
 from stamen.core.errors import StamenError
 from stamen.models import GLOBAL_MODEL_FILE, tier_model_file
@@ -72,104 +71,92 @@ def export_table(report: object) -> Table:
     return table
 
 
-def register(app: typer.Typer, console: Console, fail: Callable[[str], None]) -> None:
-    """Add the ``export`` command to ``app``."""
+def export(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory (its model.pt, or model-<tier>.pt with --tier), a model "
+            ".pt file, or with --verify a manifest .json.",
+            show_default=False,
+        ),
+    ],
+    tier: Annotated[str | None, typer.Option(help="Export this tier's student instead.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output directory.  \\[default: <run>/export]", show_default=False),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset for calibration and testing (default: the model's)."),
+    ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ed25519 signing key (PEM), made on first use.  "
+            "\\[default: ~/.config/stamen/export-signing-key.pem]",
+            show_default=False,
+        ),
+    ] = None,
+    pack: Annotated[bool, typer.Option("--pack/--no-pack", help="xz-pack the artifact.")] = True,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify", help="Verify and run an exported artifact (SOURCE: manifest)."),
+    ] = False,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="With --verify: the only signer to trust (PEM or hex)."),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="With --verify: the FP32 model to compare with (default: source)."),
+    ] = None,
+) -> None:
+    """Export a global or tier model as a signed INT8 ONNX artifact, or --verify one.
 
-    @app.command("export")
-    def export(
-        source: Annotated[
-            Path,
-            typer.Argument(
-                help="A run directory (its model.pt, or model-<tier>.pt with --tier), a model "
-                ".pt file, or with --verify a manifest .json.",
-                show_default=False,
-            ),
-        ],
-        tier: Annotated[
-            str | None, typer.Option(help="Export this tier's student instead.")
-        ] = None,
-        out: Annotated[
-            Path | None,
-            typer.Option(help="Output directory.  \\[default: <run>/export]", show_default=False),
-        ] = None,
-        dataset: Annotated[
-            str | None,
-            typer.Option(help="Dataset for calibration and testing (default: the model's)."),
-        ] = None,
-        key: Annotated[
-            Path | None,
-            typer.Option(
-                help="Ed25519 signing key (PEM), made on first use.  "
-                "\\[default: ~/.config/stamen/export-signing-key.pem]",
-                show_default=False,
-            ),
-        ] = None,
-        pack: Annotated[
-            bool, typer.Option("--pack/--no-pack", help="xz-pack the artifact.")
-        ] = True,
-        verify: Annotated[
-            bool,
-            typer.Option(
-                "--verify", help="Verify and run an exported artifact (SOURCE: manifest)."
-            ),
-        ] = False,
-        public_key: Annotated[
-            Path | None,
-            typer.Option(help="With --verify: the only signer to trust (PEM or hex)."),
-        ] = None,
-        model: Annotated[
-            Path | None,
-            typer.Option(help="With --verify: the FP32 model to compare with (default: source)."),
-        ] = None,
-    ) -> None:
-        """Export a global or tier model as a signed INT8 ONNX artifact, or --verify one.
-
-        Example: [bold]stamen export runs/demo[/], then
-        [bold]stamen export --verify runs/demo/export/global.manifest.json[/]
-        """
-        try:
-            from stamen.export import (
-                export_model,
-                load_or_create_key,
-                load_public_key,
-                verify_artifact,
-            )
-        except ImportError as error:
-            fail(f"export needs the export extra (pip install 'stamen[export]'): {error}")
-            return
-        try:
-            if verify:
-                trusted = load_public_key(public_key) if public_key else None
-                report = verify_artifact(
-                    source, trusted_key=trusted, model_path=model, dataset=dataset
-                )
-                console.print(export_table(report))
-                if trusted is None:
-                    console.print(
-                        "[yellow]signer not pinned:[/] pass --public-key to trust only your key"
-                    )
-                return
-            from stamen.models import load_model_file
-
-            model_path = resolve_model_path(source, tier)
-            saved = load_model_file(model_path)
-            signing_key, created = load_or_create_key(key)
-            if created:
-                console.print(f"made a new signing key: {key or '~/.config/stamen/'}")
-            out_dir = out or (model_path.parent / "export")
-            result = export_model(
-                saved, out_dir, signing_key, dataset=dataset, packed=pack, source=model_path
-            )
-        except StamenError as error:
-            fail(str(error))
-            return
-        manifest = result.manifest
-        accuracy = manifest["accuracy"]
-        console.print(
-            f"[bold]{result.artifact}[/] · {human_bytes(manifest['bytes'])} "
-            f"({manifest['fp32_onnx_bytes'] / manifest['bytes']:.2f}x smaller than FP32) · "
-            f"accuracy {100 * accuracy['artifact']:.2f}% in onnxruntime, "
-            f"{100 * accuracy['fake_quant_torch']:.2f}% fake-quantized, "
-            f"{100 * accuracy['fp32_torch']:.2f}% FP32"
+    Example: [bold]stamen export runs/demo[/], then
+    [bold]stamen export --verify runs/demo/export/global.manifest.json[/]
+    """
+    try:
+        from stamen.export import (
+            export_model,
+            load_or_create_key,
+            load_public_key,
+            verify_artifact,
         )
-        console.print(f"manifest: {result.manifest_path}")
+    except ImportError as error:
+        fail(f"export needs the export extra (pip install 'stamen[export]'): {error}")
+        return
+    try:
+        if verify:
+            trusted = load_public_key(public_key) if public_key else None
+            report = verify_artifact(source, trusted_key=trusted, model_path=model, dataset=dataset)
+            console.print(export_table(report))
+            if trusted is None:
+                console.print(
+                    "[yellow]signer not pinned:[/] pass --public-key to trust only your key"
+                )
+            return
+        from stamen.models import load_model_file
+
+        model_path = resolve_model_path(source, tier)
+        saved = load_model_file(model_path)
+        signing_key, created = load_or_create_key(key)
+        if created:
+            console.print(f"made a new signing key: {key or '~/.config/stamen/'}")
+        out_dir = out or (model_path.parent / "export")
+        result = export_model(
+            saved, out_dir, signing_key, dataset=dataset, packed=pack, source=model_path
+        )
+    except StamenError as error:
+        fail(str(error))
+        return
+    manifest = result.manifest
+    accuracy = manifest["accuracy"]
+    console.print(
+        f"[bold]{result.artifact}[/] · {human_bytes(manifest['bytes'])} "
+        f"({manifest['fp32_onnx_bytes'] / manifest['bytes']:.2f}x smaller than FP32) · "
+        f"accuracy {100 * accuracy['artifact']:.2f}% in onnxruntime, "
+        f"{100 * accuracy['fake_quant_torch']:.2f}% fake-quantized, "
+        f"{100 * accuracy['fp32_torch']:.2f}% FP32"
+    )
+    console.print(f"manifest: {result.manifest_path}")

@@ -1,4 +1,4 @@
-"""``stamen simulate --monitor-port``: serve the monitor (and metrics) beside a simulation."""
+"""``--monitor-port``: serve the monitor (and metrics) beside a simulation or an edge server."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ ADDRESS_FILE = "monitor.json"
 
 @dataclass(frozen=True)
 class MonitorOptions:
-    """The monitor flags of ``stamen simulate``."""
+    """The monitor flags of ``stamen simulate`` and ``stamen server``."""
 
     port: int
     metrics_port: int | None = None
@@ -38,10 +38,26 @@ class MonitorOptions:
             raise ConfigError(f"--metrics-port must be in 0..65535; got {self.metrics_port}")
 
 
+def monitor_options(
+    port: int | None,
+    metrics_port: int | None,
+    host: str,
+    token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+) -> MonitorOptions | None:
+    """The monitor flags as options, or ``None`` without ``--monitor-port``."""
+    if port is None:
+        if metrics_port is not None:
+            raise ConfigError("--metrics-port needs --monitor-port")
+        return None
+    return MonitorOptions(port, metrics_port, host, token_file, tls_cert, tls_key)
+
+
 def start_monitored_run(
     options: MonitorOptions, config: StamenConfig, out_dir: Path, console: Console
 ) -> MonitoredRun:
-    """Start the monitor for a simulation; prints where it listens and which token to use."""
+    """Start the monitor for a run; prints where it listens and which token to use."""
     tokens = load_tokens(token_file=options.token_file)
     token_note = ""
     token_path: Path | None = options.token_file

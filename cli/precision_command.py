@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
+from stamen.cli.output import console, fail
 from stamen.cli.render import human_bytes
 from stamen.core.errors import StamenError
 
@@ -40,58 +39,52 @@ def plan_table(plan: object, layer_weights: dict[str, int]) -> Table:
     return table
 
 
-def register(app: typer.Typer, console: Console, fail: Callable[[str], None]) -> None:
-    """Add the ``plan-precision`` command to ``app``."""
+def plan_precision_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory (model.pt, or model-<tier>.pt with --tier) or a .pt file.",
+            show_default=False,
+        ),
+    ],
+    budget: Annotated[int, typer.Option("--budget", help="Size budget for the weights, in bytes.")],
+    tier: Annotated[str | None, typer.Option(help="Plan this tier's student.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Calibration data (default: the model's dataset).")
+    ] = None,
+) -> None:
+    """Give each layer 8, 4 or 2 weight bits by measured sensitivity, within --budget bytes.
 
-    @app.command("plan-precision")
-    def plan_precision_command(
-        source: Annotated[
-            Path,
-            typer.Argument(
-                help="A run directory (model.pt, or model-<tier>.pt with --tier) or a .pt file.",
-                show_default=False,
-            ),
-        ],
-        budget: Annotated[
-            int, typer.Option("--budget", help="Size budget for the weights, in bytes.")
-        ],
-        tier: Annotated[str | None, typer.Option(help="Plan this tier's student.")] = None,
-        dataset: Annotated[
-            str | None, typer.Option(help="Calibration data (default: the model's dataset).")
-        ] = None,
-    ) -> None:
-        """Give each layer 8, 4 or 2 weight bits by measured sensitivity, within --budget bytes.
+    Example: [bold]stamen plan-precision runs/demo --budget 8000[/]
+    """
+    import torch
 
-        Example: [bold]stamen plan-precision runs/demo --budget 8000[/]
-        """
-        import torch
+    from stamen.cli.export_command import resolve_model_path
+    from stamen.client.trainer import evaluate
+    from stamen.compression import apply_plan, plan_precision, quantizable_layers
+    from stamen.data import load_dataset
+    from stamen.export import calibration_samples
+    from stamen.models import load_model_file
 
-        from stamen.cli.export_command import resolve_model_path
-        from stamen.client.trainer import evaluate
-        from stamen.compression import apply_plan, plan_precision, quantizable_layers
-        from stamen.data import load_dataset
-        from stamen.export.pipeline import calibration_samples
-        from stamen.models import load_model_file
-
-        try:
-            saved = load_model_file(resolve_model_path(source, tier))
-            if not (dataset or saved.dataset):
-                fail("the model file names no dataset; pass --dataset")
-                return
-            data = load_dataset(dataset or str(saved.dataset))
-            model = saved.build()
-            x = torch.from_numpy(calibration_samples(data, CALIBRATION_SAMPLES))
-            plan = plan_precision(model, x, budget)
-        except StamenError as error:
-            fail(str(error))
+    try:
+        saved = load_model_file(resolve_model_path(source, tier))
+        if not (dataset or saved.dataset):
+            fail("the model file names no dataset; pass --dataset")
             return
-        weights = {info.name: info.weights for info, _ in quantizable_layers(model)}
-        console.print(plan_table(plan, weights))
-        x_test, y_test = torch.tensor(data.x_test), torch.tensor(data.y_test)
-        float_accuracy = evaluate(model, x_test, y_test).accuracy
-        apply_plan(model, plan)
-        planned_accuracy = evaluate(model, x_test, y_test).accuracy
-        console.print(
-            f"test accuracy: float {100 * float_accuracy:.2f}%, planned weights "
-            f"{100 * planned_accuracy:.2f}% (fake-quantized weights, float activations)"
-        )
+        data = load_dataset(dataset or str(saved.dataset))
+        model = saved.build()
+        x = torch.from_numpy(calibration_samples(data, CALIBRATION_SAMPLES))
+        plan = plan_precision(model, x, budget)
+    except StamenError as error:
+        fail(str(error))
+        return
+    weights = {info.name: info.weights for info, _ in quantizable_layers(model)}
+    console.print(plan_table(plan, weights))
+    x_test, y_test = torch.tensor(data.x_test), torch.tensor(data.y_test)
+    float_accuracy = evaluate(model, x_test, y_test).accuracy
+    apply_plan(model, plan)
+    planned_accuracy = evaluate(model, x_test, y_test).accuracy
+    console.print(
+        f"test accuracy: float {100 * float_accuracy:.2f}%, planned weights "
+        f"{100 * planned_accuracy:.2f}% (fake-quantized weights, float activations)"
+    )

@@ -1,4 +1,4 @@
-"""Rich rendering for the CLI: a live progress bar and the results table."""
+"""Rich rendering for the CLI: a live progress bar, the results table, the resolved config."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from stamen.config import StamenConfig
 from stamen.server.reporting import RoundRecord
 
 
@@ -195,3 +196,26 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             f"[red]{summary['rejected_updates']} updates rejected[/] (reasons in metrics.jsonl)"
         )
     return lines
+
+
+def print_config(console: Console, config: StamenConfig) -> None:
+    """Print the resolved config as TOML that ``--config`` accepts."""
+    console.print(to_toml(config.to_dict()), highlight=False, markup=False)
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """A flat-sections TOML rendering of a config dict."""
+
+    def literal(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(value)
+
+    lines = [f"{k} = {literal(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for section, body in values.items():
+        if isinstance(body, dict):
+            lines.append(f"\n[{section}]")
+            lines.extend(f"{k} = {literal(v)}" for k, v in body.items() if v is not None)
+    return "\n".join(lines)

@@ -8,205 +8,113 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 
-EDGE = "Edge server"
-CONF = "Config"
-FED = "Federation"
-
-MONITOR = "Monitor"
+from stamen.cli import option_table as opt
+from stamen.cli.monitor_setup import monitor_options
+from stamen.cli.options import OptionValues, takes
+from stamen.cli.output import console, err_console, one_line_errors, setup_logging
+from stamen.cli.render import print_config
+from stamen.config import load_config
 
 EDGE_ROUNDS_FILE = "edge-rounds.jsonl"
 
+OPTIONS = (
+    opt.CONFIG_FILE,
+    opt.ASSIGNMENTS,
+    opt.OUT,
+    opt.PRESET,
+    opt.DATASET,
+    opt.MODEL,
+    opt.ROUNDS,
+    opt.DEVICES_PER_ROUND,
+    opt.NUM_DEVICES,
+    opt.SEED,
+    opt.STRATEGY,
+    opt.DEADLINE,
+    opt.OVER_SELECTION,
+    opt.LOCAL_EPOCHS,
+    opt.LR,
+    opt.BATCH_SIZE,
+    opt.QAT,
+    opt.QAT_BITS,
+    opt.SPARSITY,
+    opt.TOPK,
+    opt.UPLINK_VALUES,
+    opt.ERROR_FEEDBACK,
+    opt.DOWNLINK_VALUES,
+    opt.ADDRESS,
+    opt.CERTS,
+    opt.INSECURE,
+    opt.REGISTRY,
+    opt.STATE_DIR,
+    opt.MAX_PAYLOAD_MB,
+    opt.WAIT,
+    opt.MONITOR_PORT,
+    opt.MONITOR_TOKEN_FILE,
+    opt.METRICS_PORT,
+    opt.DRY_RUN,
+    opt.VERBOSE,
+)
+"""The options of ``stamen server``, in ``--help`` order (shared ones as on simulate)."""
 
-def server(
-    config_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", help="TOML config file; flags override it.", rich_help_panel=CONF
-        ),
-    ] = None,
-    assignments: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set", help="Any config key: --set uplink.topk_ratio=0.1.", rich_help_panel=CONF
-        ),
-    ] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="edge or fp32.", rich_help_panel=CONF, show_default=False)
-    ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            help="Dataset for central evaluation (digits, mnist, mnist-small, watch, npz:PATH).",
-            rich_help_panel=FED,
-            show_default=False,
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="lenet, mobilenet or mlp.", rich_help_panel=FED, show_default=False),
-    ] = None,
-    rounds: Annotated[
-        int | None, typer.Option(help="Training rounds.", rich_help_panel=FED, show_default=False)
-    ] = None,
-    devices_per_round: Annotated[
-        int | None,
-        typer.Option(help="Devices sampled each round.", rich_help_panel=FED, show_default=False),
-    ] = None,
-    num_devices: Annotated[
-        int | None,
-        typer.Option(
-            help="Fleet size (for the config's checks).", rich_help_panel=FED, show_default=False
-        ),
-    ] = None,
-    address: Annotated[
-        str, typer.Option(help="host:port to listen on.", rich_help_panel=EDGE)
-    ] = "0.0.0.0:9443",
-    certs: Annotated[
-        Path, typer.Option(help="Made by: stamen certs init.", rich_help_panel=EDGE)
-    ] = Path("certs"),
-    insecure: Annotated[
-        bool,
-        typer.Option("--insecure", help="Plain-text gRPC, no TLS.", rich_help_panel=EDGE),
-    ] = False,
-    registry: Annotated[
-        Path, typer.Option(help="Device registry (stamen devices).", rich_help_panel=EDGE)
-    ] = Path("devices.json"),
-    state_dir: Annotated[
-        Path,
-        typer.Option(help="Checkpoints; a restart resumes from here.", rich_help_panel=EDGE),
-    ] = Path("server-state"),
-    deadline: Annotated[
-        float | None,
-        typer.Option(
-            help="Seconds a device has to answer (federation.deadline); 0: none.",
-            rich_help_panel=FED,
-            show_default=False,
-        ),
-    ] = None,
-    over_selection: Annotated[
-        float | None,
-        typer.Option(
-            help="Sample this fraction more devices; the first devices-per-round to answer "
-            "count (federation.over_selection).",
-            rich_help_panel=FED,
-            show_default=False,
-        ),
-    ] = None,
-    max_payload_mb: Annotated[
-        float, typer.Option(help="Largest upload accepted, in MiB.", rich_help_panel=EDGE)
-    ] = 16.0,
-    wait: Annotated[
-        float,
-        typer.Option(help="Seconds to wait for devices-per-round devices.", rich_help_panel=EDGE),
-    ] = 300.0,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Results directory. [default: runs/<time>-edge]",
-            rich_help_panel=CONF,
-            show_default=False,
-        ),
-    ] = None,
-    monitor_port: Annotated[
-        int | None,
-        typer.Option(
-            help="Serve the monitor (stamen console, stamen status) on this port, with the "
-            "server's TLS; 0 picks a free one.",
-            rich_help_panel=MONITOR,
-            show_default=False,
-        ),
-    ] = None,
-    monitor_token_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="Operator and read-only tokens ('operator TOKEN' / 'readonly TOKEN' lines); "
-            "default: a generated operator token, written to <out>/monitor-token.",
-            rich_help_panel=MONITOR,
-            show_default=False,
-        ),
-    ] = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            help="Also serve Prometheus metrics on this port.",
-            rich_help_panel=MONITOR,
-            show_default=False,
-        ),
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More logs.")] = False,
-) -> None:
+
+@takes(OPTIONS)
+def server(values: OptionValues) -> None:
     """Serve a federation to [bold]stamen agent[/] devices over gRPC (TLS by default).
 
     Settings come from the preset, the --config file, then flags, as for simulate.
     Each round is checkpointed in --state-dir; a restarted server resumes there.
+    The monitor (--monitor-port) uses the server's TLS.
 
     Example: [bold]stamen server --dataset mnist --rounds 20 --devices-per-round 10[/]
     """
-    from stamen.cli.console_command import monitor_options
-    from stamen.cli.main import FLAG_KEYS, console, err_console, fail, setup_logging
-    from stamen.config import load_config, parse_assignment
-    from stamen.core.errors import StamenError
     from stamen.server.edge import EdgeServer, EdgeServerSettings
     from stamen.server.edge.certs import CertPaths
 
-    flags = {
-        "preset": preset,
-        "dataset": dataset,
-        "model": model,
-        "rounds": rounds,
-        "devices_per_round": devices_per_round,
-        "num_devices": num_devices,
-        "deadline": deadline,
-        "over_selection": over_selection,
-    }
-    try:
-        overrides: dict[str, Any] = {}
-        for text in assignments or []:
-            key, value = parse_assignment(text)
-            overrides[key] = value
-        overrides.update({FLAG_KEYS[k]: v for k, v in flags.items() if v is not None})
-        if devices_per_round is not None and num_devices is None:
+    certs, insecure = values[opt.CERTS], values[opt.INSECURE]
+    with one_line_errors():
+        overrides = opt.config_overrides(values)
+        devices_per_round = values[opt.DEVICES_PER_ROUND]
+        if devices_per_round is not None and values[opt.NUM_DEVICES] is None:
+            # The fleet is whoever connects: size it for the config's checks only.
             overrides.setdefault("federation.num_devices", max(devices_per_round, 1))
-        config = load_config(config_file, overrides)
+        config = load_config(values[opt.CONFIG_FILE], overrides)
+        if values[opt.DRY_RUN]:
+            print_config(console, config)
+            return
         settings = EdgeServerSettings(
-            address=address,
+            address=values[opt.ADDRESS],
             certs_dir=certs,
             insecure=insecure,
-            registry=registry,
-            max_payload_bytes=int(max_payload_mb * 2**20),
+            registry=values[opt.REGISTRY],
+            max_payload_bytes=int(values[opt.MAX_PAYLOAD_MB] * 2**20),
         )
         paths = CertPaths(certs)
         monitor = monitor_options(
-            monitor_port,
-            metrics_port,
+            values[opt.MONITOR_PORT],
+            values[opt.METRICS_PORT],
             "0.0.0.0",
-            monitor_token_file,
+            values[opt.MONITOR_TOKEN_FILE],
             None if insecure else paths.server_cert,
             None if insecure else paths.server_key,
         )
-    except StamenError as error:
-        fail(str(error))
-        return
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    verbose = values[opt.VERBOSE]
     setup_logging(verbose)
     logging.getLogger("stamen.server.edge").setLevel(logging.INFO if verbose else logging.WARNING)
     if insecure:
         err_console.print(
             "[bold yellow]warning:[/] --insecure: no TLS; device traffic can be read and altered"
         )
-    out_dir = out or Path("runs") / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-edge"
+    out_dir = values[opt.OUT] or Path("runs") / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-edge"
     edge_log = EdgeRoundLog(console, out_dir)
-    try:
+    with one_line_errors():
         edge = EdgeServer(settings, on_round=edge_log.on_edge_round)
         port = edge.start()
-    except StamenError as error:
-        fail(str(error))
-        return
     seconds = config.federation.deadline
     console.print(
         f"[bold]Stamen edge server[/] on port {port} · "
@@ -217,10 +125,11 @@ def server(
         highlight=False,
     )
     try:
-        wait_for_devices(console, edge, config.federation.devices_per_round, wait)
-        run_edge_federation(console, edge, config, out_dir, state_dir, edge_log, monitor)
-    except StamenError as error:
-        fail(str(error))
+        with one_line_errors():
+            wait_for_devices(console, edge, config.federation.devices_per_round, values[opt.WAIT])
+            run_edge_federation(
+                console, edge, config, out_dir, values[opt.STATE_DIR], edge_log, monitor
+            )
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted; the last finished round is checkpointed[/]")
         raise typer.Exit(code=130) from None

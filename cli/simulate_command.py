@@ -1,100 +1,104 @@
-"""What ``stamen simulate`` does once its config is resolved."""
+"""``stamen simulate``: resolve the config from the preset, the file and the flags, then run it."""
 
 from __future__ import annotations
 
-import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from rich.console import Console
+import typer
 
-from stamen.cli.monitor_setup import MonitorOptions, start_monitored_run
-from stamen.cli.render import ProgressReporter, results_table, summary_lines
-from stamen.config import Backend, StamenConfig
-from stamen.launch import simulate
-from stamen.server import CollectingReporter, Reporters, ResultsWriter
-from stamen.server.federation import summarize
+from stamen.cli import option_table as opt
+from stamen.cli.monitor_setup import monitor_options
+from stamen.cli.options import OptionValues, takes
+from stamen.cli.output import console, one_line_errors, setup_logging
+from stamen.cli.render import print_config
+from stamen.config import load_config
+from stamen.simulations.sweep import expand, parse_axis
+
+OPTIONS = (
+    opt.CONFIG_FILE,
+    opt.PRESET,
+    opt.DATASET,
+    opt.MODEL,
+    opt.PARTITION,
+    opt.ALPHA,
+    opt.NUM_DEVICES,
+    opt.DEVICES_PER_ROUND,
+    opt.ROUNDS,
+    opt.SEED,
+    opt.BACKEND,
+    opt.FLEET,
+    opt.DEADLINE,
+    opt.OVER_SELECTION,
+    opt.WORKERS,
+    opt.DEVICE_BATCH,
+    opt.RAY_ADDRESS,
+    opt.SAMPLES_PER_DEVICE,
+    opt.LOCAL_EPOCHS,
+    opt.LR,
+    opt.BATCH_SIZE,
+    opt.QAT,
+    opt.QAT_BITS,
+    opt.SPARSITY,
+    opt.TOPK,
+    opt.UPLINK_VALUES,
+    opt.ERROR_FEEDBACK,
+    opt.DOWNLINK_VALUES,
+    opt.STRATEGY,
+    opt.ASSIGNMENTS,
+    opt.SWEEP,
+    opt.OUT,
+    opt.DRY_RUN,
+    opt.VERBOSE,
+    opt.MONITOR_PORT,
+    opt.MONITOR_HOST,
+    opt.MONITOR_TOKEN_FILE,
+    opt.MONITOR_TLS_CERT,
+    opt.MONITOR_TLS_KEY,
+    opt.METRICS_PORT,
+)
+"""The options of ``stamen simulate``, in ``--help`` order."""
 
 
-def run_simulation_command(
-    console: Console,
-    config: StamenConfig,
-    out_dir: Path,
-    monitor: MonitorOptions | None = None,
-    *,
-    show_rounds: bool = True,
-) -> bool:
-    """Run with a progress bar, then print the per-round table and the headline.
+@takes(OPTIONS)
+def simulate(values: OptionValues) -> None:
+    """Run a federated simulation and report accuracy and bytes per round.
 
-    Ctrl-C stops the run after writing everything the finished rounds produced;
-    the return value says whether that happened. With ``monitor``, the monitor
-    service (and metrics endpoint) serve the run while it lasts.
+    Settings come from the preset, then the --config file, then flags. Results go
+    to --out: metrics.jsonl (a line per round), summary.json and rounds.png.
+
+    Example: [bold]stamen simulate --dataset digits --rounds 5 --preset fp32[/]
     """
-    interrupted = False
-    fed = config.federation
-    local = fed.backend is Backend.LOCAL
-    console.print(
-        f"[bold]Stamen[/] · preset [bold]{config.preset.value}[/] · {config.data.dataset} · "
-        f"{config.training.model.value} · {fed.num_devices} devices, {fed.devices_per_round}"
-        f"/round · {fed.rounds} rounds · {config.data.partition.value} · "
-        f"{fed.backend.value} backend"
-        + (f" · {config.fleet.preset.value} fleet" if local else "")
-        + f" · strategy {config.strategy.name.value}"
-    )
-    monitored = start_monitored_run(monitor, config, out_dir, console) if monitor else None
-    progress = ProgressReporter(console, fed.devices_sampled if local else None)
-    collector = CollectingReporter()
-    writer = ResultsWriter(out_dir)
-    started = time.perf_counter()
-    try:
-        summary = simulate(
-            config,
-            Reporters(progress, collector, writer, monitored.state if monitored else None),
-            on_reply=progress.on_device_reply,
-            control=monitored.control if monitored else None,
+    config_file, sweep = values[opt.CONFIG_FILE], values[opt.SWEEP]
+    with one_line_errors():
+        overrides = opt.config_overrides(values)
+        config = load_config(config_file, overrides)
+        runs = [
+            (combo, load_config(config_file, {**overrides, **combo}))
+            for combo in expand([parse_axis(text) for text in sweep or []])
+        ]
+    if values[opt.DRY_RUN]:
+        print_config(console, config)
+        return
+    label = "sweep" if sweep else config.preset.value
+    out_dir = values[opt.OUT] or Path("runs") / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{label}"
+    setup_logging(values[opt.VERBOSE])
+    with one_line_errors():
+        monitor = monitor_options(
+            values[opt.MONITOR_PORT],
+            values[opt.METRICS_PORT],
+            values[opt.MONITOR_HOST],
+            values[opt.MONITOR_TOKEN_FILE],
+            values[opt.MONITOR_TLS_CERT],
+            values[opt.MONITOR_TLS_KEY],
         )
-    except KeyboardInterrupt:
-        interrupted = True
-        progress.stop()
-        console.print(
-            f"[yellow]interrupted after {len(collector.records)} rounds; "
-            "writing the results so far[/]"
-        )
-        summary = summarize(config, collector.records, wall_seconds=time.perf_counter() - started)
-        summary.update(interrupted=True, backend=config.federation.backend.value)
-        writer.on_finish(summary)
-    finally:
-        progress.stop()
-        if monitored is not None:
-            monitored.stop()
-    if show_rounds:
-        console.print(results_table(collector.records))
-    if summary.get("stopped"):
-        console.print(f"[yellow]stopped by an operator after {summary['rounds']} rounds[/]")
-    for line in summary_lines(summary):
-        console.print(line)
-    console.print(f"results: {out_dir}/ (metrics.jsonl, summary.json, rounds.png)")
-    return interrupted
+        if sweep:
+            from stamen.cli.sweep_run import run_sweep_command
 
+            interrupted = run_sweep_command(console, runs, out_dir)
+        else:
+            from stamen.cli.simulation_run import run_simulation_command
 
-def print_config(console: Console, config: StamenConfig) -> None:
-    """Print the resolved config as TOML that ``--config`` accepts."""
-    console.print(to_toml(config.to_dict()), highlight=False, markup=False)
-
-
-def to_toml(values: dict[str, Any]) -> str:
-    """A flat-sections TOML rendering of a config dict."""
-
-    def literal(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str):
-            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        return repr(value)
-
-    lines = [f"{k} = {literal(v)}" for k, v in values.items() if not isinstance(v, dict)]
-    for section, body in values.items():
-        if isinstance(body, dict):
-            lines.append(f"\n[{section}]")
-            lines.extend(f"{k} = {literal(v)}" for k, v in body.items() if v is not None)
-    return "\n".join(lines)
+            interrupted = run_simulation_command(console, config, out_dir, monitor)
+    if interrupted:
+        raise typer.Exit(code=130)

@@ -14,8 +14,8 @@ from stamen.cli.console_command import (
     TokenFileOption,
     TokenOption,
     connection,
-    fail,
 )
+from stamen.cli.output import fail
 from stamen.console.client import MonitorClient, snapshot
 from stamen.core.errors import StamenError
 

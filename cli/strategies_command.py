@@ -6,6 +6,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from stamen.cli.output import console
+
 
 def strategies_table() -> Table:
     """A table of the strategies ``--strategy`` and ``strategy.name`` accept."""
@@ -27,3 +29,8 @@ def print_strategies(console: Console) -> None:
         "Settings: the [bold]\\[strategy][/] config section, or --set strategy.KEY=VALUE "
         "(see stamen simulate --dry-run)."
     )
+
+
+def strategies() -> None:
+    """List the aggregation strategies, one line each, with their papers."""
+    print_strategies(console)

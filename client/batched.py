@@ -25,10 +25,8 @@ from torch import nn
 from stamen.client.app import Trained, TrainJob, finish_training, start_training, train_alone
 from stamen.client.local_data import FleetData
 from stamen.client.trainer import train_stacked
-from stamen.compression import DecodedModel, QATConfig
-from stamen.compression.stacked_qat import StackedQATLeNet
-from stamen.models import ModelSpec
-from stamen.models.stacked import StackedLeNet
+from stamen.compression import DecodedModel, QATConfig, StackedQATLeNet
+from stamen.models import ModelSpec, StackedLeNet
 
 LOG = logging.getLogger("stamen.client")
 

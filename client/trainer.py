@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stamen.models.stacked import StackedLeNet
+from stamen.models import StackedLeNet
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,19 @@
-"""Compression: update and model codecs, and the wire format they travel in."""
+"""Compression: QAT, pruning, mixed precision, distillation, and the update and model codecs.
 
-from stamen.compression.codecs import (
-    FP16,
-    FP32,
-    CodecPipeline,
-    Int8Symmetric,
-    Lossless,
-    TopK,
-    Uniform,
-    ValueFormat,
-    Zlib,
-)
+The verbs and their frozen configs: ``UplinkCodec(UplinkCodecConfig(...))`` encodes a
+device's update and ``decode_update`` checks and decodes it on the server;
+``DownlinkCodec``/``decode_model`` do the same for the global model; ``prepare_qat`` and
+``QATConfig`` fake-quantize a model's layers; ``compute_masks``/``apply_masks``/
+``remove_masks`` with ``PruningConfig`` prune it; ``plan_precision``/``apply_plan`` give each
+layer its own weight bits; ``distill`` fits a student to an ensemble's soft targets. The
+codec stages, bit packing and wire parsing behind them live in their own modules.
+"""
+
+from stamen.compression.codecs import Lossless, ValueFormat
 from stamen.compression.distillation import (
     DistillConfig,
     distill,
     ensemble_logits,
-    kd_loss,
     model_logits,
 )
 from stamen.compression.downlink import (
@@ -25,14 +23,11 @@ from stamen.compression.downlink import (
     EncodedModel,
     decode_model,
 )
-from stamen.compression.error_feedback import ErrorFeedback, ErrorFeedbackResult
 from stamen.compression.hashing import dense_nbytes, model_hash
 from stamen.compression.mixed_precision import (
     LayerInfo,
     PrecisionPlan,
-    allocate_bits,
     apply_plan,
-    measure_sensitivity,
     plan_precision,
     quantizable_layers,
 )
@@ -43,18 +38,10 @@ from stamen.compression.pruning import (
     apply_masks,
     compute_masks,
     measure_sparsity,
-    prunable_parameters,
     remove_masks,
 )
-from stamen.compression.qat import (
-    QATConfig,
-    QATConv2d,
-    QATConvBn2d,
-    QATLinear,
-    fake_quantize_weight,
-    prepare_qat,
-)
-from stamen.compression.tensor_decode import decode_tensor
+from stamen.compression.qat import QATConfig, prepare_qat
+from stamen.compression.stacked_qat import StackedQATLeNet
 from stamen.compression.uplink import (
     DecodedUpdate,
     EncodedUpdate,
@@ -62,13 +49,8 @@ from stamen.compression.uplink import (
     UplinkCodecConfig,
     decode_update,
 )
-from stamen.compression.wire import FORMAT_VERSION
 
 __all__ = [
-    "FORMAT_VERSION",
-    "FP16",
-    "FP32",
-    "CodecPipeline",
     "DecodedModel",
     "DecodedUpdate",
     "DistillConfig",
@@ -76,44 +58,30 @@ __all__ = [
     "DownlinkCodecConfig",
     "EncodedModel",
     "EncodedUpdate",
-    "ErrorFeedback",
-    "ErrorFeedbackResult",
-    "Int8Symmetric",
     "LayerInfo",
     "Lossless",
     "PrecisionPlan",
     "PruningConfig",
     "PruningMethod",
     "QATConfig",
-    "QATConv2d",
-    "QATConvBn2d",
-    "QATLinear",
     "SparsitySchedule",
-    "TopK",
-    "Uniform",
+    "StackedQATLeNet",
     "UplinkCodec",
     "UplinkCodecConfig",
     "ValueFormat",
-    "Zlib",
-    "allocate_bits",
     "apply_masks",
     "apply_plan",
     "compute_masks",
     "decode_model",
-    "decode_tensor",
     "decode_update",
     "dense_nbytes",
     "distill",
     "ensemble_logits",
-    "fake_quantize_weight",
-    "kd_loss",
-    "measure_sensitivity",
     "measure_sparsity",
     "model_hash",
     "model_logits",
     "plan_precision",
     "prepare_qat",
-    "prunable_parameters",
     "quantizable_layers",
     "remove_masks",
 ]

@@ -2,10 +2,12 @@
 
 A :class:`CodecPipeline` is built from stages in this order, each at most once:
 
-1. a sparsifier, :class:`TopK` (optional; without it the tensor is sent dense),
-2. a value format, :class:`FP32` (the default), :class:`FP16`, :class:`Uniform` or
-   :class:`Int8Symmetric`,
-3. a lossless stage, :class:`Zlib` (optional).
+1. a sparsifier, ``TopK`` (optional; without it the tensor is sent dense),
+2. a value format, ``FP32`` (the default), ``FP16``, ``Uniform`` or ``Int8Symmetric``,
+3. a lossless stage, ``Zlib`` (optional).
+
+The stages live in :mod:`stamen.compression.codec_stages`; this module composes them, picks
+the index encoding, applies the lossless stage and checksums the bytes.
 
 Encoding yields a self-describing ``CompressedTensor`` message; decoding needs
 only that message (see :mod:`stamen.compression.tensor_decode`), so a receiver
@@ -15,14 +17,11 @@ never has to know the sender's pipeline. The maths is numpy only.
 from __future__ import annotations
 
 import enum
-import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-import torch
 
 from stamen.compression.bitpack import (
     best_rice_parameter,
@@ -33,13 +32,18 @@ from stamen.compression.bitpack import (
     rice_bit_count,
     varint_sizes,
 )
-from stamen.compression.tensor_decode import decode_tensor, dequantize, index_bits_for
+from stamen.compression.codec_stages import (
+    FP32,
+    VALUE_STAGES,
+    Stage,
+    TopK,
+    ValueStage,
+    Zlib,
+)
+from stamen.compression.tensor_decode import decode_tensor, index_bits_for
 from stamen.core.errors import ConfigError
 from stamen.protos.update.v1 import update_pb2 as pb
 
-UNIFORM_BITS = (2, 4, 8)
-_NO_VALUES = np.zeros(0, dtype=np.float32)
-_SMALL_TENSOR = 256
 _DTYPES = {
     np.dtype(np.float32): pb.DTYPE_FLOAT32,
     np.dtype(np.float16): pb.DTYPE_FLOAT16,
@@ -85,170 +89,11 @@ def coerce_choice(
     return member
 
 
-@dataclass(frozen=True)
-class TopK:
-    """Keep the ``ceil(ratio * n)`` largest-magnitude entries (at least one)."""
-
-    ratio: float
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.ratio, int | float) and 0.0 < self.ratio <= 1.0):
-            raise ConfigError(f"topk ratio must be in (0, 1]; got {self.ratio!r}")
-
-    def keep_count(self, size: int) -> int:
-        """How many of ``size`` entries survive; the epsilon absorbs float noise in ratio*n."""
-        return min(size, max(1, math.ceil(self.ratio * size - 1e-9)))
-
-    def select(self, flat: np.ndarray) -> np.ndarray:
-        """Sorted positions of the kept entries of a 1-D array."""
-        k = self.keep_count(flat.size)
-        if k >= flat.size:
-            return np.arange(flat.size, dtype=np.int64)
-        if flat.size <= _SMALL_TENSOR:  # a bias: sorting beats torch's call overhead
-            return np.sort(np.argsort(-np.abs(flat), kind="stable")[:k]).astype(np.int64)
-        # Not np.argpartition: its introselect slows down 10x or more on a delta with many
-        # exact zeros (pruned weights) and repeats (an fp16 residual), as trained deltas have.
-        magnitudes = torch.from_numpy(np.abs(flat))
-        largest = torch.topk(magnitudes, k, sorted=False).indices.numpy()
-        return np.sort(largest).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class PackedValues:
-    """Values as they go on the wire, with the fields needed to decode them."""
-
-    encoding: pb.ValueEncoding
-    bits: int
-    scale: float
-    zero_point: float
-    data: bytes
-    decoded: np.ndarray
-    """The float32 values a receiver decodes from ``data``."""
-
-
-@dataclass(frozen=True)
-class FP32:
-    """Values as little-endian float32 (lossless for float32 input)."""
-
-    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
-        """Encode float32 values."""
-        exact = values.astype("<f4")
-        return PackedValues(
-            pb.VALUE_ENCODING_FP32, 32, 0.0, 0.0, exact.tobytes(), exact.astype(np.float32)
-        )
-
-
-@dataclass(frozen=True)
-class FP16:
-    """Values as little-endian float16: relative error at most 2**-11 in the normal range."""
-
-    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
-        """Encode float32 values; values beyond the float16 range are an error."""
-        if values.size and float(np.max(np.abs(values))) > float(np.finfo(np.float16).max):
-            raise ValueError("a value exceeds the float16 range (65504); use fp32")
-        half = values.astype("<f2")
-        return PackedValues(
-            pb.VALUE_ENCODING_FP16, 16, 0.0, 0.0, half.tobytes(), half.astype(np.float32)
-        )
-
-
-@dataclass(frozen=True)
-class Uniform:
-    """Per-tensor affine quantization to ``2**bits`` levels between min and max.
-
-    With ``stochastic=True`` each value rounds up with probability equal to its
-    fractional position between two levels, so the decoded value is unbiased
-    (E[decode(x)] == x) and the error is below one step (``scale``). Otherwise it
-    rounds to the nearest level (error at most ``scale / 2``).
-    """
-
-    bits: int = 8
-    stochastic: bool = True
-
-    def __post_init__(self) -> None:
-        if self.bits not in UNIFORM_BITS:
-            raise ConfigError(f"bits must be one of 2, 4, 8; got {self.bits!r}")
-
-    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
-        """Quantize float32 values and bit-pack the levels."""
-        top = (1 << self.bits) - 1
-        if values.size == 0:
-            return PackedValues(pb.VALUE_ENCODING_UNIFORM, self.bits, 0.0, 0.0, b"", _NO_VALUES)
-        low = float(np.min(values))  # exact: values are float32
-        high = float(np.max(values))
-        scale = _step_covering(high - low, top)
-        if scale == 0.0:
-            levels = np.zeros(values.size, dtype=np.uint64)
-        else:
-            position = np.clip((values.astype(np.float64) - low) / scale, 0.0, top)
-            if self.stochastic:
-                if rng is None:
-                    raise ValueError("stochastic rounding needs an rng")
-                position = np.floor(position + rng.random(values.size))
-            else:
-                position = np.rint(position)
-            levels = np.minimum(position, top).astype(np.uint64)
-        data = pack_bits(levels, self.bits)
-        decoded = dequantize(levels, scale, low)
-        return PackedValues(pb.VALUE_ENCODING_UNIFORM, self.bits, scale, low, data, decoded)
-
-
-@dataclass(frozen=True)
-class Int8Symmetric:
-    """Per-tensor symmetric int8 (levels -127..127, no zero point): 0 stays exactly 0."""
-
-    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
-        """Round float32 values to the nearest of 255 symmetric levels."""
-        if values.size == 0:
-            return PackedValues(pb.VALUE_ENCODING_INT8_SYMMETRIC, 8, 0.0, 0.0, b"", _NO_VALUES)
-        scale = _step_covering(float(np.max(np.abs(values))), 127)
-        if scale == 0.0:
-            levels = np.zeros(values.size, dtype=np.int8)
-        else:
-            levels = np.clip(np.rint(values.astype(np.float64) / scale), -127, 127)
-            levels = levels.astype(np.int8)
-        return PackedValues(
-            pb.VALUE_ENCODING_INT8_SYMMETRIC,
-            8,
-            scale,
-            0.0,
-            levels.tobytes(),
-            dequantize(levels, scale),
-        )
-
-
-@dataclass(frozen=True)
-class Zlib:
-    """zlib over the packed index and value bytes, skipped per tensor when it would not shrink."""
-
-    level: int = 6
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.level, int) and 0 <= self.level <= 9):
-            raise ConfigError(f"zlib level must be in 0..9; got {self.level!r}")
-
-
-ValueStage = FP32 | FP16 | Uniform | Int8Symmetric
-Stage = TopK | ValueStage | Zlib
-_VALUE_STAGES = (FP32, FP16, Uniform, Int8Symmetric)
-
-
-def _step_covering(span: float, top: int) -> float:
-    """The smallest float32 step with ``top * step >= span``, so the largest value is a level."""
-    if span <= 0.0:
-        return 0.0
-    step = np.float32(span / top)
-    if not np.isfinite(step):
-        raise ValueError("value range too large for a float32 quantization step")
-    if float(step) * top < span:
-        step = np.nextafter(step, np.float32(np.inf))
-    return float(step)
-
-
 class CodecPipeline:
     """Stages applied in order to turn one tensor into a ``CompressedTensor``.
 
     Examples:
+        >>> from stamen.compression.codec_stages import TopK, Uniform, Zlib
         >>> pipeline = CodecPipeline([TopK(0.5), Uniform(bits=8), Zlib()])
         >>> x = np.array([0.1, -2.0, 0.3, 4.0], dtype=np.float32)
         >>> message = pipeline.encode_tensor("w", x, np.random.default_rng(0))
@@ -258,7 +103,7 @@ class CodecPipeline:
     """
 
     def __init__(self, stages: Sequence[Stage]) -> None:
-        rank: dict[type, int] = {TopK: 0, Zlib: 2, **dict.fromkeys(_VALUE_STAGES, 1)}
+        rank: dict[type, int] = {TopK: 0, Zlib: 2, **dict.fromkeys(VALUE_STAGES, 1)}
         seen: list[int] = []
         for stage in stages:
             position = rank.get(type(stage))
@@ -272,7 +117,7 @@ class CodecPipeline:
             seen.append(position)
         self.stages = tuple(stages)
         self.topk = next((s for s in stages if isinstance(s, TopK)), None)
-        self.values: ValueStage = next((s for s in stages if isinstance(s, _VALUE_STAGES)), FP32())
+        self.values: ValueStage = next((s for s in stages if isinstance(s, VALUE_STAGES)), FP32())
         self.zlib = next((s for s in stages if isinstance(s, Zlib)), None)
 
     def __repr__(self) -> str:

@@ -76,7 +76,14 @@ def kd_loss(
 
 @torch.no_grad()
 def model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in eval mode (the model's mode is restored)."""
+    """Logits of ``model`` on ``x`` in eval mode (the model's mode is restored).
+
+    Examples:
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.Dropout(0.5))
+        >>> logits = model_logits(model, torch.ones(5, 2), batch_size=2)
+        >>> logits.shape, model.training  # dropout was off, and the mode is back
+        (torch.Size([5, 3]), True)
+    """
     was_training = model.training
     model.eval()
     outputs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]

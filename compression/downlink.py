@@ -13,17 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stamen.compression.codecs import (
-    FP16,
-    FP32,
-    CodecPipeline,
-    Int8Symmetric,
-    Lossless,
-    Stage,
-    ValueFormat,
-    Zlib,
-    coerce_choice,
-)
+from stamen.compression.codec_stages import FP16, FP32, Int8Symmetric, Stage, Zlib
+from stamen.compression.codecs import CodecPipeline, Lossless, ValueFormat, coerce_choice
 from stamen.compression.hashing import model_hash
 from stamen.compression.wire import (
     FORMAT_VERSION,
@@ -143,6 +134,18 @@ def decode_model(
 
     With ``expected_shapes`` the names and shapes must match exactly. Raises only
     :class:`stamen.core.errors.InvalidUpdate`, with a one-line reason.
+
+    Examples:
+        >>> model = {"w": np.arange(4, dtype=np.float32)}
+        >>> payload = DownlinkCodec(DownlinkCodecConfig(values="fp32")).encode(
+        ...     model, round_num=2).payload
+        >>> decoded = decode_model(payload, expected_shapes={"w": (4,)})
+        >>> decoded.round_num, decoded.tensors["w"].tolist()
+        (2, [0.0, 1.0, 2.0, 3.0])
+        >>> decode_model(payload[:-1])
+        Traceback (most recent call last):
+        ...
+        stamen.core.errors.InvalidUpdate: ...
     """
     envelope = parse(pb.ModelPayload, payload, max_bytes)
     tensors, masks = decode_tensors(envelope.tensors, expected_shapes)

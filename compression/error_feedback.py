@@ -32,7 +32,7 @@ class ErrorFeedback:
     """Wraps a :class:`CodecPipeline` so that compression error carries over to later rounds.
 
     Examples:
-        >>> from stamen.compression.codecs import TopK
+        >>> from stamen.compression.codec_stages import TopK
         >>> feedback = ErrorFeedback(CodecPipeline([TopK(0.5)]))
         >>> delta = {"w": np.array([1.0, 0.1], dtype=np.float32)}
         >>> first = feedback.encode(delta, None, np.random.default_rng(0))

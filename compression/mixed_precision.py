@@ -71,7 +71,13 @@ class PrecisionPlan:
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[LayerInfo, nn.Conv2d | nn.Linear]]:
-    """Every ``Conv2d`` and ``Linear`` (QAT layers included), in model order."""
+    """Every ``Conv2d`` and ``Linear`` (QAT layers included), in model order.
+
+    Examples:
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+        >>> [(info.name, info.weights, info.nbytes(8)) for info, _ in quantizable_layers(model)]
+        [('0', 36, 68), ('2', 1440, 1520)]
+    """
     layers: list[tuple[LayerInfo, nn.Conv2d | nn.Linear]] = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
@@ -201,13 +207,29 @@ def _next_lower(bits: int) -> int | None:
 def plan_precision(
     model: nn.Module, x: torch.Tensor, budget_bytes: int, y: torch.Tensor | None = None
 ) -> PrecisionPlan:
-    """Measure ``model``'s sensitivities on ``x`` (and ``y``) and allocate bits to the budget."""
+    """Measure ``model``'s sensitivities on ``x`` (and ``y``) and allocate bits to the budget.
+
+    Examples:
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        >>> plan = plan_precision(model, torch.randn(64, 16), budget_bytes=500)
+        >>> sorted(plan.bits), plan.total_bytes <= 500
+        (['0', '2'], True)
+    """
     layers = [info for info, _ in quantizable_layers(model)]
     return allocate_bits(layers, measure_sensitivity(model, x, y), budget_bytes)
 
 
 def apply_plan(model: nn.Module, plan: PrecisionPlan, config: QATConfig | None = None) -> None:
-    """Prepare ``model`` for QAT in place, each layer at its planned weight bits."""
+    """Prepare ``model`` for QAT in place, each layer at its planned weight bits.
+
+    Examples:
+        >>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        >>> plan = PrecisionPlan({"0": 4, "2": 8}, {}, {}, total_bytes=0, budget_bytes=0)
+        >>> apply_plan(model, plan)
+        >>> model[0].weight_bits, model[2].weight_bits
+        (4, 8)
+    """
     prepare_qat(model, config or QATConfig())
     modules = dict(model.named_modules())
     for name, bits in plan.bits.items():

@@ -188,6 +188,13 @@ def apply_masks(model: nn.Module, masks: Mapping[str, np.ndarray]) -> None:
     Raises:
         ValueError: A key is not a prunable weight of this model, or a mask has the wrong
             shape. The message names the key.
+
+    Examples:
+        >>> from stamen.models import ModelSpec, build_model
+        >>> model = build_model(ModelSpec("mlp", (8,), num_classes=3), seed=0)
+        >>> apply_masks(model, compute_masks(model, 0.5))
+        >>> measure_sparsity(model)
+        0.5
     """
     layers = dict(prunable_parameters(model))
     for name, mask in masks.items():
@@ -213,6 +220,14 @@ def remove_masks(model: nn.Module) -> None:
     """Bake every pruning mask into its tensor: plain ``weight`` parameters again, zeros kept.
 
     The parameter objects stay the same, so an existing optimizer keeps working.
+
+    Examples:
+        >>> from stamen.models import ModelSpec, build_model
+        >>> model = build_model(ModelSpec("mlp", (8,), num_classes=3), seed=0)
+        >>> apply_masks(model, compute_masks(model, 0.5))
+        >>> remove_masks(model)
+        >>> sorted(name for name, _ in model.named_parameters())[:2], measure_sparsity(model)
+        (['classifier.bias', 'classifier.weight'], 0.5)
     """
     for module in model.modules():
         names = [name for name, _ in module.named_parameters(recurse=False)]

@@ -1,6 +1,6 @@
 """Several devices' quantization-aware (and pruned) LeNets trained as one.
 
-:class:`StackedQATLeNet` is :class:`~stamen.models.stacked.StackedLeNet` with what
+:class:`StackedQATLeNet` is :class:`~stamen.models.StackedLeNet` with what
 ``prepare_qat`` and ``apply_masks`` add to each layer, computed for all devices at once and
 per device exactly as the layers compute it alone:
 
@@ -28,8 +28,7 @@ from stamen.compression.fake_quant import (
     fake_quantize_weight,
 )
 from stamen.compression.qat import QATConv2d, QATLinear
-from stamen.models.architectures import LeNet
-from stamen.models.stacked import LENET_LAYERS, StackedLeNet
+from stamen.models import LeNet, StackedLeNet
 
 
 class StackedQATLeNet(StackedLeNet):
@@ -37,7 +36,7 @@ class StackedQATLeNet(StackedLeNet):
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__(models)
-        layers = [[getattr(m, name) for m in models] for name in LENET_LAYERS]
+        layers = [[getattr(m, name) for m in models] for name in self.layer_names]
         self.weight_bits = layers[0][0].weight_bits
         self.masks = [_stacked_mask(group) for group in layers]
         self.observers = [
@@ -49,7 +48,7 @@ class StackedQATLeNet(StackedLeNet):
         """A LeNet whose four layers are exactly ``QATConv2d``/``QATLinear``, with biases."""
         if type(model) is not LeNet:
             return False
-        layers = [getattr(model, name) for name in LENET_LAYERS]
+        layers = [getattr(model, name) for name in cls.layer_names]
         kinds: tuple[type[nn.Module], ...] = (QATConv2d, QATConv2d, QATLinear, QATLinear)
         exact = all(type(layer) is kind for layer, kind in zip(layers, kinds, strict=True))
         biased = all(getattr(layer, "bias", None) is not None for layer in layers)
@@ -89,7 +88,7 @@ class StackedQATLeNet(StackedLeNet):
     def write_back(self, models: Sequence[nn.Module]) -> None:
         """Copy each device's trained weights and observed input ranges into its model."""
         super().write_back(models)
-        for index, name in enumerate(LENET_LAYERS):
+        for index, name in enumerate(self.layer_names):
             self.observers[index].write_back([getattr(m, name).input_quantizer for m in models])
 
 

@@ -186,7 +186,8 @@ def decode_tensor(
     """Decode ``message`` to a float32 array of its shape.
 
     Examples:
-        >>> from stamen.compression.codecs import CodecPipeline, FP16
+        >>> from stamen.compression.codec_stages import FP16
+        >>> from stamen.compression.codecs import CodecPipeline
         >>> message = CodecPipeline([FP16()]).encode_tensor("b", np.ones(3))
         >>> decode_tensor(message, expected_shape=(3,)).tolist()
         [1.0, 1.0, 1.0]

@@ -11,18 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stamen.compression.codecs import (
-    FP16,
-    FP32,
-    CodecPipeline,
-    Lossless,
-    Stage,
-    TopK,
-    Uniform,
-    ValueFormat,
-    Zlib,
-    coerce_choice,
-)
+from stamen.compression.codec_stages import FP16, FP32, Stage, TopK, Uniform, Zlib
+from stamen.compression.codecs import CodecPipeline, Lossless, ValueFormat, coerce_choice
 from stamen.compression.error_feedback import ErrorFeedback
 from stamen.compression.wire import (
     FORMAT_VERSION,
@@ -157,6 +147,17 @@ def decode_update(
 
     The tensor names and shapes must be exactly ``expected_shapes``. Raises only
     :class:`stamen.core.errors.InvalidUpdate`, with a one-line reason.
+
+    Examples:
+        >>> codec = UplinkCodec(UplinkCodecConfig(values="fp32", error_feedback=False))
+        >>> payload = codec.encode({"w": np.ones(3, np.float32)}, round_num=1,
+        ...     base_model_hash="ab" * 32, residual=None, rng=np.random.default_rng(0)).payload
+        >>> decode_update(payload, expected_shapes={"w": (3,)}).tensors["w"].tolist()
+        [1.0, 1.0, 1.0]
+        >>> decode_update(payload, expected_shapes={"w": (4,)})
+        Traceback (most recent call last):
+        ...
+        stamen.core.errors.InvalidUpdate: ...
     """
     envelope = parse(pb.ModelUpdate, payload, max_bytes)
     tensors, _ = decode_tensors(envelope.tensors, expected_shapes)

@@ -1,14 +1,20 @@
 """Typed configuration: parsed once at the boundary, frozen and validated.
 
+``load_config`` (TOML file plus overrides) and ``from_run_config`` (Flower's run config)
+build a :class:`StamenConfig`, one frozen section dataclass per TOML table; ``str`` enums
+name every choice. Settings classes elsewhere reject bad values with ``require``.
+
 Examples:
     >>> from stamen.config import load_config
     >>> load_config(overrides={"preset": "edge"}).qat.enabled
     True
 """
 
+from stamen.config.checks import require
 from stamen.config.distill_settings import DistillSettings, UnlabelledSource
+from stamen.config.fleet_settings import FleetSettings
 from stamen.config.loading import (
-    PRESETS,
+    canonical_key,
     from_run_config,
     load_config,
     parse_assignment,
@@ -27,10 +33,9 @@ from stamen.config.settings import (
     StrategySettings,
     TrainingSettings,
 )
-from stamen.config.tiers import FleetMix, FleetPreset, TierProfile, builtin_tier, fleet_mix
+from stamen.config.tiers import FleetMix, FleetPreset, TierProfile, fleet_mix
 
 __all__ = [
-    "PRESETS",
     "AttackKind",
     "AttackSettings",
     "Backend",
@@ -39,6 +44,7 @@ __all__ = [
     "FederationSettings",
     "FleetMix",
     "FleetPreset",
+    "FleetSettings",
     "Preset",
     "QATSettings",
     "StamenConfig",
@@ -47,10 +53,11 @@ __all__ = [
     "TierProfile",
     "TrainingSettings",
     "UnlabelledSource",
-    "builtin_tier",
+    "canonical_key",
     "fleet_mix",
     "from_run_config",
     "load_config",
     "parse_assignment",
+    "require",
     "to_run_config",
 ]

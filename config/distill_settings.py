@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from stamen.compression import DistillConfig
-from stamen.config.checks import require
+from stamen.config.checks import require, require_member
 from stamen.core.errors import ConfigError
 from stamen.models import StudentSpec, parse_students
 
@@ -45,6 +45,7 @@ class DistillSettings:
     (``edge`` in summary.json; needs the ``export`` extra). Works with distillation off too."""
 
     def __post_init__(self) -> None:
+        require_member(self, "source", UnlabelledSource, "distill.source")
         require(self.steps >= 1, "distill.steps", ">= 1", self.steps)
         require(self.holdout_size >= 1, "distill.holdout_size", ">= 1", self.holdout_size)
         require(self.every_k >= 1, "distill.every_k", ">= 1", self.every_k)

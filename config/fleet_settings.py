@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stamen.config.checks import require
+from stamen.config.checks import require, require_member
 from stamen.config.tiers import BUILTIN_TIERS, FleetPreset, TierProfile
 from stamen.core.errors import ConfigError
 
@@ -30,6 +30,7 @@ class FleetSettings:
     """The tiers of a ``custom`` fleet, from ``[fleet.tiers.NAME]`` tables."""
 
     def __post_init__(self) -> None:
+        require_member(self, "preset", FleetPreset, "fleet.preset")
         if self.tiers and self.preset is not FleetPreset.CUSTOM:
             raise ConfigError(
                 f"fleet.tiers tables define a custom fleet; set fleet.preset = "

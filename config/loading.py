@@ -101,18 +101,36 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> StamenConfig:
-    """Parse Flower's flat, stringly-typed ``run_config`` into a :class:`StamenConfig`."""
+    """Parse Flower's flat, stringly-typed ``run_config`` into a :class:`StamenConfig`.
+
+    Examples:
+        >>> config = from_run_config({"num-server-rounds": 5, "qat.enabled": "false"})
+        >>> config.federation.rounds, config.qat.enabled
+        (5, False)
+    """
     return build_config({canonical_key(key): value for key, value in run_config.items()})
 
 
 def to_run_config(config: StamenConfig) -> dict[str, bool | int | float | str]:
-    """Flatten a config into Flower ``run_config`` form; ``from_run_config`` inverts it."""
+    """Flatten a config into Flower ``run_config`` form; ``from_run_config`` inverts it.
+
+    Examples:
+        >>> config = load_config(overrides={"rounds": 4})
+        >>> run_config = to_run_config(config)
+        >>> run_config["federation.rounds"], from_run_config(run_config) == config
+        (4, True)
+    """
     flat = flatten(config_to_dict(config))
     return {key: value for key, value in flat.items() if value is not None}
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """Parse ``section.key=value`` from ``--set``; the value is read as a TOML literal."""
+    """Parse ``section.key=value`` from ``--set``; the value is read as a TOML literal.
+
+    Examples:
+        >>> parse_assignment("uplink.topk-ratio=0.05"), parse_assignment("dataset=digits")
+        (('uplink.topk_ratio', 0.05), ('data.dataset', 'digits'))
+    """
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects section.key=value; got {text!r}")
@@ -124,7 +142,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def canonical_key(key: str) -> str:
-    """Map aliases and dashed spellings onto ``section.field`` keys."""
+    """Map aliases and dashed spellings onto ``section.field`` keys.
+
+    Examples:
+        >>> canonical_key("num-server-rounds"), canonical_key("uplink.topk-ratio")
+        ('federation.rounds', 'uplink.topk_ratio')
+    """
     if key in ALIASES:
         return ALIASES[key]
     return key.replace("-", "_")

@@ -23,7 +23,7 @@ from stamen.compression import (
     QATConfig,
     UplinkCodecConfig,
 )
-from stamen.config.checks import require
+from stamen.config.checks import require, require_member
 from stamen.config.distill_settings import DistillSettings
 from stamen.config.fleet_settings import FleetSettings
 from stamen.core.errors import ConfigError
@@ -64,6 +64,7 @@ class DataSettings:
     drawn with the partition's label skew and shared between devices (workload W1)."""
 
     def __post_init__(self) -> None:
+        require_member(self, "partition", PartitionScheme, "data.partition")
         require(bool(self.dataset.strip()), "data.dataset", "a dataset name", self.dataset)
         require(
             self.samples_per_device >= 0,
@@ -109,6 +110,7 @@ class FederationSettings:
     """Join this Ray cluster (``ray start --head`` prints it); empty: start a private one."""
 
     def __post_init__(self) -> None:
+        require_member(self, "backend", Backend, "federation.backend")
         require(self.num_devices >= 1, "federation.num_devices", ">= 1", self.num_devices)
         require(
             1 <= self.devices_per_round <= self.num_devices,
@@ -152,6 +154,7 @@ class TrainingSettings:
     momentum: float = 0.0
 
     def __post_init__(self) -> None:
+        require_member(self, "model", ModelName, "training.model")
         require(self.width > 0, "training.width", "> 0", self.width)
         require(self.local_epochs >= 1, "training.local_epochs", ">= 1", self.local_epochs)
         require(self.batch_size >= 1, "training.batch_size", ">= 1", self.batch_size)
@@ -226,6 +229,7 @@ class StrategySettings:
 
     def __post_init__(self) -> None:
         key = "strategy."
+        require_member(self, "name", StrategyName, key + "name")
         require(self.proximal_mu >= 0, key + "proximal_mu", ">= 0", self.proximal_mu)
         if self.server_lr is not None:
             require(self.server_lr > 0, key + "server_lr", "> 0", self.server_lr)
@@ -276,13 +280,14 @@ class AttackSettings:
     scale: float = 10.0
 
     def __post_init__(self) -> None:
+        require_member(self, "kind", AttackKind, "attack.kind")
         require(0 <= self.fraction <= 1, "attack.fraction", "in [0, 1]", self.fraction)
+        require(self.scale > 0, "attack.scale", "> 0", self.scale)
 
     @property
     def active(self) -> bool:
         """Whether any device attacks."""
         return self.kind is not AttackKind.NONE and self.fraction > 0
-        require(self.scale > 0, "attack.scale", "> 0", self.scale)
 
 
 @dataclass(frozen=True)
@@ -301,6 +306,9 @@ class StamenConfig:
     attack: AttackSettings = field(default_factory=AttackSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
+
+    def __post_init__(self) -> None:
+        require_member(self, "preset", Preset, "preset")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values (enums as strings), in TOML's section layout."""

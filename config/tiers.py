@@ -8,7 +8,7 @@ layer because a config names them (``fleet.preset``, ``[fleet.tiers.NAME]``);
 :mod:`stamen.simulations.profiles` turns a mix into a fleet.
 
 Examples:
-    >>> phone = builtin_tier("phone")
+    >>> phone = BUILTIN_TIERS["phone"]
     >>> round(phone.train_seconds(samples=60, epochs=1, flops_per_sample=2e6), 3)
     0.06
     >>> fleet_mix(FleetPreset.IOT).names
@@ -106,15 +106,6 @@ BUILTIN_TIERS: dict[str, TierProfile] = {
 """The built-in tiers; ``mcu`` to ``phone`` spans 10x in compute speed."""
 
 
-def builtin_tier(name: str) -> TierProfile:
-    """A built-in tier by name."""
-    try:
-        return BUILTIN_TIERS[name]
-    except KeyError:
-        allowed = ", ".join(BUILTIN_TIERS)
-        raise ConfigError(f"unknown device tier {name!r}; built-in tiers: {allowed}") from None
-
-
 class FleetPreset(enum.StrEnum):
     """Named fleet mixes."""
 
@@ -166,7 +157,16 @@ PRESET_MIXES: dict[FleetPreset, FleetMix] = {
 
 
 def fleet_mix(preset: FleetPreset, custom: tuple[tuple[TierProfile, float], ...] = ()) -> FleetMix:
-    """The mix a preset names; ``custom`` supplies the tiers of ``FleetPreset.CUSTOM``."""
+    """The mix a preset names; ``custom`` supplies the tiers of ``FleetPreset.CUSTOM``.
+
+    Examples:
+        >>> fleet_mix(FleetPreset.MIXED).shares
+        (0.5, 0.35, 0.15)
+        >>> board = TierProfile("board", gflops=1, memory_mb=512, uplink_kbps=500,
+        ...                     downlink_kbps=2000)
+        >>> fleet_mix(FleetPreset.CUSTOM, ((board, 1.0),)).names
+        ('board',)
+    """
     if preset is FleetPreset.CUSTOM:
         if not custom:
             raise ConfigError("fleet.preset custom needs at least one [fleet.tiers.NAME] table")

@@ -11,7 +11,6 @@ Examples:
     (10, True)
 """
 
-from stamen.data.builtin import BuiltinDataset
 from stamen.data.dataset import Dataset, Normalization
 from stamen.data.loaders import dataset_names, load_dataset
 from stamen.data.partition import (
@@ -21,19 +20,14 @@ from stamen.data.partition import (
     partition,
     partition_dataset,
 )
-from stamen.data.prepare import dataset_from_arrays
 from stamen.data.sampling import rows_by_class, sample_device_rows
 from stamen.data.unlabelled import file_inputs, holdout_inputs
-from stamen.data.watch import WATCH_FEATURES
 
 __all__ = [
-    "WATCH_FEATURES",
-    "BuiltinDataset",
     "Dataset",
     "Normalization",
     "PartitionConfig",
     "PartitionScheme",
-    "dataset_from_arrays",
     "dataset_names",
     "file_inputs",
     "holdout_inputs",

@@ -25,7 +25,12 @@ from stamen.data.partition import PartitionConfig, PartitionScheme
 
 
 def rows_by_class(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
-    """The row indices of each class, computed once per dataset."""
+    """The row indices of each class, computed once per dataset.
+
+    Examples:
+        >>> [rows.tolist() for rows in rows_by_class(np.array([1, 0, 1, 2]), num_classes=3)]
+        [[1], [0, 2], [3]]
+    """
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(num_classes + 1))
     return [order[bounds[c] : bounds[c + 1]] for c in range(num_classes)]
@@ -34,7 +39,15 @@ def rows_by_class(labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
 def sample_device_rows(
     by_class: list[np.ndarray], config: PartitionConfig, device: int, size: int
 ) -> np.ndarray:
-    """``size`` sorted row indices for ``device``, drawn with the scheme's label skew."""
+    """``size`` sorted row indices for ``device``, drawn with the scheme's label skew.
+
+    Examples:
+        >>> by_class = rows_by_class(np.repeat(np.arange(4), 25), num_classes=4)
+        >>> config = PartitionConfig(scheme="shards", num_devices=8, shards_per_device=1)
+        >>> rows = sample_device_rows(by_class, config, device=3, size=10)
+        >>> len(rows), len(np.unique(rows // 25))  # ten rows, all of one class
+        (10, 1)
+    """
     if config.scheme is PartitionScheme.NATURAL:
         raise ConfigError(
             "data.samples_per_device does not apply to natural partitions: "

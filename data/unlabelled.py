@@ -25,7 +25,13 @@ from stamen.data.dataset import Dataset
 
 
 def holdout_inputs(dataset: Dataset, size: int, seed: int) -> np.ndarray:
-    """``size`` training inputs (at most all of them), drawn with ``seed``, without labels."""
+    """``size`` training inputs (at most all of them), drawn with ``seed``, without labels.
+
+    Examples:
+        >>> from stamen.data import load_dataset
+        >>> holdout_inputs(load_dataset("digits"), size=100, seed=0).shape
+        (100, 1, 8, 8)
+    """
     if size < 1:
         raise DataError(f"the unlabelled holdout needs at least one row; got {size}")
     rng = np.random.default_rng([seed, 7])
@@ -34,7 +40,19 @@ def holdout_inputs(dataset: Dataset, size: int, seed: int) -> np.ndarray:
 
 
 def file_inputs(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
-    """The array ``x`` of an ``.npz`` file, checked against the model's input shape."""
+    """The array ``x`` of an ``.npz`` file, checked against the model's input shape.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "unlabelled.npz"
+        >>> np.savez(path, x=np.zeros((5, 8, 8)))
+        >>> file_inputs(path, input_shape=(1, 8, 8)).shape  # single-channel images gain C
+        (5, 1, 8, 8)
+        >>> file_inputs(path, input_shape=(64,))
+        Traceback (most recent call last):
+        ...
+        stamen.core.errors.DataError: unlabelled data file ...: x has shape (5, 8, 8); ...
+    """
     if not path.is_file():
         raise DataError(f"unlabelled data file not found: {path}")
     try:

@@ -5,27 +5,18 @@
 ``export`` extra (``pip install 'stamen[export]'``).
 """
 
-from stamen.export.manifest import (
-    load_or_create_key,
-    load_public_key,
-    read_manifest,
-    sign_manifest,
-    verify_manifest,
-)
-from stamen.export.onnx_int8 import fold_batchnorm, quantize_int8, to_onnx
+from stamen.export.manifest import load_or_create_key, load_public_key
 from stamen.export.packing import pack, unpack
 from stamen.export.pipeline import (
     ExportResult,
     VerifyReport,
     calibration_samples,
     export_model,
-    fake_quantized,
     verify_artifact,
 )
 from stamen.export.runtime import (
     RuntimeMeasure,
     measure_onnx,
-    measure_torch,
     peak_inference_bytes,
 )
 
@@ -35,19 +26,11 @@ __all__ = [
     "VerifyReport",
     "calibration_samples",
     "export_model",
-    "fake_quantized",
-    "fold_batchnorm",
     "load_or_create_key",
     "load_public_key",
     "measure_onnx",
-    "measure_torch",
     "pack",
     "peak_inference_bytes",
-    "quantize_int8",
-    "read_manifest",
-    "sign_manifest",
-    "to_onnx",
     "unpack",
     "verify_artifact",
-    "verify_manifest",
 ]

@@ -104,6 +104,15 @@ def load_or_create_key(path: Path | None = None) -> tuple[Ed25519PrivateKey, boo
 
     A missing file is created with a new key, readable by its owner only. Returns the key and
     whether it was just created.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "signing-key.pem"
+        >>> key, created = load_or_create_key(path)
+        >>> again, created_again = load_or_create_key(path)
+        >>> created, created_again, public_key_hex(again.public_key()) == public_key_hex(
+        ...     key.public_key()), oct(path.stat().st_mode & 0o777)
+        (True, False, True, '0o600')
     """
     target = (path or DEFAULT_KEY_PATH).expanduser()
     if target.exists():
@@ -128,7 +137,16 @@ def load_or_create_key(path: Path | None = None) -> tuple[Ed25519PrivateKey, boo
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    """A trusted public key: a PEM public key, a PEM private key, or 64 hex characters."""
+    """A trusted public key: a PEM public key, a PEM private key, or 64 hex characters.
+
+    Examples:
+        >>> import tempfile
+        >>> key = Ed25519PrivateKey.generate()
+        >>> path = Path(tempfile.mkdtemp()) / "signer.hex"
+        >>> _ = path.write_text(public_key_hex(key.public_key()))
+        >>> public_key_hex(load_public_key(path)) == public_key_hex(key.public_key())
+        True
+    """
     try:
         data = path.read_bytes()
     except OSError as error:

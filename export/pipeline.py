@@ -74,7 +74,15 @@ def sha256_hex(data: bytes) -> str:
 
 
 def calibration_samples(dataset: Dataset, count: int) -> np.ndarray:
-    """``count`` training inputs drawn with a fixed seed (labels are never used)."""
+    """``count`` training inputs drawn with a fixed seed (labels are never used).
+
+    Examples:
+        >>> from stamen.data import load_dataset
+        >>> digits = load_dataset("digits")
+        >>> samples = calibration_samples(digits, 512)
+        >>> samples.shape, bool((samples == calibration_samples(digits, 512)).all())
+        ((512, 1, 8, 8), True)
+    """
     rng = np.random.default_rng(CALIBRATION_SEED)
     index = rng.choice(dataset.num_train, size=min(count, dataset.num_train), replace=False)
     return np.ascontiguousarray(dataset.x_train[np.sort(index)])
@@ -106,7 +114,21 @@ def export_model(
     packed: bool = True,
     source: Path | None = None,
 ) -> ExportResult:
-    """Export ``saved`` to a signed INT8 artifact in ``out_dir``; see the module docstring."""
+    """Export ``saved`` to a signed INT8 artifact in ``out_dir``; see the module docstring.
+
+    Examples:
+        >>> import tempfile
+        >>> from stamen.models import ModelSpec, build_model, exchanged_state
+        >>> spec = ModelSpec("mlp", (1, 8, 8), num_classes=10)
+        >>> saved = SavedModel(spec, exchanged_state(build_model(spec, seed=0)), dataset="digits")
+        >>> out = Path(tempfile.mkdtemp())
+        >>> result = export_model(saved, out, Ed25519PrivateKey.generate(), calibration_size=64)
+        >>> result.artifact.name, result.manifest["quantization"]["calibration_samples"]
+        ('global.int8.onnx.xz', 64)
+        >>> verify_artifact(result.manifest_path, latency_runs=0).artifact_bytes == (
+        ...     result.artifact.stat().st_size)
+        True
+    """
     data = _dataset(dataset or saved.dataset)
     if data.input_shape != saved.spec.input_shape:
         raise ConfigError(
@@ -181,7 +203,14 @@ def verify_artifact(
     dataset: str | None = None,
     latency_runs: int = 200,
 ) -> VerifyReport:
-    """Check and run an exported artifact; every failure is one ``ArtifactError`` line."""
+    """Check and run an exported artifact; every failure is one ``ArtifactError`` line.
+
+    Examples:
+        >>> verify_artifact(Path("no/such.manifest.json"))
+        Traceback (most recent call last):
+        ...
+        stamen.core.errors.ArtifactError: manifest not found: no/such.manifest.json
+    """
     manifest = verify_manifest(read_manifest(manifest_path), trusted_key)
     artifact = manifest_path.parent / str(manifest["artifact"])
     try:

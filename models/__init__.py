@@ -5,7 +5,7 @@ MLP; ``exchanged_state`` and ``load_exchanged_state`` move its weights in and ou
 arrays, whether the model is plain, prepared for QAT, or pruned.
 """
 
-from stamen.models.architectures import MLP, LeNet, MobileNet, scaled_channels
+from stamen.models.architectures import LeNet
 from stamen.models.build import build_model, to_channels_last
 from stamen.models.checkpoint import (
     GLOBAL_MODEL_FILE,
@@ -15,7 +15,7 @@ from stamen.models.checkpoint import (
     save_model_file,
     tier_model_file,
 )
-from stamen.models.cost import forward_macs, training_flops_per_sample
+from stamen.models.cost import training_flops_per_sample
 from stamen.models.spec import WEIGHT_BITS, ModelName, ModelSpec
 from stamen.models.stacked import StackedLeNet
 from stamen.models.state import (
@@ -29,10 +29,8 @@ from stamen.models.students import StudentSpec, parse_students, student_spec
 __all__ = [
     "DEVICE_LOCAL_ATTRIBUTE",
     "GLOBAL_MODEL_FILE",
-    "MLP",
     "WEIGHT_BITS",
     "LeNet",
-    "MobileNet",
     "ModelFileError",
     "ModelName",
     "ModelSpec",
@@ -42,12 +40,10 @@ __all__ = [
     "build_model",
     "count_parameters",
     "exchanged_state",
-    "forward_macs",
     "load_exchanged_state",
     "load_model_file",
     "parse_students",
     "save_model_file",
-    "scaled_channels",
     "student_spec",
     "tier_model_file",
     "to_channels_last",

@@ -48,6 +48,12 @@ def to_channels_last(model: nn.Module) -> nn.Module:
 
     oneDNN's CPU convolutions and pooling run 1.2-2x faster channels-last at Stamen's
     model sizes (LeNet training and evaluation, measured); values and shapes are unchanged.
+
+    Examples:
+        >>> from stamen.models import ModelSpec
+        >>> model = to_channels_last(build_model(ModelSpec("lenet", (1, 28, 28), 10)))
+        >>> model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+        True
     """
     for parameter in model.parameters():
         if parameter.dim() == 4:

@@ -75,7 +75,17 @@ class SavedModel:
 
 
 def save_model_file(saved: SavedModel, path: Path) -> None:
-    """Write ``saved`` to ``path`` (parent folders are created)."""
+    """Write ``saved`` to ``path`` (parent folders are created).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> from stamen.models import ModelSpec, build_model, exchanged_state
+        >>> spec = ModelSpec("mlp", (8,), num_classes=3)
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "run" / tier_model_file("mcu")
+        >>> save_model_file(SavedModel(spec, exchanged_state(build_model(spec)), "mcu"), path)
+        >>> path.name, path.is_file()
+        ('model-mcu.pt', True)
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = saved.spec
     torch.save(
@@ -97,7 +107,14 @@ def save_model_file(saved: SavedModel, path: Path) -> None:
 
 
 def load_model_file(path: Path) -> SavedModel:
-    """Read a model file; any problem is one ``ModelFileError`` line naming the file."""
+    """Read a model file; any problem is one ``ModelFileError`` line naming the file.
+
+    Examples:
+        >>> load_model_file(Path("no/such/model.pt"))
+        Traceback (most recent call last):
+        ...
+        stamen.models.checkpoint.ModelFileError: model file not found: no/such/model.pt
+    """
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     try:

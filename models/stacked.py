@@ -9,14 +9,14 @@ this way costs about a quarter less per device on one CPU thread than one device
 bit: the kernels sum in a different order.
 
 Plain float LeNets stack here (see :func:`stackable`);
-:class:`stamen.compression.stacked_qat.StackedQATLeNet` adds QAT and pruning masks. Other
+:class:`stamen.compression.StackedQATLeNet` adds QAT and pruning masks. Other
 architectures train one device at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Self
+from typing import ClassVar, Self
 
 import numpy as np
 import torch
@@ -64,6 +64,9 @@ class StackedLeNet:
         >>> together.shape, bool(torch.allclose(together[1], alone, atol=1e-5))
         (torch.Size([3, 5, 10]), True)
     """
+
+    layer_names: ClassVar[tuple[str, ...]] = LENET_LAYERS
+    """The LeNet attributes of the weighted layers, in the order :attr:`weights` keeps them."""
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         if not models or not all(self.accepts(model) for model in models):

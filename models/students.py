@@ -39,7 +39,16 @@ class StudentSpec:
         width: Width multiplier relative to the teacher's architecture at width 1.0, (0, 1].
         weight_bits: QAT weight bits on the tier's devices (2, 4 or 8); ``None`` keeps the
             federation's QAT setting.
-        model: Architecture family; ``None`` keeps the teacher's.
+        model: Architecture family; ``None`` keeps the teacher's. A plain string is accepted
+            and converted.
+
+    Examples:
+        >>> StudentSpec("mcu", 0.25, model="mlp").model
+        <ModelName.MLP: 'mlp'>
+        >>> StudentSpec("mcu", 0.25, weight_bits=3)
+        Traceback (most recent call last):
+        ...
+        stamen.core.errors.ConfigError: student mcu: weight_bits must be one of 2, 4, 8; got 3
     """
 
     tier: str
@@ -47,9 +56,39 @@ class StudentSpec:
     weight_bits: int | None = None
     model: ModelName | None = None
 
+    def __post_init__(self) -> None:
+        where = f"student {self.tier}"
+        if not isinstance(self.tier, str) or not _TIER.match(self.tier):
+            raise ConfigError(f"student tier must be letters, digits, _ or -; got {self.tier!r}")
+        width = self.width
+        if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width <= 1:
+            raise ConfigError(f"{where}: width must be > 0 and at most 1; got {width!r}")
+        object.__setattr__(self, "width", float(width))
+        bits = self.weight_bits
+        if bits is not None and (isinstance(bits, bool) or bits not in WEIGHT_BITS):
+            allowed = ", ".join(map(str, WEIGHT_BITS))
+            raise ConfigError(f"{where}: weight_bits must be one of {allowed}; got {bits!r}")
+        if self.model is not None:
+            try:
+                object.__setattr__(self, "model", ModelName(self.model))
+            except ValueError:
+                allowed = ", ".join(name.value for name in ModelName)
+                raise ConfigError(
+                    f"{where}: model must be one of {allowed}; got {self.model!r}"
+                ) from None
+
 
 def parse_students(text: str) -> tuple[StudentSpec, ...]:
-    """Parse ``"TIER=[MODEL@]WIDTH[:BITS], ..."``; an empty string means no students."""
+    """Parse ``"TIER=[MODEL@]WIDTH[:BITS], ..."``; an empty string means no students.
+
+    Examples:
+        >>> [(s.tier, s.width, s.weight_bits) for s in parse_students("mcu=0.25:4, iot=0.5")]
+        [('mcu', 0.25, 4), ('iot', 0.5, None)]
+        >>> parse_students("mcu=2")
+        Traceback (most recent call last):
+        ...
+        stamen.core.errors.ConfigError: student 'mcu=2' needs a width > 0 and at most 1; got 2
+    """
     students: list[StudentSpec] = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -100,6 +139,12 @@ def student_spec(teacher: ModelSpec, student: StudentSpec) -> ModelSpec:
 
     The width is relative to the architecture's full size, so a teacher built at width 1.0
     and a student at 0.25 have a quarter of the channels in every layer.
+
+    Examples:
+        >>> teacher = ModelSpec("lenet", (1, 28, 28), num_classes=10)
+        >>> student = student_spec(teacher, StudentSpec("mcu", width=0.25))
+        >>> student.name.value, student.input_shape, student.width
+        ('lenet', (1, 28, 28), 0.25)
     """
     return ModelSpec(
         name=student.model or teacher.name,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stamen.config.tiers import FleetMix, TierProfile
+from stamen.config import FleetMix, TierProfile
 from stamen.core.errors import ConfigError
 
 AVAILABILITY_WINDOW = 600.0

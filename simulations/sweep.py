@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stamen.config.loading import canonical_key
+from stamen.config import canonical_key
 from stamen.core.errors import ConfigError
 
 SEED_KEY = "federation.seed"

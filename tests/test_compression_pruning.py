@@ -13,17 +13,18 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import prune
 
-from stamen.compression.pruning import (
+from stamen.compression import (
     PruningConfig,
     PruningMethod,
+    QATConfig,
     SparsitySchedule,
     apply_masks,
     compute_masks,
     measure_sparsity,
-    prunable_parameters,
+    prepare_qat,
     remove_masks,
 )
-from stamen.compression.qat import QATConfig, prepare_qat
+from stamen.compression.pruning import prunable_parameters
 from stamen.core.errors import ConfigError
 from stamen.models import ModelSpec, build_model, exchanged_state
 

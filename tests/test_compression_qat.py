@@ -11,15 +11,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import prune
 
+from stamen.compression import QATConfig, prepare_qat
 from stamen.compression.fake_quant import ActivationFakeQuantizer, fake_quantize_weight
-from stamen.compression.qat import (
-    FoldedBatchNorm2d,
-    QATConfig,
-    QATConv2d,
-    QATConvBn2d,
-    QATLinear,
-    prepare_qat,
-)
+from stamen.compression.qat import FoldedBatchNorm2d, QATConv2d, QATConvBn2d, QATLinear
 from stamen.core.errors import ConfigError
 from stamen.models import ModelSpec, build_model, exchanged_state
 

@@ -5,14 +5,28 @@ from pathlib import Path
 import pytest
 
 from stamen.config import (
+    AttackKind,
+    AttackSettings,
     Backend,
+    DataSettings,
+    DistillSettings,
+    FederationSettings,
+    FleetPreset,
+    FleetSettings,
     Preset,
+    StamenConfig,
+    StrategyName,
+    StrategySettings,
+    TrainingSettings,
+    UnlabelledSource,
     from_run_config,
     load_config,
     parse_assignment,
     to_run_config,
 )
 from stamen.core.errors import ConfigError
+from stamen.data import PartitionScheme
+from stamen.models import ModelName
 
 
 def test_edge_is_the_default_preset_with_full_compression() -> None:
@@ -65,6 +79,9 @@ def test_pruning_ramp_defaults_to_half_the_rounds() -> None:
         ({"nonsense.key": 1}, "unknown config key 'nonsense.key'"),
         ({"federation.rounds": "ten"}, "federation.rounds must be a whole number; got 'ten'"),
         ({"qat.weight_bits": 3}, "qat.weight_bits"),
+        ({"attack.scale": 0}, "attack.scale must be > 0; got 0.0"),
+        ({"attack.scale": -2.5}, "attack.scale must be > 0; got -2.5"),
+        ({"attack.fraction": 1.5}, "attack.fraction must be in [0, 1]; got 1.5"),
     ],
 )
 def test_invalid_values_name_the_key_and_allowed_values(
@@ -107,3 +124,44 @@ def test_set_assignments_parse_toml_literals() -> None:
     assert parse_assignment("data.dataset=npz:/tmp/x.npz") == ("data.dataset", "npz:/tmp/x.npz")
     with pytest.raises(ConfigError, match=r"section\.key=value"):
         parse_assignment("uplink.topk_ratio")
+
+
+def test_a_bad_attack_scale_is_rejected_when_built_directly() -> None:
+    with pytest.raises(ConfigError) as info:
+        AttackSettings(kind=AttackKind.SCALE, scale=0.0)
+    assert str(info.value) == "attack.scale must be > 0; got 0.0"
+
+
+ENUM_FIELDS = [
+    (DataSettings, "partition", PartitionScheme.IID, "data.partition"),
+    (FederationSettings, "backend", Backend.RAY, "federation.backend"),
+    (TrainingSettings, "model", ModelName.MLP, "training.model"),
+    (StrategySettings, "name", StrategyName.KRUM, "strategy.name"),
+    (AttackSettings, "kind", AttackKind.SIGN_FLIP, "attack.kind"),
+    (DistillSettings, "source", UnlabelledSource.HOLDOUT, "distill.source"),
+    (FleetSettings, "preset", FleetPreset.IOT, "fleet.preset"),
+    (StamenConfig, "preset", Preset.FP32, "preset"),
+]
+
+
+@pytest.mark.parametrize(("cls", "field", "member", "key"), ENUM_FIELDS)
+def test_settings_built_in_python_turn_strings_into_enum_members(
+    cls: type, field: str, member: object, key: str
+) -> None:
+    settings = cls(**{field: str(member)})
+    assert getattr(settings, field) is member
+
+
+@pytest.mark.parametrize(("cls", "field", "member", "key"), ENUM_FIELDS)
+def test_settings_built_in_python_reject_an_unknown_choice_naming_the_key(
+    cls: type, field: str, member: object, key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        cls(**{field: "bogus"})
+    assert str(info.value).startswith(f"{key} must be one of ")
+    assert str(info.value).endswith("; got 'bogus'")
+
+
+def test_an_attack_named_by_string_none_is_inactive() -> None:
+    assert not AttackSettings(kind="none").active
+    assert AttackSettings(kind="sign-flip").active

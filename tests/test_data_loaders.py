@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from stamen.core.errors import DataError
-from stamen.data import WATCH_FEATURES, Dataset, dataset_names, load_dataset
+from stamen.data import Dataset, dataset_names, load_dataset
+from stamen.data.watch import WATCH_FEATURES
 
 # name -> (train rows, test rows, sample shape, classes)
 BUILTIN_SHAPES = {

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stamen.compression import DistillConfig, distill, ensemble_logits, kd_loss, model_logits
+from stamen.compression import DistillConfig, distill, ensemble_logits, model_logits
+from stamen.compression.distillation import kd_loss
 from stamen.core.errors import ConfigError
 from stamen.data import load_dataset
 from stamen.models import ModelSpec, build_model

@@ -54,7 +54,7 @@ def test_keygen_register_list_revoke(tmp_path: Path) -> None:
         (["devices", "revoke", "ghost", "--registry", "{tmp}/d.json"], "no device in"),
         (["server", "--certs", "{tmp}/none", "--address", "127.0.0.1:0"], "stamen certs init"),
         (
-            ["server", "--over-selection", "11"],
+            ["server", "--over-selection", "-1"],
             "federation.over_selection must be between 0 and 10",
         ),
         (["server", "--set", "federation.rounds=0"], "federation.rounds must be >= 1"),

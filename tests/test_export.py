@@ -122,7 +122,7 @@ def test_tampered_manifest_fails_verification(exported: dict, tmp_path: Path) ->
 
 
 def test_resigned_manifest_fails_when_the_signer_is_pinned(exported: dict, tmp_path: Path) -> None:
-    from stamen.export import sign_manifest
+    from stamen.export.manifest import sign_manifest
 
     manifest_path = copy_export(exported, "dense", tmp_path / "copy")
     forged = sign_manifest(json.loads(manifest_path.read_text()), Ed25519PrivateKey.generate())

@@ -4,16 +4,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from stamen.compression import (
-    LayerInfo,
-    QATConv2d,
-    QATLinear,
-    allocate_bits,
-    apply_plan,
-    measure_sensitivity,
-    plan_precision,
-    quantizable_layers,
-)
+from stamen.compression import LayerInfo, apply_plan, plan_precision, quantizable_layers
+from stamen.compression.mixed_precision import allocate_bits, measure_sensitivity
+from stamen.compression.qat import QATConv2d, QATLinear
 from stamen.core.errors import ConfigError
 from stamen.data import load_dataset
 from stamen.models import ModelSpec, build_model

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from stamen.compression.qat import QATConfig, prepare_qat
+from stamen.compression import QATConfig, prepare_qat
 from stamen.core.errors import ConfigError
 from stamen.models import (
     ModelName,

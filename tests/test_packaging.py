@@ -50,9 +50,22 @@ def test_wheel_contains_every_subpackage(tmp_path: Path) -> None:
     wheel = next(tmp_path.glob("stamen-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for folder in code_folders():
-        package = "stamen" if folder.name == "core" else f"stamen/{folder.name}"
+        package = f"stamen/{folder.name}"
         assert f"{package}/__init__.py" in names, f"{folder.name}/ is not in the wheel"
         assert f"{package}/py.typed" in names
     assert "stamen/protos/update/v1/update_pb2.py" in names
     assert "stamen/protos/update/v1/update.proto" in names
     assert not any(name.startswith(("server/", "client/", "tests/")) for name in names)
+    # ``stamen`` is a namespace package: no folder of the checkout stands in for its root.
+    assert "stamen/__init__.py" not in names
+
+
+def test_the_layer_contract_covers_every_package() -> None:
+    """A package left out of the import-linter contract would escape the layer check."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    mapped = set(pyproject["tool"]["setuptools"]["package-dir"])
+    linter = pyproject["tool"]["importlinter"]
+    assert set(linter["root_packages"]) == mapped
+    layers = next(c for c in linter["contracts"] if c["type"] == "layers")["layers"]
+    layered = {name.strip() for layer in layers for name in layer.split("|")}
+    assert layered == mapped

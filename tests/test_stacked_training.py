@@ -121,7 +121,7 @@ def test_runner_hands_training_tasks_over_in_groups_and_isolates_failures() -> N
 
 @pytest.mark.parametrize("pruned", [False, True])
 def test_stacked_qat_computes_what_each_qat_model_computes(pruned: bool) -> None:
-    from stamen.compression.stacked_qat import StackedQATLeNet
+    from stamen.compression import StackedQATLeNet
 
     xs, ys = device_sets(count=3, size=30)
     masks = compute_masks(build_model(SPEC, seed=9), 0.5)

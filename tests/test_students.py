@@ -8,6 +8,7 @@ from stamen.core.errors import ConfigError
 from stamen.models import (
     ModelName,
     ModelSpec,
+    StudentSpec,
     build_model,
     count_parameters,
     parse_students,
@@ -75,3 +76,27 @@ def test_distill_section_defaults_and_validation() -> None:
         load_config(overrides={"distill.source": "file"})
     with pytest.raises(ConfigError, match=r"^distill\.temperature must be > 0"):
         load_config(overrides={"distill.temperature": 0})
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tier": "a b", "width": 0.5}, "student tier must be letters, digits, _ or -; got 'a b'"),
+        ({"tier": "mcu", "width": 0.0}, "student mcu: width must be > 0 and at most 1; got 0.0"),
+        ({"tier": "mcu", "width": 0.5, "weight_bits": 16}, "weight_bits must be one of 2, 4, 8"),
+        ({"tier": "mcu", "width": 0.5, "model": "resnet"}, "model must be one of lenet, mobilenet"),
+    ],
+)
+def test_a_student_spec_built_in_python_is_checked_like_a_parsed_one(
+    fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        StudentSpec(**fields)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_student_model_given_as_a_string_becomes_its_enum_member() -> None:
+    student = StudentSpec("iot", 0.5, model="mlp")
+    assert student.model is ModelName.MLP
+    assert student_spec(TEACHER, student).name is ModelName.MLP

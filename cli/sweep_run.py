@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stamen.cli.render import human_seconds
-from stamen.cli.simulate_command import run_simulation_command
+from stamen.cli.simulation_run import run_simulation_command
 from stamen.config import StamenConfig
 from stamen.server.results import METRICS_FILE, SUMMARY_FILE
 from stamen.simulations.sweep import SweepRow, run_label, summarize_runs, write_sweep
