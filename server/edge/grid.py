@@ -167,7 +167,7 @@ class EdgeGrid(RoundPolicyGrid):
             stats.message_type,
             RoundTiming(
                 dispatched=stats.sent,
-                participants=len(replies),
+                participants=len(replies) - stats.not_connected,
                 stragglers=stats.timed_out,
                 dropouts=stats.not_connected,
                 surplus=stats.cancelled + stats.surplus_dropped,
@@ -193,7 +193,7 @@ class EdgeGrid(RoundPolicyGrid):
         return channel
 
     def disconnect(self, channel: _NodeChannel) -> None:
-        """Forget a closed task stream (its pending tasks still count until their deadline)."""
+        """Forget a closed task stream (its pending tasks still count until their round closes)."""
         with self._cond:
             if self._nodes.get(channel.node_id) is channel:
                 del self._nodes[channel.node_id]
