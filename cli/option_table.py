@@ -129,7 +129,7 @@ DEADLINE = Option(
     "deadline",
     float | None,
     "Seconds a device has to answer (simulated seconds in a simulation); later replies "
-    "are stragglers.  \\[default: none]",
+    "are stragglers; 0: none.  \\[default: none; stamen server: 120]",
     FED,
     key="federation.deadline",
 )

@@ -61,6 +61,10 @@ OPTIONS = (
 )
 """The options of ``stamen server``, in ``--help`` order (shared ones as on simulate)."""
 
+EDGE_DEADLINE = 120.0
+"""Real devices vanish: without a deadline one silent device would hold its round until
+``federation.round_timeout``. A config file or ``--deadline 0`` still turns it off."""
+
 
 @takes(OPTIONS)
 def server(values: OptionValues) -> None:
@@ -82,7 +86,9 @@ def server(values: OptionValues) -> None:
         if devices_per_round is not None and values[opt.NUM_DEVICES] is None:
             # The fleet is whoever connects: size it for the config's checks only.
             overrides.setdefault("federation.num_devices", max(devices_per_round, 1))
-        config = load_config(values[opt.CONFIG_FILE], overrides)
+        config = load_config(
+            values[opt.CONFIG_FILE], overrides, defaults={"federation.deadline": EDGE_DEADLINE}
+        )
         if values[opt.DRY_RUN]:
             print_config(console, config)
             return

@@ -71,16 +71,23 @@ ALIASES: dict[str, str] = {
 def load_config(
     path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
 ) -> StamenConfig:
     """Resolve a config from an optional TOML file and ``{"section.key": value}`` overrides.
+
+    ``defaults`` sit between the preset and the file: a command's own defaults
+    (``stamen server`` gives devices a deadline) that the file and flags still override.
 
     Examples:
         >>> cfg = load_config(overrides={"preset": "fp32", "federation.rounds": 3})
         >>> cfg.federation.rounds, cfg.uplink.values.value
         (3, 'fp32')
+        >>> load_config(defaults={"federation.deadline": 120.0}).federation.deadline
+        120.0
     """
-    file_values: dict[str, Any] = read_toml(path) if path is not None else {}
-    flat = flatten(file_values)
+    flat = {canonical_key(key): value for key, value in (defaults or {}).items()}
+    flat.update(flatten(read_toml(path) if path is not None else {}))
     for key, value in (overrides or {}).items():
         flat[canonical_key(key)] = value
     return build_config(flat)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from stamen.config.checks import require
+from stamen.config import require
 
 POWER_SUPPLY_DIR = Path("/sys/class/power_supply")
 

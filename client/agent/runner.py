@@ -29,7 +29,7 @@ from stamen.client.agent.connection import Backoff, EdgeConnection, SessionInfo,
 from stamen.client.agent.connection import open_channel as _open_channel
 from stamen.client.agent.guards import GuardSettings, skip_reason
 from stamen.client.agent.state import AgentState, AgentStateStore
-from stamen.config.checks import require
+from stamen.config import require
 from stamen.contract import MODEL_KEY, PAYLOAD, RESIDUAL_KEY, payload_bytes
 from stamen.contract.edge import (
     CorruptRecords,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from stamen.config.checks import require
+from stamen.config import require
 from stamen.contract.edge import load_private_key
 from stamen.core.errors import ConfigError
 from stamen.protos.edge.v1 import edge_pb2_grpc
