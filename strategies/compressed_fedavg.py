@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import (
@@ -181,6 +182,27 @@ class CompressedFedAvg(FedAvg):
             100 * self.pruning.target_sparsity,
             self.pruning.method.value,
         )
+
+    # -- state -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What carries over between rounds: the sampling RNG, known Stamen nodes, the masks.
+
+        Per-round traffic stats are not state: a round's record is written when it ends.
+        """
+        return {
+            "rng": self.rng.bit_generator.state,
+            "stamen_nodes": sorted(self.stamen_nodes),
+            "waited_for_devices": self._waited_for_devices,
+            "masks": dict(self.masks),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.rng.bit_generator.state = state["rng"]
+        self.stamen_nodes = {int(node) for node in state["stamen_nodes"]}
+        self._waited_for_devices = bool(state["waited_for_devices"])
+        self.masks = {name: np.asarray(mask, bool) for name, mask in state["masks"].items()}
 
     # -- configure ---------------------------------------------------------------
 

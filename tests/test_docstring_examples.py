@@ -11,7 +11,6 @@ import pytest
 
 import stamen.core
 
-
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 
