@@ -55,7 +55,7 @@ class FederationHooks(RoundHooks):
         self.test_set, self.reporter = test_set, reporter
         self.control_of_run, self.checkpoints = control, checkpoints
         self.records: list[RoundRecord] = []
-        self.restored = [RoundRecord(**r) for r in resumed.records] if resumed else []
+        self.restored = [RoundRecord.from_dict(r) for r in resumed.records] if resumed else []
         self.last = EvalResult(loss=float("nan"), accuracy=0.0, num_examples=0)
         if resumed is not None and "last_evaluation" in resumed.engine:
             self.last = EvalResult(**resumed.engine["last_evaluation"])
