@@ -38,7 +38,7 @@ from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.server.round_hooks import FederationHooks
 from stamen.strategies import CompressedFedAvg, FedBuff
 from stamen.strategies import build_strategy as build_named_strategy
-from stamen.strategies.deltas import to_array_record, to_numpy
+from stamen.transport.deltas import to_array_record, to_numpy
 
 LOG = logging.getLogger("stamen.server")
 

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from stamen.core.errors import ConfigError
-from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.transport import LOG
 
 
 class FedAdam(CompressedFedAvg):

@@ -43,9 +43,10 @@ from flwr.serverapp.strategy import Result
 from stamen.core.errors import ConfigError
 from stamen.core.fleet import RoundTiming
 from stamen.core.rounds import RoundOutcome
-from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg, RoundStats
-from stamen.strategies.deltas import apply_masks_np, to_array_record, to_numpy
-from stamen.strategies.reply_validation import SentModel, ValidUpdate
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.transport import LOG, RoundStats
+from stamen.transport.deltas import apply_masks_np, to_array_record, to_numpy
+from stamen.transport.reply_validation import SentModel, ValidUpdate
 
 
 class FedBuff(CompressedFedAvg):

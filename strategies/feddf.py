@@ -50,9 +50,10 @@ from stamen.core.errors import InvalidUpdate
 from stamen.core.fleet import TieredGrid
 from stamen.models import ModelSpec, build_model, count_parameters, exchanged_state
 from stamen.models import load_exchanged_state as load_state
-from stamen.strategies.compressed_fedavg import CompressedFedAvg, Rejection, RoundStats
-from stamen.strategies.deltas import apply_mean_delta, to_array_record, to_numpy
-from stamen.strategies.reply_validation import (
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.transport import Rejection, RoundStats
+from stamen.transport.deltas import apply_mean_delta, to_array_record, to_numpy
+from stamen.transport.reply_validation import (
     SentModel,
     ValidUpdate,
     array_nbytes,
