@@ -197,7 +197,13 @@ def resume(checkpoint: Checkpoint, strategy: CompressedFedAvg, config: StamenCon
             "the checkpoint was made with a different data, model or compression config; "
             "use the same config or a fresh state directory"
         )
-    strategy.load_state_dict(checkpoint.strategy)
+    try:
+        strategy.load_state_dict(checkpoint.strategy)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(
+            f"the checkpoint's strategy state does not fit this strategy ({error!r}); "
+            "use a fresh state directory"
+        ) from None
     LOG.warning("resuming from the checkpoint of round %d", checkpoint.round)
     return checkpoint.round
 
