@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections import Counter
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, MessageType, MetricRecord
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
@@ -44,9 +43,9 @@ from stamen.core.errors import ConfigError
 from stamen.core.fleet import RoundTiming
 from stamen.core.rounds import RoundOutcome
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
-from stamen.transport import LOG, RoundStats
+from stamen.transport import LOG, AsyncDispatch, RoundStats
 from stamen.transport.deltas import apply_masks_np, to_array_record, to_numpy
-from stamen.transport.reply_validation import SentModel, ValidUpdate
+from stamen.transport.reply_validation import ValidUpdate
 
 
 class FedBuff(CompressedFedAvg):
@@ -89,7 +88,7 @@ class FedBuff(CompressedFedAvg):
         """The staleness of every update each aggregation used."""
         self.clock: dict[int, float] = {}
         """The grid's simulated time (``grid.now``) at each aggregation, where it has one."""
-        self._run: _AsyncRun | None = None
+        self._run: AsyncDispatch | None = None
         self._first_round = 1
         self._restored_buffer: list[tuple[ValidUpdate, int]] = []
 
@@ -129,7 +128,16 @@ class FedBuff(CompressedFedAvg):
         """Start handing out models: version ``first_round`` is the first published."""
         if self.devices_per_evaluation:
             LOG.warning("FedBuff does not run federated evaluation; central evaluation only")
-        self._run = _AsyncRun(self, grid, to_numpy(arrays), self._restored_buffer, first_round)
+        self._run = AsyncDispatch(
+            self,
+            grid,
+            to_numpy(arrays),
+            self._restored_buffer,
+            first_round,
+            concurrency=self.concurrency,
+            buffer_size=self.buffer_size,
+            poll_interval=self.poll_interval,
+        )
         self._restored_buffer = []
         self._first_round = first_round
 
@@ -212,7 +220,7 @@ class FedBuff(CompressedFedAvg):
         ]
 
     def _aggregate_buffer(
-        self, aggregation: int, run: _AsyncRun, buffer: list[tuple[ValidUpdate, int]]
+        self, aggregation: int, run: AsyncDispatch, buffer: list[tuple[ValidUpdate, int]]
     ) -> tuple[ArrayRecord | None, MetricRecord]:
         stats = self.stats[aggregation]
         stats.accepted = len(buffer)
@@ -256,93 +264,3 @@ def staleness_scaled(
         )
         for update, staleness in buffer
     ]
-
-
-class _AsyncRun:
-    """The moving parts of one FedBuff run: versions sent, messages in flight, the buffer."""
-
-    def __init__(
-        self,
-        strategy: FedBuff,
-        grid: Grid,
-        model: dict[str, np.ndarray],
-        buffer: list[tuple[ValidUpdate, int]],
-        first_version: int,
-    ) -> None:
-        self.strategy = strategy
-        self.grid = grid
-        self.model = model
-        self.version = 0
-        self.sent: dict[int, SentModel] = {}
-        self.in_flight: dict[str, tuple[int, int]] = {}
-        """Message id to (node id, model version it carries)."""
-        self.buffer = buffer
-        """Valid updates waiting for aggregation, with the model version each trained on."""
-        self.publish(first_version)
-
-    def publish(self, version: int) -> None:
-        """Make ``version`` the model handed to devices from now on."""
-        strategy = self.strategy
-        stats = strategy.stats.setdefault(version, RoundStats(version))
-        dense = strategy._prune(version, self.model)
-        self.model = dense
-        self.sent[version] = strategy._encode(version, dense)
-        stats.sparsity = strategy.schedule.sparsity_at(version) if strategy.masks else 0.0
-        self.version = version
-        live = {v for _, v in self.in_flight.values()} | {version}
-        self.sent = {v: sent for v, sent in self.sent.items() if v in live}
-
-    def dispatch(self) -> None:
-        """Hand the current model to idle devices until ``concurrency`` are training."""
-        strategy = self.strategy
-        wanted = strategy.concurrency - len(self.in_flight)
-        if wanted <= 0:
-            return
-        busy = {node for node, _ in self.in_flight.values()}
-        idle = [node for node in sorted(self.grid.get_node_ids()) if node not in busy]
-        if not idle:
-            return
-        chosen = strategy.rng.choice(len(idle), size=min(wanted, len(idle)), replace=False)
-        nodes = [idle[int(i)] for i in sorted(chosen)]
-        stats = strategy.stats[self.version]
-        task = strategy.task.replace(round_num=self.version)
-        sent = self.sent[self.version]
-        messages = [strategy._message(n, sent, task, MessageType.TRAIN, stats) for n in nodes]
-        stats.sampled += len(messages)
-        for node, message_id in zip(nodes, self.grid.push_messages(messages), strict=True):
-            self.in_flight[message_id] = (node, self.version)
-
-    def fill_buffer(self, timeout: float) -> list[tuple[ValidUpdate, int]] | None:
-        """Keep devices busy until ``buffer_size`` valid updates wait; ``None`` on timeout.
-
-        Returns the buffered updates with their staleness against the current version.
-        """
-        strategy = self.strategy
-        deadline = time.monotonic() + timeout
-        while len(self.buffer) < strategy.buffer_size:
-            self.dispatch()
-            if not self.in_flight:  # no device connected (yet): wait for one
-                if time.monotonic() > deadline:
-                    return None
-                time.sleep(strategy.poll_interval)
-                continue
-            replies = list(self.grid.pull_messages(list(self.in_flight)))
-            if not replies:
-                if time.monotonic() > deadline:
-                    return None
-                time.sleep(strategy.poll_interval)
-                continue
-            deadline = time.monotonic() + timeout
-            for reply in replies:
-                entry = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
-                if entry is None:
-                    continue
-                version = entry[1]
-                update = strategy.accept_reply(
-                    reply, version, self.sent[version], strategy.stats[self.version]
-                )
-                if update is not None:
-                    self.buffer.append((update, version))
-        size = strategy.buffer_size
-        buffer, self.buffer = self.buffer[:size], self.buffer[size:]
-        return [(update, self.version - version) for update, version in buffer]

@@ -4,6 +4,7 @@ Shared by every strategy; the strategies themselves (``stamen.strategies``) hold
 their aggregation algorithm.
 """
 
+from stamen.transport.asynchronous import AsyncDispatch
 from stamen.transport.deltas import (
     apply_masks_np,
     apply_mean_delta,
@@ -25,6 +26,7 @@ from stamen.transport.transport import LOG, CompressedTransport
 
 __all__ = [
     "LOG",
+    "AsyncDispatch",
     "CheckedReply",
     "CompressedTransport",
     "OutgoingRecords",
