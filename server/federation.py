@@ -1,51 +1,44 @@
 """The server side of one federation: build the strategy, run the rounds, summarise.
 
-The round loop itself is Flower's ``Strategy.start``; this module supplies the
-model, the central evaluation and the reporting around it.
+The round loop is :class:`~stamen.engine.RoundEngine`'s; this module is wiring:
+it builds the model and strategy, restores a checkpoint, and hands the engine
+the hooks (:class:`~stamen.server.round_hooks.FederationHooks`) that evaluate,
+record, checkpoint and take operator control around each round.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import time
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
-from torch import nn
 
-from stamen.client.trainer import EvalResult, evaluate
 from stamen.compression import dense_nbytes, model_hash
 from stamen.config import StamenConfig
 from stamen.contract import TrainTask
 from stamen.core.errors import ConfigError
-from stamen.core.fleet import PolicyGrid, RoundTiming
 from stamen.data import Dataset, load_dataset
+from stamen.engine import RoundEngine
 from stamen.models import (
     ModelName,
     ModelSpec,
     build_model,
     count_parameters,
     exchanged_state,
-    load_exchanged_state,
     to_channels_last,
 )
-from stamen.server.checkpoint import (
-    Checkpoint,
-    CheckpointStore,
-    ResumedStrategy,
-    restore_strategy,
-    strategy_state,
-)
-from stamen.server.control import RunControl, RunState, StopRequested
+from stamen.server.checkpoint import Checkpoint, CheckpointStore
+from stamen.server.control import RunControl, RunState
 from stamen.server.distillation import build_feddf, edge_metrics, final_models
 from stamen.server.reporting import RoundRecord, RoundReporter
-from stamen.strategies import CompressedFedAvg, FedBuff, RoundStats
+from stamen.server.round_hooks import FederationHooks
+from stamen.strategies import CompressedFedAvg, FedBuff
 from stamen.strategies import build_strategy as build_named_strategy
-from stamen.strategies.deltas import to_array_record, to_numpy
+from stamen.transport.deltas import to_array_record, to_numpy
 
 LOG = logging.getLogger("stamen.server")
 
@@ -117,8 +110,8 @@ def run_federation(
 
     ``control``, where given, is consulted after each round (pause, stop, new
     settings); a stop ends the run early with ``"stopped": true`` in the summary.
-    With ``checkpoints``, the state is saved after every round, and a run that
-    finds a checkpoint resumes after its round instead of starting over.
+    With ``checkpoints``, the whole state is saved after every round, and a run
+    that finds a checkpoint resumes after its round instead of starting over.
     """
     started = time.perf_counter()
     dataset = load_dataset(config.data.dataset)
@@ -136,62 +129,28 @@ def run_federation(
     if x_test.dim() == 4:
         x_test = x_test.to(memory_format=torch.channels_last)
         to_channels_last(model)
-    records: list[RoundRecord] = []
-    round_started = [time.perf_counter()]
     initial = exchanged_state(model)
     resumed = checkpoints.load() if checkpoints is not None else None
-    offset = resume(resumed, strategy, config) if resumed is not None else 0
-    restored = [RoundRecord(**r) for r in resumed.records] if resumed is not None else []
-
-    every = config.federation.eval_every
-    last = [EvalResult(loss=float("nan"), accuracy=0.0, num_examples=0)]
-
-    def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        evaluated = server_round % every == 0 or server_round == config.federation.rounds
-        if evaluated:
-            load_state(model, arrays)
-            last[0] = evaluate(model, x_test, y_test)
-        result = last[0]
-        if server_round == 0:
-            reporter.on_start(config.federation.rounds, result.accuracy)
-            for record in restored:
-                records.append(record)
-                reporter.on_round(record)
-        else:
-            record = round_record(
-                strategy,
-                server_round,
-                result.accuracy,
-                result.loss,
-                time.perf_counter() - round_started[0],
-                grid.last_timing() if isinstance(grid, PolicyGrid) else None,
-            )
-            if not evaluated:
-                record = dataclasses.replace(record, evaluated=False)
-            records.append(record)
-            if checkpoints is not None:  # first, so a reported round is always a saved one
-                save_checkpoint(checkpoints, server_round, arrays, strategy, records, config)
-            reporter.on_round(record)
-            if control is not None and server_round < config.federation.rounds:
-                control.between_rounds(server_round)
-        round_started[0] = time.perf_counter()
-        return MetricRecord({"accuracy": result.accuracy, "loss": result.loss})
-
-    if resumed is not None:
-        initial = resumed.arrays
-    stopped: StopRequested | None = None
+    last_round = resume(resumed, strategy, config) if resumed is not None else 0
+    hooks = FederationHooks(
+        config=config,
+        strategy=strategy,
+        grid=grid,
+        model=model,
+        test_set=(x_test, y_test),
+        reporter=reporter,
+        control=control,
+        checkpoints=checkpoints,
+        resumed=resumed,
+    )
     try:
-        result = (ResumedStrategy(strategy, offset) if offset else strategy).start(
-            grid=grid,
-            initial_arrays=to_array_record(initial),
-            num_rounds=max(0, config.federation.rounds - offset),
+        result = RoundEngine(strategy, hooks).run(
+            grid,
+            to_array_record(resumed.arrays if resumed is not None else initial),
+            num_rounds=config.federation.rounds,
+            first_round=last_round + 1,
             timeout=config.federation.round_timeout,
-            evaluate_fn=lambda r, arrays: central_evaluate(r + offset if r else 0, arrays),
         )
-        final_arrays = result.arrays
-    except StopRequested as stop:
-        # The model holds the last evaluated global model: the stopped run's result.
-        stopped, final_arrays = stop, to_array_record(exchanged_state(model))
     except KeyboardInterrupt:
         if control is not None:
             control.finished(RunState.STOPPED, "interrupted (Ctrl-C)")
@@ -200,6 +159,7 @@ def run_federation(
         if control is not None:
             control.finished(RunState.FAILED, f"failed: {type(error).__name__}: {error}")
         raise
+    records = hooks.records
     summary = summarize(
         config,
         records,
@@ -207,15 +167,15 @@ def run_federation(
         params=count_parameters(model),
         wall_seconds=time.perf_counter() - started,
     )
-    summary["final_model_sha256"] = _final_hash(final_arrays)
+    summary["final_model_sha256"] = _final_hash(result.arrays)
     summary["strategy"] = "feddf" if config.distill.enabled else config.strategy.name.value
     if isinstance(strategy, FedBuff):
         summary["staleness_histogram"] = {
             str(k): v for k, v in strategy.staleness_histogram().items()
         }
-    if stopped is not None:
+    if result.stopped is not None:
         summary["stopped"] = True
-    models = final_models(strategy, config, spec, to_numpy(final_arrays))
+    models = final_models(strategy, config, spec, to_numpy(result.arrays))
     if config.distill.edge_metrics:
         summary["edge"] = edge_metrics(models, dataset)
     on_models = getattr(reporter, "on_models", None)
@@ -223,8 +183,8 @@ def run_federation(
         on_models(models)
     reporter.on_finish(summary)
     if control is not None:
-        state = RunState.FINISHED if stopped is None else RunState.STOPPED
-        control.finished(state, str(stopped) if stopped else f"finished {len(records)} rounds")
+        state = RunState.FINISHED if result.stopped is None else RunState.STOPPED
+        control.finished(state, result.stopped or f"finished {len(records)} rounds")
     return summary
 
 
@@ -237,77 +197,15 @@ def resume(checkpoint: Checkpoint, strategy: CompressedFedAvg, config: StamenCon
             "the checkpoint was made with a different data, model or compression config; "
             "use the same config or a fresh state directory"
         )
-    restore_strategy(strategy, checkpoint)
+    try:
+        strategy.load_state_dict(checkpoint.strategy)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(
+            f"the checkpoint's strategy state does not fit this strategy ({error!r}); "
+            "use a fresh state directory"
+        ) from None
     LOG.warning("resuming from the checkpoint of round %d", checkpoint.round)
     return checkpoint.round
-
-
-def save_checkpoint(
-    store: CheckpointStore,
-    server_round: int,
-    arrays: ArrayRecord,
-    strategy: CompressedFedAvg,
-    records: list[RoundRecord],
-    config: StamenConfig,
-) -> None:
-    """Checkpoint the state after ``server_round``."""
-    state, masks = strategy_state(strategy)
-    store.save(
-        Checkpoint(
-            round=server_round,
-            arrays=to_numpy(arrays),
-            masks=masks,
-            strategy=state,
-            records=[r.to_dict() for r in records],
-            config=config.to_dict(),
-        )
-    )
-
-
-def load_state(model: nn.Module, arrays: ArrayRecord) -> None:
-    """Load an ``ArrayRecord`` of exchanged tensors into ``model``."""
-    load_exchanged_state(model, to_numpy(arrays))
-
-
-def round_record(
-    strategy: CompressedFedAvg,
-    server_round: int,
-    accuracy: float,
-    loss: float,
-    seconds: float,
-    timing: RoundTiming | None = None,
-) -> RoundRecord:
-    """Combine the strategy's traffic stats, the grid's timing and the central evaluation."""
-    # A round whose configure step never ran (no devices) still gets a zero record.
-    stats = strategy.stats.get(server_round) or RoundStats(server_round)
-    if isinstance(strategy, FedBuff):  # asynchronous: an aggregation is a round
-        timing = strategy.timing(server_round)
-    timing = timing or RoundTiming(dispatched=stats.sampled, participants=stats.sampled)
-    return RoundRecord(
-        round=server_round,
-        accuracy=accuracy,
-        loss=loss,
-        sampled=stats.sampled,
-        accepted=stats.accepted,
-        rejected=len(stats.rejections),
-        uplink_bytes=stats.uplink_bytes,
-        downlink_bytes=stats.downlink_bytes,
-        uplink_bytes_fp32=stats.uplink_bytes_fp32,
-        downlink_bytes_fp32=stats.downlink_bytes_fp32,
-        sparsity=stats.sparsity,
-        train_loss=stats.train_loss,
-        seconds=seconds,
-        plain_clients=stats.plain_clients,
-        rejections=[{"node_id": r.node_id, "reason": r.reason} for r in stats.rejections],
-        staleness=list(getattr(strategy, "staleness", {}).get(server_round, [])),
-        participants=timing.participants,
-        stragglers=timing.stragglers,
-        dropouts=timing.dropouts,
-        surplus=timing.surplus,
-        simulated_seconds=timing.seconds,
-        clock=timing.clock,
-        extra=dict(stats.extra),
-    )
 
 
 def summarize(

@@ -57,6 +57,13 @@ class RoundRecord:
         values.update(values.pop("extra"))
         return values
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RoundRecord:
+        """The record :meth:`to_dict` gave ``values``: unknown keys go back into ``extra``."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in values.items() if k in names}
+        return cls(**known, extra={k: v for k, v in values.items() if k not in names})
+
 
 class RoundReporter(Protocol):
     """Receives a federation's progress."""

@@ -41,7 +41,7 @@ from stamen.simulations.workers import (
     TrainBatch,
     WorkerPool,
 )
-from stamen.strategies.reply_validation import reply_wire_bytes
+from stamen.transport.reply_validation import reply_wire_bytes
 
 LOG = logging.getLogger("stamen.simulations")
 

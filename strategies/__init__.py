@@ -1,7 +1,6 @@
 """Aggregation strategies, one algorithm per module, all speaking Stamen's codecs."""
 
-from stamen.strategies.compressed_fedavg import CompressedFedAvg, Rejection, RoundStats
-from stamen.strategies.deltas import to_array_record, to_numpy
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
 from stamen.strategies.fedadam import FedAdam
 from stamen.strategies.fedbuff import FedBuff, staleness_scaled
 from stamen.strategies.feddf import FedDF, TierStudent
@@ -11,8 +10,16 @@ from stamen.strategies.krum import Krum, krum_scores, krum_select
 from stamen.strategies.median import CoordinateMedian, coordinate_median
 from stamen.strategies.norm_bounding import NormBoundedAvg, norm_bounded_mean
 from stamen.strategies.registry import STRATEGIES, StrategyEntry, build_strategy
-from stamen.strategies.reply_validation import SentModel, ValidUpdate, validate_reply
 from stamen.strategies.trimmed_mean import TrimmedMean, trimmed_mean
+from stamen.transport import (
+    Rejection,
+    RoundStats,
+    SentModel,
+    ValidUpdate,
+    to_array_record,
+    to_numpy,
+    validate_reply,
+)
 
 __all__ = [
     "STRATEGIES",

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from stamen.core.errors import ConfigError
-from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.transport import LOG
 
 
 class FedAdam(CompressedFedAvg):
@@ -74,6 +75,16 @@ class FedAdam(CompressedFedAvg):
             self.beta2,
             self.tau,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base state plus the moments ``m`` and ``v`` (float64, as kept)."""
+        return {**super().state_dict(), "m": dict(self.m), "v": dict(self.v)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        super().load_state_dict(state)
+        self.m = {name: np.asarray(value, np.float64) for name, value in state["m"].items()}
+        self.v = {name: np.asarray(value, np.float64) for name, value in state["v"].items()}
 
     def second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
         """Adam's second-moment update."""

@@ -31,23 +31,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from stamen.core.errors import ConfigError
 from stamen.core.fleet import RoundTiming
-from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg, RoundStats
-from stamen.strategies.deltas import apply_masks_np, to_array_record, to_numpy
-from stamen.strategies.reply_validation import SentModel, ValidUpdate
-
-EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+from stamen.core.rounds import RoundOutcome
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.transport import LOG, AsyncDispatch, RoundStats
+from stamen.transport.deltas import apply_masks_np, to_array_record, to_numpy
+from stamen.transport.reply_validation import ValidUpdate
 
 
 class FedBuff(CompressedFedAvg):
@@ -90,6 +88,9 @@ class FedBuff(CompressedFedAvg):
         """The staleness of every update each aggregation used."""
         self.clock: dict[int, float] = {}
         """The grid's simulated time (``grid.now``) at each aggregation, where it has one."""
+        self._run: AsyncDispatch | None = None
+        self._first_round = 1
+        self._restored_buffer: list[tuple[ValidUpdate, int]] = []
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -121,53 +122,105 @@ class FedBuff(CompressedFedAvg):
             clock=clock,
         )
 
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: EvaluateFn | None = None,
-    ) -> Result:
-        """Run until ``num_rounds`` aggregations, with ``Strategy.start``'s contract.
+    # -- rounds, as the engine asks for them ----------------------------------------
 
-        ``evaluate_fn`` is called with 0 and the initial model, then after each
-        aggregation with its number. ``timeout`` bounds the wall-clock wait for
-        any reply; when it passes, the run ends early with an error logged.
-        """
-        self.summary()
-        result = Result(arrays=initial_arrays)
-        if evaluate_fn is not None and (metrics := evaluate_fn(0, initial_arrays)) is not None:
-            result.evaluate_metrics_serverapp[0] = metrics
+    def begin(self, grid: Grid, arrays: ArrayRecord, first_round: int) -> None:
+        """Start handing out models: version ``first_round`` is the first published."""
         if self.devices_per_evaluation:
             LOG.warning("FedBuff does not run federated evaluation; central evaluation only")
-        run = _AsyncRun(self, grid, to_numpy(initial_arrays))
-        for aggregation in range(1, num_rounds + 1):
-            buffer = run.fill_buffer(timeout)
-            if buffer is None:
-                LOG.error("FedBuff: no reply within %.0f s; stopping early", timeout)
-                break
-            arrays, metrics = self._aggregate_buffer(aggregation, run, buffer)
-            if arrays is not None:
-                result.arrays = arrays
-                run.model = to_numpy(arrays)
-            result.train_metrics_clientapp[aggregation] = metrics
-            if (now := getattr(grid, "now", None)) is not None:
-                self.clock[aggregation] = float(now)
-            if evaluate_fn is not None and (res := evaluate_fn(aggregation, result.arrays)):
-                result.evaluate_metrics_serverapp[aggregation] = res
-            if aggregation < num_rounds:
-                run.publish(aggregation + 1)
-        if run.in_flight:
+        self._run = AsyncDispatch(
+            self,
+            grid,
+            to_numpy(arrays),
+            self._restored_buffer,
+            first_round,
+            concurrency=self.concurrency,
+            buffer_size=self.buffer_size,
+            poll_interval=self.poll_interval,
+        )
+        self._restored_buffer = []
+        self._first_round = first_round
+
+    def run_round(
+        self, server_round: int, arrays: ArrayRecord, grid: Grid, timeout: float
+    ) -> RoundOutcome | None:
+        """Keep devices training until ``buffer_size`` updates wait, then aggregate them.
+
+        ``timeout`` bounds the wall-clock wait for any reply; when it passes, ``None``.
+        """
+        run = self._run
+        if run is None:
+            raise RuntimeError("FedBuff.run_round before begin")
+        if server_round != self._first_round:
+            run.model = to_numpy(arrays)
+            run.publish(server_round)
+        buffer = run.fill_buffer(timeout)
+        if buffer is None:
+            return None
+        new_arrays, metrics = self._aggregate_buffer(server_round, run, buffer)
+        if (now := getattr(grid, "now", None)) is not None:
+            self.clock[server_round] = float(now)
+        return RoundOutcome(new_arrays, metrics)
+
+    def end(self) -> None:
+        """Drop what is still in flight: the run is over."""
+        if self._run is not None and self._run.in_flight:
             LOG.info(
-                "FedBuff: %d updates still in flight at the end are dropped", len(run.in_flight)
+                "FedBuff: %d updates in flight at the end are dropped", len(self._run.in_flight)
             )
-        return result
+        self._run = None
+
+    def start(self, *args: object, **kwargs: object) -> Result:
+        """Not Flower's synchronous loop: FedBuff runs through ``stamen.engine.RoundEngine``."""
+        raise TypeError("FedBuff is asynchronous: run it with stamen.engine.RoundEngine")
+
+    # -- state -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base state, the staleness and clock history, and the buffered updates.
+
+        Messages in flight are not state: after a restart their replies cannot reach
+        this server, and their devices are dispatched afresh.
+        """
+        run = self._run
+        return {
+            **super().state_dict(),
+            "staleness": {str(k): list(v) for k, v in self.staleness.items()},
+            "clock": {str(k): v for k, v in self.clock.items()},
+            "buffer": [
+                {
+                    "version": version,
+                    "delta": dict(update.delta),
+                    "num_examples": update.num_examples,
+                    "wire_bytes": update.wire_bytes,
+                    "plain": update.plain,
+                    "train_loss": update.train_loss,
+                }
+                for update, version in (run.buffer if run is not None else [])
+            ],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        super().load_state_dict(state)
+        self.staleness = {int(k): [int(s) for s in v] for k, v in state["staleness"].items()}
+        self.clock = {int(k): float(v) for k, v in state["clock"].items()}
+        self._restored_buffer = [
+            (
+                ValidUpdate(
+                    delta={k: np.asarray(v) for k, v in item["delta"].items()},
+                    num_examples=int(item["num_examples"]),
+                    wire_bytes=int(item["wire_bytes"]),
+                    plain=bool(item["plain"]),
+                    train_loss=item["train_loss"],
+                ),
+                int(item["version"]),
+            )
+            for item in state["buffer"]
+        ]
 
     def _aggregate_buffer(
-        self, aggregation: int, run: _AsyncRun, buffer: list[tuple[ValidUpdate, int]]
+        self, aggregation: int, run: AsyncDispatch, buffer: list[tuple[ValidUpdate, int]]
     ) -> tuple[ArrayRecord | None, MetricRecord]:
         stats = self.stats[aggregation]
         stats.accepted = len(buffer)
@@ -211,86 +264,3 @@ def staleness_scaled(
         )
         for update, staleness in buffer
     ]
-
-
-class _AsyncRun:
-    """The moving parts of one FedBuff run: versions sent, messages in flight, the buffer."""
-
-    def __init__(self, strategy: FedBuff, grid: Grid, model: dict[str, np.ndarray]) -> None:
-        self.strategy = strategy
-        self.grid = grid
-        self.model = model
-        self.version = 0
-        self.sent: dict[int, SentModel] = {}
-        self.in_flight: dict[str, tuple[int, int]] = {}
-        """Message id to (node id, model version it carries)."""
-        self.buffer: list[tuple[ValidUpdate, int]] = []
-        """Valid updates waiting for aggregation, with the model version each trained on."""
-        self.publish(1)
-
-    def publish(self, version: int) -> None:
-        """Make ``version`` the model handed to devices from now on."""
-        strategy = self.strategy
-        stats = strategy.stats.setdefault(version, RoundStats(version))
-        dense = strategy._prune(version, self.model)
-        self.model = dense
-        self.sent[version] = strategy._encode(version, dense)
-        stats.sparsity = strategy.schedule.sparsity_at(version) if strategy.masks else 0.0
-        self.version = version
-        live = {v for _, v in self.in_flight.values()} | {version}
-        self.sent = {v: sent for v, sent in self.sent.items() if v in live}
-
-    def dispatch(self) -> None:
-        """Hand the current model to idle devices until ``concurrency`` are training."""
-        strategy = self.strategy
-        wanted = strategy.concurrency - len(self.in_flight)
-        if wanted <= 0:
-            return
-        busy = {node for node, _ in self.in_flight.values()}
-        idle = [node for node in sorted(self.grid.get_node_ids()) if node not in busy]
-        if not idle:
-            return
-        chosen = strategy.rng.choice(len(idle), size=min(wanted, len(idle)), replace=False)
-        nodes = [idle[int(i)] for i in sorted(chosen)]
-        stats = strategy.stats[self.version]
-        task = strategy.task.replace(round_num=self.version)
-        sent = self.sent[self.version]
-        messages = [strategy._message(n, sent, task, MessageType.TRAIN, stats) for n in nodes]
-        stats.sampled += len(messages)
-        for node, message_id in zip(nodes, self.grid.push_messages(messages), strict=True):
-            self.in_flight[message_id] = (node, self.version)
-
-    def fill_buffer(self, timeout: float) -> list[tuple[ValidUpdate, int]] | None:
-        """Keep devices busy until ``buffer_size`` valid updates wait; ``None`` on timeout.
-
-        Returns the buffered updates with their staleness against the current version.
-        """
-        strategy = self.strategy
-        deadline = time.monotonic() + timeout
-        while len(self.buffer) < strategy.buffer_size:
-            self.dispatch()
-            if not self.in_flight:  # no device connected (yet): wait for one
-                if time.monotonic() > deadline:
-                    return None
-                time.sleep(strategy.poll_interval)
-                continue
-            replies = list(self.grid.pull_messages(list(self.in_flight)))
-            if not replies:
-                if time.monotonic() > deadline:
-                    return None
-                time.sleep(strategy.poll_interval)
-                continue
-            deadline = time.monotonic() + timeout
-            for reply in replies:
-                entry = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
-                if entry is None:
-                    continue
-                version = entry[1]
-                update = strategy.accept_reply(
-                    reply, version, self.sent[version], strategy.stats[self.version]
-                )
-                if update is not None:
-                    self.buffer.append((update, version))
-        size = strategy.buffer_size
-        buffer, self.buffer = self.buffer[:size], self.buffer[size:]
-        return [(update, self.version - version) for update, version in buffer]

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,9 +50,10 @@ from stamen.core.errors import InvalidUpdate
 from stamen.core.fleet import TieredGrid
 from stamen.models import ModelSpec, build_model, count_parameters, exchanged_state
 from stamen.models import load_exchanged_state as load_state
-from stamen.strategies.compressed_fedavg import CompressedFedAvg, Rejection, RoundStats
-from stamen.strategies.deltas import apply_mean_delta, to_array_record, to_numpy
-from stamen.strategies.reply_validation import (
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.transport import Rejection, RoundStats
+from stamen.transport.deltas import apply_mean_delta, to_array_record, to_numpy
+from stamen.transport.reply_validation import (
     SentModel,
     ValidUpdate,
     array_nbytes,
@@ -133,6 +135,17 @@ class FedDF(CompressedFedAvg):
         }
         self._node_tier: dict[int, str | None] = {}
         self._sent_students: dict[str, SentModel] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base state plus every tier student's weights."""
+        return {**super().state_dict(), "students": dict(self.student_states)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        super().load_state_dict(state)
+        for tier, student in state["students"].items():
+            if tier in self.student_states:
+                self.student_states[tier] = {k: np.asarray(v) for k, v in student.items()}
 
     def student_params(self, tier: str) -> int:
         """Parameters of a tier's student."""

@@ -25,7 +25,8 @@ import math
 from typing import Any
 
 from stamen.core.errors import ConfigError
-from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.transport import LOG
 
 
 class FedProx(CompressedFedAvg):

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from stamen.core.errors import ConfigError
-from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg
-from stamen.strategies.deltas import flat, weighted_mean_delta
-from stamen.strategies.reply_validation import ValidUpdate
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.transport import LOG
+from stamen.transport.deltas import flat, weighted_mean_delta
+from stamen.transport.reply_validation import ValidUpdate
 
 
 def krum_scores(updates: list[ValidUpdate], byzantine: int) -> np.ndarray:

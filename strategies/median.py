@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
-from stamen.strategies.deltas import stacked
-from stamen.strategies.reply_validation import ValidUpdate
+from stamen.transport.deltas import stacked
+from stamen.transport.reply_validation import ValidUpdate
 
 
 def coordinate_median(updates: list[ValidUpdate]) -> dict[str, np.ndarray]:

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from stamen.core.errors import ConfigError
-from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg
-from stamen.strategies.deltas import l2_norm, weights_of
-from stamen.strategies.reply_validation import ValidUpdate
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.transport import LOG
+from stamen.transport.deltas import l2_norm, weights_of
+from stamen.transport.reply_validation import ValidUpdate
 
 
 def norm_bounded_mean(updates: list[ValidUpdate], bound: float) -> dict[str, np.ndarray]:

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from stamen.core.errors import ConfigError
-from stamen.strategies.compressed_fedavg import LOG, CompressedFedAvg
-from stamen.strategies.deltas import stacked
-from stamen.strategies.reply_validation import ValidUpdate
+from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.transport import LOG
+from stamen.transport.deltas import stacked
+from stamen.transport.reply_validation import ValidUpdate
 
 
 def trimmed_count(n: int, fraction: float) -> int:

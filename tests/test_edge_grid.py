@@ -34,7 +34,7 @@ from stamen.server import CollectingReporter, server_app
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.edge import EdgeGrid, EdgeServer, EdgeServerSettings, init_certs
 from stamen.server.federation import build_strategy, model_spec
-from stamen.strategies.deltas import to_array_record
+from stamen.transport.deltas import to_array_record
 
 FLEET = 4
 

@@ -129,7 +129,7 @@ def test_a_real_agent_refuses_a_tampered_model(site: Site) -> None:
     from stamen.models import build_model, exchanged_state
     from stamen.server.edge import EdgeServer, EdgeServerSettings
     from stamen.server.federation import build_strategy, model_spec
-    from stamen.strategies.deltas import to_array_record
+    from stamen.transport.deltas import to_array_record
 
     state = site.device("dev0")
     server = EdgeServer(

@@ -20,7 +20,7 @@ from stamen.server import CollectingReporter, ResultsWriter
 from stamen.simulations import LocalGrid
 from stamen.simulations.attacks import attacked_partitions, with_attack
 from stamen.strategies import CompressedFedAvg, FedProx, to_array_record, validate_reply
-from stamen.strategies.deltas import l2_norm
+from stamen.transport.deltas import l2_norm
 
 
 def digits(**overrides: Any) -> StamenConfig:

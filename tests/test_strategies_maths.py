@@ -23,7 +23,7 @@ from stamen.strategies import (
     staleness_scaled,
     trimmed_mean,
 )
-from stamen.strategies.deltas import weighted_mean_delta
+from stamen.transport.deltas import weighted_mean_delta
 
 SPEC = ModelSpec(name=ModelName.MLP, input_shape=(64,), num_classes=10)
 

@@ -13,7 +13,7 @@ from stamen.compression import DownlinkCodec, DownlinkCodecConfig, UplinkCodec, 
 from stamen.contract import DENSE_KEY, METRICS_KEY, PAYLOAD, UPDATE_KEY, payload_bytes
 from stamen.core.errors import InvalidUpdate
 from stamen.strategies import SentModel, ValidUpdate, validate_reply
-from stamen.strategies.deltas import apply_mean_delta
+from stamen.transport.deltas import apply_mean_delta
 
 MODEL = {
     "w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),

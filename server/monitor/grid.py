@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from stamen.core.fleet import PolicyGrid, RoundPolicy, RoundTiming, StreamingGrid, TieredGrid
-from stamen.strategies.reply_validation import array_nbytes, reply_wire_bytes
+from stamen.transport.reply_validation import array_nbytes, reply_wire_bytes
 
 if TYPE_CHECKING:
     from stamen.server.monitor.state import MonitorState

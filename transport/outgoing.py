@@ -15,7 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from stamen.compression import dense_nbytes
 from stamen.contract import PAYLOAD
 from stamen.core.errors import InvalidUpdate
-from stamen.strategies.reply_validation import SentModel, ValidUpdate
+from stamen.transport.reply_validation import SentModel, ValidUpdate
 
 
 @dataclass(frozen=True)

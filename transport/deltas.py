@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from stamen.strategies.reply_validation import ValidUpdate
+from stamen.transport.reply_validation import ValidUpdate
 
 Delta = dict[str, np.ndarray]
 

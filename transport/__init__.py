@@ -1,0 +1,46 @@
+"""Stamen's transport layer: sampling, masks, encoding, reply validation and traffic stats.
+
+Shared by every strategy; the strategies themselves (``stamen.strategies``) hold only
+their aggregation algorithm.
+"""
+
+from stamen.transport.asynchronous import AsyncDispatch
+from stamen.transport.deltas import (
+    apply_masks_np,
+    apply_mean_delta,
+    l2_norm,
+    to_array_record,
+    to_numpy,
+    weighted_mean_delta,
+)
+from stamen.transport.outgoing import CheckedReply, OutgoingRecords
+from stamen.transport.reply_validation import (
+    SentModel,
+    ValidUpdate,
+    array_nbytes,
+    reply_wire_bytes,
+    validate_reply,
+)
+from stamen.transport.stats import Rejection, RoundStats
+from stamen.transport.transport import LOG, CompressedTransport
+
+__all__ = [
+    "LOG",
+    "AsyncDispatch",
+    "CheckedReply",
+    "CompressedTransport",
+    "OutgoingRecords",
+    "Rejection",
+    "RoundStats",
+    "SentModel",
+    "ValidUpdate",
+    "apply_masks_np",
+    "apply_mean_delta",
+    "array_nbytes",
+    "l2_norm",
+    "reply_wire_bytes",
+    "to_array_record",
+    "to_numpy",
+    "validate_reply",
+    "weighted_mean_delta",
+]
