@@ -26,6 +26,7 @@ from stamen.client.agent import (
     open_channel,
 )
 from stamen.config import StamenConfig, load_config
+from stamen.contract import PAYLOAD, UPDATE_KEY, payload_bytes
 from stamen.contract.edge import generate_key, load_public_key, task_signing_bytes, verify_signature
 from stamen.core.fleet import PolicyGrid, RoundPolicy
 from stamen.data import load_dataset
@@ -293,3 +294,32 @@ def test_the_round_policy_closes_an_edge_round_at_its_quorum_or_its_deadline() -
     timing = grid.last_timing()
     assert timing is not None and timing.stragglers == 1 and timing.participants == 0
     grid.close()
+
+
+def test_a_task_a_restarted_server_sends_again_is_trained_from_the_same_residual(
+    make_fleet: object,
+) -> None:
+    fleet = make_fleet()  # type: ignore[operator]
+    fleet.add_agent(0)
+    fleet.wait_connected(1)
+    config = digits_config(**{"devices-per-round": 1})  # edge preset: error feedback on
+    spec = model_spec(config, load_dataset("digits"))
+    arrays = to_array_record(exchanged_state(build_model(spec, seed=0)))
+
+    def train_round_1(server: EdgeServer) -> bytes:
+        strategy = build_strategy(config, spec)
+        grid = server.grid
+        (reply,) = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+        assert not reply.has_error(), reply.error.reason
+        return payload_bytes(reply.content.array_records[UPDATE_KEY][PAYLOAD])
+
+    first = train_round_1(fleet.server)
+    again = train_round_1(fleet.server)
+    # One session: a second task is new work (FedBuff hands a version out again), and the
+    # residual the first one left goes into it.
+    assert again != first
+    fleet.server.stop()
+    restarted = make_fleet(address=f"127.0.0.1:{fleet.server.port}")  # type: ignore[operator]
+    restarted.wait_connected(1)
+    # A new session: the server lost the last reply, so it is made again from the same start.
+    assert train_round_1(restarted.server) == again

@@ -134,10 +134,16 @@ def test_backoff_grows_with_jitter_up_to_its_cap_and_resets() -> None:
 def test_agent_state_survives_a_restart_and_a_torn_file_is_ignored(tmp_path: Path) -> None:
     store = AgentStateStore(tmp_path)
     residual = {"fc.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}
-    store.save(AgentState(round=4, residual=residual, model=b"\x01\x02"))
+    before = {"fc.weight": -residual["fc.weight"]}
+    store.save(
+        AgentState(
+            round=4, residual=residual, model=b"\x01\x02", trained=b"\xab", residual_before=before
+        )
+    )
     loaded = store.load()
-    assert loaded.round == 4 and loaded.model == b"\x01\x02"
+    assert loaded.round == 4 and loaded.model == b"\x01\x02" and loaded.trained == b"\xab"
     np.testing.assert_array_equal(loaded.residual["fc.weight"], residual["fc.weight"])
+    np.testing.assert_array_equal(loaded.residual_before["fc.weight"], before["fc.weight"])
     assert not list(tmp_path.glob(".*.tmp"))  # the temp file was renamed into place
     (tmp_path / "state.npz").write_bytes(b"torn")
     assert store.load() == AgentState()

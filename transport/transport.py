@@ -241,9 +241,12 @@ class CompressedTransport:
         if sent is None or sent.round_num != server_round:
             LOG.error("round %d: replies arrived for a round that was never sent", server_round)
             return None
+        # Sender order, not arrival order: float sums then do not depend on timing,
+        # so a resumed edge run ends on the same model as an uninterrupted one.
+        in_order = sorted(replies, key=lambda reply: reply.metadata.src_node_id)
         accepted = [
             update
-            for reply in replies
+            for reply in in_order
             if (update := self.accept_reply(reply, server_round, sent, stats)) is not None
         ]
         stats.accepted = len(accepted)

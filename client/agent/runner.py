@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import Array, ArrayRecord, Context, Metadata, RecordDict
+from flwr.app import Array, ArrayRecord, Context, MessageType, Metadata, RecordDict
 from flwr.app.message import make_message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
@@ -103,12 +103,12 @@ class Agent:
             state=RecordDict(),
             run_config={},
         )
-        if self.state.residual:
-            self.context.state[RESIDUAL_KEY] = ArrayRecord(
-                {name: Array(value) for name, value in self.state.residual.items()}
-            )
+        self._set_residual(self.state.residual)
         self.handled = 0
         self.last_compute_seconds = 0.0
+        self._session = ""
+        self._trained_in: str | None = None
+        """The session of the last training task (None: not this process)."""
         self.stop_event = threading.Event()
         self._backoff = Backoff(settings.backoff_base, settings.backoff_cap, random.Random())
 
@@ -151,6 +151,7 @@ class Agent:
             target=self._heartbeats, args=(connection, session, beating), daemon=True
         )
         beat.start()
+        self._session = session.token
         try:
             for task in connection.tasks(session):
                 data, is_error = self.handle(task, session.node_id)
@@ -203,6 +204,11 @@ class Agent:
             ),
         )
         LOG.info("round %s: %s", round_label, task.message_type)
+        before = (
+            self._rewind_a_lost_round(task, round_label)
+            if task.message_type == MessageType.TRAIN
+            else None
+        )
         started = time.perf_counter()
         try:
             reply = self.app(message, self.context)
@@ -211,23 +217,51 @@ class Agent:
             return _error(CLIENT_APP_FAILED, f"{type(error).__name__}: {error}")
         self.last_compute_seconds = time.perf_counter() - started
         LOG.info("round %s: done in %.2f s", round_label, self.last_compute_seconds)
+        if before is not None:
+            self._trained_in = self._session
+            self.state.trained, self.state.residual_before = bytes(task.content_sha256), before
         self._persist(content, round_label)
         if reply.has_error():
             return _error(int(reply.error.code), str(reply.error.reason))
         return serialize_records(reply.content), False
 
+    def _rewind_a_lost_round(self, task: edge_pb2.Task, round_label: str) -> dict[str, np.ndarray]:
+        """The residual this training starts from; the one from before the last training
+        when that same task comes again.
+
+        A server killed before it checkpointed round r resumes by sending round r again,
+        the same task to the byte, in a new session. The device's first try never counted,
+        so it trains again from the residual it had then, and the run ends as an
+        uninterrupted one would. The same task again within one session is new work
+        (FedBuff hands one model version out more than once).
+        """
+        if self.state.trained == bytes(task.content_sha256) and self._trained_in != self._session:
+            LOG.warning("round %s: the server lost this round; training it again", round_label)
+            self._set_residual(self.state.residual_before)
+        return self._residual()
+
+    def _residual(self) -> dict[str, np.ndarray]:
+        record = self.context.state.array_records.get(RESIDUAL_KEY)
+        return {name: record[name].numpy() for name in record} if record is not None else {}
+
+    def _set_residual(self, residual: dict[str, np.ndarray]) -> None:
+        if residual:
+            self.context.state[RESIDUAL_KEY] = ArrayRecord(
+                {name: Array(value) for name, value in residual.items()}
+            )
+        elif RESIDUAL_KEY in self.context.state:
+            del self.context.state[RESIDUAL_KEY]
+
     def _persist(self, content: RecordDict, round_label: str) -> None:
-        residual: dict[str, np.ndarray] = {}
-        if RESIDUAL_KEY in self.context.state.array_records:
-            record = self.context.state.array_records[RESIDUAL_KEY]
-            residual = {name: record[name].numpy() for name in record}
         model = b""
         if MODEL_KEY in content.array_records and PAYLOAD in content.array_records[MODEL_KEY]:
             model = payload_bytes(content.array_records[MODEL_KEY][PAYLOAD])
         self.state = AgentState(
             round=int(round_label) if round_label.isdigit() else self.state.round,
-            residual=residual,
+            residual=self._residual(),
             model=model or self.state.model,
+            trained=self.state.trained,
+            residual_before=self.state.residual_before,
         )
         self.store.save(self.state)
 

@@ -1,5 +1,9 @@
 """The agent's state on disk: its key, error-feedback residual and last model.
 
+It also keeps the residual from before its last training task, so that when a
+restarted server sends that task again (the round was never checkpointed) the
+device trains it again from the same starting point.
+
 Every file is written atomically (temp file, fsync, rename), so a device that
 loses power mid-write keeps the previous state whole.
 
@@ -39,6 +43,7 @@ STATE_FILE = "state.npz"
 _META = "__meta__"
 _MODEL = "__model__"
 _RESIDUAL = "residual/"
+_RESIDUAL_BEFORE = "residual-before/"
 
 
 @dataclass
@@ -51,6 +56,10 @@ class AgentState:
     """The uplink codec's error-feedback residual."""
     model: bytes = b""
     """The last global model received (encoded, as the server sent it)."""
+    trained: bytes = b""
+    """The content hash of the last training task, to recognise it if the server sends it again."""
+    residual_before: dict[str, np.ndarray] = field(default_factory=dict)
+    """The residual as it was before that training, to replay a round the server lost."""
 
 
 class AgentStateStore:
@@ -90,8 +99,10 @@ class AgentStateStore:
     def save(self, state: AgentState) -> None:
         """Replace the stored state, atomically."""
         arrays = {_RESIDUAL + k: v for k, v in state.residual.items()}
+        arrays.update({_RESIDUAL_BEFORE + k: v for k, v in state.residual_before.items()})
         arrays[_MODEL] = np.frombuffer(state.model, dtype=np.uint8)
-        arrays[_META] = np.frombuffer(json.dumps({"round": state.round}).encode(), np.uint8)
+        meta = {"round": state.round, "trained": state.trained.hex()}
+        arrays[_META] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         buffer = io.BytesIO()
         np.savez(buffer, allow_pickle=False, **arrays)
         write_atomic(self.directory / STATE_FILE, buffer.getvalue(), mode=0o600)
@@ -104,11 +115,16 @@ class AgentStateStore:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data[_META]).decode())
-                residual = {
-                    k[len(_RESIDUAL) :]: data[k] for k in data.files if k.startswith(_RESIDUAL)
-                }
                 return AgentState(
-                    round=int(meta["round"]), residual=residual, model=bytes(data[_MODEL])
+                    round=int(meta["round"]),
+                    residual=_prefixed(data, _RESIDUAL),
+                    model=bytes(data[_MODEL]),
+                    trained=bytes.fromhex(meta.get("trained", "")),
+                    residual_before=_prefixed(data, _RESIDUAL_BEFORE),
                 )
         except (OSError, ValueError, KeyError):
             return AgentState()
+
+
+def _prefixed(data: np.lib.npyio.NpzFile, prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
