@@ -3,6 +3,7 @@
 Both sides of every grid read and write messages through these names: the
 server builds a :class:`TrainTask` into each train message, the device parses
 it back, and both find the model, update and metrics under the same keys.
+Every grid counts a message's traffic the same way (:func:`message_nbytes`).
 """
 
 from stamen.contract.task import (
@@ -19,6 +20,7 @@ from stamen.contract.task import (
     payload_bytes,
     records_of,
 )
+from stamen.contract.traffic import array_nbytes, message_nbytes
 
 __all__ = [
     "CONFIG_KEY",
@@ -31,6 +33,8 @@ __all__ = [
     "RESIDUAL_KEY",
     "UPDATE_KEY",
     "TrainTask",
+    "array_nbytes",
+    "message_nbytes",
     "payload_bytes",
     "records_of",
 ]

@@ -30,7 +30,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Error, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from stamen.contract import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES, records_of
+from stamen.contract import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES, message_nbytes, records_of
 from stamen.core.fleet import RoundTiming
 from stamen.core.grid import RoundPolicyGrid, assign_message_id
 from stamen.simulations.profiles import Fleet
@@ -41,7 +41,6 @@ from stamen.simulations.workers import (
     TrainBatch,
     WorkerPool,
 )
-from stamen.transport.reply_validation import reply_wire_bytes
 
 LOG = logging.getLogger("stamen.simulations")
 
@@ -254,7 +253,7 @@ class SimulationGrid(RoundPolicyGrid):
         if not 0 <= pid < self.fleet.num_devices:
             return Completion(self._now, self._now, dropped=reply is None)
         tier = self.fleet.tier(pid)
-        seconds = tier.download_seconds(reply_wire_bytes(message))
+        seconds = tier.download_seconds(message_nbytes(message))
         if reply is not None and not reply.has_error():
             samples = reply_samples(reply)
             seconds += tier.train_seconds(
@@ -262,7 +261,7 @@ class SimulationGrid(RoundPolicyGrid):
                 epochs=local_epochs(message),
                 flops_per_sample=self.flops_per_sample,
             )
-            seconds += tier.upload_seconds(reply_wire_bytes(reply))
+            seconds += tier.upload_seconds(message_nbytes(reply))
         return Completion(self._now, self._now + seconds, dropped=reply is None)
 
 

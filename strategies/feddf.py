@@ -46,18 +46,20 @@ from stamen.compression import (
     model_logits,
     remove_masks,
 )
+from stamen.contract import array_nbytes, message_nbytes
 from stamen.core.errors import InvalidUpdate
 from stamen.core.fleet import TieredGrid
 from stamen.models import ModelSpec, build_model, count_parameters, exchanged_state
 from stamen.models import load_exchanged_state as load_state
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
-from stamen.transport import Rejection, RoundStats
-from stamen.transport.deltas import apply_mean_delta, to_array_record, to_numpy
-from stamen.transport.reply_validation import (
+from stamen.transport import (
+    Rejection,
+    RoundStats,
     SentModel,
     ValidUpdate,
-    array_nbytes,
-    reply_wire_bytes,
+    apply_mean_delta,
+    to_array_record,
+    to_numpy,
     validate_reply,
 )
 
@@ -253,7 +255,7 @@ class FedDF(CompressedFedAvg):
         accepted = []
         for reply in replies:
             node_id = reply.metadata.src_node_id
-            stats.uplink_bytes += reply_wire_bytes(reply)
+            stats.uplink_bytes += message_nbytes(reply)
             stats.uplink_bytes_fp32 += dense_nbytes(sent.dense) if not reply.has_error() else 0
             try:
                 update = validate_reply(

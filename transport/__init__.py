@@ -17,8 +17,6 @@ from stamen.transport.outgoing import CheckedReply, OutgoingRecords
 from stamen.transport.reply_validation import (
     SentModel,
     ValidUpdate,
-    array_nbytes,
-    reply_wire_bytes,
     validate_reply,
 )
 from stamen.transport.stats import Rejection, RoundStats
@@ -36,9 +34,7 @@ __all__ = [
     "ValidUpdate",
     "apply_masks_np",
     "apply_mean_delta",
-    "array_nbytes",
     "l2_norm",
-    "reply_wire_bytes",
     "to_array_record",
     "to_numpy",
     "validate_reply",

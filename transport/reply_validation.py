@@ -8,7 +8,6 @@ line the server logs and counts; nothing here raises anything else.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from stamen.contract import (
     NUM_EXAMPLES,
     PAYLOAD,
     UPDATE_KEY,
+    array_nbytes,
+    message_nbytes,
     payload_bytes,
     records_of,
 )
@@ -55,30 +56,6 @@ class ValidUpdate:
     plain: bool
     """True when the reply came from a plain Flower ClientApp."""
     train_loss: float | None
-
-
-def array_nbytes(array: Array) -> int:
-    """Payload bytes of a Flower ``Array``, not counting its serialization header."""
-    try:
-        return math.prod(int(d) for d in array.shape) * _itemsize(array.dtype)
-    except TypeError:
-        return len(array.data)
-
-
-@functools.lru_cache(maxsize=64)
-def _itemsize(dtype: str) -> int:
-    return np.dtype(dtype).itemsize
-
-
-def reply_wire_bytes(message: Message) -> int:
-    """Bytes of model data in a reply, as counted for traffic."""
-    if message.has_error():
-        return 0
-    return sum(
-        array_nbytes(array)
-        for record in records_of(message.content, ArrayRecord).values()
-        for array in record.values()
-    )
 
 
 def validate_reply(
@@ -132,7 +109,7 @@ def validate_reply(
     return ValidUpdate(
         delta=delta,
         num_examples=num_examples,
-        wire_bytes=reply_wire_bytes(message),
+        wire_bytes=message_nbytes(message),
         plain=plain,
         train_loss=train_loss,
     )

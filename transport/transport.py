@@ -30,7 +30,7 @@ from stamen.compression import (
     compute_masks,
     dense_nbytes,
 )
-from stamen.contract import CONFIG_KEY, DENSE_KEY, MODEL_KEY, TrainTask
+from stamen.contract import CONFIG_KEY, DENSE_KEY, MODEL_KEY, TrainTask, message_nbytes
 from stamen.core.errors import InvalidUpdate
 from stamen.core.fleet import PolicyGrid, RoundPolicy, StreamingGrid
 from stamen.models import load_exchanged_state
@@ -39,7 +39,6 @@ from stamen.transport.outgoing import CheckedReply, OutgoingRecords
 from stamen.transport.reply_validation import (
     SentModel,
     ValidUpdate,
-    reply_wire_bytes,
     validate_reply,
 )
 from stamen.transport.stats import Rejection, RoundStats
@@ -212,7 +211,7 @@ class CompressedTransport:
             group_id=str(task.round_num),
         )
         if message_type == MessageType.TRAIN:
-            stats.downlink_bytes += reply_wire_bytes(message)
+            stats.downlink_bytes += message_nbytes(message)
             stats.downlink_bytes_fp32 += outgoing.dense_bytes
         return message
 
@@ -258,7 +257,7 @@ class CompressedTransport:
     ) -> ValidUpdate | None:
         """Count a reply's traffic and validate it; a refused one is logged and recorded."""
         node_id = reply.metadata.src_node_id
-        stats.uplink_bytes += reply_wire_bytes(reply)
+        stats.uplink_bytes += message_nbytes(reply)
         stats.uplink_bytes_fp32 += dense_nbytes(sent.dense) if not reply.has_error() else 0
         checked = self._checked.pop(reply.metadata.reply_to_message_id, None)
         try:

@@ -14,8 +14,8 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from stamen.contract import array_nbytes, message_nbytes
 from stamen.core.fleet import PolicyGrid, RoundPolicy, RoundTiming, StreamingGrid, TieredGrid
-from stamen.transport.reply_validation import array_nbytes, reply_wire_bytes
 
 if TYPE_CHECKING:
     from stamen.server.monitor.state import MonitorState
@@ -130,7 +130,7 @@ class ObservedGrid(Grid):
             self.state.device_replied(
                 _round_of(reply),
                 reply.metadata.src_node_id,
-                uplink_bytes=reply_wire_bytes(reply),
+                uplink_bytes=message_nbytes(reply),
                 error=error,
             )
 
