@@ -52,7 +52,6 @@ DEVICE_DROPPED_OUT = 2
 class Completion:
     """When one device's reply reaches the server on the simulated clock."""
 
-    dispatched: float
     finished: float
     dropped: bool
 
@@ -251,7 +250,7 @@ class SimulationGrid(RoundPolicyGrid):
         """When ``message``'s reply lands, by the device's tier; ``None``: it dropped out."""
         pid = message.metadata.dst_node_id - 1
         if not 0 <= pid < self.fleet.num_devices:
-            return Completion(self._now, self._now, dropped=reply is None)
+            return Completion(self._now, dropped=reply is None)
         tier = self.fleet.tier(pid)
         seconds = tier.download_seconds(message_nbytes(message))
         if reply is not None and not reply.has_error():
@@ -262,7 +261,7 @@ class SimulationGrid(RoundPolicyGrid):
                 flops_per_sample=self.flops_per_sample,
             )
             seconds += tier.upload_seconds(message_nbytes(reply))
-        return Completion(self._now, self._now + seconds, dropped=reply is None)
+        return Completion(self._now + seconds, dropped=reply is None)
 
 
 def local_epochs(message: Message) -> int:

@@ -67,7 +67,6 @@ class Krum(CompressedFedAvg):
         super().__init__(**kwargs)
         self.byzantine = byzantine
         self.select = select
-        self.last_selected: list[int] = []
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -86,5 +85,4 @@ class Krum(CompressedFedAvg):
             )
         keep = self.select or max(1, n - self.byzantine)
         chosen = krum_select(updates, byzantine=self.byzantine, keep=keep)
-        self.last_selected = [int(i) for i in chosen]
         return weighted_mean_delta([updates[int(i)] for i in chosen])

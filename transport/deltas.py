@@ -11,8 +11,6 @@ from flwr.app import Array, ArrayRecord
 
 from stamen.transport.reply_validation import ValidUpdate
 
-Delta = dict[str, np.ndarray]
-
 
 def stacked(updates: list[ValidUpdate], name: str) -> np.ndarray:
     """One tensor of every update, stacked along a new first axis, in float64.

@@ -1,0 +1,46 @@
+"""How traffic is counted: the bytes of model data a message carries, the same on every grid.
+
+Examples:
+    >>> import numpy as np
+    >>> from flwr.app import Array
+    >>> array_nbytes(Array(np.zeros((10, 3), np.float32)))
+    120
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
+
+from stamen.contract.task import records_of
+
+
+def array_nbytes(array: Array) -> int:
+    """Payload bytes of a Flower ``Array``, not counting its serialization header."""
+    try:
+        return math.prod(int(d) for d in array.shape) * _itemsize(array.dtype)
+    except TypeError:
+        return len(array.data)
+
+
+@functools.lru_cache(maxsize=64)
+def _itemsize(dtype: str) -> int:
+    return np.dtype(dtype).itemsize
+
+
+def message_nbytes(message: Message) -> int:
+    """Bytes of model data in a message, either way: what every grid counts as traffic.
+
+    Arrays count their payload, not Flower's serialization header, so the figure is
+    the same on every grid and runtime; an error reply carries none.
+    """
+    if message.has_error():
+        return 0
+    return sum(
+        array_nbytes(array)
+        for record in records_of(message.content, ArrayRecord).values()
+        for array in record.values()
+    )
