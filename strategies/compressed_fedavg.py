@@ -16,16 +16,14 @@ is :class:`~stamen.transport.CompressedTransport`'s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from torch import nn
 
-from stamen.compression import DownlinkCodecConfig, PruningConfig
-from stamen.contract import TrainTask
 from stamen.transport import (
     LOG,
     CompressedTransport,
@@ -38,6 +36,8 @@ from stamen.transport import (
 
 class CompressedFedAvg(CompressedTransport, FedAvg):
     """FedAvg whose messages carry encoded models and updates.
+
+    Its keyword arguments are the shared transport's (:class:`CompressedTransport`):
 
     Args:
         model_factory: builds the (plain, float) model architecture; used for
@@ -73,47 +73,16 @@ class CompressedFedAvg(CompressedTransport, FedAvg):
         0.05
     """
 
-    def __init__(
-        self,
-        *,
-        model_factory: Callable[[], nn.Module],
-        task: TrainTask,
-        downlink: DownlinkCodecConfig | None = None,
-        pruning: PruningConfig | None = None,
-        devices_per_round: int = 10,
-        seed: int = 0,
-        plain_client_compat: bool = False,
-        max_update_bytes: int = 64 * 2**20,
-        max_update_norm: float | None = None,
-        devices_per_evaluation: int = 0,
-        min_available_wait: float = 60.0,
-        over_selection: float = 0.0,
-        deadline: float | None = None,
-    ) -> None:
+    def __init__(self, **transport: Any) -> None:
+        CompressedTransport.__init__(self, **transport)
         # Sampling is the transport's own (seeded, by count), so Flower's fractions stay at 1.
         FedAvg.__init__(
             self,
             fraction_train=1.0,
             fraction_evaluate=1.0,
-            min_train_nodes=devices_per_round,
-            min_evaluate_nodes=devices_per_evaluation,
-            min_available_nodes=devices_per_round,
-        )
-        CompressedTransport.__init__(
-            self,
-            model_factory=model_factory,
-            task=task,
-            downlink=downlink,
-            pruning=pruning,
-            devices_per_round=devices_per_round,
-            seed=seed,
-            plain_client_compat=plain_client_compat,
-            max_update_bytes=max_update_bytes,
-            max_update_norm=max_update_norm,
-            devices_per_evaluation=devices_per_evaluation,
-            min_available_wait=min_available_wait,
-            over_selection=over_selection,
-            deadline=deadline,
+            min_train_nodes=self.devices_per_round,
+            min_evaluate_nodes=self.devices_per_evaluation,
+            min_available_nodes=self.devices_per_round,
         )
 
     def summary(self) -> None:

@@ -123,7 +123,7 @@ class FedDF(CompressedFedAvg):
         evaluate_model: ModelEvaluator | None = None,
         **kwargs: object,
     ) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.teacher_spec = teacher_spec
         self.x_unlabelled = torch.from_numpy(np.ascontiguousarray(unlabelled, np.float32))
         self.distill_config = distill_config
