@@ -306,6 +306,22 @@ MAX_PAYLOAD_MB = Option(
 WAIT = Option("wait", float, "Seconds to wait for devices-per-round devices.", EDGE, default=300.0)
 
 
+TRAINING_AND_COMPRESSION = (
+    LOCAL_EPOCHS,
+    LR,
+    BATCH_SIZE,
+    QAT,
+    QAT_BITS,
+    SPARSITY,
+    TOPK,
+    UPLINK_VALUES,
+    ERROR_FEEDBACK,
+    DOWNLINK_VALUES,
+)
+"""What devices are asked to train and send: the same flags, in the same order, wherever a
+command runs a federation."""
+
+
 def config_overrides(values: OptionValues) -> dict[str, Any]:
     """The overrides a command's flags make: ``--set`` first, then the flags that set a key."""
     overrides = dict(parse_assignment(text) for text in values[ASSIGNMENTS] or [])
