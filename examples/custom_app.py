@@ -16,7 +16,8 @@ from stamen.contract import TrainTask
 from stamen.data import PartitionScheme
 from stamen.models import ModelName, ModelSpec, build_model, exchanged_state
 from stamen.simulations import LocalGrid
-from stamen.strategies import CompressedFedAvg, to_array_record
+from stamen.strategies import CompressedFedAvg
+from stamen.transport import to_array_record
 
 spec = ModelSpec(name=ModelName.MLP, input_shape=(1, 8, 8), num_classes=10)  # sklearn digits
 strategy = CompressedFedAvg(

@@ -20,7 +20,8 @@ from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.control import RunControl, StopRequested
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.server.stats import round_record
-from stamen.strategies import CompressedFedAvg, to_numpy
+from stamen.strategies import CompressedFedAvg
+from stamen.transport import to_numpy
 
 
 class FederationHooks(RoundHooks):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from stamen.core.fleet import RoundTiming
 from stamen.server.reporting import RoundRecord
-from stamen.strategies import CompressedFedAvg, FedBuff, RoundStats
+from stamen.strategies import CompressedFedAvg, FedBuff
+from stamen.transport import RoundStats
 
 
 def round_record(

@@ -11,15 +11,6 @@ from stamen.strategies.median import CoordinateMedian, coordinate_median
 from stamen.strategies.norm_bounding import NormBoundedAvg, norm_bounded_mean
 from stamen.strategies.registry import STRATEGIES, StrategyEntry, build_strategy
 from stamen.strategies.trimmed_mean import TrimmedMean, trimmed_mean
-from stamen.transport import (
-    Rejection,
-    RoundStats,
-    SentModel,
-    ValidUpdate,
-    to_array_record,
-    to_numpy,
-    validate_reply,
-)
 
 __all__ = [
     "STRATEGIES",
@@ -32,21 +23,14 @@ __all__ = [
     "FedYogi",
     "Krum",
     "NormBoundedAvg",
-    "Rejection",
-    "RoundStats",
-    "SentModel",
     "StrategyEntry",
     "TierStudent",
     "TrimmedMean",
-    "ValidUpdate",
     "build_strategy",
     "coordinate_median",
     "krum_scores",
     "krum_select",
     "norm_bounded_mean",
     "staleness_scaled",
-    "to_array_record",
-    "to_numpy",
     "trimmed_mean",
-    "validate_reply",
 ]

@@ -12,7 +12,7 @@ clamped to at least one and a warning is logged.
 
 Examples:
     >>> import numpy as np
-    >>> from stamen.strategies import ValidUpdate
+    >>> from stamen.transport import ValidUpdate
     >>> values = (1.0, 1.1, 0.9, 1.05, 40.0)
     >>> updates = [ValidUpdate({"w": np.array([v])}, 1, 0, False, None) for v in values]
     >>> sorted(int(i) for i in krum_select(updates, byzantine=1, keep=3))  # not 40, not 0.9

@@ -14,7 +14,7 @@ a lot. Use it with dense (``topk_ratio`` 1) or mildly sparse uplinks;
 
 Examples:
     >>> import numpy as np
-    >>> from stamen.strategies import ValidUpdate
+    >>> from stamen.transport import ValidUpdate
     >>> updates = [ValidUpdate({"w": np.array([v])}, 1, 0, False, None) for v in (1.0, 2.0, 90.0)]
     >>> coordinate_median(updates)["w"]
     array([2.])

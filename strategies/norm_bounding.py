@@ -11,7 +11,7 @@ devices cannot raise it.
 
 Examples:
     >>> import numpy as np
-    >>> from stamen.strategies import ValidUpdate
+    >>> from stamen.transport import ValidUpdate
     >>> updates = [ValidUpdate({"w": np.array([v])}, 1, 0, False, None) for v in (1.0, 1.0, -50.0)]
     >>> norm_bounded_mean(updates, 1.0)["w"]  # -50 is clipped to -1
     array([0.33333333])

@@ -11,7 +11,7 @@ trimmed from each end.
 
 Examples:
     >>> import numpy as np
-    >>> from stamen.strategies import ValidUpdate
+    >>> from stamen.transport import ValidUpdate
     >>> values = (1.0, 2.0, 3.0, 4.0, -100.0)
     >>> updates = [ValidUpdate({"w": np.array([v])}, 1, 0, False, None) for v in values]
     >>> trimmed_mean(updates, 0.2)["w"]  # drops -100 and 4

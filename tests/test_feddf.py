@@ -17,7 +17,8 @@ from stamen.launch import simulate
 from stamen.models import ModelSpec, build_model, exchanged_state, load_model_file
 from stamen.server import ResultsWriter
 from stamen.simulations import LocalGrid
-from stamen.strategies import FedDF, TierStudent, to_array_record
+from stamen.strategies import FedDF, TierStudent
+from stamen.transport import to_array_record
 
 
 def test_feddf_with_students_reports_per_tier_metrics_models_and_edge(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from stamen.models import ModelName, ModelSpec, build_model, exchanged_state
 from stamen.server import CollectingReporter, ResultsWriter
 from stamen.simulations import LocalGrid
 from stamen.simulations.attacks import attacked_partitions, with_attack
-from stamen.strategies import CompressedFedAvg, FedProx, to_array_record, validate_reply
+from stamen.strategies import CompressedFedAvg, FedProx
+from stamen.transport import to_array_record, validate_reply
 from stamen.transport.deltas import l2_norm
 
 

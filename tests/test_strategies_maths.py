@@ -15,7 +15,6 @@ from stamen.strategies import (
     FedAdam,
     FedYogi,
     NormBoundedAvg,
-    ValidUpdate,
     build_strategy,
     coordinate_median,
     krum_select,
@@ -23,6 +22,7 @@ from stamen.strategies import (
     staleness_scaled,
     trimmed_mean,
 )
+from stamen.transport import ValidUpdate
 from stamen.transport.deltas import weighted_mean_delta
 
 SPEC = ModelSpec(name=ModelName.MLP, input_shape=(64,), num_classes=10)

@@ -12,7 +12,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from stamen.compression import DownlinkCodec, DownlinkCodecConfig, UplinkCodec, UplinkCodecConfig
 from stamen.contract import DENSE_KEY, METRICS_KEY, PAYLOAD, UPDATE_KEY, payload_bytes
 from stamen.core.errors import InvalidUpdate
-from stamen.strategies import SentModel, ValidUpdate, validate_reply
+from stamen.transport import SentModel, ValidUpdate, validate_reply
 from stamen.transport.deltas import apply_mean_delta
 
 MODEL = {

@@ -16,7 +16,7 @@ def stacked(updates: list[ValidUpdate], name: str) -> np.ndarray:
     """One tensor of every update, stacked along a new first axis, in float64.
 
     Examples:
-        >>> from stamen.strategies import ValidUpdate
+        >>> from stamen.transport import ValidUpdate
         >>> u = [ValidUpdate({"w": np.ones(3)}, 1, 0, False, None) for _ in range(2)]
         >>> stacked(u, "w").shape
         (2, 3)
