@@ -16,6 +16,7 @@ is :class:`~stamen.transport.CompressedTransport`'s.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,13 +26,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from stamen.transport import (
-    LOG,
     CompressedTransport,
     ValidUpdate,
     apply_masks_np,
     to_array_record,
     weighted_mean_delta,
 )
+
+LOG = logging.getLogger("stamen.strategies")
 
 
 class CompressedFedAvg(CompressedTransport, FedAvg):

@@ -28,6 +28,7 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -35,7 +36,8 @@ import numpy as np
 
 from stamen.core.errors import ConfigError
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
-from stamen.transport import LOG
+
+LOG = logging.getLogger("stamen.strategies")
 
 
 class FedAdam(CompressedFedAvg):

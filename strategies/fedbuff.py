@@ -30,6 +30,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections import Counter
 from typing import Any
@@ -43,9 +44,11 @@ from stamen.core.errors import ConfigError
 from stamen.core.fleet import RoundTiming
 from stamen.core.rounds import RoundOutcome
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
-from stamen.transport import LOG, AsyncDispatch, RoundStats
+from stamen.transport import AsyncDispatch, RoundStats
 from stamen.transport.deltas import apply_masks_np, to_array_record, to_numpy
 from stamen.transport.reply_validation import ValidUpdate
+
+LOG = logging.getLogger("stamen.strategies")
 
 
 class FedBuff(CompressedFedAvg):

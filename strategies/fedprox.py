@@ -21,12 +21,14 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from stamen.core.errors import ConfigError
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
-from stamen.transport import LOG
+
+LOG = logging.getLogger("stamen.strategies")
 
 
 class FedProx(CompressedFedAvg):

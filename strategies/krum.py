@@ -21,15 +21,17 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from stamen.core.errors import ConfigError
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
-from stamen.transport import LOG
 from stamen.transport.deltas import flat, weighted_mean_delta
 from stamen.transport.reply_validation import ValidUpdate
+
+LOG = logging.getLogger("stamen.strategies")
 
 
 def krum_scores(updates: list[ValidUpdate], byzantine: int) -> np.ndarray:

@@ -19,6 +19,7 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -26,9 +27,10 @@ import numpy as np
 
 from stamen.core.errors import ConfigError
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
-from stamen.transport import LOG
 from stamen.transport.deltas import l2_norm, weights_of
 from stamen.transport.reply_validation import ValidUpdate
+
+LOG = logging.getLogger("stamen.strategies")
 
 
 def norm_bounded_mean(updates: list[ValidUpdate], bound: float) -> dict[str, np.ndarray]:

@@ -20,15 +20,17 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from stamen.core.errors import ConfigError
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
-from stamen.transport import LOG
 from stamen.transport.deltas import stacked
 from stamen.transport.reply_validation import ValidUpdate
+
+LOG = logging.getLogger("stamen.strategies")
 
 
 def trimmed_count(n: int, fraction: float) -> int:

@@ -20,10 +20,9 @@ from stamen.transport.reply_validation import (
     validate_reply,
 )
 from stamen.transport.stats import Rejection, RoundStats
-from stamen.transport.transport import LOG, CompressedTransport
+from stamen.transport.transport import CompressedTransport
 
 __all__ = [
-    "LOG",
     "AsyncDispatch",
     "CheckedReply",
     "CompressedTransport",

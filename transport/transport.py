@@ -43,7 +43,7 @@ from stamen.transport.reply_validation import (
 )
 from stamen.transport.stats import Rejection, RoundStats
 
-LOG = logging.getLogger("stamen.strategies")
+LOG = logging.getLogger("stamen.transport")
 
 
 class CompressedTransport:
