@@ -104,9 +104,19 @@ def test_console_in_tmux_follows_and_stops_a_simulation(tmp_path: Path) -> None:
             found = ROUND.search(screen())
             return int(found.group(1)) if found else 0
 
-        wait_for(lambda: round_shown() >= 1, 120, "the console to show a round")
-        first = round_shown()
-        wait_for(lambda: round_shown() > first, 120, "the round counter to advance")
+        try:
+            wait_for(lambda: round_shown() >= 1, 120, "the console to show a round")
+            first = round_shown()
+            wait_for(lambda: round_shown() > first, 120, "the round counter to advance")
+        except AssertionError:
+            # What both sides showed, for the failure report (pytest prints captured output).
+            print("console screen:", screen(), sep="\n")
+            log.flush()
+            print("simulate log:", (tmp_path / "simulate.log").read_text()[-3000:], sep="\n")
+            metrics = out / "metrics.jsonl"
+            finished = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+            print("rounds finished:", finished)
+            raise
         assert "Stamen" in screen() and "operator" in screen()
 
         subprocess.run([*tmux, "send-keys", "-t", "console", "s"], check=True)
