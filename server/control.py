@@ -226,10 +226,12 @@ class RunControl:
     def _apply(self) -> None:
         if self.strategy is None:
             return
+        settings: dict[str, Any] = {}
         if self._devices_per_round is not None:
-            self.strategy.devices_per_round = self._devices_per_round
-        if self._deadline is not None and hasattr(self.strategy, DEADLINE_ATTRIBUTE):
-            setattr(self.strategy, DEADLINE_ATTRIBUTE, self._deadline)
+            settings["devices_per_round"] = self._devices_per_round
+        if self._deadline is not None:
+            settings["deadline"] = self._deadline
+        apply_settings(self.strategy, settings)
 
     def _require_live(self, action: str) -> None:
         if self._state.ended:
@@ -253,3 +255,32 @@ class RunControl:
         for state, message in pending:
             for listener in listeners:
                 listener(state, message)
+
+
+def apply_settings(strategy: Any, settings: dict[str, Any]) -> None:
+    """Put operator settings (``devices_per_round``, ``deadline``) into ``strategy``."""
+    if "devices_per_round" in settings:
+        strategy.devices_per_round = int(settings["devices_per_round"])
+    if "deadline" in settings and hasattr(strategy, DEADLINE_ATTRIBUTE):
+        setattr(strategy, DEADLINE_ATTRIBUTE, settings["deadline"])
+
+
+def operator_settings(
+    strategy: Any, devices_per_round: int, deadline: float | None
+) -> dict[str, Any]:
+    """The settings an operator changed during the run: where ``strategy`` differs from the config.
+
+    A checkpoint carries them, so a restarted server goes on with what the operator chose.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> operator_settings(SimpleNamespace(devices_per_round=4, deadline=None), 10, None)
+        {'devices_per_round': 4}
+    """
+    settings: dict[str, Any] = {}
+    if strategy.devices_per_round != devices_per_round:
+        settings["devices_per_round"] = strategy.devices_per_round
+    current = getattr(strategy, DEADLINE_ATTRIBUTE, deadline)
+    if current != deadline:
+        settings["deadline"] = current
+    return settings

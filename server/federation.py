@@ -32,7 +32,7 @@ from stamen.models import (
     to_channels_last,
 )
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
-from stamen.server.control import RunControl, RunState
+from stamen.server.control import RunControl, RunState, apply_settings
 from stamen.server.distillation import build_feddf, edge_metrics, final_models
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.server.round_hooks import FederationHooks
@@ -205,6 +205,9 @@ def resume(checkpoint: Checkpoint, strategy: CompressedFedAvg, config: StamenCon
             "use a fresh state directory"
         ) from None
     LOG.warning("resuming from the checkpoint of round %d", checkpoint.round)
+    if settings := checkpoint.engine.get("operator_settings"):
+        apply_settings(strategy, settings)
+        LOG.warning("the operator's settings of the stopped run still apply: %s", settings)
     return checkpoint.round
 
 

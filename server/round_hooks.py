@@ -17,7 +17,7 @@ from stamen.core.fleet import PolicyGrid
 from stamen.engine import RoundHooks, RoundOutcome
 from stamen.models import load_exchanged_state
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
-from stamen.server.control import RunControl, StopRequested
+from stamen.server.control import RunControl, StopRequested, operator_settings
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.server.stats import round_record
 from stamen.strategies import CompressedFedAvg
@@ -123,6 +123,12 @@ class FederationHooks(RoundHooks):
     def state(self, server_round: int, arrays: ArrayRecord) -> Checkpoint:
         """The whole server state after ``server_round``."""
         engine: dict[str, Any] = {"last_evaluation": dataclasses.asdict(self.last)}
+        federation = self.config.federation
+        changed = operator_settings(
+            self.strategy, federation.devices_per_round, federation.deadline or None
+        )
+        if changed:
+            engine["operator_settings"] = changed
         return Checkpoint(
             round=server_round,
             arrays=to_numpy(arrays),

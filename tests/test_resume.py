@@ -146,3 +146,34 @@ def test_a_resumed_feddf_run_restores_the_tier_students(tmp_path: Path) -> None:
     assert first["stopped"] and first["rounds"] == STOP_AFTER
     assert resumed["final_model_sha256"] == whole["final_model_sha256"]
     assert resumed["final_accuracy"] == whole["final_accuracy"]
+
+
+class ChangeThenStop(StopAfter):
+    """An operator who samples fewer devices from round 2 on, and maybe stops after round k."""
+
+    def __init__(self, control: RunControl, k: int | None) -> None:
+        super().__init__(control, k or 0)
+
+    def on_round(self, record: RoundRecord) -> None:
+        if record.round == 1:
+            self.control.set_devices_per_round(3)
+        super().on_round(record)
+
+
+def test_an_operators_settings_survive_a_restart(tmp_path: Path) -> None:
+    config = config_for("fedavg")
+    with grid_of(config, simulated=False) as grid:
+        control = RunControl()
+        whole = run_federation(grid, config, ChangeThenStop(control, None), control)
+    store = CheckpointStore(tmp_path / "state")
+    with grid_of(config, simulated=False) as grid:
+        control = RunControl()
+        run_federation(
+            grid, config, ChangeThenStop(control, STOP_AFTER), control, checkpoints=store
+        )
+        resumed = CollectingReporter()
+        run_federation(grid, config, resumed, checkpoints=store)
+    # Rounds 3 and 4 ran on a restarted server with no operator: still 3 devices a round.
+    assert [r.sampled for r in resumed.records] == [6, 3, 3, 3]
+    assert resumed.summary is not None
+    assert resumed.summary["final_model_sha256"] == whole["final_model_sha256"]
