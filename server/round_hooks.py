@@ -58,14 +58,20 @@ class FederationHooks(RoundHooks):
         self.records: list[RoundRecord] = []
         self.restored = [RoundRecord.from_dict(r) for r in resumed.records] if resumed else []
         self.last = EvalResult(loss=float("nan"), accuracy=0.0, num_examples=0)
-        if resumed is not None and "last_evaluation" in resumed.engine:
+        self.last_restored = resumed is not None and "last_evaluation" in resumed.engine
+        if resumed is not None and self.last_restored:
             self.last = EvalResult(**resumed.engine["last_evaluation"])
         self.evaluated = False
         self.round_started = time.perf_counter()
 
     def start(self, last_round: int, arrays: ArrayRecord) -> None:
-        """Evaluate the starting model, announce the run, replay a resumed run's rounds."""
-        self._evaluate(arrays)
+        """Evaluate the starting model, announce the run, replay a resumed run's rounds.
+
+        A resumed run starts from the checkpoint's last evaluation instead, so rounds
+        that ``eval_every`` skips repeat what the uninterrupted run would have.
+        """
+        if not self.last_restored:
+            self._evaluate(arrays)
         self.reporter.on_start(self.config.federation.rounds, self.last.accuracy)
         for record in self.restored:
             self.records.append(record)

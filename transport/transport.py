@@ -96,11 +96,11 @@ class CompressedTransport:
         """What carries over between rounds: the sampling RNG, known Stamen nodes, the masks.
 
         Per-round traffic stats are not state: a round's record is written when it ends.
+        Nor is the wait for devices to connect: a restarted server waits for them again.
         """
         return {
             "rng": self.rng.bit_generator.state,
             "stamen_nodes": sorted(self.stamen_nodes),
-            "waited_for_devices": self._waited_for_devices,
             "masks": dict(self.masks),
         }
 
@@ -108,7 +108,6 @@ class CompressedTransport:
         """Restore what :meth:`state_dict` returned."""
         self.rng.bit_generator.state = state["rng"]
         self.stamen_nodes = {int(node) for node in state["stamen_nodes"]}
-        self._waited_for_devices = bool(state["waited_for_devices"])
         self.masks = {name: np.asarray(mask, bool) for name, mask in state["masks"].items()}
 
     # -- sending -----------------------------------------------------------------
