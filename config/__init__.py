@@ -11,6 +11,7 @@ Examples:
 """
 
 from stamen.config.checks import require
+from stamen.config.defense_settings import DefenseSettings
 from stamen.config.distill_settings import DistillSettings, UnlabelledSource
 from stamen.config.fleet_settings import FleetSettings
 from stamen.config.loading import (
@@ -40,6 +41,7 @@ __all__ = [
     "AttackSettings",
     "Backend",
     "DataSettings",
+    "DefenseSettings",
     "DistillSettings",
     "FederationSettings",
     "FleetMix",

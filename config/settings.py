@@ -24,6 +24,7 @@ from stamen.compression import (
     UplinkCodecConfig,
 )
 from stamen.config.checks import require, require_member
+from stamen.config.defense_settings import DefenseSettings
 from stamen.config.distill_settings import DistillSettings
 from stamen.config.fleet_settings import FleetSettings
 from stamen.core.errors import ConfigError
@@ -212,12 +213,17 @@ class StrategySettings:
     beta2: float = 0.99
     tau: float = 1e-3
     """FedAdam/FedYogi: moment decays and adaptivity."""
-    trim_fraction: float = 0.2
-    """trimmed-mean: fraction dropped at each end of every coordinate."""
+    attacker_fraction: float = 0.3
+    """trimmed-mean, krum, multi-krum: the share of a round's devices assumed malicious;
+    their parameters follow from it and the round's size, unless set explicitly."""
+    trim_fraction: float | None = None
+    """trimmed-mean: fraction dropped at each end of every coordinate; unset:
+    ``attacker_fraction`` (at most 0.45)."""
     clip_norm: float | None = None
     """norm-bounded: L2 bound per delta; unset uses each round's median norm."""
-    krum_byzantine: int = 2
-    """krum, multi-krum: how many malicious devices a round may hold (f)."""
+    krum_byzantine: int | None = None
+    """krum, multi-krum: how many malicious devices a round may hold (f); unset:
+    ``ceil(attacker_fraction * n)`` for a round of ``n`` deltas, at most ``(n - 3) // 2``."""
     krum_select: int = 0
     """multi-krum: deltas kept (0: n - f). krum always keeps one."""
     buffer_size: int = 5
@@ -237,11 +243,22 @@ class StrategySettings:
         require(0 <= self.beta2 < 1, key + "beta2", "in [0, 1)", self.beta2)
         require(self.tau > 0, key + "tau", "> 0", self.tau)
         require(
-            0 <= self.trim_fraction < 0.5, key + "trim_fraction", "in [0, 0.5)", self.trim_fraction
+            0 <= self.attacker_fraction < 0.5,
+            key + "attacker_fraction",
+            "in [0, 0.5)",
+            self.attacker_fraction,
         )
+        if self.trim_fraction is not None:
+            require(
+                0 <= self.trim_fraction < 0.5,
+                key + "trim_fraction",
+                "in [0, 0.5)",
+                self.trim_fraction,
+            )
         if self.clip_norm is not None:
             require(self.clip_norm > 0, key + "clip_norm", "> 0", self.clip_norm)
-        require(self.krum_byzantine >= 0, key + "krum_byzantine", ">= 0", self.krum_byzantine)
+        if self.krum_byzantine is not None:
+            require(self.krum_byzantine >= 0, key + "krum_byzantine", ">= 0", self.krum_byzantine)
         require(self.krum_select >= 0, key + "krum_select", ">= 0", self.krum_select)
         require(self.buffer_size >= 1, key + "buffer_size", ">= 1", self.buffer_size)
         if self.concurrency is not None:
@@ -303,6 +320,7 @@ class StamenConfig:
     uplink: UplinkCodecConfig = field(default_factory=UplinkCodecConfig)
     downlink: DownlinkCodecConfig = field(default_factory=DownlinkCodecConfig)
     strategy: StrategySettings = field(default_factory=StrategySettings)
+    defense: DefenseSettings = field(default_factory=DefenseSettings)
     attack: AttackSettings = field(default_factory=AttackSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
@@ -326,6 +344,7 @@ SECTION_TYPES: dict[str, type] = {
     "uplink": UplinkCodecConfig,
     "downlink": DownlinkCodecConfig,
     "strategy": StrategySettings,
+    "defense": DefenseSettings,
     "attack": AttackSettings,
     "fleet": FleetSettings,
     "distill": DistillSettings,

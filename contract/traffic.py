@@ -19,11 +19,16 @@ from stamen.contract.task import records_of
 
 
 def array_nbytes(array: Array) -> int:
-    """Payload bytes of a Flower ``Array``, not counting its serialization header."""
+    """Payload bytes of a Flower ``Array``, not counting its serialization header.
+
+    Never more than the bytes the array really holds: a peer's declared shape and
+    dtype cannot inflate the count.
+    """
     try:
-        return math.prod(int(d) for d in array.shape) * _itemsize(array.dtype)
-    except TypeError:
+        declared = math.prod(int(d) for d in array.shape) * _itemsize(array.dtype)
+    except (TypeError, ValueError, OverflowError):
         return len(array.data)
+    return min(declared, len(array.data))
 
 
 @functools.lru_cache(maxsize=64)

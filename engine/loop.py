@@ -17,6 +17,7 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from flwr.serverapp.strategy import Strategy
 
 from stamen.core.rounds import RoundOutcome, RoundStrategy
 from stamen.engine.hooks import RoundHooks
+from stamen.engine.model_guard import refusal
 from stamen.engine.rounds import rounds_of
 
 LOG = logging.getLogger("stamen.engine")
@@ -41,6 +43,7 @@ class EngineResult:
         stopped: Why the run stopped early (``None``: it ran every round).
         train_metrics: Each round's aggregated training metrics.
         evaluate_metrics: Each round's central evaluation.
+        refused: The rounds whose aggregated model was refused (``model_guard``), and why.
     """
 
     arrays: ArrayRecord
@@ -48,6 +51,7 @@ class EngineResult:
     stopped: str | None = None
     train_metrics: dict[int, MetricRecord] = field(default_factory=dict)
     evaluate_metrics: dict[int, MetricRecord] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
 
 
 class RoundEngine:
@@ -98,6 +102,14 @@ class RoundEngine:
 
     def _finish_round(self, server_round: int, outcome: RoundOutcome, result: EngineResult) -> None:
         hooks = self.hooks
+        if outcome.arrays is not None and (reason := refusal(result.arrays, outcome.arrays)):
+            LOG.error(
+                "round %d: refused the aggregated model (%s); keeping the round's model",
+                server_round,
+                reason,
+            )
+            result.refused[server_round] = reason
+            outcome = dataclasses.replace(outcome, arrays=None)
         if outcome.arrays is not None:
             result.arrays = outcome.arrays
         if outcome.train_metrics is not None:

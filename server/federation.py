@@ -95,6 +95,7 @@ def compressed_fedavg_args(config: StamenConfig, spec: ModelSpec) -> dict[str, A
         "max_update_bytes": federation.max_update_bytes,
         "over_selection": federation.over_selection,
         "deadline": federation.deadline or None,
+        "defense": config.defense,
     }
 
 
@@ -175,6 +176,8 @@ def run_federation(
         }
     if result.stopped is not None:
         summary["stopped"] = True
+    if result.refused:
+        summary["refused_models"] = {str(r): reason for r, reason in result.refused.items()}
     models = final_models(strategy, config, spec, to_numpy(result.arrays))
     if config.distill.edge_metrics:
         summary["edge"] = edge_metrics(models, dataset)

@@ -226,6 +226,11 @@ class FedBuff(CompressedFedAvg):
         self, aggregation: int, run: AsyncDispatch, buffer: list[tuple[ValidUpdate, int]]
     ) -> tuple[ArrayRecord | None, MetricRecord]:
         stats = self.stats[aggregation]
+        bounded = self.bound(aggregation, [update for update, _ in buffer], stats)
+        buffer = [
+            (update, buffer[position][1])
+            for update, position in zip(bounded.kept, bounded.positions, strict=True)
+        ]
         stats.accepted = len(buffer)
         self.staleness[aggregation] = [staleness for _, staleness in buffer]
         scaled = staleness_scaled(buffer, self.staleness_exponent, self.server_lr)

@@ -46,21 +46,18 @@ from stamen.compression import (
     model_logits,
     remove_masks,
 )
-from stamen.contract import array_nbytes, message_nbytes
-from stamen.core.errors import InvalidUpdate
+from stamen.contract import array_nbytes
 from stamen.core.fleet import TieredGrid
 from stamen.models import ModelSpec, build_model, count_parameters, exchanged_state
 from stamen.models import load_exchanged_state as load_state
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
 from stamen.transport import (
-    Rejection,
     RoundStats,
     SentModel,
     ValidUpdate,
     apply_mean_delta,
     to_array_record,
     to_numpy,
-    validate_reply,
 )
 
 LOG = logging.getLogger("stamen.strategies")
@@ -181,6 +178,7 @@ class FedDF(CompressedFedAvg):
                 model=student.spec.name, width=student.spec.width, qat=student.qat
             )
             result.append(self._message(node, sent, student_task, MessageType.TRAIN, stats))
+        self._tasks.update({message.metadata.dst_node_id: message for message in result})
         return result
 
     def _tier(self, grid: Grid, node: int) -> str | None:
@@ -252,26 +250,7 @@ class FedDF(CompressedFedAvg):
     def _validate(
         self, server_round: int, replies: list[Message], sent: SentModel, stats: RoundStats
     ) -> list[ValidUpdate]:
-        accepted = []
-        for reply in replies:
-            node_id = reply.metadata.src_node_id
-            stats.uplink_bytes += message_nbytes(reply)
-            stats.uplink_bytes_fp32 += dense_nbytes(sent.dense) if not reply.has_error() else 0
-            try:
-                update = validate_reply(
-                    reply,
-                    server_round=server_round,
-                    sent=sent,
-                    max_update_bytes=self.max_update_bytes,
-                    max_update_norm=self.max_update_norm,
-                )
-            except InvalidUpdate as error:
-                stats.rejections.append(Rejection(node_id, str(error)))
-                LOG.warning(
-                    "round %d: rejected update from node %d: %s", server_round, node_id, error
-                )
-                continue
-            accepted.append(update)
+        accepted = self.accept_round(server_round, replies, sent, stats)
         stats.accepted += len(accepted)
         return accepted
 

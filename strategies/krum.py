@@ -10,6 +10,11 @@ lowest and takes their example-weighted mean (``m = n - f`` when unset). The
 guarantee needs ``n > 2f + 2``; with fewer deltas the neighbour count is
 clamped to at least one and a warning is logged.
 
+Unless ``f`` is given, it follows from the round: ``ceil(attacker_fraction * n)``,
+at most ``(n - 3) // 2`` so that the guarantee's condition holds. A fixed count
+is right for one round size only; the fraction holds as rounds grow or shrink
+(over-selection, dropouts, an operator changing devices per round).
+
 Examples:
     >>> import numpy as np
     >>> from stamen.transport import ValidUpdate
@@ -17,11 +22,14 @@ Examples:
     >>> updates = [ValidUpdate({"w": np.array([v])}, 1, 0, False, None) for v in values]
     >>> sorted(int(i) for i in krum_select(updates, byzantine=1, keep=3))  # not 40, not 0.9
     [0, 1, 3]
+    >>> assumed_attackers(20, 0.3), assumed_attackers(5, 0.3)
+    (6, 1)
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -32,6 +40,11 @@ from stamen.transport.deltas import flat, weighted_mean_delta
 from stamen.transport.reply_validation import ValidUpdate
 
 LOG = logging.getLogger("stamen.strategies")
+
+
+def assumed_attackers(n: int, fraction: float) -> int:
+    """``f`` for a round of ``n`` deltas: ``ceil(fraction * n)``, at most ``(n - 3) // 2``."""
+    return max(0, min(math.ceil(fraction * n - 1e-9), (n - 3) // 2))
 
 
 def krum_scores(updates: list[ValidUpdate], byzantine: int) -> np.ndarray:
@@ -56,35 +69,48 @@ class Krum(CompressedFedAvg):
     """Compressed FedAvg over the deltas Krum (``select=1``) or Multi-Krum selects.
 
     Args:
-        byzantine: ``f``, how many malicious devices a round may hold.
+        byzantine: ``f``, how many malicious devices a round may hold; ``None``
+            derives it from ``attacker_fraction`` and each round's size.
         select: how many deltas to keep: 1 is Krum; 0 means ``n - f`` (Multi-Krum).
+        attacker_fraction: the share of a round assumed malicious, when ``byzantine`` is unset.
         **kwargs: as for :class:`CompressedFedAvg`.
     """
 
-    def __init__(self, *, byzantine: int = 2, select: int = 1, **kwargs: Any) -> None:
-        if byzantine < 0:
+    def __init__(
+        self,
+        *,
+        byzantine: int | None = None,
+        select: int = 1,
+        attacker_fraction: float = 0.3,
+        **kwargs: Any,
+    ) -> None:
+        if byzantine is not None and byzantine < 0:
             raise ConfigError(f"krum byzantine count must be >= 0; got {byzantine!r}")
+        if not 0 <= attacker_fraction < 0.5:
+            raise ConfigError(f"attacker_fraction must be in [0, 0.5); got {attacker_fraction!r}")
         if select < 0:
             raise ConfigError(f"krum select must be >= 0 (0: n - f); got {select!r}")
         super().__init__(**kwargs)
         self.byzantine = byzantine
         self.select = select
+        self.attacker_fraction = attacker_fraction
 
     def summary(self) -> None:
         """Log the strategy's settings."""
         super().summary()
-        LOG.info("Krum: f=%d, keeping %s", self.byzantine, self.select or "n - f")
+        f = self.byzantine if self.byzantine is not None else f"{self.attacker_fraction:.0%} of n"
+        LOG.info("Krum: f=%s, keeping %s", f, self.select or "n - f")
 
     def aggregate_deltas(self, updates: list[ValidUpdate]) -> dict[str, np.ndarray]:
         """The (weighted) mean of the deltas with the best Krum scores."""
         n = len(updates)
-        if n <= 2 * self.byzantine + 2:
+        byzantine = self.byzantine
+        if byzantine is None:
+            byzantine = assumed_attackers(n, self.attacker_fraction)
+        elif n <= 2 * byzantine + 2:
             LOG.warning(
-                "Krum with f=%d needs more than %d updates; got %d",
-                self.byzantine,
-                2 * self.byzantine + 2,
-                n,
+                "Krum with f=%d needs more than %d updates; got %d", byzantine, 2 * byzantine + 2, n
             )
-        keep = self.select or max(1, n - self.byzantine)
-        chosen = krum_select(updates, byzantine=self.byzantine, keep=keep)
+        keep = self.select or max(1, n - byzantine)
+        chosen = krum_select(updates, byzantine=byzantine, keep=keep)
         return weighted_mean_delta([updates[int(i)] for i in chosen])

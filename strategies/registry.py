@@ -43,6 +43,11 @@ class StrategyEntry:
     build: Builder
 
 
+def _trim_fraction(s: StrategySettings) -> float:
+    # Trimming the assumed attacker share from each end; 0.45 still leaves a tenth.
+    return s.trim_fraction if s.trim_fraction is not None else min(s.attacker_fraction, 0.45)
+
+
 def _adam_kwargs(s: StrategySettings) -> dict[str, Any]:
     lr = 0.01 if s.server_lr is None else s.server_lr
     return {"server_lr": lr, "beta1": s.beta1, "beta2": s.beta2, "tau": s.tau}
@@ -79,7 +84,7 @@ STRATEGIES: dict[StrategyName, StrategyEntry] = {
     StrategyName.TRIMMED_MEAN: StrategyEntry(
         "Coordinate-wise mean after dropping the extremes at each end (trim_fraction).",
         "Yin et al. 2018",
-        lambda s, kw: TrimmedMean(trim_fraction=s.trim_fraction, **kw),
+        lambda s, kw: TrimmedMean(trim_fraction=_trim_fraction(s), **kw),
     ),
     StrategyName.NORM_BOUNDED: StrategyEntry(
         "Mean of the deltas, each clipped to an L2 bound (clip_norm; unset: median norm).",
@@ -87,14 +92,22 @@ STRATEGIES: dict[StrategyName, StrategyEntry] = {
         lambda s, kw: NormBoundedAvg(clip_norm=s.clip_norm, **kw),
     ),
     StrategyName.KRUM: StrategyEntry(
-        "The one delta closest to its n − f − 2 nearest others (krum_byzantine).",
+        "The one delta closest to its n − f − 2 nearest others (f: krum_byzantine, "
+        "or attacker_fraction of the round).",
         "Blanchard et al. 2017",
-        lambda s, kw: Krum(byzantine=s.krum_byzantine, select=1, **kw),
+        lambda s, kw: Krum(
+            byzantine=s.krum_byzantine, select=1, attacker_fraction=s.attacker_fraction, **kw
+        ),
     ),
     StrategyName.MULTI_KRUM: StrategyEntry(
         "Mean of the m best-scoring deltas by Krum (krum_byzantine, krum_select; 0: n − f).",
         "Blanchard et al. 2017",
-        lambda s, kw: Krum(byzantine=s.krum_byzantine, select=s.krum_select, **kw),
+        lambda s, kw: Krum(
+            byzantine=s.krum_byzantine,
+            select=s.krum_select,
+            attacker_fraction=s.attacker_fraction,
+            **kw,
+        ),
     ),
     StrategyName.FEDBUFF: StrategyEntry(
         "Asynchronous: aggregate every buffer_size updates, staleness-weighted; devices "

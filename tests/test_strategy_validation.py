@@ -10,7 +10,14 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
 
 from stamen.compression import DownlinkCodec, DownlinkCodecConfig, UplinkCodec, UplinkCodecConfig
-from stamen.contract import DENSE_KEY, METRICS_KEY, PAYLOAD, UPDATE_KEY, payload_bytes
+from stamen.contract import (
+    DENSE_KEY,
+    METRICS_KEY,
+    PAYLOAD,
+    UPDATE_KEY,
+    message_nbytes,
+    payload_bytes,
+)
 from stamen.core.errors import InvalidUpdate
 from stamen.transport import SentModel, ValidUpdate, validate_reply
 from stamen.transport.deltas import apply_mean_delta
@@ -95,26 +102,69 @@ def test_bad_replies_are_refused_with_a_reason(
         check(message(), **options)
 
 
+def dense_reply(arrays: dict[str, Array], num_examples: int = 4) -> Message:
+    return reply(
+        {DENSE_KEY: ArrayRecord(arrays), METRICS_KEY: MetricRecord({"num-examples": num_examples})}
+    )
+
+
+def test_dense_replies_are_refused_unless_the_device_was_admitted_as_plain() -> None:
+    trained = {k: Array(v + 1) for k, v in MODEL.items()}
+    with pytest.raises(InvalidUpdate, match="dense .plain Flower. reply refused"):
+        check(dense_reply(trained, num_examples=10**6))
+    plain = check(dense_reply(trained), allow_dense=True)
+    assert plain.plain
+    np.testing.assert_allclose(plain.delta["w"], 1.0)
+
+
 def test_dense_replies_are_checked_for_shape_and_values() -> None:
-    metrics = MetricRecord({"num-examples": 4})
     wrong_shape = {"w": Array(np.zeros((4, 3), np.float32)), "b": Array(np.zeros(3, np.float32))}
-    with pytest.raises(InvalidUpdate, match=r"'w' has shape \(4, 3\), expected \(3, 4\)"):
-        check(reply({DENSE_KEY: ArrayRecord(wrong_shape), METRICS_KEY: metrics}))
-    missing = {"w": Array(MODEL["w"])}
+    with pytest.raises(InvalidUpdate, match=r"'w' holds shape \(4, 3\); the model's is \(3, 4\)"):
+        check(dense_reply(wrong_shape), allow_dense=True)
     with pytest.raises(InvalidUpdate, match=r"missing \['b'\]"):
-        check(reply({DENSE_KEY: ArrayRecord(missing), METRICS_KEY: metrics}))
+        check(dense_reply({"w": Array(MODEL["w"])}), allow_dense=True)
     infinite = {"w": Array(np.full((3, 4), np.inf, np.float32)), "b": Array(MODEL["b"])}
     with pytest.raises(InvalidUpdate, match="NaN or infinite"):
-        check(reply({DENSE_KEY: ArrayRecord(infinite), METRICS_KEY: metrics}))
-    plain = check(
-        reply(
-            {
-                DENSE_KEY: ArrayRecord({k: Array(v + 1) for k, v in MODEL.items()}),
-                METRICS_KEY: metrics,
-            }
-        )
+        check(dense_reply(infinite), allow_dense=True)
+    integers = {"w": Array(np.ones((3, 4), np.int64)), "b": Array(MODEL["b"])}
+    with pytest.raises(InvalidUpdate, match="must be float16, float32 or float64; got int64"):
+        check(dense_reply(integers), allow_dense=True)
+
+
+def lying(actual: np.ndarray, declared: tuple[int, ...]) -> Array:
+    """An array whose metadata declares ``declared`` but whose bytes hold ``actual``."""
+    honest = Array(actual)
+    return Array(dtype=honest.dtype, shape=tuple(declared), stype=honest.stype, data=honest.data)
+
+
+def test_dense_shapes_are_read_from_the_parsed_array_not_the_metadata() -> None:
+    big = lying(np.ones((300, 400), np.float32), declared=(3, 4))
+    with pytest.raises(InvalidUpdate, match=r"'w' holds shape \(300, 400\)"):
+        check(dense_reply({"w": big, "b": Array(MODEL["b"])}), allow_dense=True)
+
+
+def test_byte_counts_never_exceed_what_the_device_sent() -> None:
+    claims_a_gigabyte = lying(np.ones(4, np.float32), declared=(2**28,))
+    message = dense_reply({"w": claims_a_gigabyte, "b": Array(MODEL["b"])})
+    sent = len(claims_a_gigabyte.data) + len(Array(MODEL["b"]).data)
+    assert message_nbytes(message) <= sent
+    with pytest.raises(InvalidUpdate, match=r"'w' holds shape \(4,\)"):
+        check(message, allow_dense=True)
+
+
+def test_any_failure_while_reading_a_reply_is_a_rejection_not_a_crash() -> None:
+    broken = Array(dtype="float32", shape=(3, 4), stype="numpy.ndarray", data=b"not an npy file")
+    with pytest.raises(InvalidUpdate, match="cannot be read"):
+        check(dense_reply({"w": broken, "b": Array(MODEL["b"])}), allow_dense=True)
+    odd_payload = Array(dtype="uint8", shape=(5,), stype="numpy.ndarray", data=b"\x00" * 3)
+    odd = reply(
+        {
+            UPDATE_KEY: ArrayRecord({PAYLOAD: odd_payload}),
+            METRICS_KEY: MetricRecord({"num-examples": 3}),
+        }
     )
-    np.testing.assert_allclose(plain.delta["w"], 1.0)
+    with pytest.raises(InvalidUpdate):
+        check(odd)
 
 
 def test_error_replies_become_one_line_reasons() -> None:
@@ -129,14 +179,7 @@ def test_error_replies_become_one_line_reasons() -> None:
 
 def test_mean_delta_is_weighted_by_examples() -> None:
     first = check(encoded_reply(num_examples=30))
-    second = check(
-        reply(
-            {
-                DENSE_KEY: ArrayRecord({k: Array(v) for k, v in MODEL.items()}),
-                METRICS_KEY: MetricRecord({"num-examples": 10}),
-            }
-        )
-    )
+    second = check(dense_reply({k: Array(v) for k, v in MODEL.items()}, 10), allow_dense=True)
     merged = apply_mean_delta(MODEL, [first, second])
     np.testing.assert_allclose(merged["b"], 0.5 * 30 / 40)
 

@@ -119,7 +119,15 @@ class AsyncDispatch:
                 entry = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
                 if entry is None:
                     continue
-                version = entry[1]
+                node, version = entry
+                if reply.metadata.src_node_id != node:
+                    transport.reject(
+                        self.version,
+                        transport.stats[self.version],
+                        reply.metadata.src_node_id,
+                        "reply does not answer the task this device was sent",
+                    )
+                    continue
                 update = transport.accept_reply(
                     reply, version, self.sent[version], transport.stats[self.version]
                 )

@@ -1,9 +1,18 @@
-"""Decode and validate one device's reply into a model delta, or say why not.
+"""The gate every reply passes: decode and validate it into a model delta, or say why not.
 
-Both reply kinds are accepted: a Stamen device's encoded update, and a plain
-Flower ClientApp's dense ``ArrayRecord`` of trained weights. Everything that
-is wrong with a reply ends in :class:`~stamen.core.errors.InvalidUpdate` with one
-line the server logs and counts; nothing here raises anything else.
+Two reply kinds exist: a Stamen device's encoded update, and a plain Flower
+ClientApp's dense ``ArrayRecord`` of trained weights. The dense kind is let in
+only where the caller allows it (plain-client compatibility on, and the device
+admitted as plain). Both are held to the same checks: the real bytes (not the
+declared sizes) within the limit, the real shapes and dtypes after parsing
+equal to the model's, finite values, a finite norm within the optional bound,
+and a whole ``num-examples`` in range. The round and the model an encoded
+update claims must be this round's; a dense reply is tied to its round by the
+task it answers (the caller checks that).
+
+Everything that is wrong with a reply ends in :class:`~stamen.core.errors.InvalidUpdate`
+with one line the server logs and counts; nothing here raises anything else,
+whatever the bytes.
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ from stamen.contract import (
     NUM_EXAMPLES,
     PAYLOAD,
     UPDATE_KEY,
-    array_nbytes,
     message_nbytes,
     payload_bytes,
     records_of,
@@ -30,6 +38,7 @@ from stamen.contract import (
 from stamen.core.errors import InvalidUpdate
 
 MAX_NUM_EXAMPLES = 10**9
+_FLOAT_DTYPES = frozenset(np.dtype(name) for name in ("float16", "float32", "float64"))
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ class ValidUpdate:
     plain: bool
     """True when the reply came from a plain Flower ClientApp."""
     train_loss: float | None
+    node_id: int = 0
+    """The device that sent it."""
 
 
 def validate_reply(
@@ -65,8 +76,38 @@ def validate_reply(
     sent: SentModel,
     max_update_bytes: int,
     max_update_norm: float | None = None,
+    allow_dense: bool = False,
 ) -> ValidUpdate:
-    """Turn a reply into a validated delta, or raise :class:`InvalidUpdate`."""
+    """Turn a reply into a validated delta, or raise :class:`InvalidUpdate`.
+
+    Any failure while reading the reply, whatever it raises, is an
+    :class:`InvalidUpdate` naming what failed: no reply can abort a round.
+    """
+    try:
+        return _validate(
+            message,
+            server_round=server_round,
+            sent=sent,
+            max_update_bytes=max_update_bytes,
+            max_update_norm=max_update_norm,
+            allow_dense=allow_dense,
+        )
+    except InvalidUpdate:
+        raise
+    except Exception as error:  # an untrusted reply: any failure is the reply's, not the round's
+        detail = " ".join(str(error).split())[:200]
+        raise InvalidUpdate(f"reply could not be read ({type(error).__name__}: {detail})") from None
+
+
+def _validate(
+    message: Message,
+    *,
+    server_round: int,
+    sent: SentModel,
+    max_update_bytes: int,
+    max_update_norm: float | None,
+    allow_dense: bool,
+) -> ValidUpdate:
     if message.has_error():
         reason = " ".join(str(message.error.reason).split())  # one line in logs and JSON
         raise InvalidUpdate(f"device reported an error: {reason[:500]}")
@@ -80,9 +121,9 @@ def validate_reply(
         array = records[UPDATE_KEY][PAYLOAD]
         if array.dtype != "uint8":
             raise InvalidUpdate(f"update payload must be uint8 bytes; got {array.dtype}")
-        if array_nbytes(array) > max_update_bytes:
+        if len(array.data) > max_update_bytes:
             raise InvalidUpdate(
-                f"update of {array_nbytes(array)} bytes exceeds the limit of {max_update_bytes}"
+                f"update of {len(array.data)} bytes exceeds the limit of {max_update_bytes}"
             )
         try:
             payload = payload_bytes(array)
@@ -100,6 +141,11 @@ def validate_reply(
             )
         delta, plain = decoded.tensors, False
     elif DENSE_KEY in records:
+        if not allow_dense:
+            raise InvalidUpdate(
+                "dense (plain Flower) reply refused: plain-client compatibility is off, or "
+                "this device was admitted as a Stamen device"
+            )
         weights = _dense_weights(records[DENSE_KEY], shapes, max_update_bytes)
         delta = {name: weights[name] - sent.dense[name] for name in shapes}
         plain = True
@@ -112,6 +158,7 @@ def validate_reply(
         wire_bytes=message_nbytes(message),
         plain=plain,
         train_loss=train_loss,
+        node_id=message.metadata.src_node_id,
     )
 
 
@@ -144,21 +191,30 @@ def _dense_weights(
         raise InvalidUpdate(
             f"dense weights do not match the model: missing {missing[:3]}, unexpected {extra[:3]}"
         )
-    total = sum(array_nbytes(value) for value in record.values() if isinstance(value, Array))
+    total = sum(len(value.data) for value in record.values() if isinstance(value, Array))
     if total > max_bytes:
         raise InvalidUpdate(f"dense update of {total} bytes exceeds the limit of {max_bytes}")
     weights: dict[str, np.ndarray] = {}
     for name, expected in shapes.items():
         value = record[name]
-        if not isinstance(value, Array) or tuple(value.shape) != expected:
-            got = tuple(value.shape) if isinstance(value, Array) else type(value).__name__
-            raise InvalidUpdate(f"tensor {name!r} has shape {got}, expected {expected}")
+        if not isinstance(value, Array):
+            raise InvalidUpdate(f"tensor {name!r} is a {type(value).__name__}, not an array")
+        if value.stype != "numpy.ndarray":
+            raise InvalidUpdate(f"tensor {name!r} has serialization {value.stype!r}, not numpy")
         try:
             array = value.numpy()
         except Exception as error:  # malformed serialized array from an untrusted peer
-            raise InvalidUpdate(f"tensor {name!r} cannot be read: {error}") from None
-        if array.dtype.kind != "f":
-            raise InvalidUpdate(f"tensor {name!r} must be floating point; got {array.dtype}")
+            detail = " ".join(str(error).split())[:200]
+            raise InvalidUpdate(f"tensor {name!r} cannot be read: {detail}") from None
+        # The parsed array, not the declared metadata: that is what would be aggregated.
+        if tuple(array.shape) != expected:
+            raise InvalidUpdate(
+                f"tensor {name!r} holds shape {tuple(array.shape)}; the model's is {expected}"
+            )
+        if array.dtype not in _FLOAT_DTYPES:
+            raise InvalidUpdate(
+                f"tensor {name!r} must be float16, float32 or float64; got {array.dtype}"
+            )
         array = array.astype(np.float32)
         if not np.isfinite(array).all():
             raise InvalidUpdate(f"tensor {name!r} holds NaN or infinite values")

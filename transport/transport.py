@@ -5,7 +5,9 @@ sampling of devices, the round policy (over-selection quorum, deadline) on
 grids that take one, the server-side pruning schedule and its masks, the
 downlink encoding (one shared outgoing record per round), the dense copy for
 plain Flower ClientApps, the reply validation (early, as each reply arrives,
-on streaming grids), and the per-round traffic stats. Strategies inherit it
+on streaming grids), the bounds on each update's influence (weight cap,
+clipping, direction: ``stamen.transport.bounding``), and the per-round traffic
+stats. Strategies inherit it
 through :class:`~stamen.strategies.CompressedFedAvg` and keep only their
 algorithm.
 """
@@ -30,10 +32,12 @@ from stamen.compression import (
     compute_masks,
     dense_nbytes,
 )
+from stamen.config import DefenseSettings
 from stamen.contract import CONFIG_KEY, DENSE_KEY, MODEL_KEY, TrainTask, message_nbytes
 from stamen.core.errors import InvalidUpdate
 from stamen.core.fleet import PolicyGrid, RoundPolicy, StreamingGrid
 from stamen.models import load_exchanged_state
+from stamen.transport.bounding import BoundedRound, bound_updates
 from stamen.transport.deltas import apply_masks_np, to_numpy
 from stamen.transport.outgoing import CheckedReply, OutgoingRecords
 from stamen.transport.reply_validation import (
@@ -65,6 +69,7 @@ class CompressedTransport:
         min_available_wait: float = 60.0,
         over_selection: float = 0.0,
         deadline: float | None = None,
+        defense: DefenseSettings | None = None,
     ) -> None:
         self.model_factory = model_factory
         self.task = task
@@ -79,6 +84,7 @@ class CompressedTransport:
         self.min_available_wait = min_available_wait
         self.over_selection = over_selection
         self.deadline = deadline
+        self.defense = defense or DefenseSettings()
         self.rng = np.random.default_rng(seed)
         self.masks: dict[str, np.ndarray] = {}
         self.stats: dict[int, RoundStats] = {}
@@ -88,6 +94,8 @@ class CompressedTransport:
         self._sent: SentModel | None = None
         self._outgoing: dict[tuple[str, TrainTask], OutgoingRecords] = {}
         self._checked: dict[str, CheckedReply] = {}
+        self._tasks: dict[int, Message] = {}
+        """This round's training message to each sampled device: a reply must answer its own."""
         self._waited_for_devices = False
 
     # -- state -------------------------------------------------------------------
@@ -128,6 +136,7 @@ class CompressedTransport:
         stats.sparsity = self.schedule.sparsity_at(server_round) if self.masks else 0.0
         task = self.task.replace(round_num=server_round)
         messages = [self._message(node, sent, task, MessageType.TRAIN, stats) for node in node_ids]
+        self._tasks = {message.metadata.dst_node_id: message for message in messages}
         LOG.info("round %d: sent the model to %d devices", server_round, len(messages))
         return messages
 
@@ -239,17 +248,60 @@ class CompressedTransport:
         if sent is None or sent.round_num != server_round:
             LOG.error("round %d: replies arrived for a round that was never sent", server_round)
             return None
-        # Sender order, not arrival order: float sums then do not depend on timing,
-        # so a resumed edge run ends on the same model as an uninterrupted one.
-        in_order = sorted(replies, key=lambda reply: reply.metadata.src_node_id)
-        accepted = [
-            update
-            for reply in in_order
-            if (update := self.accept_reply(reply, server_round, sent, stats)) is not None
-        ]
+        accepted = self.accept_round(server_round, replies, sent, stats)
         stats.accepted = len(accepted)
         self.last_accepted = accepted
         return sent, accepted
+
+    def accept_round(
+        self, server_round: int, replies: Iterable[Message], sent: SentModel, stats: RoundStats
+    ) -> list[ValidUpdate]:
+        """The round's replies to ``sent`` that answer their own task and pass the gate,
+        bounded; in sender order, so float sums do not depend on arrival timing (a resumed
+        edge run then ends on the same model as an uninterrupted one)."""
+        answered: set[int] = set()
+        accepted = []
+        for reply in sorted(replies, key=lambda reply: reply.metadata.src_node_id):
+            if (refusal := self._task_refusal(reply, answered)) is not None:
+                stats.uplink_bytes += message_nbytes(reply)
+                self.reject(server_round, stats, reply.metadata.src_node_id, refusal)
+                continue
+            if (update := self.accept_reply(reply, server_round, sent, stats)) is not None:
+                accepted.append(update)
+        return self.bound(server_round, accepted, stats).kept
+
+    def bound(
+        self, server_round: int, updates: list[ValidUpdate], stats: RoundStats
+    ) -> BoundedRound:
+        """Cap, clip and direction-check a round's accepted updates (``DefenseSettings``)."""
+        bounded = bound_updates(updates, self.defense)
+        for update, reason in bounded.rejected:
+            self.reject(server_round, stats, update.node_id, reason)
+        if bounded.clip_bound is not None:
+            stats.extra["clip_bound"] = bounded.clip_bound
+            stats.extra["clipped"] = float(bounded.clipped)
+        if bounded.capped_weights:
+            stats.extra["capped_weights"] = float(bounded.capped_weights)
+        return bounded
+
+    def reject(self, server_round: int, stats: RoundStats, node_id: int, reason: str) -> None:
+        """Record and log a refused update."""
+        stats.rejections.append(Rejection(node_id, reason))
+        LOG.warning("round %d: rejected update from node %d: %s", server_round, node_id, reason)
+
+    def _task_refusal(self, reply: Message, answered: set[int]) -> str | None:
+        """Why a reply does not answer this round's task for its sender, if it does not."""
+        node_id = reply.metadata.src_node_id
+        task = self._tasks.get(node_id)
+        if task is None:
+            return "this device was not sent a training task this round"
+        expected = task.metadata.message_id
+        if expected and reply.metadata.reply_to_message_id != expected:
+            return "reply does not answer the task this device was sent this round"
+        if node_id in answered:
+            return "a second reply to the same task"
+        answered.add(node_id)
+        return None
 
     def accept_reply(
         self, reply: Message, server_round: int, sent: SentModel, stats: RoundStats
@@ -265,8 +317,7 @@ class CompressedTransport:
             else:
                 update = self._validate_reply(reply, server_round, sent)
         except InvalidUpdate as error:
-            stats.rejections.append(Rejection(node_id, str(error)))
-            LOG.warning("round %d: rejected update from node %d: %s", server_round, node_id, error)
+            self.reject(server_round, stats, node_id, str(error))
             return None
         if not update.plain:
             self.stamen_nodes.add(node_id)
@@ -280,6 +331,8 @@ class CompressedTransport:
             sent=sent,
             max_update_bytes=self.max_update_bytes,
             max_update_norm=self.max_update_norm,
+            allow_dense=self.plain_client_compat
+            and reply.metadata.src_node_id not in self.stamen_nodes,
         )
 
     def _check_early(self, reply: Message) -> None:

@@ -1,0 +1,79 @@
+"""The ``[defense]`` section: how far the server trusts one device's update.
+
+Every reply first passes the gate (:mod:`stamen.transport.reply_validation`):
+well-formed, finite, for this round and this model. What passes is then
+bounded against the round it arrived in, so that a minority of devices cannot
+steer the model with well-formed but hostile updates. The bounds are relative
+to the round's medians, which a minority cannot move, so they need no tuning:
+
+- **clipping**: each delta is scaled down to at most ``clip_factor`` times the
+  round's median delta norm (Sun et al. 2019, adaptive as in Andrew et al.
+  2021), so a scaled-up update counts as much as an honest one, no more;
+- **weights**: a device's self-reported ``num-examples`` counts at most
+  ``weight_cap_factor`` times the round's median (and at most
+  ``max_num_examples``, when set), so a device cannot outweigh the round by
+  claiming a huge dataset;
+- **direction**: with at least ``min_round_for_direction`` deltas, a delta whose
+  cosine with the mean of the others' clipped deltas is below ``min_cosine`` is
+  rejected: it pulls the model against the round (a sign-flipped update).
+
+Examples:
+    >>> DefenseSettings().clip_factor
+    1.0
+    >>> DefenseSettings(clip_factor=-1)
+    Traceback (most recent call last):
+    ...
+    stamen.core.errors.ConfigError: defense.clip_factor must be >= 0 (0: no clipping); got -1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stamen.config.checks import require
+
+
+@dataclass(frozen=True)
+class DefenseSettings:
+    """Bounds on one device's influence on a round, relative to the round itself."""
+
+    clip_factor: float = 1.0
+    """Clip each delta to this multiple of the round's median delta norm; 0: no clipping."""
+    weight_cap_factor: float = 3.0
+    """A device's num-examples counts at most this multiple of the round's median; 0: no cap."""
+    max_num_examples: int = 0
+    """A fixed cap on any device's num-examples, on top of the relative one; 0: none."""
+    min_cosine: float = 0.0
+    """Reject a delta whose cosine with the others' mean is below this; -1: never."""
+    min_round_for_direction: int = 5
+    """The direction check needs this many deltas: in smaller rounds one device is no minority."""
+
+    def __post_init__(self) -> None:
+        key = "defense."
+        require(
+            self.clip_factor >= 0, key + "clip_factor", ">= 0 (0: no clipping)", self.clip_factor
+        )
+        require(
+            self.weight_cap_factor >= 0,
+            key + "weight_cap_factor",
+            ">= 0 (0: no cap)",
+            self.weight_cap_factor,
+        )
+        require(
+            self.max_num_examples >= 0,
+            key + "max_num_examples",
+            ">= 0 (0: none)",
+            self.max_num_examples,
+        )
+        require(-1 <= self.min_cosine <= 1, key + "min_cosine", "in [-1, 1]", self.min_cosine)
+        require(
+            self.min_round_for_direction >= 3,
+            key + "min_round_for_direction",
+            ">= 3",
+            self.min_round_for_direction,
+        )
+
+    @classmethod
+    def off(cls) -> DefenseSettings:
+        """No bounds at all: plain FedAvg semantics, for comparisons and unit tests."""
+        return cls(clip_factor=0.0, weight_cap_factor=0.0, min_cosine=-1.0)
