@@ -148,7 +148,7 @@ def decode_model(
         ...
         stamen.core.errors.InvalidUpdate: ...
     """
-    envelope = parse(pb.ModelPayload, payload, max_bytes, expected_shapes)
+    envelope = parse(pb.ModelPayload, payload, max_bytes, expected_shapes=expected_shapes)
     tensors, masks = decode_tensors(envelope.tensors, expected_shapes)
     claimed = envelope.model_sha256.hex()
     actual = model_hash(tensors)

@@ -160,6 +160,6 @@ def decode_update(
         ...
         stamen.core.errors.InvalidUpdate: ...
     """
-    envelope = parse(pb.ModelUpdate, payload, max_bytes, expected_shapes)
+    envelope = parse(pb.ModelUpdate, payload, max_bytes, expected_shapes=expected_shapes)
     tensors, _ = decode_tensors(envelope.tensors, expected_shapes)
     return DecodedUpdate(envelope.round, envelope.base_model_sha256.hex(), tensors)

@@ -66,6 +66,7 @@ def parse(
     kind: type[Envelope],
     payload: bytes,
     max_bytes: int,
+    *,
     expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Envelope:
     """Parse an envelope of type ``kind``, checking size, structure, version and hash length.

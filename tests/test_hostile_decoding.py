@@ -39,7 +39,7 @@ from stamen.compression import (
     decode_update,
 )
 from stamen.compression.bitpack import encode_varints
-from stamen.compression.wire import parse
+from stamen.compression.wire import parse, size_bound
 from stamen.protos.update.v1 import update_pb2 as pb
 
 MiB = 2**20
@@ -175,6 +175,30 @@ def test_the_bomb_is_one() -> None:
 def test_honest_payloads_of_the_model_pass_the_limits() -> None:
     assert decode_model(MODEL, expected_shapes=MODEL_SHAPES).round_num == 3
     assert decode_update(UPDATE, expected_shapes=MODEL_SHAPES).round_num == 3
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"topk_ratio": 1.0},
+        {"topk_ratio": 0.5, "values": "fp16", "lossless": "zlib"},
+        {"topk_ratio": 0.9, "values": "q8", "error_feedback": True},
+        {"topk_ratio": 0.01, "values": "q2"},
+    ],
+)
+def test_every_honest_encoding_fits_the_size_bound_with_room(config: dict[str, object]) -> None:
+    """The bound from the shapes refuses no honest device, down to 1-element tensors with
+    long names: noise compresses badly, so each encoding is at its largest here."""
+    rng = np.random.default_rng(1)
+    shapes = {"w" * 200: (1,), "b": (3,), "conv.weight": (64, 3, 5, 5), "fc.weight": (500, 256)}
+    delta = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    payload = (
+        UplinkCodec(UplinkCodecConfig(**config))  # type: ignore[arg-type]
+        .encode(delta, round_num=1, base_model_hash="ab" * 32, residual=None, rng=rng)
+        .payload
+    )
+    assert len(payload) < 0.5 * size_bound(shapes)
+    decode_update(payload, expected_shapes=shapes)
 
 
 def test_tensor_count_is_capped_without_a_model_too() -> None:
