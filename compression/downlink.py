@@ -81,7 +81,7 @@ class DownlinkCodec:
         >>> masks = {"w": model["w"] > 0}
         >>> encoded = DownlinkCodec(DownlinkCodecConfig(values=ValueFormat.Q8)).encode(
         ...     model, round_num=1, masks=masks)
-        >>> received = decode_model(encoded.payload)
+        >>> received = decode_model(encoded.payload, expected_shapes={"w": (8,), "b": (2,)})
         >>> received.model_hash == encoded.model_hash
         True
         >>> received.tensors["w"].round(1).tolist()
@@ -127,13 +127,14 @@ class DownlinkCodec:
 def decode_model(
     payload: bytes,
     *,
-    expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    expected_shapes: Mapping[str, tuple[int, ...]],
     max_bytes: int = 256 * 2**20,
 ) -> DecodedModel:
     """Validate and decode a model payload, and check its hash.
 
-    With ``expected_shapes`` the names and shapes must match exactly. Raises only
-    :class:`stamen.core.errors.InvalidUpdate`, with a one-line reason.
+    The tensor names and shapes must be exactly ``expected_shapes``, the receiver's own
+    model: they bound the payload's size, its tensor count and everything decoded
+    from it. Raises only :class:`stamen.core.errors.InvalidUpdate`, with a one-line reason.
 
     Examples:
         >>> model = {"w": np.arange(4, dtype=np.float32)}
@@ -142,12 +143,12 @@ def decode_model(
         >>> decoded = decode_model(payload, expected_shapes={"w": (4,)})
         >>> decoded.round_num, decoded.tensors["w"].tolist()
         (2, [0.0, 1.0, 2.0, 3.0])
-        >>> decode_model(payload[:-1])
+        >>> decode_model(payload[:-1], expected_shapes={"w": (4,)})
         Traceback (most recent call last):
         ...
         stamen.core.errors.InvalidUpdate: ...
     """
-    envelope = parse(pb.ModelPayload, payload, max_bytes)
+    envelope = parse(pb.ModelPayload, payload, max_bytes, expected_shapes=expected_shapes)
     tensors, masks = decode_tensors(envelope.tensors, expected_shapes)
     claimed = envelope.model_sha256.hex()
     actual = model_hash(tensors)

@@ -145,8 +145,9 @@ def decode_update(
 ) -> DecodedUpdate:
     """Validate and decode an update from an untrusted device.
 
-    The tensor names and shapes must be exactly ``expected_shapes``. Raises only
-    :class:`stamen.core.errors.InvalidUpdate`, with a one-line reason.
+    The tensor names and shapes must be exactly ``expected_shapes``, the model the
+    server sent: they bound the payload's size, its tensor count and everything decoded
+    from it. Raises only :class:`stamen.core.errors.InvalidUpdate`, with a one-line reason.
 
     Examples:
         >>> codec = UplinkCodec(UplinkCodecConfig(values="fp32", error_feedback=False))
@@ -159,6 +160,6 @@ def decode_update(
         ...
         stamen.core.errors.InvalidUpdate: ...
     """
-    envelope = parse(pb.ModelUpdate, payload, max_bytes)
+    envelope = parse(pb.ModelUpdate, payload, max_bytes, expected_shapes=expected_shapes)
     tensors, _ = decode_tensors(envelope.tensors, expected_shapes)
     return DecodedUpdate(envelope.round, envelope.base_model_sha256.hex(), tensors)

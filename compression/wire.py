@@ -1,27 +1,39 @@
 """Envelopes around compressed tensors: ``ModelUpdate`` (uplink) and ``ModelPayload`` (downlink).
 
-Parsing is for hostile input: the size limit is checked before the protobuf
-parser sees a byte, the format version and hash length are checked before any
-tensor, and every tensor's header (names, shapes, sizes) is checked before any
-tensor is decoded, so a bad payload costs no large allocation. Every failure is
+Parsing is for hostile input, and the receiver always knows the shapes of its own
+model. Before the protobuf parser sees a byte, the size is checked against the
+caller's limit and against what those shapes can need, and a scan of the wire
+structure (:mod:`stamen.compression.wire_scan`) caps the tensor count at the
+model's. The format version and hash length are checked before any tensor, and
+every tensor's header (names, shapes, sizes) before any tensor is decoded, so a
+bad payload costs no large allocation. Every failure is
 :class:`stamen.core.errors.InvalidUpdate`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from stamen.compression.tensor_decode import MAX_ELEMENTS, check_layout, decode_checked
+from stamen.compression.tensor_decode import check_layout, decode_checked
+from stamen.compression.wire_scan import scan_envelope
 from stamen.core.errors import InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
 FORMAT_VERSION = 1
 """The envelope version this build writes and reads."""
 HASH_BYTES = 32
+BYTES_PER_ELEMENT = 12
+"""Most bytes one element takes in an envelope a receiver accepts: up to 4 for its
+value and, in a sparse tensor, up to 8 for its index (a bit-packed one)."""
+BYTES_PER_TENSOR = 1024
+"""Room for one tensor's header fields, shape, checksum and zlib framing, and more."""
+BYTES_PER_ENVELOPE = 4096
+"""Room for the envelope's own fields, and fields a later build may add."""
 
 Envelope = TypeVar("Envelope", pb.ModelUpdate, pb.ModelPayload)
 
@@ -42,16 +54,48 @@ def serialize(envelope: pb.ModelUpdate | pb.ModelPayload) -> bytes:
     return envelope.SerializeToString(deterministic=True)
 
 
-def parse(kind: type[Envelope], payload: bytes, max_bytes: int) -> Envelope:
-    """Parse an envelope of type ``kind``, checking size, version and hash length."""
+def size_bound(expected_shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """The most bytes an envelope of tensors of ``expected_shapes`` can take when valid."""
+    return BYTES_PER_ENVELOPE + sum(
+        BYTES_PER_TENSOR + len(name.encode()) + BYTES_PER_ELEMENT * math.prod(shape)
+        for name, shape in expected_shapes.items()
+    )
+
+
+def parse(
+    kind: type[Envelope],
+    payload: bytes,
+    max_bytes: int,
+    *,
+    expected_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> Envelope:
+    """Parse an envelope of type ``kind``, checking size, structure, version and hash length.
+
+    With ``expected_shapes`` (every decoder of untrusted bytes passes them) the size is
+    also capped by :func:`size_bound` and the tensor count by theirs; without, the
+    count is capped at :data:`~stamen.compression.wire_scan.MAX_TENSORS`, for
+    envelopes this process wrote itself.
+    """
     what = "update" if kind is pb.ModelUpdate else "model payload"
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise InvalidUpdate(f"{what} must be bytes; got {type(payload).__name__}")
     if len(payload) > max_bytes:
         raise InvalidUpdate(f"{what} of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    if expected_shapes is not None and len(payload) > (bound := size_bound(expected_shapes)):
+        raise InvalidUpdate(
+            f"{what} of {len(payload)} bytes exceeds the {bound} bytes a valid one can take "
+            f"for this model ({len(expected_shapes)} tensors)"
+        )
+    data = bytes(payload)
+    scan_envelope(
+        data,
+        kind.DESCRIPTOR,
+        model_tensors=None if expected_shapes is None else len(expected_shapes),
+        what=what,
+    )
     envelope = kind()
     try:
-        envelope.ParseFromString(bytes(payload))
+        envelope.ParseFromString(data)
     except DecodeError as error:
         raise InvalidUpdate(f"{what} does not parse as {kind.__name__}: {error}") from None
     if envelope.format_version != FORMAT_VERSION:
@@ -71,23 +115,15 @@ def parse(kind: type[Envelope], payload: bytes, max_bytes: int) -> Envelope:
 
 def decode_tensors(
     messages: Sequence[pb.CompressedTensor],
-    expected_shapes: Mapping[str, tuple[int, ...]] | None,
+    expected_shapes: Mapping[str, tuple[int, ...]],
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Decode all tensors of an envelope: ``(tensors, masks of BITMASK tensors)``.
 
-    With ``expected_shapes`` the names must match exactly and so must each shape;
-    without, the total element count is capped at ``MAX_ELEMENTS``.
+    The names must be exactly those of ``expected_shapes``, and each shape its own, so
+    nothing decoded (zlib output included) is larger than the receiver's model.
     """
     _check_names([message.name for message in messages], expected_shapes)
-    budget = MAX_ELEMENTS
-    layouts = []
-    for message in messages:
-        layout = check_layout(message, _expected(expected_shapes, message.name))
-        layouts.append(layout)
-        if expected_shapes is None:
-            budget -= layout.size
-            if budget < 0:
-                raise InvalidUpdate(f"tensors hold more than {MAX_ELEMENTS} elements in total")
+    layouts = [check_layout(message, tuple(expected_shapes[message.name])) for message in messages]
     tensors: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
     for message, layout in zip(messages, layouts, strict=True):
@@ -98,13 +134,7 @@ def decode_tensors(
     return tensors, masks
 
 
-def _expected(
-    expected_shapes: Mapping[str, tuple[int, ...]] | None, name: str
-) -> tuple[int, ...] | None:
-    return None if expected_shapes is None else tuple(expected_shapes[name])
-
-
-def _check_names(names: list[str], expected_shapes: Mapping[str, object] | None) -> None:
+def _check_names(names: list[str], expected_shapes: Mapping[str, object]) -> None:
     seen: set[str] = set()
     repeated: set[str] = set()
     for name in names:
@@ -114,8 +144,6 @@ def _check_names(names: list[str], expected_shapes: Mapping[str, object] | None)
         raise InvalidUpdate(f"duplicate tensor names: {_short_list(duplicates)}")
     if "" in seen:
         raise InvalidUpdate("a tensor has an empty name")
-    if expected_shapes is None:
-        return
     missing = sorted(set(expected_shapes) - seen)
     extra = sorted(seen - set(expected_shapes))
     if missing or extra:

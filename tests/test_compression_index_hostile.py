@@ -169,4 +169,4 @@ def test_bitmask_must_agree_with_value_count() -> None:
     masked.indices = b"\xff" + masked.indices[1:]
     masked.crc32 = zlib.crc32(masked.values, zlib.crc32(masked.indices))
     with pytest.raises(InvalidUpdate, match="values were sent"):
-        decode_model(envelope.SerializeToString())
+        decode_model(envelope.SerializeToString(), expected_shapes=SHAPES)
