@@ -192,4 +192,4 @@ def reasons_cell(reasons: dict[str, int]) -> str:
         return "-"
     shown = [f"{count}× {reason.replace('|', '/')}" for reason, count in list(reasons.items())[:2]]
     more = len(reasons) - len(shown)
-    return "; ".join(shown) + (f"; {more} more kinds" if more > 0 else "")
+    return "; ".join(shown) + (f"; {more} more" if more > 0 else "")
