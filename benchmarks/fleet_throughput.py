@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from builds import QUIET, build_env, build_label, check_build
 
-QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
 os.environ.update(QUIET)
 
 MEMORY_SAMPLE_SECONDS = 1.0
@@ -101,6 +101,7 @@ def run_stamen(
     path: str, devices: int, per_round: int, rounds: int, marks: list[tuple[int, float, int]]
 ) -> None:
     """Stamen's apps on the path's backend and preset."""
+    check_build()
     from stamen.config import load_config
 
     try:
@@ -149,7 +150,7 @@ def measure(
 
     With ``before``, the child imports the build installed there instead of this one.
     """
-    build = "before" if before else "this"
+    build = build_label(before)
     result_file = out / f"{path}-{devices}-{build}.json"
     command = [
         sys.executable,
@@ -167,11 +168,8 @@ def measure(
         "--launched",
         repr(time.time()),
     ]
-    env = {**os.environ, **QUIET}
-    if before is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(before), env.get("PYTHONPATH", "")])
     launched = time.perf_counter()
-    child = subprocess.Popen(command, env=env)
+    child = subprocess.Popen(command, env=build_env(before))
     peak = [0]
     done = threading.Event()
 

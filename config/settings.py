@@ -285,6 +285,9 @@ class AttackKind(enum.StrEnum):
     INF = "inf"
     STALE = "stale"
     """The device's first update, replayed in every later round."""
+    DENSE = "dense"
+    """A plain Flower reply: dense weights (global model + ``scale`` times the honest delta)
+    with a large self-reported ``num-examples``."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ honest encoded delta is decoded, altered, and re-encoded with the task's own
 uplink codec (sign-flipped or scaled, random noise), or sent as a dense-float
 NaN or Inf update, or the device's first update is replayed in every later
 round (a stale replay). Everything the server sees went through the real
-ClientApp, the real codec and the real wire format.
+ClientApp, the real codec and the real wire format. A ``dense`` attacker
+instead replies as a plain Flower ClientApp would: trained-looking dense
+weights under ``arrays``, far from the global model, with a large
+self-reported ``num-examples``.
 
 The harness wraps a ``ClientApp``, so it runs unchanged on any backend.
 
@@ -21,7 +24,7 @@ import dataclasses
 import zlib
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from stamen.compression import (
@@ -29,15 +32,29 @@ from stamen.compression import (
     UplinkCodec,
     UplinkCodecConfig,
     ValueFormat,
+    decode_model,
     decode_update,
 )
 from stamen.compression.wire import parse, serialize
 from stamen.config import AttackKind, AttackSettings
-from stamen.contract import CONFIG_KEY, PAYLOAD, UPDATE_KEY, TrainTask, payload_bytes
+from stamen.contract import (
+    CONFIG_KEY,
+    DENSE_KEY,
+    METRICS_KEY,
+    MODEL_KEY,
+    NUM_EXAMPLES,
+    PAYLOAD,
+    UPDATE_KEY,
+    TrainTask,
+    payload_bytes,
+)
 from stamen.protos.update.v1 import update_pb2 as pb
 
 REPLAY_KEY = "stamen.attack.replay"
 """Device state of a stale-replay attacker: the update it keeps resending."""
+DENSE_NUM_EXAMPLES = 10**6
+"""The example count a dense attacker claims: far more than any simulated device holds,
+and within the bound a server accepts, so that only a server-side cap stops it."""
 
 
 def attacked_partitions(num_devices: int, fraction: float, seed: int) -> frozenset[int]:
@@ -76,6 +93,8 @@ def attack_reply(
     """Replace the encoded update in ``reply`` by the attack ``settings`` describes."""
     task = TrainTask.from_config_record(message.content.config_records[CONFIG_KEY])
     payload = payload_bytes(reply.content.array_records[UPDATE_KEY][PAYLOAD])
+    if settings.kind is AttackKind.DENSE:
+        return dense_reply(message, reply, payload, settings.scale)
     if settings.kind is AttackKind.STALE:
         payload = _replayed(context, payload)
     else:
@@ -85,13 +104,37 @@ def attack_reply(
     return Message(RecordDict(records), reply_to=message)
 
 
+def dense_reply(message: Message, reply: Message, payload: bytes, scale: float) -> Message:
+    """``reply`` in plain Flower form: the global model plus ``scale`` times the honest delta,
+    as dense float32 weights under ``arrays``, claiming :data:`DENSE_NUM_EXAMPLES` examples."""
+    update = honest_update(payload)
+    model = payload_bytes(message.content.array_records[MODEL_KEY][PAYLOAD])
+    shapes = {name: value.shape for name, value in update.tensors.items()}
+    base = decode_model(model, expected_shapes=shapes).tensors
+    weights = {
+        name: np.asarray(base[name] + scale * delta, np.float32)
+        for name, delta in update.tensors.items()
+    }
+    records = {key: value for key, value in reply.content.items() if key != UPDATE_KEY}
+    metrics = MetricRecord(dict(reply.content.metric_records[METRICS_KEY]))
+    metrics[NUM_EXAMPLES] = DENSE_NUM_EXAMPLES
+    records[METRICS_KEY] = metrics
+    records[DENSE_KEY] = ArrayRecord({name: Array(value) for name, value in weights.items()})
+    return Message(RecordDict(records), reply_to=message)
+
+
+def honest_update(payload: bytes) -> DecodedUpdate:
+    """The honest device's encoded update, decoded against the shapes it declares."""
+    envelope = parse(pb.ModelUpdate, payload, max_bytes=len(payload))
+    shapes = {t.name: tuple(int(d) for d in t.shape) for t in envelope.tensors}
+    return decode_update(payload, expected_shapes=shapes)
+
+
 def corrupt_payload(
     payload: bytes, task: TrainTask, settings: AttackSettings, seed: tuple[int, int]
 ) -> bytes:
     """Decode an honest update, apply a value attack, and encode it again."""
-    envelope = parse(pb.ModelUpdate, payload, max_bytes=len(payload))
-    shapes = {t.name: tuple(int(d) for d in t.shape) for t in envelope.tensors}
-    update = decode_update(payload, expected_shapes=shapes)
+    update = honest_update(payload)
     rng = np.random.default_rng(np.random.SeedSequence([*seed, 0xBAD]))
     delta = update.tensors
     config = dataclasses.replace(task.uplink, error_feedback=False)

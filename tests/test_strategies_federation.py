@@ -11,16 +11,24 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from stamen.client import client_app
 from stamen.client.trainer import train_epochs
-from stamen.compression import UplinkCodecConfig, ValueFormat
+from stamen.compression import UplinkCodecConfig, ValueFormat, decode_update
 from stamen.config import AttackKind, AttackSettings, StamenConfig, StrategyName, load_config
-from stamen.contract import TrainTask
+from stamen.contract import (
+    DENSE_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES,
+    PAYLOAD,
+    UPDATE_KEY,
+    TrainTask,
+    payload_bytes,
+)
 from stamen.launch import fleet_of, simulate
 from stamen.models import ModelName, ModelSpec, build_model, exchanged_state
 from stamen.server import CollectingReporter, ResultsWriter
 from stamen.simulations import LocalGrid
-from stamen.simulations.attacks import attacked_partitions, with_attack
+from stamen.simulations.attacks import DENSE_NUM_EXAMPLES, attacked_partitions, with_attack
 from stamen.strategies import CompressedFedAvg, FedProx
-from stamen.transport import to_array_record, validate_reply
+from stamen.transport import SentModel, to_array_record, validate_reply
 from stamen.transport.deltas import l2_norm
 
 
@@ -98,12 +106,8 @@ def test_fedprox_mu_travels_to_devices_and_pulls_their_updates_in() -> None:
     assert TrainTask.from_config_record(record).proximal_mu == 5.0
 
 
-def test_attackers_send_correctly_encoded_sign_flipped_updates() -> None:
-    """The harness decodes, flips and re-encodes with the task's own codec."""
-    config = digits(preset="edge", **{"num-devices": 5, "devices-per-round": 5})
-    settings = AttackSettings(kind=AttackKind.SIGN_FLIP, fraction=1.0, scale=10.0)
-    honest_app = client_app(fleet_of(config))
-    attacked_app = with_attack(honest_app, settings, num_devices=5, seed=0)
+def first_round(config: StamenConfig) -> tuple[Message, SentModel]:
+    """The round-1 train message a one-device edge strategy sends, and what it sent."""
     strategy = CompressedFedAvg(
         model_factory=lambda: build_model(ModelSpec(ModelName.MLP, (64,), 10)),
         task=TrainTask(
@@ -111,17 +115,31 @@ def test_attackers_send_correctly_encoded_sign_flipped_updates() -> None:
         ),
         devices_per_round=1,
     )
-    grid = LocalGrid(honest_app, 1)
+    grid = LocalGrid(client_app(fleet_of(config)), 1)
     model = build_model(ModelSpec(ModelName.MLP, (64,), 10), seed=0)
     [message] = strategy.configure_train(
         1, to_array_record(exchanged_state(model)), ConfigRecord(), grid
     )
-    sent = strategy._sent
-    assert sent is not None
+    assert strategy._sent is not None
+    return message, strategy._sent
+
+
+def reply_of(app: Any, message: Message) -> Message:
+    """Device 0's reply to ``message``, from ``app``."""
+    context = Context(1, 1, {"partition-id": 0, "num-partitions": 5}, RecordDict(), {})
+    return app(Message(message.content, dst_node_id=1, message_type="train"), context)
+
+
+def test_attackers_send_correctly_encoded_sign_flipped_updates() -> None:
+    """The harness decodes, flips and re-encodes with the task's own codec."""
+    config = digits(preset="edge", **{"num-devices": 5, "devices-per-round": 5})
+    settings = AttackSettings(kind=AttackKind.SIGN_FLIP, fraction=1.0, scale=10.0)
+    honest_app = client_app(fleet_of(config))
+    attacked_app = with_attack(honest_app, settings, num_devices=5, seed=0)
+    message, sent = first_round(config)
 
     def delta_of(app: Any) -> dict[str, np.ndarray]:
-        context = Context(1, 1, {"partition-id": 0, "num-partitions": 5}, RecordDict(), {})
-        reply = app(Message(message.content, dst_node_id=1, message_type="train"), context)
+        reply = reply_of(app, message)
         return validate_reply(reply, server_round=1, sent=sent, max_update_bytes=2**24).delta
 
     honest, attacked = delta_of(honest_app), delta_of(attacked_app)
@@ -129,6 +147,31 @@ def test_attackers_send_correctly_encoded_sign_flipped_updates() -> None:
         scale = np.abs(honest[name]).max() * 10 / 127  # one q8 step at the attacked scale
         np.testing.assert_allclose(attacked[name], -10 * honest[name], atol=scale)
         assert (np.count_nonzero(attacked[name])) <= np.count_nonzero(honest[name])
+
+
+def test_dense_attackers_reply_in_plain_flower_form_with_huge_weights_and_count() -> None:
+    """A plain-form reply: dense ``arrays`` far from the model, 10^6 claimed examples."""
+    config = digits(preset="edge", **{"num-devices": 5, "devices-per-round": 5})
+    settings = AttackSettings(kind=AttackKind.DENSE, fraction=1.0, scale=1000.0)
+    honest_app = client_app(fleet_of(config))
+    attacked_app = with_attack(honest_app, settings, num_devices=5, seed=0)
+    message, sent = first_round(config)
+    honest, attacked = reply_of(honest_app, message), reply_of(attacked_app, message)
+
+    assert UPDATE_KEY not in attacked.content.array_records
+    dense = {k: v.numpy() for k, v in attacked.content.array_records[DENSE_KEY].items()}
+    payload = payload_bytes(honest.content.array_records[UPDATE_KEY][PAYLOAD])
+    shapes = {name: value.shape for name, value in sent.decoded.items()}
+    delta = decode_update(payload, expected_shapes=shapes).tensors
+    assert {k: v.shape for k, v in dense.items()} == shapes
+    for name, weights in dense.items():
+        assert weights.dtype == np.float32
+        np.testing.assert_allclose(weights, sent.decoded[name] + 1000 * delta[name], rtol=1e-5)
+    moved = l2_norm({k: dense[k] - sent.dense[k] for k in dense})
+    assert moved > 500 * l2_norm(delta)
+    metrics = attacked.content.metric_records[METRICS_KEY]
+    assert metrics[NUM_EXAMPLES] == DENSE_NUM_EXAMPLES == 10**6
+    assert metrics["train-loss"] == honest.content.metric_records[METRICS_KEY]["train-loss"]
 
 
 def test_attackers_are_chosen_from_the_seed() -> None:
