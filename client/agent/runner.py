@@ -109,14 +109,20 @@ class Agent:
         self._set_residual(self.state.residual)
         self.handled = 0
         self.last_compute_seconds = 0.0
-        self.renewals = 0
-        """Sessions renewed in place after the server said they expired."""
+        self._renewed = 0
+        self._keeper: SessionKeeper | None = None
         self._epoch = 0
         """Counts fresh joins; a renewed session keeps its epoch (it is the same server)."""
         self._trained_in: int | None = None
         """The epoch of the last training task (None: not this process)."""
         self.stop_event = threading.Event()
         self._backoff = Backoff(settings.backoff_base, settings.backoff_cap, random.Random())
+
+    @property
+    def renewals(self) -> int:
+        """Sessions this agent renewed in place after the server said they expired."""
+        keeper = self._keeper
+        return self._renewed + (keeper.renewals if keeper is not None else 0)
 
     def run(self) -> None:
         """Serve until stopped, given up, or refused for good."""
@@ -154,7 +160,7 @@ class Agent:
 
     def _serve(self, connection: EdgeConnection, session: SessionInfo) -> bool:
         """Handle tasks until the stream ends; True when the agent should stop."""
-        keeper = SessionKeeper(connection, session)
+        keeper = self._keeper = SessionKeeper(connection, session)
         beating = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(keeper, beating), daemon=True)
         beat.start()
@@ -171,7 +177,8 @@ class Agent:
                     keeper.renew(opened)
         finally:
             beating.set()
-            self.renewals += keeper.renewals
+            self._renewed += keeper.renewals
+            self._keeper = None
 
     def _stream(self, keeper: SessionKeeper, opened: SessionInfo) -> bool:
         """Handle the tasks of one task stream; True when the agent should stop."""

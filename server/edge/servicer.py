@@ -93,7 +93,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         )
         self._sessions = SessionTable(session_ttl)
         self.refused_joins = 0
-        """Join calls refused by a rate limit or a challenge bound (for tests and logs)."""
+        """Join calls refused by a rate limit or a challenge bound."""
+        self.renewed_sessions = 0
+        """Expired (or expiring) sessions their devices renewed in place."""
 
     # -- identity ---------------------------------------------------------------------
 
@@ -177,6 +179,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 challenge.public_key,
                 renews=request.renews,
             )
+            self.renewed_sessions += renewed
         if renewed:
             LOG.info("node %d renewed its session", session.node_id)
         return edge_pb2.Session(
@@ -279,6 +282,11 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         with self._lock:
             session.last_seen = time.time()
         return edge_pb2.HeartbeatReply(server_unix=time.time())
+
+    def session_of(self, node_id: int) -> Session | None:
+        """The session a device holds now (expired or not), for operators and tests."""
+        with self._lock:
+            return self._sessions.for_node(node_id)
 
     # -- helpers --------------------------------------------------------------------
 

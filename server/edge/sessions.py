@@ -93,6 +93,10 @@ class SessionTable:
         """The session ``token`` names, expired or not; None when unknown or superseded."""
         return self._by_token.get(token)
 
+    def for_node(self, node_id: int) -> Session | None:
+        """The device's session, expired or not."""
+        return self._by_node.get(node_id)
+
     def is_current(self, session: Session) -> bool:
         """Whether ``session`` is still its device's session (renewals included)."""
         return self._by_node.get(session.node_id) is session
