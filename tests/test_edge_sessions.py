@@ -255,14 +255,15 @@ def test_a_device_whose_session_expires_mid_task_still_uploads_for_its_round(
         overrides={
             "dataset": "digits",
             "model": "mlp",
-            "num-devices": 1,
+            "num-devices": 4,
             "devices-per-round": 1,
+            "local-epochs": 1,
             "federation.deadline": 60.0,
         }
     )
     store = AgentStateStore(tmp_path / "agent")
     server.registry.register(public_bytes(store.create_key().public_key()), name="slow")
-    inner = client_app(FleetData(config.data, num_devices=1, seed=0))
+    inner = client_app(FleetData(config.data, num_devices=4, seed=0))
 
     def slow_app(message: Message, context: Context) -> Message:
         time.sleep(1.5)  # the session expires while the device trains
@@ -274,7 +275,7 @@ def test_a_device_whose_session_expires_mid_task_still_uploads_for_its_round(
             state_dir=store.directory,
             ca_cert=tmp_path / "certs" / "ca.pem",
             model_key=load_public_key(tmp_path / "certs" / "model-signing.pub"),
-            node_config={"partition-id": 0, "num-partitions": 1},
+            node_config={"partition-id": 0, "num-partitions": 4},
             give_up_after=2.0,
         ),
         slow_app,  # type: ignore[arg-type]
