@@ -260,7 +260,8 @@ class Agent:
         the same task to the byte, in a new session. The device's first try never counted,
         so it trains again from the residual it had then, and the run ends as an
         uninterrupted one would. The same task again within one session is new work
-        (FedBuff hands one model version out more than once).
+        (FedBuff hands one model version out more than once); a session renewed in place
+        after it expired is still the same session.
         """
         if self.state.trained == bytes(task.content_sha256) and self._trained_in != self._epoch:
             LOG.warning("round %s: the server lost this round; training it again", round_label)
