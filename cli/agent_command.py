@@ -127,8 +127,13 @@ def agent(
     logging.getLogger("stamen.agent").setLevel(logging.DEBUG if verbose else logging.INFO)
     if insecure:
         err_console.print(
-            "[bold yellow]warning:[/] --insecure: no TLS; traffic can be read and altered "
-            "(models are still signed)"
+            "[bold yellow]warning:[/] --insecure: no TLS. Traffic is plain text: anyone on "
+            "the path can read the models, this device's updates and its session token, and "
+            "can drop or delay them; the server's identity is not checked. Still protected: "
+            "this agent trains only on models signed by the server's model-signing key, and "
+            "signs every upload with this device's key, so a stolen session token cannot "
+            "upload for it. Use it on loopback or for tests only.",
+            highlight=False,
         )
     try:
         settings = AgentSettings(

@@ -265,7 +265,13 @@ MONITOR_PORT = Option(
     "Serve the monitor on this port (0: any free port) for stamen console.",
     MON,
 )
-MONITOR_HOST = Option("monitor_host", str, "Address the monitor binds.", MON, default="127.0.0.1")
+MONITOR_HOST = Option(
+    "monitor_host",
+    str,
+    "Address the monitor (and metrics) binds; the default keeps it on this machine.",
+    MON,
+    default="127.0.0.1",
+)
 MONITOR_TOKEN_FILE = Option(
     "monitor_token_file",
     Path | None,
@@ -304,6 +310,13 @@ MAX_PAYLOAD_MB = Option(
     "max_payload_mb", float, "Largest upload accepted, in MiB.", EDGE, default=16.0
 )
 WAIT = Option("wait", float, "Seconds to wait for devices-per-round devices.", EDGE, default=300.0)
+SESSION_TTL = Option(
+    "session_ttl",
+    float,
+    "Seconds a device session lasts; agents then authenticate again, keeping their round.",
+    EDGE,
+    default=3600.0,
+)
 
 
 TRAINING_AND_COMPRESSION = (

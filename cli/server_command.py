@@ -44,7 +44,9 @@ OPTIONS = (
     opt.STATE_DIR,
     opt.MAX_PAYLOAD_MB,
     opt.WAIT,
+    opt.SESSION_TTL,
     opt.MONITOR_PORT,
+    opt.MONITOR_HOST,
     opt.MONITOR_TOKEN_FILE,
     opt.METRICS_PORT,
     opt.DRY_RUN,
@@ -63,7 +65,8 @@ def server(values: OptionValues) -> None:
 
     Settings come from the preset, the --config file, then flags, as for simulate.
     Each round is checkpointed in --state-dir; a restarted server resumes there.
-    The monitor (--monitor-port) uses the server's TLS.
+    The monitor (--monitor-port) uses the server's TLS and binds 127.0.0.1
+    unless --monitor-host names another address.
 
     Example: [bold]stamen server --dataset mnist --rounds 20 --devices-per-round 10[/]
     """
@@ -89,12 +92,13 @@ def server(values: OptionValues) -> None:
             insecure=insecure,
             registry=values[opt.REGISTRY],
             max_payload_bytes=int(values[opt.MAX_PAYLOAD_MB] * 2**20),
+            session_ttl_seconds=values[opt.SESSION_TTL],
         )
         paths = CertPaths(certs)
         monitor = monitor_options(
             values[opt.MONITOR_PORT],
             values[opt.METRICS_PORT],
-            "0.0.0.0",
+            values[opt.MONITOR_HOST],
             values[opt.MONITOR_TOKEN_FILE],
             None if insecure else paths.server_cert,
             None if insecure else paths.server_key,
@@ -104,9 +108,8 @@ def server(values: OptionValues) -> None:
     setup_logging(verbose)
     logging.getLogger("stamen.server.edge").setLevel(logging.INFO if verbose else logging.WARNING)
     if insecure:
-        err_console.print(
-            "[bold yellow]warning:[/] --insecure: no TLS; device traffic can be read and altered"
-        )
+        for line in insecure_warning(settings.session_ttl_seconds, monitor):
+            err_console.print(line, highlight=False)
     out_dir = values[opt.OUT] or Path("runs") / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-edge"
     edge_log = EdgeRoundLog(console, out_dir)
     with one_line_errors():
@@ -132,6 +135,32 @@ def server(values: OptionValues) -> None:
         raise typer.Exit(code=130) from None
     finally:
         edge.stop()
+
+
+def insecure_warning(session_ttl: float, monitor: Any = None) -> list[str]:
+    """What ``--insecure`` leaves open and what stays protected, line by line."""
+    lines = [
+        "[bold yellow]warning:[/] --insecure: no TLS. Traffic is plain text: anyone on the "
+        "path can read the models, the updates and the session tokens, and can drop or "
+        "delay any of them.",
+        "  Not protected: the privacy of models and updates; a session token read on the "
+        "path lets its reader open that device's task stream (and so read its tasks) and "
+        f"send its heartbeats until the session expires (at most {session_ttl:g} s) or the "
+        "device joins again.",
+        "  Still protected: joining needs the device's private key; every upload must be "
+        "signed by its device's key, so a stolen token cannot upload or forge an update; "
+        "every model is signed by this server, so a device refuses an altered one.",
+    ]
+    if monitor is not None:
+        where = f"{monitor.host}:{monitor.port}"
+        exposed = monitor.host not in ("127.0.0.1", "localhost", "::1")
+        lines.append(
+            f"  The monitor on {where} is plain text too: its tokens (which can pause and "
+            "stop the run) travel in the clear"
+            + ("; it is reachable beyond this machine." if exposed else "; it is on loopback.")
+        )
+    lines.append("  Use --insecure on loopback or for tests only.")
+    return lines
 
 
 def wait_for_devices(console: Console, edge: Any, wanted: int, timeout: float) -> None:

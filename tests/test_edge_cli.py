@@ -59,6 +59,7 @@ def test_keygen_register_list_revoke(tmp_path: Path) -> None:
         ),
         (["server", "--set", "federation.rounds=0"], "federation.rounds must be >= 1"),
         (["certs", "init", "{tmp}/certs"], "pass --force to replace"),
+        (["server", "--session-ttl", "0", "--address", "127.0.0.1:0"], "edge session TTL must be"),
     ],
 )
 def test_edge_mistakes_are_one_line_without_traceback(
@@ -69,3 +70,30 @@ def test_edge_mistakes_are_one_line_without_traceback(
     assert code == 2, output
     assert message.format(tmp=tmp_path) in output
     assert "Traceback" not in output
+
+
+def test_insecure_says_what_is_and_is_not_protected_and_the_monitor_stays_on_loopback(
+    tmp_path: Path,
+) -> None:
+    code, output = invoke(
+        "server", "--insecure", "--monitor-port", "7777", "--certs", str(tmp_path / "none"),
+        "--session-ttl", "900", "--address", "127.0.0.1:0",
+    )  # fmt: skip
+    assert code == 2 and "stamen certs init" in output  # it warns before it needs the certs
+    for said in (
+        "anyone on the path can read the models, the updates and the session tokens",
+        "until the session expires (at most 900 s)",
+        "a stolen token cannot upload or forge an update",
+        "every model is signed by this server",
+        "The monitor on 127.0.0.1:7777 is plain text too",
+        "it is on loopback",
+    ):
+        assert said in output, said
+    code, output = invoke(
+        "server", "--insecure", "--monitor-port", "7777", "--monitor-host", "0.0.0.0",
+        "--certs", str(tmp_path / "none"), "--address", "127.0.0.1:0",
+    )  # fmt: skip
+    assert "The monitor on 0.0.0.0:7777" in output and "reachable beyond this machine" in output
+    code, output = invoke("agent", "--insecure", "--server", "h:1", "--certs", str(tmp_path))
+    assert "signs every upload with this device's key" in output
+    assert "only on models signed by the server" in output

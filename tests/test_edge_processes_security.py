@@ -63,7 +63,7 @@ def test_oversized_and_corrupt_uploads_are_refused_and_the_server_keeps_serving(
 
     from stamen.client.agent import EdgeConnection, EdgeProtocolError, open_channel
     from stamen.client.agent.state import AgentStateStore
-    from stamen.contract.edge import edge_error_of
+    from stamen.contract.edge import edge_error_of, upload_signing_bytes
     from stamen.protos.edge.v1 import edge_pb2
 
     states = [site.device(f"dev{i}") for i in range(3)]
@@ -72,11 +72,9 @@ def test_oversized_and_corrupt_uploads_are_refused_and_the_server_keeps_serving(
         site.agent(f"dev{pid}", states[pid], port, *digits_agent(pid, 3))
 
     # The third device is a hostile client in this process: a registered key
-    # that answers its task with bad uploads.
-    hostile = EdgeConnection(
-        open_channel(f"127.0.0.1:{port}", site.certs / "ca.pem"),
-        AgentStateStore(states[2]).load_key(),
-    )
+    # that answers its task with bad uploads (signed: it holds its own key).
+    key = AgentStateStore(states[2]).load_key()
+    hostile = EdgeConnection(open_channel(f"127.0.0.1:{port}", site.certs / "ca.pem"), key)
     session = hostile.join()
     tasks: list[edge_pb2.Task] = []
 
@@ -86,7 +84,7 @@ def test_oversized_and_corrupt_uploads_are_refused_and_the_server_keeps_serving(
 
     threading.Thread(target=receive, daemon=True).start()
     wait_for(lambda: tasks, 120, server)
-    task_id = tasks[0].task_id
+    task_id, group_id = tasks[0].task_id, tasks[0].group_id
 
     refusals = []
     for data, declared in [
@@ -98,6 +96,7 @@ def test_oversized_and_corrupt_uploads_are_refused_and_the_server_keeps_serving(
             task_id=task_id,
             total_bytes=declared or len(data),
             sha256=bytes(32),  # a wrong checksum too
+            signature=key.sign(upload_signing_bytes(task_id, group_id, bytes(32), False)),
         )
         with pytest.raises(grpc.RpcError) as refused:
             hostile.stub.Upload(iter([edge_pb2.UploadChunk(header=header, data=data)]))

@@ -1,4 +1,4 @@
-"""One connection from an agent to an edge server: channel, join, upload, heartbeat.
+"""One connection from an agent to an edge server: channel, join, signed upload, heartbeat.
 
 Examples:
     >>> backoff = Backoff(base=1.0, cap=8.0, rng=random.Random(0))
@@ -27,6 +27,7 @@ from stamen.contract.edge import (
     edge_error_of,
     public_bytes,
     sha256,
+    upload_signing_bytes,
 )
 from stamen.core.errors import ConfigError
 from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
@@ -72,6 +73,8 @@ class SessionInfo:
     heartbeat_seconds: float
     max_payload_bytes: int
     chunk_bytes: int
+    expires_unix: float = 0.0
+    """When the server will consider the session expired (0: it did not say)."""
 
 
 def open_channel(address: str, ca_cert: Path | None) -> grpc.Channel:
@@ -104,8 +107,9 @@ class EdgeConnection:
         self.public_key = public_bytes(key.public_key())
         self.device_id = device_id(self.public_key)
 
-    def join(self) -> SessionInfo:
-        """Prove this device's identity and open a session."""
+    def join(self, renews: str = "") -> SessionInfo:
+        """Prove this device's identity and open a session; ``renews``: the token of this
+        device's (expired) session to carry on, with its task stream and pending tasks."""
         challenge = _call(
             self.stub.Join,
             edge_pb2.JoinRequest(
@@ -118,7 +122,10 @@ class EdgeConnection:
         session = _call(
             self.stub.Authenticate,
             edge_pb2.AuthenticateRequest(
-                challenge_id=challenge.challenge_id, device_id=self.device_id, signature=signature
+                challenge_id=challenge.challenge_id,
+                device_id=self.device_id,
+                signature=signature,
+                renews=renews,
             ),
         )
         return SessionInfo(
@@ -127,6 +134,7 @@ class EdgeConnection:
             heartbeat_seconds=session.heartbeat_seconds or 5.0,
             max_payload_bytes=int(session.max_payload_bytes),
             chunk_bytes=int(session.chunk_bytes) or 256 * 1024,
+            expires_unix=float(session.expires_unix),
         )
 
     def tasks(self, session: SessionInfo) -> Iterator[edge_pb2.Task]:
@@ -140,15 +148,19 @@ class EdgeConnection:
             stream.cancel()
 
     def upload(
-        self, session: SessionInfo, task_id: str, data: bytes, *, is_error: bool = False
+        self, session: SessionInfo, task: edge_pb2.Task, data: bytes, *, is_error: bool = False
     ) -> edge_pb2.UploadAck:
-        """Send a reply in chunks."""
+        """Send the reply to ``task`` in chunks, signed with this device's key."""
+        digest = sha256(data)
         header = edge_pb2.UploadHeader(
             session=session.token,
-            task_id=task_id,
+            task_id=task.task_id,
             total_bytes=len(data),
-            sha256=sha256(data),
+            sha256=digest,
             is_error=is_error,
+            signature=self.key.sign(
+                upload_signing_bytes(task.task_id, task.group_id, digest, is_error)
+            ),
         )
 
         def requests() -> Iterator[edge_pb2.UploadChunk]:

@@ -3,9 +3,11 @@
 The agent joins, opens its task stream and handles each task in turn: it
 verifies the server's signature and the content hash, asks the resource guards,
 runs the unchanged Stamen ``ClientApp`` on a Flower ``Message`` and ``Context``,
-and uploads the reply in chunks. When the server goes away it reconnects with
-exponential backoff and jitter; a refusal no retry can fix (an unregistered or
-revoked key) ends it with :class:`AgentRefused`.
+and uploads the reply in chunks, signed with the device key. When the server
+goes away it reconnects with exponential backoff and jitter (at least as long
+as a rate limit asks); when its session expires it renews it in place
+(:mod:`stamen.client.agent.session`) and keeps its round; a refusal no retry
+can fix (an unregistered or revoked key) ends it with :class:`AgentRefused`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from stamen.client.agent.connection import Backoff, EdgeConnection, SessionInfo, is_fatal
 from stamen.client.agent.connection import open_channel as _open_channel
 from stamen.client.agent.guards import GuardSettings, skip_reason
+from stamen.client.agent.session import SessionKeeper, is_expired
 from stamen.client.agent.state import AgentState, AgentStateStore
 from stamen.config import require
 from stamen.contract import MODEL_KEY, PAYLOAD, RESIDUAL_KEY, payload_bytes
@@ -106,11 +109,20 @@ class Agent:
         self._set_residual(self.state.residual)
         self.handled = 0
         self.last_compute_seconds = 0.0
-        self._session = ""
-        self._trained_in: str | None = None
-        """The session of the last training task (None: not this process)."""
+        self._renewed = 0
+        self._keeper: SessionKeeper | None = None
+        self._epoch = 0
+        """Counts fresh joins; a renewed session keeps its epoch (it is the same server)."""
+        self._trained_in: int | None = None
+        """The epoch of the last training task (None: not this process)."""
         self.stop_event = threading.Event()
         self._backoff = Backoff(settings.backoff_base, settings.backoff_cap, random.Random())
+
+    @property
+    def renewals(self) -> int:
+        """Sessions this agent renewed in place after the server said they expired."""
+        keeper = self._keeper
+        return self._renewed + (keeper.renewals if keeper is not None else 0)
 
     def run(self) -> None:
         """Serve until stopped, given up, or refused for good."""
@@ -119,6 +131,7 @@ class Agent:
             connection = EdgeConnection(
                 _open_channel(self.settings.server, self.settings.ca_cert), self.key
             )
+            wait = 0.0
             try:
                 session = connection.join()
                 offline_since = None
@@ -131,6 +144,7 @@ class Agent:
                 if is_fatal(error):
                     raise AgentRefused(f"the server refused this device: {error}") from None
                 LOG.warning("server said %s: %s", error.code_name, error)
+                wait = error.retry_after
             except grpc.RpcError as error:
                 LOG.warning("server unreachable (%s); retrying", _status(error))
             finally:
@@ -140,31 +154,44 @@ class Agent:
             if give_up is not None and time.monotonic() - offline_since > give_up:
                 LOG.warning("no server for %.0f s; giving up", give_up)
                 return
-            delay = self._backoff.next_delay()
+            delay = max(self._backoff.next_delay(), wait)
             LOG.info("reconnecting in %.1f s", delay)
             self.stop_event.wait(delay)
 
     def _serve(self, connection: EdgeConnection, session: SessionInfo) -> bool:
         """Handle tasks until the stream ends; True when the agent should stop."""
+        keeper = self._keeper = SessionKeeper(connection, session)
         beating = threading.Event()
-        beat = threading.Thread(
-            target=self._heartbeats, args=(connection, session, beating), daemon=True
-        )
+        beat = threading.Thread(target=self._heartbeats, args=(keeper, beating), daemon=True)
         beat.start()
-        self._session = session.token
+        self._epoch += 1
         try:
-            for task in connection.tasks(session):
-                data, is_error = self.handle(task, session.node_id)
-                if data is None:
-                    continue
-                self._upload(connection, session, task, data, is_error)
-                self.handled += 1
-                if self.settings.max_tasks is not None and self.handled >= self.settings.max_tasks:
-                    return True
-                if self.stop_event.is_set():
-                    return True
+            while True:
+                opened = keeper.current
+                try:
+                    return self._stream(keeper, opened)
+                except EdgeProtocolError as error:
+                    if not is_expired(error):
+                        raise
+                    # The stream outlived its session's grace: renew, then reopen it.
+                    keeper.renew(opened)
         finally:
             beating.set()
+            self._renewed += keeper.renewals
+            self._keeper = None
+
+    def _stream(self, keeper: SessionKeeper, opened: SessionInfo) -> bool:
+        """Handle the tasks of one task stream; True when the agent should stop."""
+        for task in keeper.connection.tasks(opened):
+            data, is_error = self.handle(task, opened.node_id)
+            if data is None:
+                continue
+            self._upload(keeper, task, data, is_error)
+            self.handled += 1
+            if self.settings.max_tasks is not None and self.handled >= self.settings.max_tasks:
+                return True
+            if self.stop_event.is_set():
+                return True
         return self.stop_event.is_set()
 
     def handle(self, task: edge_pb2.Task, node_id: int) -> tuple[bytes | None, bool]:
@@ -218,7 +245,7 @@ class Agent:
         self.last_compute_seconds = time.perf_counter() - started
         LOG.info("round %s: done in %.2f s", round_label, self.last_compute_seconds)
         if before is not None:
-            self._trained_in = self._session
+            self._trained_in = self._epoch
             self.state.trained, self.state.residual_before = bytes(task.content_sha256), before
         self._persist(content, round_label)
         if reply.has_error():
@@ -233,9 +260,10 @@ class Agent:
         the same task to the byte, in a new session. The device's first try never counted,
         so it trains again from the residual it had then, and the run ends as an
         uninterrupted one would. The same task again within one session is new work
-        (FedBuff hands one model version out more than once).
+        (FedBuff hands one model version out more than once); a session renewed in place
+        after it expired is still the same session.
         """
-        if self.state.trained == bytes(task.content_sha256) and self._trained_in != self._session:
+        if self.state.trained == bytes(task.content_sha256) and self._trained_in != self._epoch:
             LOG.warning("round %s: the server lost this round; training it again", round_label)
             self._set_residual(self.state.residual_before)
         return self._residual()
@@ -266,26 +294,23 @@ class Agent:
         self.store.save(self.state)
 
     def _upload(
-        self,
-        connection: EdgeConnection,
-        session: SessionInfo,
-        task: edge_pb2.Task,
-        data: bytes,
-        is_error: bool,
+        self, keeper: SessionKeeper, task: edge_pb2.Task, data: bytes, is_error: bool
     ) -> None:
         try:
-            connection.upload(session, task.task_id, data, is_error=is_error)
+            # A session that expired while the device trained is renewed, and the
+            # reply uploaded under the new one: the server kept the task open for it.
+            keeper.call(
+                lambda session: keeper.connection.upload(session, task, data, is_error=is_error)
+            )
         except EdgeProtocolError as error:
             LOG.warning("round %s: upload refused: %s", task.group_id, error)
             if error.code == edge_pb2.ERROR_CODE_BAD_SESSION:
                 raise
 
-    def _heartbeats(
-        self, connection: EdgeConnection, session: SessionInfo, done: threading.Event
-    ) -> None:
-        while not done.wait(session.heartbeat_seconds):
+    def _heartbeats(self, keeper: SessionKeeper, done: threading.Event) -> None:
+        while not done.wait(keeper.current.heartbeat_seconds):
             try:
-                connection.heartbeat(session)
+                keeper.call(keeper.connection.heartbeat)
             except (grpc.RpcError, EdgeProtocolError):
                 return
 

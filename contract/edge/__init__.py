@@ -2,7 +2,7 @@
 
 Both ``stamen.client.agent`` (the device side) and ``stamen.server.edge`` (the
 server side) import this package and neither imports the other: record
-serialization, the bytes a task signature covers, the protocol version, typed
+serialization, the bytes task and upload signatures cover, the protocol version, typed
 errors in gRPC trailers, device ids and the Ed25519 keys that sign challenges
 and models. The messages themselves are in ``stamen.protos.edge.v1``.
 """
@@ -10,6 +10,7 @@ and models. The messages themselves are in ``stamen.protos.edge.v1``.
 from stamen.contract.edge.identity import (
     JOIN_PREFIX,
     TASK_PREFIX,
+    UPLOAD_PREFIX,
     challenge_message,
     device_id,
     generate_key,
@@ -33,6 +34,7 @@ from stamen.contract.edge.wire import (
     serialize_records,
     sha256,
     task_signing_bytes,
+    upload_signing_bytes,
 )
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "JOIN_PREFIX",
     "PROTOCOL_VERSION",
     "TASK_PREFIX",
+    "UPLOAD_PREFIX",
     "CorruptRecords",
     "EdgeProtocolError",
     "abort",
@@ -58,5 +61,6 @@ __all__ = [
     "serialize_records",
     "sha256",
     "task_signing_bytes",
+    "upload_signing_bytes",
     "verify_signature",
 ]

@@ -1,8 +1,8 @@
-"""Device and server keys: Ed25519 key pairs, device ids, challenge and task signatures.
+"""Device and server keys: Ed25519 key pairs, device ids, challenge, task and upload signatures.
 
-A device proves who it is by signing the server's nonce with its own key; the
-server proves where a model came from by signing every task with its
-model-signing key. Both are Ed25519 (``cryptography``).
+A device proves who it is by signing the server's nonce with its own key, and
+signs every upload with it too; the server proves where a model came from by
+signing every task with its model-signing key. All are Ed25519 (``cryptography``).
 
 Examples:
     >>> key = generate_key()
@@ -30,6 +30,8 @@ JOIN_PREFIX = b"stamen-edge-v1-join"
 """Domain separation for challenge signatures (see protos/edge/v1/edge.proto)."""
 TASK_PREFIX = b"stamen-edge-v1-task"
 """Domain separation for task (model) signatures."""
+UPLOAD_PREFIX = b"stamen-edge-v1-upload"
+"""Domain separation for upload signatures (by the device key)."""
 
 
 def generate_key() -> Ed25519PrivateKey:

@@ -24,7 +24,7 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from google.protobuf.message import DecodeError
 
-from stamen.contract.edge.identity import TASK_PREFIX
+from stamen.contract.edge.identity import TASK_PREFIX, UPLOAD_PREFIX
 from stamen.core.errors import StamenError
 from stamen.protos.edge.v1 import edge_pb2
 
@@ -36,9 +36,11 @@ ERROR_METADATA_KEY = "stamen-edge-error-bin"
 class EdgeProtocolError(StamenError):
     """The other side refused a call with a typed edge error."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after = retry_after
+        """Seconds the server asked the caller to wait before trying again (0: none said)."""
 
     @property
     def code_name(self) -> str:
@@ -84,6 +86,16 @@ def task_signing_bytes(task: edge_pb2.Task, node_id: int) -> bytes:
     return TASK_PREFIX + signed.SerializeToString(deterministic=True)
 
 
+def upload_signing_bytes(
+    task_id: str, group_id: str, content_sha256: bytes, is_error: bool
+) -> bytes:
+    """The exact bytes a device signs for its upload answering ``task_id`` in round ``group_id``."""
+    signed = edge_pb2.UploadSigningInput(
+        task_id=task_id, group_id=group_id, content_sha256=content_sha256, is_error=is_error
+    )
+    return UPLOAD_PREFIX + signed.SerializeToString(deterministic=True)
+
+
 def chunks(data: bytes, size: int) -> Iterator[bytes]:
     """``data`` in pieces of at most ``size`` bytes (one empty piece for empty data)."""
     if not data:
@@ -94,10 +106,19 @@ def chunks(data: bytes, size: int) -> Iterator[bytes]:
 
 
 def abort(
-    context: grpc.ServicerContext, status: grpc.StatusCode, code: int, message: str
+    context: grpc.ServicerContext,
+    status: grpc.StatusCode,
+    code: int,
+    message: str,
+    *,
+    retry_after: float = 0.0,
 ) -> NoReturn:
     """End an RPC with ``status`` and a typed ``EdgeError`` in the trailers."""
-    error = edge_pb2.EdgeError(code=code, message=message)  # type: ignore[arg-type]
+    error = edge_pb2.EdgeError(
+        code=code,  # type: ignore[arg-type]
+        message=message,
+        retry_after_seconds=retry_after,
+    )
     context.set_trailing_metadata(((ERROR_METADATA_KEY, error.SerializeToString()),))
     context.abort(status, message)
     raise RuntimeError("grpc's abort returned")  # it always raises
@@ -113,5 +134,7 @@ def edge_error_of(error: grpc.RpcError) -> EdgeProtocolError | None:
                 parsed.ParseFromString(value)
             except DecodeError:
                 return None
-            return EdgeProtocolError(int(parsed.code), parsed.message)
+            return EdgeProtocolError(
+                int(parsed.code), parsed.message, max(0.0, parsed.retry_after_seconds)
+            )
     return None

@@ -2,6 +2,7 @@
 
 from stamen.server.edge.certs import CertPaths, init_certs
 from stamen.server.edge.grid import EdgeGrid, EdgeRoundStats
+from stamen.server.edge.limits import JoinLimits, RateLimit
 from stamen.server.edge.registry import DeviceEntry, DeviceRegistry, DeviceStatus
 from stamen.server.edge.server import EdgeServer, EdgeServerSettings
 from stamen.server.edge.servicer import EdgeServicer
@@ -16,5 +17,7 @@ __all__ = [
     "EdgeServer",
     "EdgeServerSettings",
     "EdgeServicer",
+    "JoinLimits",
+    "RateLimit",
     "init_certs",
 ]

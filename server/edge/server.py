@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -21,8 +21,9 @@ from stamen.core.errors import ConfigError
 from stamen.protos.edge.v1 import edge_pb2_grpc
 from stamen.server.edge.certs import CertPaths
 from stamen.server.edge.grid import EdgeGrid, EdgeRoundStats
+from stamen.server.edge.limits import JoinLimits
 from stamen.server.edge.registry import DeviceRegistry
-from stamen.server.edge.servicer import EdgeServicer
+from stamen.server.edge.servicer import DEFAULT_SESSION_TTL, EdgeServicer
 
 LOG = logging.getLogger("stamen.server.edge")
 
@@ -41,7 +42,7 @@ class EdgeServerSettings:
     certs_dir: Path = Path("certs")
     """Made by ``stamen certs init``: TLS certificate and the model-signing key."""
     insecure: bool = False
-    """Plain-text gRPC. For tests on loopback only; models are still signed."""
+    """Plain-text gRPC. For tests on loopback only; models and uploads are still signed."""
     registry: Path = Path("devices.json")
     """The device registry ``stamen devices`` edits."""
     max_payload_bytes: int = 16 * 2**20
@@ -50,6 +51,11 @@ class EdgeServerSettings:
     chunk_bytes: int = 256 * 1024
     max_workers: int = 1024
     """Threads serving RPCs; each connected device holds one for its task stream."""
+    session_ttl_seconds: float = DEFAULT_SESSION_TTL
+    """A device session lasts this long; the device then authenticates again (its agent
+    does so by itself, keeping its task stream and its round)."""
+    join_limits: JoinLimits = field(default_factory=JoinLimits)
+    """Join rate limits per key and per address, and the bounds on unanswered challenges."""
 
     def __post_init__(self) -> None:
         host, sep, port = self.address.rpartition(":")
@@ -65,6 +71,12 @@ class EdgeServerSettings:
             4096 <= self.chunk_bytes <= 2**22, "edge chunk size", "4 KiB..4 MiB", self.chunk_bytes
         )
         require(self.max_workers >= 4, "edge max workers", ">= 4", self.max_workers)
+        require(
+            0 < self.session_ttl_seconds <= 30 * 86400,
+            "edge session TTL",
+            "> 0 and <= 30 days (in seconds)",
+            self.session_ttl_seconds,
+        )
 
 
 class EdgeServer:
@@ -118,6 +130,8 @@ class EdgeServer:
             max_payload_bytes=settings.max_payload_bytes,
             heartbeat_seconds=settings.heartbeat_seconds,
             chunk_bytes=settings.chunk_bytes,
+            session_ttl=settings.session_ttl_seconds,
+            join_limits=settings.join_limits,
         )
         edge_pb2_grpc.add_EdgeServiceServicer_to_server(self.servicer, self.grpc_server)
         self.port = 0

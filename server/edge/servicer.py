@@ -4,36 +4,41 @@ Every refusal ends the call with a gRPC status plus a typed ``EdgeError`` in the
 trailers (:func:`stamen.contract.edge.abort`), and none of them touches a
 round: an unregistered device never becomes a node, and a refused upload never
 reaches the strategy.
+
+``Join`` is rate-limited (:mod:`stamen.server.edge.limits`) and its challenges
+are bounded (:mod:`stamen.server.edge.sessions`). Sessions expire after
+``session_ttl`` seconds; a device renews its session by joining again, and the
+renewed session keeps its task stream and pending tasks. Every upload must
+carry the device key's signature over its task, round and content hash, so a
+session token alone cannot upload.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import NoReturn
 
 import grpc
-from flwr.app import Error, Message
 
 from stamen.contract.edge import (
     PROTOCOL_VERSION,
-    CorruptRecords,
     abort,
     challenge_message,
     device_id,
     node_id_of,
-    parse_records,
-    sha256,
+    upload_signing_bytes,
     verify_signature,
 )
 from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
 from stamen.server.edge.grid import EdgeGrid
+from stamen.server.edge.limits import JoinLimiter, JoinLimits, RateLimited, peer_address
 from stamen.server.edge.registry import DeviceRegistry, DeviceStatus
+from stamen.server.edge.sessions import ChallengeBook, Session, SessionTable
+from stamen.server.edge.uploads import UploadRefused, receive, reply_message
 
 LOG = logging.getLogger("stamen.server.edge")
 
@@ -41,23 +46,10 @@ E = edge_pb2
 CHALLENGE_SECONDS = 30.0
 STALE_HEARTBEATS = 6
 """A task stream closes after this many heartbeat periods without one."""
-MAX_CHALLENGES = 10_000
-
-
-@dataclass
-class _Session:
-    node_id: int
-    device_id: str
-    public_key: bytes
-    last_seen: float
-
-
-@dataclass(frozen=True)
-class _Challenge:
-    device_id: str
-    public_key: bytes
-    nonce: bytes
-    expires: float
+RENEWAL_GRACE_HEARTBEATS = 2
+"""A task stream outlives its expired session by this many heartbeat periods, so that
+the device's next heartbeat (told "expired") renews it without a gap."""
+DEFAULT_SESSION_TTL = 3600.0
 
 
 class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
@@ -69,6 +61,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         max_payload_bytes: larger uploads are refused before they are read.
         heartbeat_seconds: how often devices should send a heartbeat.
         chunk_bytes: the upload chunk size devices should use.
+        session_ttl: seconds a session lasts before the device must authenticate again.
+        join_limits: the Join rate limits and challenge bounds.
     """
 
     def __init__(
@@ -79,15 +73,29 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         max_payload_bytes: int,
         heartbeat_seconds: float = 5.0,
         chunk_bytes: int = 256 * 1024,
+        session_ttl: float = DEFAULT_SESSION_TTL,
+        join_limits: JoinLimits | None = None,
     ) -> None:
         self.grid = grid
         self.registry = registry
         self.max_payload_bytes = max_payload_bytes
         self.heartbeat_seconds = heartbeat_seconds
         self.chunk_bytes = chunk_bytes
+        self.session_ttl = session_ttl
+        limits = join_limits or JoinLimits()
         self._lock = threading.Lock()
-        self._challenges: dict[str, _Challenge] = {}
-        self._sessions: dict[str, _Session] = {}
+        self._limiter = JoinLimiter(limits)
+        self._challenges = ChallengeBook(
+            lifetime=CHALLENGE_SECONDS,
+            per_device_address=limits.challenges_per_device_address,
+            per_device=limits.challenges_per_device,
+            total=limits.challenges_total,
+        )
+        self._sessions = SessionTable(session_ttl)
+        self.refused_joins = 0
+        """Join calls refused by a rate limit or a challenge bound."""
+        self.renewed_sessions = 0
+        """Expired (or expiring) sessions their devices renewed in place."""
 
     # -- identity ---------------------------------------------------------------------
 
@@ -95,6 +103,21 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         self, request: edge_pb2.JoinRequest, context: grpc.ServicerContext
     ) -> edge_pb2.JoinChallenge:
         """Check the device's key against the registry and hand it a nonce to sign."""
+        address = peer_address(context.peer())
+        key = bytes(request.public_key)
+        status = (
+            self.registry.status(key)
+            if len(key) == 32 and request.device_id == device_id(key)
+            else DeviceStatus.UNKNOWN
+        )
+        try:
+            with self._lock:
+                if status is DeviceStatus.REGISTERED:
+                    self._limiter.admit_registered(request.device_id, address)
+                else:
+                    self._limiter.admit_refused(address)
+        except RateLimited as limited:
+            self._rate_limited(context, limited)
         if request.protocol_version != PROTOCOL_VERSION:
             abort(
                 context,
@@ -103,7 +126,6 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 f"protocol version {request.protocol_version} is not supported; "
                 f"this server speaks {PROTOCOL_VERSION}",
             )
-        key = bytes(request.public_key)
         if len(key) != 32 or request.device_id != device_id(key):
             abort(
                 context,
@@ -111,22 +133,25 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 E.ERROR_CODE_BAD_REQUEST,
                 "device_id must be the SHA-256 of a 32-byte Ed25519 public key",
             )
-        self._check_registered(key, request.device_id, context)
-        challenge_id = secrets.token_hex(16)
-        nonce = secrets.token_bytes(32)
-        expires = time.time() + CHALLENGE_SECONDS
-        with self._lock:
-            self._expire_challenges()
-            self._challenges[challenge_id] = _Challenge(request.device_id, key, nonce, expires)
-        return edge_pb2.JoinChallenge(challenge_id=challenge_id, nonce=nonce, expires_unix=expires)
+        self._check_registered(key, request.device_id, context, status)
+        try:
+            with self._lock:
+                challenge = self._challenges.issue(request.device_id, key, address)
+        except RateLimited as limited:
+            self._rate_limited(context, limited)
+        return edge_pb2.JoinChallenge(
+            challenge_id=challenge.challenge_id,
+            nonce=challenge.nonce,
+            expires_unix=challenge.expires,
+        )
 
     def Authenticate(
         self, request: edge_pb2.AuthenticateRequest, context: grpc.ServicerContext
     ) -> edge_pb2.Session:
-        """Verify the signed nonce and open a session."""
+        """Verify the signed nonce and open a session (or renew the one ``renews`` names)."""
         with self._lock:
-            challenge = self._challenges.pop(request.challenge_id, None)
-        if challenge is None or challenge.expires < time.time():
+            challenge = self._challenges.take(request.challenge_id)
+        if challenge is None:
             abort(
                 context,
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -145,21 +170,25 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 "the challenge signature does not verify with the device's key",
             )
         self._check_registered(challenge.public_key, challenge.device_id, context)
-        token = secrets.token_hex(24)
-        node_id = node_id_of(challenge.public_key)
         with self._lock:
-            # A device holds one session: joining again ends the older one.
-            for old in [t for t, v in self._sessions.items() if v.node_id == node_id]:
-                del self._sessions[old]
-            self._sessions[token] = _Session(
-                node_id, challenge.device_id, challenge.public_key, time.time()
+            # A device holds one session: a fresh one ends the older one, a renewal
+            # (renews = the device's own token) carries it on under a new token.
+            session, renewed = self._sessions.open(
+                node_id_of(challenge.public_key),
+                challenge.device_id,
+                challenge.public_key,
+                renews=request.renews,
             )
+            self.renewed_sessions += renewed
+        if renewed:
+            LOG.info("node %d renewed its session", session.node_id)
         return edge_pb2.Session(
-            token=token,
-            node_id=node_id,
+            token=session.token,
+            node_id=session.node_id,
             heartbeat_seconds=self.heartbeat_seconds,
             max_payload_bytes=self.max_payload_bytes,
             chunk_bytes=self.chunk_bytes,
+            expires_unix=session.expires,
         )
 
     # -- tasks --------------------------------------------------------------------------
@@ -175,7 +204,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 try:
                     task = channel.tasks.get(timeout=0.5)
                 except queue.Empty:
-                    if not self._still_welcome(request.session, session):
+                    if not self._still_welcome(session, context):
                         break
                     continue
                 if task is None:
@@ -207,6 +236,19 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 E.ERROR_CODE_LATE,
                 f"task {header.task_id[:12]} is not open for this device (its round is over)",
             )
+        signed = upload_signing_bytes(
+            header.task_id, instruction.metadata.group_id, bytes(header.sha256), header.is_error
+        )
+        if not verify_signature(session.public_key, bytes(header.signature), signed):
+            self._refuse(
+                context,
+                header.task_id,
+                grpc.StatusCode.UNAUTHENTICATED,
+                E.ERROR_CODE_BAD_SIGNATURE,
+                f"the upload's signature does not verify with device {session.device_id[:12]}'s "
+                "key: every upload must be signed by the device that joined, so a session "
+                "token alone cannot upload",
+            )
         if header.total_bytes > self.max_payload_bytes:
             self._refuse(
                 context,
@@ -216,8 +258,11 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 f"upload of {header.total_bytes} bytes exceeds the server's limit of "
                 f"{self.max_payload_bytes} bytes",
             )
-        data = self._receive(first, request_iterator, header, context)
-        reply = self._reply(data, header, instruction, context)
+        try:
+            data = receive(first, request_iterator, header)
+            reply = reply_message(data, header, instruction)
+        except UploadRefused as refused:
+            self._refuse(context, header.task_id, refused.status, refused.code, str(refused))
         if not self.grid.deliver(header.task_id, reply):
             abort(
                 context,
@@ -238,21 +283,39 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             session.last_seen = time.time()
         return edge_pb2.HeartbeatReply(server_unix=time.time())
 
+    def session_of(self, node_id: int) -> Session | None:
+        """The session a device holds now (expired or not), for operators and tests."""
+        with self._lock:
+            return self._sessions.for_node(node_id)
+
     # -- helpers --------------------------------------------------------------------
 
-    def _still_welcome(self, token: str, session: _Session) -> bool:
-        """False once the device is revoked, joined again, or stopped its heartbeats."""
+    def _still_welcome(self, session: Session, context: grpc.ServicerContext) -> bool:
+        """False once the device is revoked, joined afresh, or stopped its heartbeats;
+        the stream ends with ``SESSION_EXPIRED`` once its session expired and was not
+        renewed in the grace period."""
         if self.registry.status(session.public_key) is not DeviceStatus.REGISTERED:
             return False
+        now = time.time()
         with self._lock:
-            current = self._sessions.get(token) is session
-        silent = time.time() - session.last_seen > STALE_HEARTBEATS * self.heartbeat_seconds
+            current = self._sessions.is_current(session)
+            lapsed = now - session.expires
+        if current and lapsed > RENEWAL_GRACE_HEARTBEATS * self.heartbeat_seconds:
+            LOG.info("node %d did not renew its expired session; closing it", session.node_id)
+            self._expired(context)
+        silent = now - session.last_seen > STALE_HEARTBEATS * self.heartbeat_seconds
         if silent:
             LOG.warning("node %d sent no heartbeat for a while; closing it", session.node_id)
         return current and not silent
 
-    def _check_registered(self, key: bytes, ident: str, context: grpc.ServicerContext) -> None:
-        status = self.registry.status(key)
+    def _check_registered(
+        self,
+        key: bytes,
+        ident: str,
+        context: grpc.ServicerContext,
+        status: DeviceStatus | None = None,
+    ) -> None:
+        status = self.registry.status(key) if status is None else status
         if status is DeviceStatus.REGISTERED:
             return
         LOG.warning("refused %s device %s", status.value, ident[:12])
@@ -271,85 +334,44 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             f"run: stamen devices register <its public key>",
         )
 
-    def _session(self, token: str, context: grpc.ServicerContext) -> _Session:
+    def _session(self, token: str, context: grpc.ServicerContext) -> Session:
         with self._lock:
-            session = self._sessions.get(token)
+            session = self._sessions.lookup(token)
         if session is None:
             abort(
                 context,
                 grpc.StatusCode.UNAUTHENTICATED,
                 E.ERROR_CODE_BAD_SESSION,
-                "unknown or expired session; join again",
+                "unknown session (the server restarted, or the device joined again since); "
+                "join again",
             )
         if self.registry.status(session.public_key) is not DeviceStatus.REGISTERED:
             with self._lock:
-                self._sessions.pop(token, None)
+                self._sessions.drop(session)
             self._check_registered(session.public_key, session.device_id, context)
+        if session.expired(time.time()):
+            self._expired(context)
         return session
 
-    def _receive(
-        self,
-        first: edge_pb2.UploadChunk,
-        rest: Iterator[edge_pb2.UploadChunk],
-        header: edge_pb2.UploadHeader,
-        context: grpc.ServicerContext,
-    ) -> bytes:
-        parts = [bytes(first.data)]
-        size = len(first.data)
-        for chunk in rest:
-            size += len(chunk.data)
-            if size > header.total_bytes:
-                self._refuse(
-                    context,
-                    header.task_id,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    E.ERROR_CODE_CORRUPT_UPLOAD,
-                    f"upload carries more than the {header.total_bytes} bytes its header declares",
-                )
-            parts.append(bytes(chunk.data))
-        data = b"".join(parts)
-        if len(data) != header.total_bytes or sha256(data) != bytes(header.sha256):
-            self._refuse(
-                context,
-                header.task_id,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                E.ERROR_CODE_CORRUPT_UPLOAD,
-                f"upload is corrupt: {len(data)} of {header.total_bytes} bytes, "
-                "or its SHA-256 does not match",
-            )
-        return data
+    def _expired(self, context: grpc.ServicerContext) -> NoReturn:
+        abort(
+            context,
+            grpc.StatusCode.UNAUTHENTICATED,
+            E.ERROR_CODE_SESSION_EXPIRED,
+            f"the session expired (sessions last {self.session_ttl:g} s); join again "
+            "with renews set to this token to renew it, then repeat the call",
+        )
 
-    def _reply(
-        self,
-        data: bytes,
-        header: edge_pb2.UploadHeader,
-        instruction: Message,
-        context: grpc.ServicerContext,
-    ) -> Message:
-        if header.is_error:
-            error = edge_pb2.ReplyError()
-            try:
-                error.ParseFromString(data)
-            except Exception:  # protobuf DecodeError from an untrusted peer
-                self._refuse(
-                    context,
-                    header.task_id,
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    E.ERROR_CODE_CORRUPT_UPLOAD,
-                    "error reply does not parse",
-                )
-            return Message(Error(code=int(error.code), reason=error.reason), reply_to=instruction)
-        try:
-            content = parse_records(data)
-        except CorruptRecords as problem:
-            self._refuse(
-                context,
-                header.task_id,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                E.ERROR_CODE_CORRUPT_UPLOAD,
-                str(problem),
-            )
-        return Message(content, reply_to=instruction)
+    def _rate_limited(self, context: grpc.ServicerContext, limited: RateLimited) -> NoReturn:
+        with self._lock:
+            self.refused_joins += 1
+        abort(
+            context,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            E.ERROR_CODE_RATE_LIMITED,
+            str(limited),
+            retry_after=limited.retry_after,
+        )
 
     def _refuse(
         self,
@@ -362,10 +384,3 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         LOG.warning("refused an upload for task %s: %s", task_id[:12], message)
         self.grid.refused_upload(task_id)
         abort(context, status, code, message)
-
-    def _expire_challenges(self) -> None:
-        now = time.time()
-        for key in [k for k, c in self._challenges.items() if c.expires < now]:
-            del self._challenges[key]
-        while len(self._challenges) > MAX_CHALLENGES:
-            del self._challenges[next(iter(self._challenges))]

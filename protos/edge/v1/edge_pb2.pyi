@@ -18,6 +18,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_LATE: _ClassVar[ErrorCode]
     ERROR_CODE_BAD_REQUEST: _ClassVar[ErrorCode]
     ERROR_CODE_REPLACED: _ClassVar[ErrorCode]
+    ERROR_CODE_RATE_LIMITED: _ClassVar[ErrorCode]
+    ERROR_CODE_SESSION_EXPIRED: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_UNKNOWN_DEVICE: ErrorCode
 ERROR_CODE_REVOKED_DEVICE: ErrorCode
@@ -28,14 +30,18 @@ ERROR_CODE_CORRUPT_UPLOAD: ErrorCode
 ERROR_CODE_LATE: ErrorCode
 ERROR_CODE_BAD_REQUEST: ErrorCode
 ERROR_CODE_REPLACED: ErrorCode
+ERROR_CODE_RATE_LIMITED: ErrorCode
+ERROR_CODE_SESSION_EXPIRED: ErrorCode
 
 class EdgeError(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "retry_after_seconds")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     code: ErrorCode
     message: str
-    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+    retry_after_seconds: float
+    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., retry_after_seconds: _Optional[float] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("protocol_version", "device_id", "public_key")
@@ -58,28 +64,32 @@ class JoinChallenge(_message.Message):
     def __init__(self, challenge_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., expires_unix: _Optional[float] = ...) -> None: ...
 
 class AuthenticateRequest(_message.Message):
-    __slots__ = ("challenge_id", "device_id", "signature")
+    __slots__ = ("challenge_id", "device_id", "signature", "renews")
     CHALLENGE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    RENEWS_FIELD_NUMBER: _ClassVar[int]
     challenge_id: str
     device_id: str
     signature: bytes
-    def __init__(self, challenge_id: _Optional[str] = ..., device_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    renews: str
+    def __init__(self, challenge_id: _Optional[str] = ..., device_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., renews: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("token", "node_id", "heartbeat_seconds", "max_payload_bytes", "chunk_bytes")
+    __slots__ = ("token", "node_id", "heartbeat_seconds", "max_payload_bytes", "chunk_bytes", "expires_unix")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_FIELD_NUMBER: _ClassVar[int]
     token: str
     node_id: int
     heartbeat_seconds: float
     max_payload_bytes: int
     chunk_bytes: int
-    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    expires_unix: float
+    def __init__(self, token: _Optional[str] = ..., node_id: _Optional[int] = ..., heartbeat_seconds: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., expires_unix: _Optional[float] = ...) -> None: ...
 
 class TaskStreamRequest(_message.Message):
     __slots__ = ("session",)
@@ -134,18 +144,32 @@ class UploadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("session", "task_id", "total_bytes", "sha256", "is_error")
+    __slots__ = ("session", "task_id", "total_bytes", "sha256", "is_error", "signature")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     IS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     session: str
     task_id: str
     total_bytes: int
     sha256: bytes
     is_error: bool
-    def __init__(self, session: _Optional[str] = ..., task_id: _Optional[str] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., is_error: _Optional[bool] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, session: _Optional[str] = ..., task_id: _Optional[str] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., is_error: _Optional[bool] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class UploadSigningInput(_message.Message):
+    __slots__ = ("task_id", "group_id", "content_sha256", "is_error")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    IS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    group_id: str
+    content_sha256: bytes
+    is_error: bool
+    def __init__(self, task_id: _Optional[str] = ..., group_id: _Optional[str] = ..., content_sha256: _Optional[bytes] = ..., is_error: _Optional[bool] = ...) -> None: ...
 
 class ReplyError(_message.Message):
     __slots__ = ("code", "reason")
