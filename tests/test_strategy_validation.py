@@ -110,7 +110,7 @@ def dense_reply(arrays: dict[str, Array], num_examples: int = 4) -> Message:
 
 def test_dense_replies_are_refused_unless_the_device_was_admitted_as_plain() -> None:
     trained = {k: Array(v + 1) for k, v in MODEL.items()}
-    with pytest.raises(InvalidUpdate, match="dense .plain Flower. reply refused"):
+    with pytest.raises(InvalidUpdate, match=r"dense \(plain Flower\) reply refused"):
         check(dense_reply(trained, num_examples=10**6))
     plain = check(dense_reply(trained), allow_dense=True)
     assert plain.plain
