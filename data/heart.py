@@ -105,7 +105,9 @@ def heart_records() -> HeartRecords:
     for index, row in enumerate(rows):
         expected = CENTRES[owners[index]]
         if row["dataset"] != expected and row["id"] != "304":
-            raise DataError(f"{path}: row id {row['id']} is from {row['dataset']!r}, not {expected}")
+            raise DataError(
+                f"{path}: row id {row['id']} is from {row['dataset']!r}, not {expected}"
+            )
         encoded = _encode(row)
         if encoded is None:
             continue

@@ -1,9 +1,10 @@
 """One entry point that turns a dataset spec string into a prepared Dataset.
 
 A spec is a built-in name (``digits``, ``mnist``, ``mnist-small``, ``watch``,
-``heart-disease``, ``spoken-digits``) or ``npz:PATH`` for a user's file. Datasets are cached per process: loading
-MNIST once and partitioning it for thousands of virtual devices is the common
-case. An ``npz`` file is re-read when its size or modification time changes.
+``heart-disease``, ``spoken-digits``) or ``npz:PATH`` for a user's file.
+Datasets are cached per process: loading MNIST once and partitioning it for
+thousands of virtual devices is the common case. An ``npz`` file is re-read
+when its size or modification time changes.
 """
 
 from __future__ import annotations
