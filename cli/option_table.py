@@ -3,7 +3,8 @@
 A flag that sets a config key names it here (``--over-selection`` sets
 ``federation.over_selection``); each command lists the options it takes, in
 ``--help`` order. Settings resolve as the README says: the preset, then the
-``--config`` file, then ``--set section.key=value``, then these flags.
+``--config`` file, then ``--set section.key=value``, then these flags. The defaults
+that depend on the dataset follow the rule in ``stamen.config.derived``.
 """
 
 from __future__ import annotations
@@ -64,17 +65,23 @@ PRESET = Option(
 DATASET = Option(
     "dataset",
     str | None,
-    "digits, mnist, mnist-small, watch, or npz:PATH.  \\[default: mnist]",
+    "digits, mnist, mnist-small, watch, heart-disease, spoken-digits, or npz:PATH.  "
+    "\\[default: mnist]",
     DATA,
     key="data.dataset",
 )
 MODEL = Option(
-    "model", str | None, "lenet, mobilenet or mlp.  \\[default: lenet]", DATA, key="training.model"
+    "model",
+    str | None,
+    "lenet, mobilenet or mlp.  \\[default: lenet for images, mlp for feature vectors]",
+    DATA,
+    key="training.model",
 )
 PARTITION = Option(
     "partition",
     str | None,
-    "iid, dirichlet, shards or natural.  \\[default: dirichlet]",
+    "iid, dirichlet, shards or natural.  \\[default: natural where the data names its "
+    "clients (watch, heart-disease), else dirichlet]",
     DATA,
     key="data.partition",
 )
@@ -88,14 +95,15 @@ ALPHA = Option(
 NUM_DEVICES = Option(
     "num_devices",
     int | None,
-    "Devices in the fleet.  \\[default: 100; stamen server: devices-per-round]",
+    "Devices in the fleet.  \\[default: from the dataset, one per 100 training rows, "
+    "at most 100 (mnist: 100); stamen server: devices-per-round]",
     FED,
     key="federation.num_devices",
 )
 DEVICES_PER_ROUND = Option(
     "devices_per_round",
     int | None,
-    "Devices sampled each round.  \\[default: 10]",
+    "Devices sampled each round.  \\[default: 10, or the whole fleet if smaller]",
     FED,
     key="federation.devices_per_round",
 )
@@ -173,7 +181,7 @@ SAMPLES_PER_DEVICE = Option(
 LOCAL_EPOCHS = Option(
     "local_epochs",
     int | None,
-    "Local epochs per round.  \\[default: 1]",
+    "Local epochs per round.  \\[default: enough for 30 SGD steps a round (mnist: 1)]",
     DATA,
     key="training.local_epochs",
 )
@@ -181,7 +189,11 @@ LR = Option(
     "lr", float | None, "Local SGD learning rate.  \\[default: 0.05]", DATA, key="training.lr"
 )
 BATCH_SIZE = Option(
-    "batch_size", int | None, "Local batch size.  \\[default: 20]", DATA, key="training.batch_size"
+    "batch_size",
+    int | None,
+    "Local batch size.  \\[default: 20, or a fifth of a device's rows if smaller]",
+    DATA,
+    key="training.batch_size",
 )
 QAT = Option(
     "qat",

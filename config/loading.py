@@ -2,8 +2,10 @@
 
 Precedence, lowest first: dataclass defaults, the preset, the TOML file, then
 explicit overrides (CLI flags, ``--set section.key=value``, or Flower's
-``run_config``). Everything is parsed here, once, at the boundary; the rest of
-Stamen only sees typed dataclasses.
+``run_config``). The settings that depend on the dataset (fleet size, devices per
+round, batch size, local epochs, partition, model) that none of these set follow
+from the dataset by the rule in :mod:`stamen.config.derived`. Everything is parsed
+here, once, at the boundary; the rest of Stamen only sees typed dataclasses.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from stamen.config.derived import DERIVED_KEYS, derive
 from stamen.config.fleet_settings import tier_share
-from stamen.config.settings import SECTION_TYPES, Preset, StamenConfig
+from stamen.config.settings import SECTION_TYPES, DataSettings, Preset, StamenConfig
 from stamen.core.errors import ConfigError
+from stamen.data import PartitionScheme, dataset_facts
 
 PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
     Preset.EDGE: {
@@ -193,6 +197,7 @@ def build_config(flat: Mapping[str, Any]) -> StamenConfig:
             allowed = ", ".join(["preset", *SECTION_TYPES])
             raise ConfigError(f"unknown config key {key!r}; sections are: {allowed}")
         sections[section][name] = value
+    fill_derived_defaults(sections)
     built = {
         "federation": build_section(
             "federation", SECTION_TYPES["federation"], sections["federation"]
@@ -212,6 +217,33 @@ def build_config(flat: Mapping[str, Any]) -> StamenConfig:
         }
     )
     return StamenConfig(preset=preset, **built)
+
+
+def fill_derived_defaults(sections: dict[str, dict[str, Any]]) -> None:
+    """Set each of :data:`~stamen.config.derived.DERIVED_KEYS` that nothing set, by the rule.
+
+    The values already in ``sections`` (preset, file, flags) are kept and feed the rule.
+    """
+    if all(key.partition(".")[2] in sections[key.partition(".")[0]] for key in DERIVED_KEYS):
+        return
+
+    def given(section: str, name: str, annotation: Any) -> Any:
+        value = sections[section].get(name)
+        return None if value is None else coerce(f"{section}.{name}", value, annotation)
+
+    dataset = given("data", "dataset", str) or DataSettings().dataset
+    partition = given("data", "partition", PartitionScheme)
+    derived = derive(
+        dataset_facts(dataset),
+        partition=None if partition is None else partition.value,
+        num_devices=given("federation", "num_devices", int),
+        devices_per_round=given("federation", "devices_per_round", int),
+        samples_per_device=given("data", "samples_per_device", int) or 0,
+        batch_size=given("training", "batch_size", int),
+    )
+    for key, value in derived.as_flat().items():
+        section, _, name = key.partition(".")
+        sections[section].setdefault(name, value)
 
 
 TIERS_PREFIX = "fleet.tiers."

@@ -55,7 +55,10 @@ class DataSettings:
     """Which dataset the devices hold and how it is split among them."""
 
     dataset: str = "mnist"
-    """``digits``, ``mnist``, ``mnist-small``, ``watch`` or ``npz:PATH``."""
+    """``digits``, ``mnist``, ``mnist-small``, ``watch``, ``heart-disease``,
+    ``spoken-digits`` or ``npz:PATH``. Where nothing sets them, the partition, fleet size,
+    devices per round, batch size, local epochs and model follow from this dataset
+    (:mod:`stamen.config.derived`); the defaults below are MNIST's."""
     partition: PartitionScheme = PartitionScheme.DIRICHLET
     alpha: float = 0.3
     """Dirichlet concentration: small is more skewed (non-IID)."""

@@ -12,7 +12,8 @@ Examples:
 """
 
 from stamen.data.dataset import Dataset, Normalization
-from stamen.data.loaders import dataset_names, load_dataset
+from stamen.data.facts import DatasetFacts
+from stamen.data.loaders import dataset_facts, dataset_names, load_dataset
 from stamen.data.partition import (
     PartitionConfig,
     PartitionScheme,
@@ -25,9 +26,11 @@ from stamen.data.unlabelled import file_inputs, holdout_inputs
 
 __all__ = [
     "Dataset",
+    "DatasetFacts",
     "Normalization",
     "PartitionConfig",
     "PartitionScheme",
+    "dataset_facts",
     "dataset_names",
     "file_inputs",
     "holdout_inputs",

@@ -47,7 +47,10 @@ def test_help_lists_commands_and_simulate_help_explains_flags() -> None:
         (["--set", "training.optimizer=adam"], "unknown key 'training.optimizer'"),
         (["--dataset", "npz:/no/such/file.npz"], "dataset file not found: /no/such/file.npz"),
         (["--dataset", "digits", "--num-devices", "5000"], "there are only 1437 training rows"),
-        (["--dataset", "watch"], "holds feature vectors of shape (48,); use model mlp"),
+        (
+            ["--dataset", "watch", "--model", "lenet"],
+            "holds feature vectors of shape (48,); use model mlp",
+        ),
         (["--sweep", "preset"], "--sweep expects KEY=V1,V2"),
         (["--sweep", "preset=edge,tiny"], "preset must be one of edge, fp32; got 'tiny'"),
         (["--fleet", "custom"], "fleet.preset custom needs at least one [fleet.tiers.NAME]"),

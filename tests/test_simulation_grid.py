@@ -153,6 +153,9 @@ def small_config(**overrides: object) -> object:
         "num-devices": 12,
         "devices-per-round": 4,
         "rounds": 3,
+        # These tests time and count devices; one epoch keeps them as fast as they were.
+        "local-epochs": 1,
+        "batch-size": 20,
     }
     return load_config(overrides={**base, **overrides})
 
@@ -234,6 +237,8 @@ def three_tier_fleet(**changes: object) -> object:
         "num-devices": 10_000,
         "devices-per-round": 40,
         "rounds": 2,
+        "local-epochs": 1,  # the deadline below is sized for one step of 20 rows
+        "batch-size": 20,
         "federation.deadline": 1.0,
         "fleet.tiers.phone.share": 0.5,
         "fleet.tiers.phone.dropout": 0.2,
