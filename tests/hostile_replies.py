@@ -183,7 +183,7 @@ class Case:
     send: Reply
     reason: str | None
     """What the rejection says (``None``: the reply is accepted, bounded)."""
-    rounds: tuple[int, ...] = (1, 2)
+    rounds: tuple[int, ...] = (1,)
     """The rounds whose hostile reply is refused."""
     overrides: dict[str, Any] = field(default_factory=dict)
     bounded: str | None = None

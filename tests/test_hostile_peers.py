@@ -40,7 +40,7 @@ def federation(case: Case) -> StamenConfig:
             "uplink.topk_ratio": 0.1,
             "num-devices": DEVICES,
             "devices-per-round": DEVICES,
-            "rounds": 2,
+            "rounds": max(case.rounds),
             "partition": "iid",
             "lr": 0.1,
             "local-epochs": 1,
