@@ -8,7 +8,10 @@ to the round's medians, which a minority cannot move, so they need no tuning:
 
 - **clipping**: each delta is scaled down to at most ``clip_factor`` times the
   round's median delta norm (Sun et al. 2019, adaptive as in Andrew et al.
-  2021), so a scaled-up update counts as much as an honest one, no more;
+  2021), so a scaled-up update counts at most twice as much as a typical
+  honest one. Twice, not once: clipping at the median itself shortens half
+  the honest steps every round, which cost 0.9 points of attack-free accuracy
+  after 30 MNIST rounds, against 0.06 at twice the median;
 - **weights**: a device's self-reported ``num-examples`` counts at most
   ``weight_cap_factor`` times the round's median (and at most
   ``max_num_examples``, when set), so a device cannot outweigh the round by
@@ -23,7 +26,7 @@ to the round's medians, which a minority cannot move, so they need no tuning:
 
 Examples:
     >>> DefenseSettings().clip_factor
-    1.0
+    2.0
     >>> DefenseSettings(clip_factor=-1)
     Traceback (most recent call last):
     ...
@@ -41,7 +44,7 @@ from stamen.config.checks import require
 class DefenseSettings:
     """Bounds on one device's influence on a round, relative to the round itself."""
 
-    clip_factor: float = 1.0
+    clip_factor: float = 2.0
     """Clip each delta to this multiple of the round's median delta norm; 0: no clipping."""
     weight_cap_factor: float = 3.0
     """A device's num-examples counts at most this multiple of the round's median; 0: no cap."""

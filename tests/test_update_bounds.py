@@ -27,10 +27,9 @@ def test_a_scaled_update_counts_no_more_than_an_honest_one() -> None:
     honest = honest_round()
     bounded = bound_updates([*honest, update([1000.0] * 6, node=99)], DefenseSettings())
     attacker = next(u for u in bounded.kept if u.node_id == 99)
-    median = float(np.median([l2_norm(u.delta) for u in [*honest, attacker]]))
+    honest_median = float(np.median([l2_norm(u.delta) for u in honest]))
     assert l2_norm(attacker.delta) <= bounded.clip_bound + 1e-9
-    assert bounded.clip_bound == pytest.approx(np.median([l2_norm(u.delta) for u in honest]), 0.2)
-    assert l2_norm(attacker.delta) < 2 * median
+    assert bounded.clip_bound == pytest.approx(2 * honest_median, 0.2)  # 2 x the round's median
 
 
 def test_a_huge_self_reported_dataset_is_capped_at_a_multiple_of_the_round_median() -> None:
