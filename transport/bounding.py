@@ -104,23 +104,34 @@ def _check_directions(updates: list[ValidUpdate], defense: DefenseSettings) -> d
     """The positions of the deltas that pull against the rest of the round, with why."""
     if len(updates) < defense.min_round_for_direction or defense.min_cosine <= -1:
         return {}
+    # Directions only: each delta as a unit vector, so the reference is a vote of devices,
+    # not of norms; a few long (if clipped) deltas cannot turn it against the rest.
     names = list(updates[0].delta)
-    total = {name: sum(u.delta[name].astype(np.float64) for u in updates) for name in names}
-    rejected = {}
-    for position, update in enumerate(updates):
-        own = sum(float(np.vdot(update.delta[name], update.delta[name])) for name in names)
-        along = sum(float(np.vdot(update.delta[name], total[name])) for name in names)
-        others_sq = sum(
-            float(np.vdot(total[name] - update.delta[name], total[name] - update.delta[name]))
-            for name in names
+    norms = [l2_norm(update.delta) for update in updates]
+    total = {
+        name: sum(
+            u.delta[name].astype(np.float64) / n
+            for u, n in zip(updates, norms, strict=True)
+            if n > 0
         )
-        if own <= 0 or others_sq <= 0:
+        for name in names
+    }
+    rejected = {}
+    for position, (update, norm) in enumerate(zip(updates, norms, strict=True)):
+        if norm <= 0:
             continue
-        cosine = (along - own) / math.sqrt(own * others_sq)
+        unit = {name: update.delta[name].astype(np.float64) / norm for name in names}
+        along = sum(float(np.vdot(unit[name], total[name])) for name in names)
+        others_sq = sum(
+            float(np.vdot(total[name] - unit[name], total[name] - unit[name])) for name in names
+        )
+        if others_sq <= 0:
+            continue
+        cosine = (along - 1.0) / math.sqrt(others_sq)
         if cosine < defense.min_cosine:
             rejected[position] = (
                 f"delta points against the round: cosine {cosine:.2f} with the other "
-                f"devices' mean, below defense.min_cosine = {defense.min_cosine:g}"
+                f"devices' mean direction, below defense.min_cosine = {defense.min_cosine:g}"
             )
     if 2 * len(rejected) >= len(updates):
         return {}  # not a minority: a split round, not attackers
