@@ -17,12 +17,13 @@ to the round's medians, which a minority cannot move, so they need no tuning:
   ``max_num_examples``, when set), so a device cannot outweigh the round by
   claiming a huge dataset;
 - **direction**: with at least ``min_round_for_direction`` deltas, a delta whose
-  cosine with the mean of the others' clipped deltas is below ``min_cosine`` is
+  cosine with the mean direction of the others' deltas (each as a unit vector,
+  so that long deltas do not outvote the rest) is below ``min_cosine`` is
   rejected: it pulls the model against the round (a sign-flipped update). The
-  default, -0.1, sits below where honest deltas fall late in training (down to
+  default, -0.1, sits below where honest deltas fell late in training (down to
   about -0.05 on MNIST, as they grow less aligned) and above where sign-flipped
-  ones fall (-0.1 to -0.6): measured, not tuned per dataset, and documented in
-  docs/security.md.
+  ones fell (-0.1 to -0.6), measured against the mean of the clipped deltas
+  before the check moved to unit vectors; see docs/security.md.
 
 Examples:
     >>> DefenseSettings().clip_factor
@@ -51,7 +52,7 @@ class DefenseSettings:
     max_num_examples: int = 0
     """A fixed cap on any device's num-examples, on top of the relative one; 0: none."""
     min_cosine: float = -0.1
-    """Reject a delta whose cosine with the others' mean is below this; -1: never."""
+    """Reject a delta whose cosine with the others' mean direction is below this; -1: never."""
     min_round_for_direction: int = 5
     """The direction check needs this many deltas: in smaller rounds one device is no minority."""
 
