@@ -23,7 +23,17 @@ to the round's medians, which a minority cannot move, so they need no tuning:
   default, -0.1, sits below where honest deltas fell late in training (down to
   about -0.05 on MNIST, as they grow less aligned) and above where sign-flipped
   ones fell (-0.1 to -0.6), measured against the mean of the clipped deltas
-  before the check moved to unit vectors; see docs/security.md.
+  before the check moved to unit vectors; see docs/security.md;
+- **agreement**: with as many deltas, each counts in the round's weighted mean
+  for its ``num-examples`` times a trust in [0, 1]: in full from
+  ``full_trust_at`` times the round's median cosine up, falling linearly to
+  nothing at cosine 0 or below (after FLTrust's cosine trust scores, Cao et
+  al. 2021, measured against the round itself instead of a server dataset).
+  Noise agrees with nothing (its cosine is near 0 in any dimension), so it
+  neither steers the model nor dilutes the honest step, and a sign-flipped
+  delta that the direction check let through counts for nothing. Half the
+  median, not the median itself, so that honest deltas below the typical
+  agreement, which a non-IID round always holds, still count in full.
 
 Examples:
     >>> DefenseSettings().clip_factor
@@ -53,6 +63,8 @@ class DefenseSettings:
     """A fixed cap on any device's num-examples, on top of the relative one; 0: none."""
     min_cosine: float = -0.1
     """Reject a delta whose cosine with the others' mean direction is below this; -1: never."""
+    full_trust_at: float = 0.5
+    """A delta counts in full from this share of the round's median cosine up; 0: always."""
     min_round_for_direction: int = 5
     """The direction check needs this many deltas: in smaller rounds one device is no minority."""
 
@@ -75,6 +87,9 @@ class DefenseSettings:
         )
         require(-1 <= self.min_cosine <= 1, key + "min_cosine", "in [-1, 1]", self.min_cosine)
         require(
+            0 <= self.full_trust_at <= 1, key + "full_trust_at", "in [0, 1]", self.full_trust_at
+        )
+        require(
             self.min_round_for_direction >= 3,
             key + "min_round_for_direction",
             ">= 3",
@@ -84,4 +99,4 @@ class DefenseSettings:
     @classmethod
     def off(cls) -> DefenseSettings:
         """No bounds at all: plain FedAvg semantics, for comparisons and unit tests."""
-        return cls(clip_factor=0.0, weight_cap_factor=0.0, min_cosine=-1.0)
+        return cls(clip_factor=0.0, weight_cap_factor=0.0, min_cosine=-1.0, full_trust_at=0.0)

@@ -98,7 +98,9 @@ def attack_reply(
     if settings.kind is AttackKind.STALE:
         payload = _replayed(context, payload)
     else:
-        payload = corrupt_payload(payload, task, settings, seed=(task.seed, task.round_num))
+        # Each attacker draws its own noise: a shared draw would be a coordinated attack.
+        device = int(context.node_config.get("partition-id", 0))
+        payload = corrupt_payload(payload, task, settings, seed=(task.seed, task.round_num, device))
     records = dict(reply.content.items())
     records[UPDATE_KEY] = ArrayRecord({PAYLOAD: Array(np.frombuffer(payload, np.uint8))})
     return Message(RecordDict(records), reply_to=message)
@@ -131,7 +133,7 @@ def honest_update(payload: bytes) -> DecodedUpdate:
 
 
 def corrupt_payload(
-    payload: bytes, task: TrainTask, settings: AttackSettings, seed: tuple[int, int]
+    payload: bytes, task: TrainTask, settings: AttackSettings, seed: tuple[int, ...]
 ) -> bytes:
     """Decode an honest update, apply a value attack, and encode it again."""
     update = honest_update(payload)

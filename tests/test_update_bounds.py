@@ -53,6 +53,16 @@ def test_a_sign_flipped_update_is_rejected_with_its_cosine() -> None:
     assert (mean > 0.5).all()
 
 
+def test_noise_counts_for_nothing_and_does_not_dilute_the_honest_step() -> None:
+    honest = honest_round()
+    noise = update([3.0, -3.0, 3.0, -3.0, 3.0, -3.0], node=99)  # orthogonal to the round
+    bounded = bound_updates([*honest, noise], DefenseSettings())
+    trust = {u.node_id: u.trust for u in bounded.kept}
+    assert trust[99] == 0.0 and all(trust[i] == 1.0 for i in range(8))
+    assert bounded.discounted == 1 and bounded.median_cosine is not None
+    assert np.allclose(weighted_mean_delta(bounded.kept)["w"], weighted_mean_delta(honest)["w"])
+
+
 def test_a_round_split_in_half_is_not_a_minority_and_keeps_everyone() -> None:
     split = [update([1.0, 0.0], node=i) for i in range(3)]
     split += [update([-1.0, 0.0], node=3 + i) for i in range(3)]
@@ -68,6 +78,7 @@ def test_defense_off_leaves_updates_untouched() -> None:
     updates = [*honest_round(), update([1000.0] * 6, n=10**9)]
     bounded = bound_updates(updates, DefenseSettings.off())
     assert bounded.kept == updates and bounded.clip_bound is None
+    assert bounded.discounted == 0 and bounded.median_cosine is None
 
 
 @pytest.mark.parametrize(("n", "f"), [(3, 0), (5, 1), (10, 3), (20, 6), (40, 12)])

@@ -1,9 +1,9 @@
-"""Bound each accepted update's influence on its round: weight cap, clipping, direction.
+"""Bound each accepted update's influence on its round: weights, direction, agreement, norm.
 
 The rules and their defaults are :class:`~stamen.config.DefenseSettings`'s. They run
 after the gate (every update here is well-formed and finite) and before any
 strategy sees the updates, so every aggregation rule gets bounded inputs. Each
-bound is relative to the round's median, which a minority of devices cannot
+bound is relative to the round's medians, which a minority of devices cannot
 move: no tuning per model, dataset or training phase.
 
 Examples:
@@ -43,23 +43,40 @@ class BoundedRound:
     """The L2 bound deltas were clipped to (``None``: no clipping this round)."""
     clipped: int = 0
     capped_weights: int = 0
+    discounted: int = 0
+    """How many kept deltas count for less than their num-examples: they agree with the round
+    less than ``DefenseSettings.full_trust_at`` of its median delta does."""
+    median_cosine: float | None = None
+    """The round's agreement: the median cosine of a delta with the others' mean direction
+    (``None``: too few deltas to measure it)."""
 
 
 def bound_updates(updates: list[ValidUpdate], defense: DefenseSettings) -> BoundedRound:
-    """Cap weights, clip norms, then reject deltas that pull against the round."""
+    """Cap weights, reject deltas that pull against the round, weigh the rest by agreement,
+    then clip."""
     if not updates:
         return BoundedRound(kept=[])
     updates, capped = _cap_weights(updates, defense)
-    updates, bound, clipped = _clip(updates, defense.clip_factor)
-    rejected = _check_directions(updates, defense)
+    measured = len(updates) >= defense.min_round_for_direction and (
+        defense.min_cosine > -1 or defense.full_trust_at > 0
+    )
+    cosines = _cosines(updates) if measured else None
+    rejected = _against_the_round(cosines, defense) if cosines is not None else {}
     positions = [i for i in range(len(updates)) if i not in rejected]
+    kept = [updates[i] for i in positions]
+    discounted = 0
+    if cosines is not None:
+        kept, discounted = _trust(kept, [cosines[i] for i in positions], defense)
+    kept, bound, clipped = _clip(kept, defense.clip_factor)
     return BoundedRound(
-        kept=[updates[i] for i in positions],
+        kept=kept,
         positions=positions,
         rejected=[(updates[i], reason) for i, reason in rejected.items()],
         clip_bound=bound,
         clipped=clipped,
         capped_weights=capped,
+        discounted=discounted,
+        median_cosine=float(np.median(cosines)) if cosines is not None else None,
     )
 
 
@@ -82,8 +99,50 @@ def _cap_weights(
     return capped, sum(update.num_examples > cap for update in updates)
 
 
+def _cosines(updates: list[ValidUpdate]) -> list[float]:
+    """Each delta's cosine with the mean direction of the others' deltas.
+
+    Directions only: each delta as a unit vector, so the reference is a vote of
+    devices, not of norms, and a few long deltas cannot turn it against the rest.
+    A zero delta, or a round whose other deltas cancel out, scores 0.
+    """
+    names = list(updates[0].delta)
+    norms = [l2_norm(update.delta) for update in updates]
+    units = [
+        {name: update.delta[name].astype(np.float64) / norm for name in names} if norm > 0 else None
+        for update, norm in zip(updates, norms, strict=True)
+    ]
+    total = {name: sum(unit[name] for unit in units if unit is not None) for name in names}
+    cosines = []
+    for unit in units:
+        if unit is None:
+            cosines.append(0.0)
+            continue
+        along = sum(float(np.vdot(unit[name], total[name])) for name in names)
+        others_sq = sum(
+            float(np.vdot(total[name] - unit[name], total[name] - unit[name])) for name in names
+        )
+        cosines.append((along - 1.0) / math.sqrt(others_sq) if others_sq > 0 else 0.0)
+    return cosines
+
+
+def _against_the_round(cosines: list[float], defense: DefenseSettings) -> dict[int, str]:
+    """The positions of the deltas that pull against the rest of the round, with why."""
+    rejected = {
+        position: (
+            f"delta points against the round: cosine {cosine:.2f} with the other "
+            f"devices' mean direction, below defense.min_cosine = {defense.min_cosine:g}"
+        )
+        for position, cosine in enumerate(cosines)
+        if cosine < defense.min_cosine
+    }
+    if 2 * len(rejected) >= len(cosines):
+        return {}  # not a minority: a split round, not attackers
+    return rejected
+
+
 def _clip(updates: list[ValidUpdate], factor: float) -> tuple[list[ValidUpdate], float | None, int]:
-    if factor <= 0:
+    if factor <= 0 or not updates:
         return updates, None, 0
     norms = [l2_norm(update.delta) for update in updates]
     bound = factor * float(np.median(norms))
@@ -100,39 +159,19 @@ def _clip(updates: list[ValidUpdate], factor: float) -> tuple[list[ValidUpdate],
     return clipped, bound, sum(norm > bound for norm in norms)
 
 
-def _check_directions(updates: list[ValidUpdate], defense: DefenseSettings) -> dict[int, str]:
-    """The positions of the deltas that pull against the rest of the round, with why."""
-    if len(updates) < defense.min_round_for_direction or defense.min_cosine <= -1:
-        return {}
-    # Directions only: each delta as a unit vector, so the reference is a vote of devices,
-    # not of norms; a few long (if clipped) deltas cannot turn it against the rest.
-    names = list(updates[0].delta)
-    norms = [l2_norm(update.delta) for update in updates]
-    total = {
-        name: sum(
-            u.delta[name].astype(np.float64) / n
-            for u, n in zip(updates, norms, strict=True)
-            if n > 0
-        )
-        for name in names
-    }
-    rejected = {}
-    for position, (update, norm) in enumerate(zip(updates, norms, strict=True)):
-        if norm <= 0:
-            continue
-        unit = {name: update.delta[name].astype(np.float64) / norm for name in names}
-        along = sum(float(np.vdot(unit[name], total[name])) for name in names)
-        others_sq = sum(
-            float(np.vdot(total[name] - unit[name], total[name] - unit[name])) for name in names
-        )
-        if others_sq <= 0:
-            continue
-        cosine = (along - 1.0) / math.sqrt(others_sq)
-        if cosine < defense.min_cosine:
-            rejected[position] = (
-                f"delta points against the round: cosine {cosine:.2f} with the other "
-                f"devices' mean direction, below defense.min_cosine = {defense.min_cosine:g}"
-            )
-    if 2 * len(rejected) >= len(updates):
-        return {}  # not a minority: a split round, not attackers
-    return rejected
+def _trust(
+    updates: list[ValidUpdate], cosines: list[float], defense: DefenseSettings
+) -> tuple[list[ValidUpdate], int]:
+    """Weigh each delta by its agreement with the round: in full from ``full_trust_at`` x the
+    round's median cosine up, falling linearly to nothing at cosine 0 or below."""
+    typical = float(np.median(cosines))
+    if defense.full_trust_at <= 0 or typical <= 0:
+        return updates, 0  # no agreement to measure it against
+    full = defense.full_trust_at * typical
+    trusted = [
+        dataclasses.replace(update, trust=min(max(cosine / full, 0.0), 1.0))
+        if cosine < full
+        else update
+        for update, cosine in zip(updates, cosines, strict=True)
+    ]
+    return trusted, sum(cosine < full for cosine in cosines)

@@ -40,22 +40,20 @@ def l2_norm(delta: Mapping[str, np.ndarray]) -> float:
 
 
 def weights_of(updates: list[ValidUpdate]) -> np.ndarray:
-    """Example counts as aggregation weights that sum to one."""
-    counts = np.array([update.num_examples for update in updates], dtype=np.float64)
+    """Trusted example counts as aggregation weights that sum to one."""
+    counts = np.array([update.weight for update in updates], dtype=np.float64)
     return counts / counts.sum()
 
 
 def weighted_mean_delta(updates: list[ValidUpdate]) -> dict[str, np.ndarray]:
-    """The example-weighted mean of the updates' deltas, in float64."""
-    total = float(sum(update.num_examples for update in updates))
+    """The weighted mean of the updates' deltas (``ValidUpdate.weight``), in float64."""
+    total = float(sum(update.weight for update in updates))
     mean: dict[str, np.ndarray] = {}
     for name, first in updates[0].delta.items():
         total_delta = np.zeros(first.shape, dtype=np.float64)
         weighted = np.empty_like(total_delta)
         for update in updates:
-            np.multiply(
-                update.delta[name], update.num_examples / total, out=weighted, dtype=np.float64
-            )
+            np.multiply(update.delta[name], update.weight / total, out=weighted, dtype=np.float64)
             total_delta += weighted
         mean[name] = total_delta
     return mean

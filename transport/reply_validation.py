@@ -67,6 +67,14 @@ class ValidUpdate:
     train_loss: float | None
     node_id: int = 0
     """The device that sent it."""
+    trust: float = 1.0
+    """The share of its ``num_examples`` it counts for, from its agreement with the round
+    (:mod:`stamen.transport.bounding`)."""
+
+    @property
+    def weight(self) -> float:
+        """Its aggregation weight: the examples the server trusts it for."""
+        return self.num_examples * self.trust
 
 
 def validate_reply(

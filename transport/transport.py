@@ -280,6 +280,9 @@ class CompressedTransport:
         if bounded.clip_bound is not None:
             stats.extra["clip_bound"] = bounded.clip_bound
             stats.extra["clipped"] = float(bounded.clipped)
+        if bounded.median_cosine is not None:
+            stats.extra["median_cosine"] = bounded.median_cosine
+            stats.extra["discounted"] = float(bounded.discounted)
         if bounded.capped_weights:
             stats.extra["capped_weights"] = float(bounded.capped_weights)
         return bounded
