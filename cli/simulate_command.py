@@ -13,6 +13,7 @@ from stamen.cli.options import OptionValues, takes
 from stamen.cli.output import console, one_line_errors, setup_logging
 from stamen.cli.render import print_config
 from stamen.config import load_config
+from stamen.core import exit_status, terminate_as_interrupt
 from stamen.simulations.sweep import expand, parse_axis
 
 OPTIONS = (
@@ -74,7 +75,7 @@ def simulate(values: OptionValues) -> None:
     label = "sweep" if sweep else config.preset.value
     out_dir = values[opt.OUT] or Path("runs") / f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{label}"
     setup_logging(values[opt.VERBOSE])
-    with one_line_errors():
+    with one_line_errors(), terminate_as_interrupt():
         monitor = monitor_options(
             values[opt.MONITOR_PORT],
             values[opt.METRICS_PORT],
@@ -91,5 +92,5 @@ def simulate(values: OptionValues) -> None:
             from stamen.cli.simulation_run import run_simulation_command
 
             interrupted = run_simulation_command(console, config, out_dir, monitor)
-    if interrupted:
-        raise typer.Exit(code=130)
+    if interrupted is not None:
+        raise typer.Exit(code=exit_status(interrupted))

@@ -10,6 +10,7 @@ from rich.console import Console
 from stamen.cli.monitor_setup import MonitorOptions, start_monitored_run
 from stamen.cli.render import ProgressReporter, results_table, summary_lines
 from stamen.config import Backend, StamenConfig
+from stamen.core import signal_name
 from stamen.launch import simulate
 from stamen.server import CollectingReporter, Reporters, ResultsWriter
 from stamen.server.federation import summarize
@@ -22,14 +23,14 @@ def run_simulation_command(
     monitor: MonitorOptions | None = None,
     *,
     show_rounds: bool = True,
-) -> bool:
+) -> KeyboardInterrupt | None:
     """Run with a progress bar, then print the per-round table and the headline.
 
-    Ctrl-C stops the run after writing everything the finished rounds produced;
-    the return value says whether that happened. With ``monitor``, the monitor
-    service (and metrics endpoint) serve the run while it lasts.
+    Ctrl-C or SIGTERM stops the run after writing everything the finished rounds
+    produced; the return value is that interrupt, if one came. With ``monitor``,
+    the monitor service (and metrics endpoint) serve the run while it lasts.
     """
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     fed = config.federation
     local = fed.backend is Backend.LOCAL
     console.print(
@@ -52,15 +53,17 @@ def run_simulation_command(
             on_reply=progress.on_device_reply,
             control=monitored.control if monitored else None,
         )
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as stop:
+        interrupted = stop
         progress.stop()
         console.print(
-            f"[yellow]interrupted after {len(collector.records)} rounds; "
+            f"[yellow]interrupted ({signal_name(stop)}) after {len(collector.records)} rounds; "
             "writing the results so far[/]"
         )
         summary = summarize(config, collector.records, wall_seconds=time.perf_counter() - started)
-        summary.update(interrupted=True, backend=config.federation.backend.value)
+        summary.update(
+            interrupted=True, signal=signal_name(stop), backend=config.federation.backend.value
+        )
         writer.on_finish(summary)
     finally:
         progress.stop()

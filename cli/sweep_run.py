@@ -19,11 +19,12 @@ from stamen.simulations.sweep import SweepRow, run_label, summarize_runs, write_
 
 def run_sweep_command(
     console: Console, runs: list[tuple[dict[str, Any], StamenConfig]], out_dir: Path
-) -> bool:
-    """Run every configuration in turn; Ctrl-C stops the sweep and keeps what finished."""
+) -> KeyboardInterrupt | None:
+    """Run every configuration in turn; Ctrl-C or SIGTERM stops the sweep and keeps what
+    finished (the interrupt is returned)."""
     finished: list[tuple[dict[str, Any], dict[str, Any]]] = []
     curves: dict[str, list[float]] = {}
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     for number, (overrides, config) in enumerate(runs, start=1):
         label = run_label(overrides)
         console.rule(f"[bold]sweep run {number}/{len(runs)}[/] · {label}")

@@ -38,3 +38,16 @@ def require_member(settings: object, field: str, choices: type[enum.Enum], key: 
         allowed = ", ".join(str(choice.value) for choice in choices)
         raise ConfigError(f"{key} must be one of {allowed}; got {value!r}") from None
     object.__setattr__(settings, field, member)
+
+
+def is_host_port(address: str) -> bool:
+    """Whether ``address`` is ``host:port``, optionally after a ``scheme://``.
+
+    Examples:
+        >>> is_host_port("10.0.0.1:6379"), is_host_port("ray://[::1]:10001")
+        (True, True)
+        >>> is_host_port("10.0.0.1"), is_host_port(":6379"), is_host_port("h:99999")
+        (False, False, False)
+    """
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536

@@ -23,7 +23,7 @@ from stamen.compression import (
     QATConfig,
     UplinkCodecConfig,
 )
-from stamen.config.checks import require, require_member
+from stamen.config.checks import is_host_port, require, require_member
 from stamen.config.defense_settings import DefenseSettings
 from stamen.config.distill_settings import DistillSettings
 from stamen.config.fleet_settings import FleetSettings
@@ -115,6 +115,12 @@ class FederationSettings:
 
     def __post_init__(self) -> None:
         require_member(self, "backend", Backend, "federation.backend")
+        require(
+            self.ray_address in ("", "auto") or is_host_port(self.ray_address),
+            "federation.ray_address",
+            "host:port as `ray start --head` prints it, ray://host:port, or auto",
+            self.ray_address,
+        )
         require(self.num_devices >= 1, "federation.num_devices", ">= 1", self.num_devices)
         require(
             1 <= self.devices_per_round <= self.num_devices,

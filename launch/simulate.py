@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 from typing import Any
 
 from flwr.app import Context, RecordDict
@@ -152,6 +153,7 @@ def run_on_ray(
     }
     if config.federation.ray_address:
         # Joining a cluster: its size and memory are the cluster's to decide.
+        check_ray_address(config.federation.ray_address)
         init_args["address"] = config.federation.ray_address
     else:
         init_args.update(num_cpus=cpus, object_store_memory=256 * 2**20)
@@ -164,3 +166,23 @@ def run_on_ray(
             "init_args": init_args,
         },
     )
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds, in one line, when nothing listens at ``address``.
+
+    Ray itself keeps retrying an address with no cluster behind it for many minutes.
+    ``auto`` is Ray's to resolve (it fails fast when there is no cluster).
+    """
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({error.strerror or error}): start one with "
+            "`ray start --head` and pass the address it prints, or drop --ray-address to run "
+            "on a private Ray instance"
+        ) from None

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from stamen.compression import dense_nbytes, model_hash
 from stamen.config import StamenConfig
 from stamen.contract import TrainTask
+from stamen.core import signal_name
 from stamen.core.errors import ConfigError
 from stamen.data import Dataset, load_dataset
 from stamen.engine import RoundEngine
@@ -152,9 +153,9 @@ def run_federation(
             first_round=last_round + 1,
             timeout=config.federation.round_timeout,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if control is not None:
-            control.finished(RunState.STOPPED, "interrupted (Ctrl-C)")
+            control.finished(RunState.STOPPED, f"interrupted ({signal_name(stop)})")
         raise
     except Exception as error:
         if control is not None:

@@ -208,8 +208,11 @@ class SimulationGrid(RoundPolicyGrid):
     def __enter__(self) -> SimulationGrid:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, error_type: type[BaseException] | None, *rest: object) -> None:
+        if error_type is None:
+            self.close()
+        else:
+            self._pool.terminate()  # an abandoned run: its workers' work is not wanted
 
     # -- execution -----------------------------------------------------------------
 

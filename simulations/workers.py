@@ -178,8 +178,9 @@ checking replies."""
 class WorkerPool:
     """``workers`` forked processes that share out each round's devices.
 
-    Use as a context manager, or call :meth:`close`; the workers also exit
-    when the parent does, since they read from pipes the parent holds.
+    Use as a context manager, or call :meth:`close`; leaving the context on an
+    exception (Ctrl-C, SIGTERM, an error) kills the workers at once. The workers
+    also die with the parent, however it ends (:func:`die_with_parent`).
     """
 
     def __init__(self, runner: DeviceRunner, workers: int) -> None:
@@ -269,16 +270,34 @@ class WorkerPool:
         self.processes.clear()
         gc.unfreeze()
 
+    def terminate(self) -> None:
+        """Kill the workers now: the run is being abandoned, so their work is not wanted."""
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.join()
+        for connection in self.connections:
+            connection.close()
+        self.connections.clear()
+        self.processes.clear()
+        gc.unfreeze()
+
     def __enter__(self) -> WorkerPool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, error_type: type[BaseException] | None, *rest: object) -> None:
+        if error_type is None:
+            self.close()
+        else:
+            self.terminate()
 
 
 def _serve(runner: DeviceRunner, connection: Connection) -> None:
-    # Ctrl-C is the parent's to handle: it stops the pool and writes the results.
+    # Ctrl-C and SIGTERM are the parent's to handle: it stops the pool and writes the
+    # results. A worker ends with its parent, however the parent ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent()
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
     keep_freed_memory()
@@ -356,6 +375,26 @@ def keep_freed_memory(keep_bytes: int = 256 << 20, mmap_above_bytes: int = 32 <<
         return
     mallopt(M_MMAP_THRESHOLD, mmap_above_bytes)
     mallopt(M_TRIM_THRESHOLD, keep_bytes)
+
+
+PR_SET_PDEATHSIG = 1
+"""Linux's ``prctl`` option: the signal this process gets when its parent dies."""
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies, even by SIGKILL.
+
+    Otherwise a worker whose parent was killed keeps training until it next reads
+    from its pipe. Without Linux's ``prctl`` this does nothing; the pipe still ends it.
+    """
+    parent = os.getppid()
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _node(message: Message) -> int:

@@ -2,11 +2,13 @@
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -55,6 +57,7 @@ def test_help_lists_commands_and_simulate_help_explains_flags() -> None:
         (["--sweep", "preset=edge,tiny"], "preset must be one of edge, fp32; got 'tiny'"),
         (["--fleet", "custom"], "fleet.preset custom needs at least one [fleet.tiers.NAME]"),
         (["--deadline", "-1"], "federation.deadline must be >= 0 seconds"),
+        (["--backend", "ray", "--ray-address", "10.0.0.1"], "federation.ray_address must be"),
     ],
 )
 def test_bad_input_is_one_clear_line_without_traceback(args: list[str], message: str) -> None:
@@ -127,49 +130,91 @@ def test_sweep_runs_every_combination_and_writes_one_table_and_plot(tmp_path: Pa
     assert len(list(out.glob("preset=*_seed=*/summary.json"))) == 4
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_ctrl_c_stops_cleanly_and_keeps_the_finished_rounds(tmp_path: Path) -> None:
-    """A real ``stamen simulate`` process, interrupted mid-run, writes what it finished."""
-    out = tmp_path / "run"
+def start_long_run(out: Path, workers: int = 2) -> subprocess.Popen[str]:
+    """A real ``stamen simulate`` of 500 rounds, with ``workers`` worker processes."""
     stamen = Path(sys.executable).parent / "stamen"
-    process = subprocess.Popen(
-        [
-            str(stamen),
-            "simulate",
-            "--dataset",
-            "digits",
-            "--model",
-            "mlp",
-            "--num-devices",
-            "10",
-            "--devices-per-round",
-            "5",
-            "--rounds",
-            "500",
-            "--partition",
-            "iid",
-            "--out",
-            str(out),
-        ],
+    flags = ["--dataset", "digits", "--model", "mlp", "--num-devices", "10"]
+    flags += ["--devices-per-round", "5", "--rounds", "500", "--partition", "iid"]
+    flags += ["--set", f"federation.workers={workers}", "--out", str(out)]
+    return subprocess.Popen(
+        [str(stamen), "simulate", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def wait_for_rounds(out: Path, rounds: int, timeout: float = 120) -> None:
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (
+        not metrics.exists() or len(metrics.read_text().splitlines()) < rounds
+    ):
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("sent", "name"), [(signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_keeps_the_finished_rounds(
+    tmp_path: Path, sent: signal.Signals, name: str
+) -> None:
+    """A real ``stamen simulate``, interrupted mid-run (by Ctrl-C, or by SIGTERM as job
+    schedulers and ``timeout`` send it), writes what it finished and leaves no worker."""
+    out = tmp_path / "run"
+    process = start_long_run(out)
     try:
-        metrics = out / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (
-            not metrics.exists() or len(metrics.read_text().splitlines()) < 3
-        ):
-            time.sleep(0.2)
-        process.send_signal(signal.SIGINT)
+        wait_for_rounds(out, 3)
+        tree = psutil.Process(process.pid).children(recursive=True)
+        assert len(tree) >= 2  # the workers
+        process.send_signal(sent)
         output, _ = process.communicate(timeout=60)
+        _, alive = psutil.wait_procs(tree, timeout=5)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, output
-    assert "interrupted after" in output
+    assert alive == [], f"still running 5 s after {name}: {alive}"
+    assert process.returncode == 128 + sent, output
+    assert f"interrupted ({name}) after" in output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] is True
+    assert summary["interrupted"] is True and summary["signal"] == name
     assert 3 <= summary["rounds"] == len((out / "metrics.jsonl").read_text().splitlines()) < 500
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_ray_address_with_no_cluster_fails_in_one_line_within_seconds() -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    stamen = Path(sys.executable).parent / "stamen"
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(stamen), "simulate", "--backend", "ray", "--ray-address", address, "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and f"no Ray cluster answers at {address}" in errors[0], errors
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_killed_worker_stops_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = start_long_run(out)
+    try:
+        wait_for_rounds(out, 2)
+        workers = psutil.Process(process.pid).children(recursive=True)
+        workers[0].kill()
+        output, _ = process.communicate(timeout=60)
+        _, alive = psutil.wait_procs(workers, timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0 and alive == []
+    assert "simulation worker" in output and "died" in output, output
+    assert "Traceback" not in output
