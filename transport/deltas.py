@@ -40,20 +40,35 @@ def l2_norm(delta: Mapping[str, np.ndarray]) -> float:
 
 
 def weights_of(updates: list[ValidUpdate]) -> np.ndarray:
-    """Trusted example counts as aggregation weights that sum to one."""
-    counts = np.array([update.weight for update in updates], dtype=np.float64)
-    return counts / counts.sum()
+    """Trusted example counts (``ValidUpdate.weight``) as aggregation weights that sum to one.
+
+    Where every update counts for nothing (a robust rule kept only distrusted ones),
+    the example counts decide, then equal shares: a round never divides by zero.
+
+    Examples:
+        >>> zero = ValidUpdate({"w": np.zeros(1)}, 10, 0, False, None, trust=0.0)
+        >>> weights_of([zero, zero]).tolist()
+        [0.5, 0.5]
+    """
+    for weights in (
+        [update.weight for update in updates],
+        [float(update.num_examples) for update in updates],
+    ):
+        total = float(sum(weights))
+        if total > 0:
+            return np.asarray(weights, dtype=np.float64) / total
+    return np.full(len(updates), 1.0 / len(updates))
 
 
 def weighted_mean_delta(updates: list[ValidUpdate]) -> dict[str, np.ndarray]:
-    """The weighted mean of the updates' deltas (``ValidUpdate.weight``), in float64."""
-    total = float(sum(update.weight for update in updates))
+    """The weighted mean (:func:`weights_of`) of the updates' deltas, in float64."""
+    weights = weights_of(updates)
     mean: dict[str, np.ndarray] = {}
     for name, first in updates[0].delta.items():
         total_delta = np.zeros(first.shape, dtype=np.float64)
         weighted = np.empty_like(total_delta)
-        for update in updates:
-            np.multiply(update.delta[name], update.weight / total, out=weighted, dtype=np.float64)
+        for update, weight in zip(updates, weights, strict=True):
+            np.multiply(update.delta[name], weight, out=weighted, dtype=np.float64)
             total_delta += weighted
         mean[name] = total_delta
     return mean
