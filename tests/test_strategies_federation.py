@@ -182,7 +182,12 @@ def test_attackers_are_chosen_from_the_seed() -> None:
 
 def test_the_defaults_survive_sign_flipped_attackers_that_wreck_unbounded_fedavg() -> None:
     attack = {"attack.kind": "sign-flip", "attack.fraction": 0.3, "attack.scale": 10}
-    unbounded = {"defense.clip_factor": 0, "defense.weight_cap_factor": 0, "defense.min_cosine": -1}
+    unbounded = {
+        "defense.clip_factor": 0,
+        "defense.weight_cap_factor": 0,
+        "defense.min_cosine": -1,
+        "defense.full_trust_at": 0,
+    }
     clean = simulate(digits(rounds=5))["final_accuracy"]
     wrecked = simulate(digits(rounds=5, **attack, **unbounded))["final_accuracy"]
     defaults = simulate(digits(rounds=5, **attack))
