@@ -276,7 +276,9 @@ def test_an_expired_session_is_renewed_without_the_device_losing_its_round(site:
     assert (edge["timed_out"], edge["late_dropped"], edge["refused_uploads"]) == (0, 0, 0)
     during_the_run = log[: log.rindex("done in")]
     renewals = during_the_run.count("session expired; renewed it")
-    assert renewals >= 3, log[-3000:]
+    # How many times the 1 s session runs out depends on how fast the rounds go;
+    # that it ran out at least once and cost no round is the behaviour under test.
+    assert renewals >= 1, log[-3000:]
     assert during_the_run.count("joined 127.0.0.1") == 1  # renewed in place: no fresh join
     assert "upload refused" not in log and "reconnecting" not in during_the_run
     print(f"\n{renewals} session renewals over 6 rounds with a 1 s session TTL")
