@@ -19,14 +19,11 @@ the same whichever worker runs it, and results do not depend on the pool size.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import logging
 import multiprocessing
 import os
 import queue
-import signal
 import threading
 import traceback
 from collections import deque
@@ -35,11 +32,11 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from stamen.core.errors import StamenError
+from stamen.simulations.worker_process import become_worker
 
 LOG = logging.getLogger("stamen.simulations")
 
@@ -180,7 +177,7 @@ class WorkerPool:
 
     Use as a context manager, or call :meth:`close`; leaving the context on an
     exception (Ctrl-C, SIGTERM, an error) kills the workers at once. The workers
-    also die with the parent, however it ends (:func:`die_with_parent`).
+    also die with the parent, however it ends (:mod:`~stamen.simulations.worker_process`).
     """
 
     def __init__(self, runner: DeviceRunner, workers: int) -> None:
@@ -293,21 +290,7 @@ class WorkerPool:
 
 
 def _serve(runner: DeviceRunner, connection: Connection) -> None:
-    # Ctrl-C and SIGTERM are the parent's to handle: it stops the pool and writes the
-    # results. A worker ends with its parent, however the parent ends.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    die_with_parent()
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    keep_freed_memory()
-    # The server is the critical path (it starts the run and aggregates between rounds,
-    # while workers wait): on a busy core it should win.
-    with contextlib.suppress(OSError):
-        os.nice(5)
-    # A process's first optimizer imports torch's compiler stack (about 1 s): pay it now,
-    # while the server evaluates the initial model, rather than in the first round.
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    become_worker()
     # One thread drains the pipe as work arrives, so the parent never waits on a send to a
     # worker that is itself waiting to send a reply. Another sends the replies: a reply is
     # larger than the pipe's buffer, and training goes on while the parent is busy
@@ -354,47 +337,6 @@ def _send(connection: Connection, outbox: queue.SimpleQueue[bytes | None]) -> No
             connection.send_bytes(item)
         except OSError:  # the parent is gone; the reader thread ends the worker
             return
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-"""glibc's ``mallopt`` parameters (``malloc.h``)."""
-
-
-def keep_freed_memory(keep_bytes: int = 256 << 20, mmap_above_bytes: int = 32 << 20) -> None:
-    """Have glibc's malloc keep freed memory for reuse rather than give it back to the kernel.
-
-    A training step frees and allocates activations of a few MB. By default glibc maps such
-    blocks afresh and unmaps them when freed, and the kernel zero-fills every page on first
-    touch: about 2,000 page faults per training group of 8 devices, 15% of a worker's
-    training time. Fixing both thresholds keeps those blocks in the heap. Without glibc
-    (macOS, musl) this does nothing.
-    """
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(M_MMAP_THRESHOLD, mmap_above_bytes)
-    mallopt(M_TRIM_THRESHOLD, keep_bytes)
-
-
-PR_SET_PDEATHSIG = 1
-"""Linux's ``prctl`` option: the signal this process gets when its parent dies."""
-
-
-def die_with_parent() -> None:
-    """Have the kernel kill this process when its parent dies, even by SIGKILL.
-
-    Otherwise a worker whose parent was killed keeps training until it next reads
-    from its pipe. Without Linux's ``prctl`` this does nothing; the pipe still ends it.
-    """
-    parent = os.getppid()
-    try:
-        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
 
 
 def _node(message: Message) -> int:

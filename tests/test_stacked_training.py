@@ -228,7 +228,7 @@ FAULTS_OF_A_TRAINING_GROUP = """
 import resource, torch
 from stamen.client.trainer import train_stacked
 from stamen.models import ModelSpec, StackedLeNet, build_model
-from stamen.simulations.workers import keep_freed_memory
+from stamen.simulations.worker_process import keep_freed_memory
 
 keep_freed_memory()
 torch.set_num_threads(1)

@@ -47,8 +47,8 @@ class BoundedRound:
     """How many kept deltas count for less than their num-examples: they agree with the round
     less than ``DefenseSettings.full_trust_at`` of its median delta does."""
     median_cosine: float | None = None
-    """The round's agreement: the median cosine of a delta with the others' mean direction
-    (``None``: too few deltas to measure it)."""
+    """The round's agreement: the median cosine of a kept delta with the others' mean
+    direction (``None``: too few deltas to measure it)."""
 
 
 def bound_updates(updates: list[ValidUpdate], defense: DefenseSettings) -> BoundedRound:
@@ -64,9 +64,11 @@ def bound_updates(updates: list[ValidUpdate], defense: DefenseSettings) -> Bound
     rejected = _against_the_round(cosines, defense) if cosines is not None else {}
     positions = [i for i in range(len(updates)) if i not in rejected]
     kept = [updates[i] for i in positions]
-    discounted = 0
+    discounted, typical = 0, None
     if cosines is not None:
-        kept, discounted = _trust(kept, [cosines[i] for i in positions], defense)
+        agreement = [cosines[i] for i in positions]
+        typical = float(np.median(agreement))
+        kept, discounted = _trust(kept, agreement, typical, defense)
     kept, bound, clipped = _clip(kept, defense.clip_factor)
     return BoundedRound(
         kept=kept,
@@ -76,7 +78,7 @@ def bound_updates(updates: list[ValidUpdate], defense: DefenseSettings) -> Bound
         clipped=clipped,
         capped_weights=capped,
         discounted=discounted,
-        median_cosine=float(np.median(cosines)) if cosines is not None else None,
+        median_cosine=typical,
     )
 
 
@@ -160,11 +162,10 @@ def _clip(updates: list[ValidUpdate], factor: float) -> tuple[list[ValidUpdate],
 
 
 def _trust(
-    updates: list[ValidUpdate], cosines: list[float], defense: DefenseSettings
+    updates: list[ValidUpdate], cosines: list[float], typical: float, defense: DefenseSettings
 ) -> tuple[list[ValidUpdate], int]:
     """Weigh each delta by its agreement with the round: in full from ``full_trust_at`` x the
-    round's median cosine up, falling linearly to nothing at cosine 0 or below."""
-    typical = float(np.median(cosines))
+    round's median cosine (``typical``) up, falling linearly to nothing at cosine 0 or below."""
     if defense.full_trust_at <= 0 or typical <= 0:
         return updates, 0  # no agreement to measure it against
     full = defense.full_trust_at * typical
