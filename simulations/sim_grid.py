@@ -209,10 +209,7 @@ class SimulationGrid(RoundPolicyGrid):
         return self
 
     def __exit__(self, error_type: type[BaseException] | None, *rest: object) -> None:
-        if error_type is None:
-            self.close()
-        else:
-            self._pool.terminate()  # an abandoned run: its workers' work is not wanted
+        self._pool.__exit__(error_type, *rest)
 
     # -- execution -----------------------------------------------------------------
 

@@ -286,7 +286,7 @@ class WorkerPool:
         if error_type is None:
             self.close()
         else:
-            self.terminate()
+            self.terminate()  # an abandoned run: its workers' work is not wanted
 
 
 def _serve(runner: DeviceRunner, connection: Connection) -> None:
