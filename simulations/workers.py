@@ -218,8 +218,9 @@ class WorkerPool:
         reply brings its device's state back.
         """
         pickled = bytes(ForkingPickler.dumps((_ROUND, list(messages))))
-        for connection in self.connections:
-            connection.send_bytes(pickled)
+        for worker, connection in enumerate(self.connections):
+            with _reporting_death(worker):
+                connection.send_bytes(pickled)
         chunks = deque(
             range(start, min(start + self.chunk, len(messages)))
             for start in range(0, len(messages), self.chunk)
@@ -230,7 +231,8 @@ class WorkerPool:
             while chunks and outstanding[worker] < self.chunk * PREFETCH_CHUNKS:
                 indices = chunks.popleft()
                 states = [(i, self.states.pop(_node(messages[i]), None)) for i in indices]
-                self.connections[worker].send((_CHUNK, states))
+                with _reporting_death(worker):
+                    self.connections[worker].send((_CHUNK, states))
                 outstanding[worker] += len(indices)
 
         for worker in range(self.size):
@@ -240,12 +242,8 @@ class WorkerPool:
             for ready in wait(busy):
                 connection = pending_connection(ready)
                 worker = self.connections.index(connection)
-                try:
+                with _reporting_death(worker):
                     index, reply, state = connection.recv()
-                except EOFError:
-                    raise StamenError(
-                        f"simulation worker {worker} died (out of memory?); the run stops here"
-                    ) from None
                 if state is not None:
                     self.states[_node(messages[index])] = state
                 outstanding[worker] -= 1
@@ -287,6 +285,18 @@ class WorkerPool:
             self.close()
         else:
             self.terminate()  # an abandoned run: its workers' work is not wanted
+
+
+@contextlib.contextmanager
+def _reporting_death(worker: int) -> Iterator[None]:
+    # A killed worker shows as EOF, or as a reset or broken pipe when bytes were still
+    # in flight; all three mean the same to the user.
+    try:
+        yield
+    except (EOFError, OSError):
+        raise StamenError(
+            f"simulation worker {worker} died (out of memory?); the run stops here"
+        ) from None
 
 
 def _serve(runner: DeviceRunner, connection: Connection) -> None:
