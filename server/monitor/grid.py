@@ -27,6 +27,9 @@ class ObservedGrid(Grid):
     def __init__(self, inner: Grid, state: MonitorState) -> None:
         self.inner = inner
         self.state = state
+        if isinstance(inner, StreamingGrid):
+            # Each reply is shown as it arrives, not only when the round closes.
+            inner.on_each_reply(self._arrived)
 
     @property
     def run(self) -> Run:
@@ -72,6 +75,7 @@ class ObservedGrid(Grid):
         self._started(messages)
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         self._replied(replies)
+        self._closed(messages)
         return replies
 
     # -- the stamen.core.fleet extensions of the inner grid, where it has them ---------------
@@ -96,9 +100,18 @@ class ObservedGrid(Grid):
         return self.inner.last_timing() if isinstance(self.inner, PolicyGrid) else None
 
     def on_each_reply(self, hook: Callable[[Message], None] | None) -> None:
-        """Forward the reply hook, if the inner grid streams replies."""
-        if isinstance(self.inner, StreamingGrid):
-            self.inner.on_each_reply(hook)
+        """Forward the reply hook, if the inner grid streams replies (the monitor sees them too)."""
+        if not isinstance(self.inner, StreamingGrid):
+            return
+        if hook is None:
+            self.inner.on_each_reply(self._arrived)
+            return
+
+        def both(reply: Message) -> None:
+            self._arrived(reply)
+            hook(reply)
+
+        self.inner.on_each_reply(both)
 
     def tier_of(self, node_id: int) -> str | None:
         """The inner grid's tier of ``node_id``, if it knows tiers."""
@@ -122,6 +135,9 @@ class ObservedGrid(Grid):
             tiers={n: str(self.tier_of(n)) for n in nodes} if tiered else None,
         )
 
+    def _arrived(self, reply: Message) -> None:
+        self._replied([reply])
+
     def _replied(self, replies: list[Message]) -> None:
         for reply in replies:
             if reply.metadata.message_type != MessageType.TRAIN:
@@ -132,6 +148,19 @@ class ObservedGrid(Grid):
                 reply.metadata.src_node_id,
                 uplink_bytes=message_nbytes(reply),
                 error=error,
+            )
+
+    def _closed(self, messages: list[Message]) -> None:
+        """Pass on which devices the grid counted as stragglers and dropouts, where it says."""
+        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        timing = self.last_timing()
+        if not train or timing is None:
+            return
+        if timing.straggler_ids or timing.dropout_ids or not (timing.stragglers or timing.dropouts):
+            self.state.round_closed(
+                _round_of(train[0]),
+                stragglers=timing.straggler_ids,
+                dropouts=timing.dropout_ids,
             )
 
 
