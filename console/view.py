@@ -4,8 +4,7 @@
 the formatting helpers render a status and devices as plain text.
 
 Examples:
-    >>> from stamen.console.devices import DEVICE_STATE_NAMES
-from stamen.protos.monitor.v1 import monitor_pb2 as pb
+    >>> from stamen.protos.monitor.v1 import monitor_pb2 as pb
     >>> view = RunView()
     >>> view.apply(pb.RoundEvent(sequence=1, kind=pb.EVENT_KIND_ROUND_ENDED, round=1,
     ...     total_rounds=5, accuracy=0.5, loss=1.2, uplink_bytes=2000, accepted=3,

@@ -83,9 +83,9 @@ class DeviceTable(DataTable[str]):
             self.add_row(*device_row(device, now), key=str(device.node_id))
         if self.row_count:
             self.move_cursor(row=min(max(cursor, 0), self.row_count - 1), scroll=False)
-        self.border_subtitle = self.subtitle()
+        self.border_title = self.caption()
 
-    def subtitle(self) -> str:
+    def caption(self) -> str:
         """Rows on screen, devices passing the filter, the filter and the sort."""
         pages = self.pages
         first, last, shown = pages.position()

@@ -231,8 +231,8 @@ def test_the_device_table_hands_out_only_what_changed_since_a_version() -> None:
     now, changed, count = state.device_changes(version)
     assert now == version + 2 and count == 1000
     assert [(d.node_id, d.state) for d in changed] == [
-        (7, DeviceStatus.IDLE),
-        (3, DeviceStatus.IDLE),
+        (7, pb.DEVICE_STATE_IDLE),
+        (3, pb.DEVICE_STATE_IDLE),
     ]
     assert state.device_changes(now)[1] == []
     assert state.wait_for_device_changes(now, timeout=0.01) is False

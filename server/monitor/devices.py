@@ -15,8 +15,8 @@ Examples:
     >>> table = DeviceTable()
     >>> table.touch(7).rounds += 1
     >>> table.touch(3).state = DeviceStatus.TRAINING
-    >>> table.version, [d.node_id for d in table.changes_after(1)]
-    (2, [3])
+    >>> table.version, [(d.node_id, d.state) for d in table.changes_after(1)]
+    (2, [(3, 2)])
     >>> table.touch(7).uplink_bytes += 10
     >>> [d.node_id for d in table.changes_after(1)]
     [3, 7]
@@ -27,6 +27,9 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+from stamen.protos.monitor.v1 import monitor_pb2 as pb
 
 
 class DeviceStatus(enum.StrEnum):
@@ -56,6 +59,25 @@ class DeviceRecord:
     last_error: str = ""
     version: int = 0
     """The table's version when this record last changed."""
+
+
+DEVICE_STATES = {status: getattr(pb, f"DEVICE_STATE_{status.name}") for status in DeviceStatus}
+"""Python device states to their wire values."""
+
+
+def device_message(device: DeviceRecord) -> Any:
+    """A device record as a ``Device`` message."""
+    return pb.Device(
+        node_id=device.node_id,
+        tier=device.tier,
+        state=DEVICE_STATES[device.state],
+        last_seen_unix=device.last_seen,
+        rounds=device.rounds,
+        uplink_bytes=device.uplink_bytes,
+        downlink_bytes=device.downlink_bytes,
+        rejected=device.rejected,
+        last_error=device.last_error,
+    )
 
 
 @dataclass
@@ -93,13 +115,17 @@ class DeviceTable:
         self._records[node_id] = record
         return record
 
-    def changes_after(self, version: int) -> list[DeviceRecord]:
-        """Copies of the records changed after ``version``, oldest change first."""
+    def changes_after(self, version: int) -> list[Any]:
+        """The records changed after ``version`` as ``Device`` messages, oldest change first.
+
+        Messages rather than copies of the records: a snapshot of a large fleet
+        is made once, straight into what goes on the wire.
+        """
         changed = []
         for record in reversed(self._records.values()):
             if record.version <= version:
                 break
-            changed.append(replace(record))
+            changed.append(device_message(record))
         changed.reverse()
         return changed
 

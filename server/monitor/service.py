@@ -26,11 +26,8 @@ from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.protos.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from stamen.server.control import ControlRefused, RunControl
 from stamen.server.monitor.auth import Role, TokenStore
-from stamen.server.monitor.devices import DeviceRecord, DeviceStatus
+from stamen.server.monitor.devices import device_message
 from stamen.server.monitor.state import MonitorState
-
-DEVICE_STATES = {status: getattr(pb, f"DEVICE_STATE_{status.name}") for status in DeviceStatus}
-"""Python device states to their wire values."""
 
 DEVICE_INTERVAL = (0.05, 0.5, 10.0)
 """Seconds between two device-table messages: the least, the default, the most."""
@@ -124,7 +121,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                     table_id=table_id,
                     version=new_version,
                     snapshot=snapshot,
-                    devices=[device_message(d) for d in changed],
+                    devices=changed,
                     num_devices=count,
                 )
                 version, first, snapshot = new_version, False, False
@@ -192,21 +189,6 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                 "this token is read-only: it cannot pause, resume, stop or change settings",
             )
         return role
-
-
-def device_message(device: DeviceRecord) -> Any:
-    """A device record as a ``Device`` message."""
-    return pb.Device(
-        node_id=device.node_id,
-        tier=device.tier,
-        state=DEVICE_STATES[device.state],
-        last_seen_unix=device.last_seen,
-        rounds=device.rounds,
-        uplink_bytes=device.uplink_bytes,
-        downlink_bytes=device.downlink_bytes,
-        rejected=device.rejected,
-        last_error=device.last_error,
-    )
 
 
 class MonitorServer:

@@ -261,8 +261,9 @@ class MonitorState:
         with self._cond:
             return self._table.version
 
-    def device_changes(self, after_version: int) -> tuple[int, list[DeviceRecord], int]:
-        """The table's version, the devices changed after ``after_version``, the table's size."""
+    def device_changes(self, after_version: int) -> tuple[int, list[Any], int]:
+        """The table's version, the devices changed after ``after_version`` (``Device``
+        messages), and the table's size."""
         with self._cond:
             table = self._table
             return table.version, table.changes_after(after_version), len(table)
