@@ -179,7 +179,8 @@ class ConsoleApp(App[None]):
                     pages.table_id, pages.version, interval=self.device_interval
                 )
                 for changes in changes_stream:
-                    if not self.following:
+                    # The last message may come as the monitor closes: it is kept.
+                    if self._shutting_down.is_set():
                         return
                     self.call_from_thread(self._devices_changed, changes)
             except MonitorError as error:

@@ -114,9 +114,9 @@ class RunView:
         ]
         lines = [f"round {event.round}/{event.total_rounds} done: " + " · ".join(parts)]
         if event.num_stragglers:
-            lines.append(f"  {event.num_stragglers} stragglers {_ids(event.stragglers)}")
+            lines.append(f"  {event.num_stragglers} stragglers {_ids(event.stragglers)}".rstrip())
         if event.num_dropouts:
-            lines.append(f"  {event.num_dropouts} dropouts {_ids(event.dropouts)}")
+            lines.append(f"  {event.num_dropouts} dropouts {_ids(event.dropouts)}".rstrip())
         lines += [f"  rejected node {r.node_id}: {r.reason}" for r in event.rejections]
         if event.tier_accuracy:
             tiers = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(event.tier_accuracy.items()))
