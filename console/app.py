@@ -302,10 +302,12 @@ class ConsoleApp(App[None]):
             second = f"{self.settings.server} · {self.connection}"
             if view.stragglers or view.dropouts:
                 second += f" · {view.stragglers} stragglers, {view.dropouts} dropouts in all"
+            detail = self.status.health_detail if self.status is not None else ""
             if view.ended:
                 second += f" · {view.state_message}"
-            elif self.status is not None and self.status.health_detail:
-                second += f" · {self.status.health_detail}"
+            elif detail and "stragglers" not in detail:
+                # The round's stragglers and dropouts are in the log; the totals are here.
+                second += f" · {detail}"
         return first, second
 
     def _render_header(self) -> None:

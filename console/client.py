@@ -7,7 +7,7 @@ line: why the server refused, or that it cannot be reached.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,7 @@ class MonitorClient:
 
     def watch_devices(
         self, table_id: str = "", after_version: int = 0, *, interval: float = 0.0
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         """``DeviceChanges``: a snapshot, then the devices that change as they change.
 
         With the ``table_id`` and ``after_version`` of an earlier message, the

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from test_simulation_grid import three_tier_fleet
 from textual.pilot import Pilot
 
-from stamen.config import load_config
+from stamen.config import StamenConfig, load_config
 from stamen.console import ConnectionSettings, ConsoleApp
 from stamen.launch import simulate
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
@@ -216,17 +217,12 @@ def test_the_console_reconnects_when_the_server_restarts() -> None:
         server.stop()
 
 
-def run_to_the_end(
-    config_overrides: dict[str, object],
-) -> tuple[ConsoleApp, MonitoredRun, tuple[str, str]]:
+def run_to_the_end(config: StamenConfig) -> tuple[ConsoleApp, MonitoredRun, tuple[str, str]]:
     """A real federation watched by a console until it ends and its monitor closes.
 
     Returns the console (as it was when the test let it go), the finished run, and
     the header as it was when the end arrived, before the monitor closed.
     """
-    config = load_config(
-        overrides={"dataset": "digits", "model": "mlp", "local-epochs": 1, **config_overrides}
-    )
     run = MonitoredRun(config, MonitorSettings(tokens=TOKENS)).start()
     app = ConsoleApp(
         ConnectionSettings(run.server.address, READ_ONLY), poll_interval=0.2, reconnect_delay=0.2
@@ -258,26 +254,18 @@ def run_to_the_end(
 def ended() -> tuple[ConsoleApp, MonitoredRun, tuple[str, str]]:
     """A run with stragglers and dropouts, watched to its end by a read-only console.
 
-    A deadline that microcontrollers miss (300 ms latency each way on 64/128 kbit/s
-    links), every tier dropping out of one task in five, and over-selection.
+    The simulation grid's three-tier fleet (a deadline that microcontrollers miss,
+    every tier dropping out of one task in five), with over-selection.
     """
-    return run_to_the_end(
-        {
-            "rounds": 3,
+    config = three_tier_fleet(
+        **{
             "num-devices": 30,
             "devices-per-round": 10,
-            "batch-size": 20,
-            "data.samples_per_device": 20,
-            "federation.deadline": 1.0,
+            "rounds": 3,
             "federation.over_selection": 0.5,
-            "fleet.tiers.phone.share": 0.5,
-            "fleet.tiers.phone.dropout": 0.2,
-            "fleet.tiers.iot.share": 0.3,
-            "fleet.tiers.iot.dropout": 0.2,
-            "fleet.tiers.mcu.share": 0.2,
-            "fleet.tiers.mcu.dropout": 0.2,
         }
     )
+    return run_to_the_end(config)  # type: ignore[arg-type]
 
 
 def test_the_end_of_a_run_is_shown_once_and_the_console_stops_reconnecting(
