@@ -114,6 +114,7 @@ def test_a_device_that_never_answers_is_counted_as_the_grid_counted_it(
     state_ = MonitorState()
     state_.round_started(1, [1, 2])
     state_.device_replied(1, 1, uplink_bytes=10)
+    state_.round_closed(1)  # as the grid wrapper says after a synchronous round
     state_.on_round(record(1, accepted=1, **counts))
     ended = state_.events_after(0)[-1]
     assert (list(ended.stragglers), list(ended.dropouts)) == (stragglers, dropouts)
@@ -147,6 +148,29 @@ def test_the_grid_names_its_stragglers_and_dropouts() -> None:
         3: DeviceStatus.STRAGGLING,
         4: DeviceStatus.IDLE,
     }
+
+
+def test_fields_a_richer_round_record_carries_are_passed_on() -> None:
+    state = MonitorState()
+    state.round_started(2, [1, 2, 3])
+    state.device_replied(2, 1, uplink_bytes=100)
+    state.device_replied(2, 2, uplink_bytes=100)
+    state.round_closed(2)
+    state.on_round(
+        TieredRecord(
+            **dataclasses.asdict(record(2, stragglers=1, dropouts=1)),
+            tier_accuracy={"phone": 0.9, "mcu": 0.7},
+            distillation={"kl": 0.25},
+        )
+    )
+    ended = state.events_after(0)[-1]
+    # Device 3 never answered; the grid counted a straggler and a dropout without naming
+    # them: the counts are the grid's, and no id is guessed.
+    assert ended.num_stragglers == 1 and list(ended.stragglers) == []
+    assert ended.num_dropouts == 1 and list(ended.dropouts) == []
+    assert state.devices()[2].state is DeviceStatus.NO_REPLY
+    assert dict(ended.tier_accuracy) == {"phone": 0.9, "mcu": 0.7}
+    assert dict(ended.distillation) == {"kl": 0.25}
 
 
 def test_a_late_subscriber_gets_the_history_and_a_waiting_one_wakes_up() -> None:

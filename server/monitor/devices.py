@@ -91,6 +91,9 @@ class RoundSeen:
     """Which devices the grid counted as stragglers, where it said."""
     dropouts: list[int] | None = None
     """Which devices the grid counted as dropouts, where it said."""
+    closed: bool = False
+    """Whether the grid closed the round (a synchronous round); an asynchronous
+    strategy's devices may still answer after its round is recorded."""
 
 
 class DeviceTable:
@@ -140,7 +143,8 @@ class DeviceTable:
 
         The grid's own lists win. Without them, the devices that never answered
         are the stragglers or the dropouts where the counts leave no doubt. The
-        other devices that never answered are marked as having sent no reply.
+        other devices that never answered are marked as having sent no reply, once
+        the grid has closed the round.
         """
         missing = [n for n in seen.participants if n not in seen.replied]
         stragglers = seen.stragglers if seen.stragglers is not None else []
@@ -158,7 +162,7 @@ class DeviceTable:
         for node_id in dropouts:
             self.touch(node_id).state = DeviceStatus.DROPPED_OUT
         counted = {*stragglers, *dropouts}
-        for node_id in missing:
+        for node_id in missing if seen.closed else ():
             if node_id not in counted:
                 self.touch(node_id).state = DeviceStatus.NO_REPLY
         return stragglers, dropouts

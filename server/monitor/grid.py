@@ -27,9 +27,7 @@ class ObservedGrid(Grid):
     def __init__(self, inner: Grid, state: MonitorState) -> None:
         self.inner = inner
         self.state = state
-        if isinstance(inner, StreamingGrid):
-            # Each reply is shown as it arrives, not only when the round closes.
-            inner.on_each_reply(self._arrived)
+        self._hook: Callable[[Message], None] | None = None
 
     @property
     def run(self) -> Run:
@@ -73,7 +71,16 @@ class ObservedGrid(Grid):
         """Report the round start, forward, then report each reply."""
         messages = list(messages)
         self._started(messages)
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        streaming = isinstance(self.inner, StreamingGrid)
+        if streaming:
+            # Each reply is shown as it arrives, not only when the round closes. Only
+            # here: an asynchronous pull decides itself when a reply has arrived.
+            self.inner.on_each_reply(self._arrived)
+        try:
+            replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        finally:
+            if streaming:
+                self.inner.on_each_reply(self._hook)
         self._replied(replies)
         self._closed(messages)
         return replies
@@ -100,18 +107,10 @@ class ObservedGrid(Grid):
         return self.inner.last_timing() if isinstance(self.inner, PolicyGrid) else None
 
     def on_each_reply(self, hook: Callable[[Message], None] | None) -> None:
-        """Forward the reply hook, if the inner grid streams replies (the monitor sees them too)."""
-        if not isinstance(self.inner, StreamingGrid):
-            return
-        if hook is None:
-            self.inner.on_each_reply(self._arrived)
-            return
-
-        def both(reply: Message) -> None:
-            self._arrived(reply)
-            hook(reply)
-
-        self.inner.on_each_reply(both)
+        """Forward the reply hook, if the inner grid streams replies."""
+        self._hook = hook
+        if isinstance(self.inner, StreamingGrid):
+            self.inner.on_each_reply(hook)
 
     def tier_of(self, node_id: int) -> str | None:
         """The inner grid's tier of ``node_id``, if it knows tiers."""
@@ -137,6 +136,8 @@ class ObservedGrid(Grid):
 
     def _arrived(self, reply: Message) -> None:
         self._replied([reply])
+        if self._hook is not None:
+            self._hook(reply)
 
     def _replied(self, replies: list[Message]) -> None:
         for reply in replies:
@@ -151,17 +152,20 @@ class ObservedGrid(Grid):
             )
 
     def _closed(self, messages: list[Message]) -> None:
-        """Pass on which devices the grid counted as stragglers and dropouts, where it says."""
+        """The round is closed: pass on which devices the grid counted as stragglers and
+        dropouts, where it says."""
         train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
-        timing = self.last_timing()
-        if not train or timing is None:
+        if not train:
             return
-        if timing.straggler_ids or timing.dropout_ids or not (timing.stragglers or timing.dropouts):
-            self.state.round_closed(
-                _round_of(train[0]),
-                stragglers=timing.straggler_ids,
-                dropouts=timing.dropout_ids,
-            )
+        timing = self.last_timing()
+        named = timing is not None and bool(
+            timing.straggler_ids or timing.dropout_ids or not (timing.stragglers or timing.dropouts)
+        )
+        self.state.round_closed(
+            _round_of(train[0]),
+            stragglers=timing.straggler_ids if timing is not None and named else None,
+            dropouts=timing.dropout_ids if timing is not None and named else None,
+        )
 
 
 def _round_of(message: Message) -> int:

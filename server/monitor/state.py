@@ -174,7 +174,11 @@ class MonitorState:
         """The server sent round ``server_round``'s task to ``node_ids``."""
         with self._cond:
             nodes = sorted(int(n) for n in node_ids)
-            self._rounds[server_round] = RoundSeen(nodes)
+            seen = self._rounds.get(server_round)
+            if seen is None:
+                self._rounds[server_round] = RoundSeen(nodes)
+            else:  # an asynchronous strategy dispatches one model version several times
+                seen.participants = sorted({*seen.participants, *nodes})
             self.round = max(self.round, server_round)
             for node_id in nodes:
                 device = self._device(node_id)
@@ -215,10 +219,12 @@ class MonitorState:
         stragglers: Sequence[int] | None = None,
         dropouts: Sequence[int] | None = None,
     ) -> None:
-        """The grid closed round ``server_round`` and said which devices it counted how."""
+        """The grid closed round ``server_round``, and said which devices it counted how
+        (``None``: it did not say)."""
         with self._cond:
             seen = self._rounds.get(server_round)
             if seen is not None:
+                seen.closed = True
                 seen.stragglers = None if stragglers is None else sorted(map(int, stragglers))
                 seen.dropouts = None if dropouts is None else sorted(map(int, dropouts))
 
