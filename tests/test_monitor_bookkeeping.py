@@ -232,7 +232,9 @@ def test_the_end_of_a_run_carries_its_final_accuracy(
     monitor = MonitorState(control=control)
     control.bind(object(), grid=None)  # type: ignore[arg-type]
     monitor.on_round(record(2, stragglers=1, dropouts=2))
+    monitor.round_started(3, [4])  # a task still in flight when the run ends
     control.finished(state, message)
+    assert monitor.devices()[0].state is DeviceStatus.IDLE
     end = monitor.events_after(0)[-1]
     assert end.kind == pb.EVENT_KIND_STATE_CHANGED and end.message == said
     assert end.accuracy == 0.5 and end.state == RUN_STATES[state]

@@ -132,6 +132,14 @@ class DeviceTable:
         changed.reverse()
         return changed
 
+    def end_tasks(self) -> None:
+        """The run is over: no device is training any more (an asynchronous strategy
+        leaves tasks in flight when it stops)."""
+        for node_id in [
+            r.node_id for r in self._records.values() if r.state is DeviceStatus.TRAINING
+        ]:
+            self.touch(node_id).state = DeviceStatus.IDLE
+
     def all(self) -> list[DeviceRecord]:
         """Copies of every record, by node id."""
         return [replace(self._records[n]) for n in sorted(self._records)]

@@ -342,6 +342,7 @@ class MonitorState:
         accuracy = None
         if state.ended:
             self.ended = self._clock()
+            self._table.end_tasks()
             if self.last_record is not None:
                 accuracy = self.last_record.accuracy
                 message = f"{message} · final accuracy {100 * accuracy:.1f}%"
