@@ -294,7 +294,7 @@ class ConsoleApp(App[None]):
         else:
             first = "waiting for the server"
         if self.connection == "closed":
-            second = f"{view.state_message} · the monitor has closed (q quits)"
+            second = f"monitor closed (q quits) · {view.state_message}"
         elif self.problem:
             attempts = f" (attempt {self.attempts + 1})" if self.attempts else ""
             second = f"{self.connection}{attempts}: {self.problem}"

@@ -277,7 +277,7 @@ def test_the_end_of_a_run_is_shown_once_and_the_console_stops_reconnecting(
     end = f"finished 3 rounds · final accuracy {final:.1f}%"
     first, second = app.header_lines()
     assert first.startswith("round 3/3 · finished · acc ") and f"acc {final:.1f}%" in first
-    assert second == f"{end} · the monitor has closed (q quits)"
+    assert second == f"monitor closed (q quits) · {end}"
     assert app.log_lines[-1] == end and app.log_lines.count(end) == 1
     # No reconnecting, no gRPC text: the monitor closing after the end is not a lost link.
     assert not any("connection lost" in line or "reconnect" in line for line in app.log_lines)
