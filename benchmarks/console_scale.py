@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load = os.getloadavg()[0] / (os.cpu_count() or 1)
     result: dict[str, Any] = {
-        "command": "python benchmarks/console_scale.py " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["python benchmarks/console_scale.py", *(argv or sys.argv[1:])]),
         "machine": {"cpus": os.cpu_count(), "load_per_core": load},
         # Textual's start-up: first in the process (as `stamen console` starts), then again.
         "empty_console_cold_ms": asyncio.run(empty_console_ms()),

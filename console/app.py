@@ -29,7 +29,7 @@ from textual.worker import get_current_worker
 
 from stamen.console.client import ConnectionSettings, MonitorClient, MonitorError
 from stamen.console.devices import DeviceFilter
-from stamen.console.view import RunView, header_text, human_bytes
+from stamen.console.view import RunView, connection_line, header_text, human_bytes
 from stamen.console.widgets import Chart, ConfirmStop, DeviceTable
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 
@@ -293,21 +293,10 @@ class ConsoleApp(App[None]):
             first = f"round {view.round}/{view.total_rounds} · {view.state}"
         else:
             first = "waiting for the server"
-        if self.connection == "closed":
-            second = f"monitor closed (q quits) · {view.state_message}"
-        elif self.problem:
-            attempts = f" (attempt {self.attempts + 1})" if self.attempts else ""
-            second = f"{self.connection}{attempts}: {self.problem}"
-        else:
-            second = f"{self.settings.server} · {self.connection}"
-            if view.stragglers or view.dropouts:
-                second += f" · {view.stragglers} stragglers, {view.dropouts} dropouts in all"
-            detail = self.status.health_detail if self.status is not None else ""
-            if view.ended:
-                second += f" · {view.state_message}"
-            elif detail and "stragglers" not in detail:
-                # The round's stragglers and dropouts are in the log; the totals are here.
-                second += f" · {detail}"
+        detail = self.status.health_detail if self.status is not None else ""
+        second = connection_line(
+            self.settings.server, self.connection, self.problem, self.attempts, view, detail
+        )
         return first, second
 
     def _render_header(self) -> None:

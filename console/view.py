@@ -160,6 +160,27 @@ def header_text(status: Any, view: RunView) -> str:
     return " · ".join(parts)
 
 
+def connection_line(
+    server: str, connection: str, problem: str, attempts: int, view: RunView, health: str
+) -> str:
+    """The second header line: the connection (or why it is down, and the attempt), the
+    stragglers and dropouts so far, and the run's health or how it ended."""
+    if connection == "closed":
+        return f"monitor closed (q quits) · {view.state_message}"
+    if problem:
+        attempt = f" (attempt {attempts + 1})" if attempts else ""
+        return f"{connection}{attempt}: {problem}"
+    line = f"{server} · {connection}"
+    if view.stragglers or view.dropouts:
+        line += f" · {view.stragglers} stragglers, {view.dropouts} dropouts in all"
+    if view.ended:
+        line += f" · {view.state_message}"
+    elif health and "stragglers" not in health:
+        # A round's stragglers and dropouts are in the log; the totals are on this line.
+        line += f" · {health}"
+    return line
+
+
 def device_row(device: Any, now: float | None = None) -> tuple[str, ...]:
     """One device as table cells."""
     now = time.time() if now is None else now
