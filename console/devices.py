@@ -58,10 +58,11 @@ class DeviceFilter:
     """Which devices the table shows: by state, by tier, and by text in the node id.
 
     Examples:
-        >>> DeviceFilter.parse("straggling tier:phone,iot 12")
-        DeviceFilter(states=frozenset({'straggling'}), tiers=frozenset({'iot', 'phone'}), text='12')
-        >>> DeviceFilter.parse("state:dropped_out").describe()
-        'state:dropped_out'
+        >>> found = DeviceFilter.parse("straggling tier:phone,iot 12")
+        >>> sorted(found.states), sorted(found.tiers), found.text
+        (['straggling'], ['iot', 'phone'], '12')
+        >>> found.describe()
+        'state:straggling tier:iot,phone 12'
     """
 
     states: frozenset[str] = frozenset()

@@ -71,16 +71,16 @@ class ObservedGrid(Grid):
         """Report the round start, forward, then report each reply."""
         messages = list(messages)
         self._started(messages)
-        streaming = isinstance(self.inner, StreamingGrid)
-        if streaming:
+        streaming = self.inner if isinstance(self.inner, StreamingGrid) else None
+        if streaming is not None:
             # Each reply is shown as it arrives, not only when the round closes. Only
             # here: an asynchronous pull decides itself when a reply has arrived.
-            self.inner.on_each_reply(self._arrived)
+            streaming.on_each_reply(self._arrived)
         try:
             replies = list(self.inner.send_and_receive(messages, timeout=timeout))
         finally:
-            if streaming:
-                self.inner.on_each_reply(self._hook)
+            if streaming is not None:
+                streaming.on_each_reply(self._hook)
         self._replied(replies)
         self._closed(messages)
         return replies
