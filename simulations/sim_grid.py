@@ -152,14 +152,16 @@ class SimulationGrid(RoundPolicyGrid):
         policy = self.round_policy
         order = sorted(range(len(batch)), key=lambda i: results[i][0].finished)
         accepted: list[Message] = []
-        stragglers = surplus = dropouts = 0
+        surplus = 0
+        stragglers: list[int] = []
+        dropouts: list[int] = []
         closed_at = start
         for i in order:
             completion, reply = results[i]
             if completion.dropped:
-                dropouts += 1
+                dropouts.append(batch[i].metadata.dst_node_id)
             elif policy.deadline is not None and completion.finished - start > policy.deadline:
-                stragglers += 1
+                stragglers.append(batch[i].metadata.dst_node_id)
             elif policy.quorum is not None and len(accepted) >= policy.quorum:
                 surplus += 1
             else:
@@ -175,11 +177,13 @@ class SimulationGrid(RoundPolicyGrid):
             RoundTiming(
                 dispatched=len(batch),
                 participants=len(accepted),
-                stragglers=stragglers,
-                dropouts=dropouts,
+                stragglers=len(stragglers),
+                dropouts=len(dropouts),
                 surplus=surplus,
                 seconds=closed_at - start,
                 clock=closed_at,
+                straggler_ids=tuple(stragglers),
+                dropout_ids=tuple(dropouts),
             ),
         )
         return accepted

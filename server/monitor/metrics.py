@@ -57,6 +57,13 @@ class StateCollector(Collector):
         rejected = CounterMetricFamily("stamen_rejected_updates", "Updates the server rejected.")
         rejected.add_metric([], status.rejected_updates)
         yield rejected
+        for name, value, text in (
+            ("stamen_stragglers", status.stragglers, "Devices that answered after the deadline."),
+            ("stamen_dropouts", status.dropouts, "Devices that went away during a round."),
+        ):
+            counter = CounterMetricFamily(name, text)
+            counter.add_metric([], value)
+            yield counter
         current = self.state.state
         states = GaugeMetricFamily("stamen_run_state", "1 for the run's state.", labels=["state"])
         for state in RunState:
