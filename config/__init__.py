@@ -14,6 +14,7 @@ from stamen.config.checks import require
 from stamen.config.defense_settings import DefenseSettings
 from stamen.config.distill_settings import DistillSettings, UnlabelledSource
 from stamen.config.fleet_settings import FleetSettings
+from stamen.config.privacy_settings import PrivacyMode, PrivacySettings
 from stamen.config.loading import (
     canonical_key,
     from_run_config,
@@ -48,6 +49,8 @@ __all__ = [
     "FleetPreset",
     "FleetSettings",
     "Preset",
+    "PrivacyMode",
+    "PrivacySettings",
     "QATSettings",
     "StamenConfig",
     "StrategyName",

@@ -41,10 +41,12 @@ from stamen.privacy.modular import (
     add_residues,
     centred,
     dequantize_sum,
+    pack_residues,
     quantize,
     round_scale,
     rounded_norm_bound,
     to_residues,
+    unpack_residues,
 )
 from stamen.privacy.skellam import skellam_noise, skellam_rdp
 
@@ -70,6 +72,7 @@ __all__ = [
     "mask",
     "neighbour_graph",
     "open_share",
+    "pack_residues",
     "poisson_subsampled_rdp",
     "public_of",
     "quantize",
@@ -87,4 +90,5 @@ __all__ = [
     "skellam_noise",
     "skellam_rdp",
     "to_residues",
+    "unpack_residues",
 ]

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stamen.compression.bitpack import pack_bits, unpack_bits
+
 MAX_MODULUS_BITS = 32
 """Residues travel as ``uint32`` and are bit-packed by :func:`stamen.compression.pack_bits`."""
 
@@ -178,3 +180,14 @@ def centred(residues: np.ndarray, bits: int) -> np.ndarray:
 def dequantize_sum(residues: np.ndarray, bits: int, step: float) -> np.ndarray:
     """The float sum a modular sum of quantized vectors stands for."""
     return centred(residues, bits).astype(np.float64) * step
+
+
+def pack_residues(residues: np.ndarray, bits: int) -> bytes:
+    """Residues modulo ``2**bits``, bit-packed at ``bits`` bits each (MSB first)."""
+    return pack_bits(residues, bits)
+
+
+def unpack_residues(data: bytes, count: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_residues`; refuses a wrong length or non-zero padding
+    (:class:`~stamen.core.errors.InvalidUpdate`)."""
+    return unpack_bits(data, count, bits)
