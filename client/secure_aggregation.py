@@ -14,7 +14,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
 from stamen.client.residual import load_residual, store_residual
 from stamen.contract import METRICS_KEY, NUM_EXAMPLES, PAYLOAD, UPDATE_KEY
@@ -41,7 +50,7 @@ from stamen.privacy import (
 )
 
 if TYPE_CHECKING:
-    from stamen.client.app import TrainJob, Trained
+    from stamen.client.app import Trained, TrainJob
 
 REFUSED = 3
 """Error code of a secure-aggregation request the device refuses."""
@@ -90,7 +99,9 @@ def handle_advertise(message: Message, context: Context) -> Message:
         return refuse(message, f"malformed request: {error}")
     node_id = message.metadata.dst_node_id
     secrets = DeviceSecrets.generate()
-    context.state[SECAGG_STATE_KEY] = ConfigRecord({"round": round_num, "secrets": secrets.to_bytes()})
+    context.state[SECAGG_STATE_KEY] = ConfigRecord(
+        {"round": round_num, "secrets": secrets.to_bytes()}
+    )
     public = secrets.public(node_id, round_num)
     reply = ConfigRecord(
         {
@@ -125,7 +136,14 @@ def handle_share(message: Message, context: Context) -> Message:
         secrets = DeviceSecrets.from_bytes(state["secrets"])  # type: ignore[arg-type]
         shares = share_secrets(secrets, [*neighbours, node_id], threshold)
         sealed = [
-            seal_share(secrets.cipher_key, public, round_num=round_num, src=node_id, dst=other, shares=shares[other])
+            seal_share(
+                secrets.cipher_key,
+                public,
+                round_num=round_num,
+                src=node_id,
+                dst=other,
+                shares=shares[other],
+            )
             for other, public in zip(neighbours, cipher_publics, strict=True)
         ]
     except (SecureAggregationError, KeyError, TypeError, ValueError) as error:
@@ -150,7 +168,9 @@ def secure_upload(job: TrainJob, trained: Trained) -> Message:
         neighbours = [int(v) for v in state["neighbours"]]  # type: ignore[union-attr]
         senders = _ints(record, "senders")
         if not set(senders) <= set(neighbours):
-            raise SecureAggregationError("shares were forwarded from devices that are not neighbours")
+            raise SecureAggregationError(
+                "shares were forwarded from devices that are not neighbours"
+            )
         sealed = _blobs(record, "sealed", len(senders), SEALED_SHARE_BYTES)
         secrets = DeviceSecrets.from_bytes(state["secrets"])  # type: ignore[arg-type]
     except (SecureAggregationError, KeyError, TypeError, ValueError) as error:
@@ -173,14 +193,18 @@ def secure_upload(job: TrainJob, trained: Trained) -> Message:
             continue
         held_from.append(sender)
         held.append(pair[0] + pair[1])
-    residues, sent_examples = _masked_update(job, trained, params, secrets, node_id, senders, mask_publics, position)
+    residues, sent_examples = _masked_update(
+        job, trained, params, secrets, node_id, senders, mask_publics, position
+    )
     state["senders"] = senders
     state["held-from"] = held_from
     state["held"] = held
     state["uploaded"] = True
     content = RecordDict(
         {
-            UPDATE_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(pack_residues(residues, params.bits), np.uint8))}),
+            UPDATE_KEY: ArrayRecord(
+                {PAYLOAD: Array(np.frombuffer(pack_residues(residues, params.bits), np.uint8))}
+            ),
             METRICS_KEY: MetricRecord({NUM_EXAMPLES: sent_examples}),
         }
     )
@@ -199,7 +223,9 @@ def _masked_update(
 ) -> tuple[np.ndarray, int]:
     decoded, context = job.decoded, job.context
     delta = {name: trained.state[name] - base for name, base in decoded.tensors.items()}
-    residual = load_residual(context, delta, decoded.masks) if job.task.uplink.error_feedback else None
+    residual = (
+        load_residual(context, delta, decoded.masks) if job.task.uplink.error_feedback else None
+    )
     corrected = {k: v + residual[k] if residual is not None else v for k, v in delta.items()}
     shapes = {name: tuple(value.shape) for name, value in corrected.items()}
     coordinates = round_coordinates(
@@ -216,7 +242,9 @@ def _masked_update(
     if job.task.uplink.error_feedback:
         sent = scatter(quantized.sent, coordinates, shapes)
         store_residual(context, {k: (v - sent[k]).astype(np.float32) for k, v in corrected.items()})
-    integers = quantized.integers + skellam_noise(rng, variance=params.noise_variance, size=coordinates.size)
+    integers = quantized.integers + skellam_noise(
+        rng, variance=params.noise_variance, size=coordinates.size
+    )
     masked = mask(
         to_residues(integers, params.bits),
         secrets,
@@ -245,10 +273,14 @@ def handle_unmask(message: Message, context: Context) -> Message:
         if set(survivors) & set(dropped) or node_id not in survivors:
             raise SecureAggregationError("a device cannot both survive and drop out")
         if not (set(survivors) | set(dropped)) <= senders | {node_id}:
-            raise SecureAggregationError("asked about devices that are not its neighbours this round")
+            raise SecureAggregationError(
+                "asked about devices that are not its neighbours this round"
+            )
         threshold = int(state["threshold"])  # type: ignore[arg-type]
         if len(survivors) < threshold:
-            raise SecureAggregationError(f"only {len(survivors)} survivors; at least {threshold} needed")
+            raise SecureAggregationError(
+                f"only {len(survivors)} survivors; at least {threshold} needed"
+            )
     except (SecureAggregationError, KeyError, TypeError, ValueError) as error:
         return refuse(message, str(error))
     held = dict(zip([int(v) for v in state["held-from"]], state["held"], strict=True))  # type: ignore[arg-type]
@@ -265,4 +297,3 @@ def handle_unmask(message: Message, context: Context) -> Message:
         }
     )
     return Message(RecordDict({SECAGG_KEY: reply}), reply_to=message)
-

@@ -14,7 +14,6 @@ from stamen.config.checks import require
 from stamen.config.defense_settings import DefenseSettings
 from stamen.config.distill_settings import DistillSettings, UnlabelledSource
 from stamen.config.fleet_settings import FleetSettings
-from stamen.config.privacy_settings import PrivacyMode, PrivacySettings
 from stamen.config.loading import (
     canonical_key,
     from_run_config,
@@ -22,6 +21,7 @@ from stamen.config.loading import (
     parse_assignment,
     to_run_config,
 )
+from stamen.config.privacy_settings import PrivacyMode, PrivacySettings
 from stamen.config.settings import (
     AttackKind,
     AttackSettings,

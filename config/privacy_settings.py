@@ -67,15 +67,40 @@ class PrivacySettings:
         require_member(self, "mode", PrivacyMode, key + "mode")
         if self.mode is PrivacyMode.DISTRIBUTED and not self.secure_aggregation:
             raise ConfigError(f"{key}mode distributed needs {key}secure_aggregation = true")
-        require(self.target_epsilon >= 0, key + "target_epsilon", ">= 0 (0: use noise_multiplier)", self.target_epsilon)
+        require(
+            self.target_epsilon >= 0,
+            key + "target_epsilon",
+            ">= 0 (0: use noise_multiplier)",
+            self.target_epsilon,
+        )
         require(0 < self.delta < 1, key + "delta", "in (0, 1)", self.delta)
         require(self.clip > 0, key + "clip", "> 0", self.clip)
         require(self.noise_multiplier >= 0, key + "noise_multiplier", ">= 0", self.noise_multiplier)
         if self.mode is not PrivacyMode.OFF and self.target_epsilon == 0:
-            require(self.noise_multiplier > 0, key + "noise_multiplier", "> 0 with DP on, or set target_epsilon", self.noise_multiplier)
-        require(8 <= self.modulus_bits <= 32, key + "modulus_bits", "between 8 and 32", self.modulus_bits)
-        require(0 < self.coordinate_ratio <= 1, key + "coordinate_ratio", "in (0, 1]", self.coordinate_ratio)
-        require(0.5 < self.threshold_fraction <= 1, key + "threshold_fraction", "in (0.5, 1]", self.threshold_fraction)
+            require(
+                self.noise_multiplier > 0,
+                key + "noise_multiplier",
+                "> 0 with DP on, or set target_epsilon",
+                self.noise_multiplier,
+            )
+        require(
+            8 <= self.modulus_bits <= 32,
+            key + "modulus_bits",
+            "between 8 and 32",
+            self.modulus_bits,
+        )
+        require(
+            0 < self.coordinate_ratio <= 1,
+            key + "coordinate_ratio",
+            "in (0, 1]",
+            self.coordinate_ratio,
+        )
+        require(
+            0.5 < self.threshold_fraction <= 1,
+            key + "threshold_fraction",
+            "in (0.5, 1]",
+            self.threshold_fraction,
+        )
         require(
             0 <= self.dropout_tolerance < 1 - self.threshold_fraction + 1e-9,
             key + "dropout_tolerance",

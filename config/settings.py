@@ -343,12 +343,12 @@ class StamenConfig:
 
     def __post_init__(self) -> None:
         require_member(self, "preset", Preset, "preset")
-        if self.privacy.secure_aggregation or self.privacy.dp:
-            if self.strategy.name is not StrategyName.FEDAVG or self.distill.enabled:
-                raise ConfigError(
-                    "privacy (secure aggregation or DP) runs with strategy fedavg and no "
-                    "distillation: other rules need each device's update"
-                )
+        private = self.privacy.secure_aggregation or self.privacy.dp
+        if private and (self.strategy.name is not StrategyName.FEDAVG or self.distill.enabled):
+            raise ConfigError(
+                "privacy (secure aggregation or DP) runs with strategy fedavg and no "
+                "distillation: other rules need each device's update"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values (enums as strings), in TOML's section layout."""

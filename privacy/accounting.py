@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+
 from stamen.privacy.skellam import skellam_rdp
 
 ORDERS: tuple[int, ...] = tuple(range(2, 257))
@@ -96,7 +97,9 @@ def round_rdp(
         from opacus.accountants.analysis.rdp import compute_rdp  # the server's privacy extra
 
         return np.asarray(
-            compute_rdp(q=sampling_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(ORDERS))
+            compute_rdp(
+                q=sampling_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(ORDERS)
+            )
         )
     variance = (noise_multiplier * sensitivity) ** 2
     l1 = min(sensitivity**2, math.sqrt(count) * sensitivity)

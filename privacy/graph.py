@@ -45,10 +45,13 @@ def _tail_below(population: int, survivors: int, draws: int, threshold: int) -> 
     # P[X < threshold], X ~ Hypergeometric(population, survivors, draws).
     total = math.comb(population, draws)
     dropped = population - survivors
-    return sum(
-        math.comb(survivors, x) * math.comb(dropped, draws - x)
-        for x in range(max(0, draws - dropped), min(threshold, draws + 1))
-    ) / total
+    return (
+        sum(
+            math.comb(survivors, x) * math.comb(dropped, draws - x)
+            for x in range(max(0, draws - dropped), min(threshold, draws + 1))
+        )
+        / total
+    )
 
 
 def graph_degree(devices: int, *, threshold_fraction: float, dropout: float) -> int:
@@ -70,7 +73,9 @@ def graph_seed(round_num: int, run_seed: int, nodes: Sequence[int]) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
-def neighbour_graph(nodes: Sequence[int], *, degree: int, seed: bytes) -> dict[int, tuple[int, ...]]:
+def neighbour_graph(
+    nodes: Sequence[int], *, degree: int, seed: bytes
+) -> dict[int, tuple[int, ...]]:
     """Each node's neighbours (sorted) in the random Harary graph of ``degree`` on ``nodes``."""
     ordered = sorted(set(nodes))
     count = len(ordered)

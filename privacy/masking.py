@@ -122,14 +122,18 @@ def _private_bytes() -> bytes:
 
 def public_of(private: bytes) -> bytes:
     """The X25519 public key of a raw private key."""
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    return (
+        X25519PrivateKey.from_private_bytes(private)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
 
 
 def seed_commitment(seed: bytes, node_id: int, round_num: int) -> bytes:
     """A binding commitment to a self-mask seed (SHA-256; the seed is 256 random bits)."""
-    return hashlib.sha256(b"stamen.secagg.seed" + struct.pack(">QQ", node_id, round_num) + seed).digest()
+    return hashlib.sha256(
+        b"stamen.secagg.seed" + struct.pack(">QQ", node_id, round_num) + seed
+    ).digest()
 
 
 def _agree(private: bytes, other_public: bytes, info: bytes) -> bytes:
@@ -144,7 +148,9 @@ def _agree(private: bytes, other_public: bytes, info: bytes) -> bytes:
 def pairwise_seed(private: bytes, other_public: bytes, round_num: int, u: int, v: int) -> bytes:
     """The mask seed ``u`` and ``v`` share in ``round_num`` (the same from both ends)."""
     low, high = sorted((u, v))
-    return _agree(private, other_public, b"stamen.secagg.mask" + struct.pack(">QQQ", round_num, low, high))
+    return _agree(
+        private, other_public, b"stamen.secagg.mask" + struct.pack(">QQQ", round_num, low, high)
+    )
 
 
 def expand(seed: bytes, count: int, bits: int) -> np.ndarray:
@@ -163,12 +169,18 @@ def mask(
     bits: int,
     neighbours: Mapping[int, bytes],
 ) -> np.ndarray:
-    """``residues`` plus the self mask and the pairwise masks with ``neighbours`` (their mask keys)."""
+    """``residues`` plus the self mask and the pairwise masks with ``neighbours``' mask keys."""
     count = residues.size
     masked = add_residues(residues, expand(secrets.self_seed, count, bits), bits)
     for other, public in sorted(neighbours.items()):
-        stream = expand(pairwise_seed(secrets.mask_key, public, round_num, node_id, other), count, bits)
-        masked = add_residues(masked, stream, bits) if node_id < other else subtract_residues(masked, stream, bits)
+        stream = expand(
+            pairwise_seed(secrets.mask_key, public, round_num, node_id, other), count, bits
+        )
+        masked = (
+            add_residues(masked, stream, bits)
+            if node_id < other
+            else subtract_residues(masked, stream, bits)
+        )
     return masked
 
 
@@ -196,7 +208,11 @@ def remove_masks(
         for survivor, public in survivors_of.get(dropped, {}).items():
             stream = expand(pairwise_seed(key, public, round_num, dropped, survivor), count, bits)
             # The survivor added +stream if it had the lower id, -stream otherwise.
-            plain = subtract_residues(plain, stream, bits) if survivor < dropped else add_residues(plain, stream, bits)
+            plain = (
+                subtract_residues(plain, stream, bits)
+                if survivor < dropped
+                else add_residues(plain, stream, bits)
+            )
     return plain
 
 
@@ -216,7 +232,9 @@ def share_secrets(
 
 def _share_key(cipher_key: bytes, other_public: bytes, round_num: int, src: int, dst: int) -> bytes:
     low, high = sorted((src, dst))
-    return _agree(cipher_key, other_public, b"stamen.secagg.share" + struct.pack(">QQQ", round_num, low, high))
+    return _agree(
+        cipher_key, other_public, b"stamen.secagg.share" + struct.pack(">QQQ", round_num, low, high)
+    )
 
 
 def _associated(round_num: int, src: int, dst: int) -> bytes:
@@ -237,10 +255,14 @@ def open_share(
 ) -> tuple[bytes, bytes]:
     """Decrypt a sealed pair of shares; returns ``(b share, mask-key share)``."""
     if len(sealed) != SEALED_SHARE_BYTES:
-        raise SecureAggregationError(f"a sealed share is {SEALED_SHARE_BYTES} bytes; got {len(sealed)}")
+        raise SecureAggregationError(
+            f"a sealed share is {SEALED_SHARE_BYTES} bytes; got {len(sealed)}"
+        )
     key = _share_key(cipher_key, sender_public, round_num, src, dst)
     try:
-        plain = AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _associated(round_num, src, dst))
+        plain = AESGCM(key).decrypt(
+            sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _associated(round_num, src, dst)
+        )
     except InvalidTag:
         raise SecureAggregationError(f"the share from node {src} does not decrypt") from None
     return plain[:SHARE_BYTES], plain[SHARE_BYTES:]

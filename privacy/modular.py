@@ -95,7 +95,7 @@ def round_scale(
     clip: float | None = None,
     noise_multiplier: float = 0.0,
 ) -> RoundScale:
-    """The finest step at which ``devices`` clipped vectors plus noise never wrap modulo ``2**bits``.
+    """The finest step at which ``devices`` clipped vectors plus noise never wrap mod ``2**bits``.
 
     The noise is ``noise_multiplier`` times the rounded sensitivity, in total over the
     round (distributed DP), and gets :data:`WRAP_STDDEVS` of headroom.

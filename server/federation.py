@@ -253,8 +253,17 @@ def summarize(
         "participants": sum(r.participants for r in records),
         "stragglers": sum(r.stragglers for r in records),
         "dropouts": sum(r.dropouts for r in records),
+        **privacy_summary(records),
         "config": config.to_dict(),
     }
+
+
+def privacy_summary(records: list[RoundRecord]) -> dict[str, Any]:
+    """Epsilon spent by the run (at its delta), where DP was on; nothing otherwise."""
+    spent = [r.extra for r in records if "epsilon" in r.extra]
+    if not spent:
+        return {}
+    return {"dp": {"epsilon": spent[-1]["epsilon"], "delta": spent[-1].get("dp_delta")}}
 
 
 ACCURACY_TARGETS = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)

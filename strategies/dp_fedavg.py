@@ -58,12 +58,14 @@ class DPFedAvg(CompressedFedAvg):
                 sampling_rate=sampling_rate,
                 rounds=rounds,
             )
-        self.budget = PrivacyBudget(noise_multiplier=noise_multiplier, sampling_rate=sampling_rate, delta=delta)
+        self.budget = PrivacyBudget(
+            noise_multiplier=noise_multiplier, sampling_rate=sampling_rate, delta=delta
+        )
         self.noise_rng = np.random.default_rng([self.task.seed, 0xD9])
         self._round = 0
 
     def aggregate_train(self, server_round: int, replies: Any) -> Any:
-        """As FedAvg's; then the round's privacy is accounted (a round with no update spends none)."""
+        """As FedAvg's, then the round's privacy is accounted (none for a round with no update)."""
         self._round = server_round
         arrays, metrics = super().aggregate_train(server_round, replies)
         stats = self.stats[server_round]
@@ -76,19 +78,33 @@ class DPFedAvg(CompressedFedAvg):
 
     def aggregate_deltas(self, updates: list[ValidUpdate]) -> dict[str, np.ndarray]:
         """The noisy mean of the clipped deltas, each with equal weight."""
-        total: dict[str, np.ndarray] = {n: np.zeros(v.shape, np.float64) for n, v in updates[0].delta.items()}
+        total: dict[str, np.ndarray] = {
+            n: np.zeros(v.shape, np.float64) for n, v in updates[0].delta.items()
+        }
         for update in updates:
-            norm = float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in update.delta.values())))
+            norm = float(
+                np.sqrt(
+                    sum(
+                        float(np.sum(np.square(v, dtype=np.float64))) for v in update.delta.values()
+                    )
+                )
+            )
             factor = min(1.0, self.clip / norm) if norm > 0 else 1.0
             for name, value in update.delta.items():
                 total[name] += factor * value
         sigma = self.budget.noise_multiplier * self.clip
-        return {n: (v + self.noise_rng.normal(0.0, sigma, v.shape)) / len(updates) for n, v in total.items()}
+        return {
+            n: (v + self.noise_rng.normal(0.0, sigma, v.shape)) / len(updates)
+            for n, v in total.items()
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """The transport's state and the privacy spent."""
         state = super().state_dict()
-        state["dp"] = {"budget": self.budget.state_dict(), "noise_rng": self.noise_rng.bit_generator.state}
+        state["dp"] = {
+            "budget": self.budget.state_dict(),
+            "noise_rng": self.noise_rng.bit_generator.state,
+        }
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -97,15 +97,27 @@ class SecureFedAvg(CompressedFedAvg):
         if dp is not None and target_epsilon > 0:
             noise_multiplier = self._calibrate(dp, target_epsilon, delta, sampling_rate, rounds)
         self.budget = (
-            PrivacyBudget(noise_multiplier=noise_multiplier, sampling_rate=sampling_rate, delta=delta)
+            PrivacyBudget(
+                noise_multiplier=noise_multiplier, sampling_rate=sampling_rate, delta=delta
+            )
             if dp is not None
             else None
         )
         self.noise_rng = np.random.default_rng([self.task.seed, 0x5EC])
 
-    def _calibrate(self, dp: DpMechanism, epsilon: float, delta: float, q: float, rounds: int) -> float:
-        z = calibrate_noise(DpMechanism.GAUSSIAN, target_epsilon=epsilon, delta=delta, sampling_rate=q, rounds=rounds)
-        if dp is DpMechanism.SKELLAM:  # the rounded sensitivity and its L1 bound, at a typical round
+    def _calibrate(
+        self, dp: DpMechanism, epsilon: float, delta: float, q: float, rounds: int
+    ) -> float:
+        z = calibrate_noise(
+            DpMechanism.GAUSSIAN,
+            target_epsilon=epsilon,
+            delta=delta,
+            sampling_rate=q,
+            rounds=rounds,
+        )
+        if (
+            dp is DpMechanism.SKELLAM
+        ):  # the rounded sensitivity and its L1 bound, at a typical round
             count = max(1, round(self.coordinate_ratio * self._coordinate_pool()))
             scale = round_scale(
                 bits=self.modulus_bits,
@@ -116,10 +128,21 @@ class SecureFedAvg(CompressedFedAvg):
                 noise_multiplier=z,
             )
             z = calibrate_noise(
-                dp, target_epsilon=epsilon, delta=delta, sampling_rate=q, rounds=rounds,
-                sensitivity=scale.norm_bound, count=count,
+                dp,
+                target_epsilon=epsilon,
+                delta=delta,
+                sampling_rate=q,
+                rounds=rounds,
+                sensitivity=scale.norm_bound,
+                count=count,
             )
-        LOG.info("noise multiplier %.4f spends epsilon %.2f (delta %g) in %d rounds", z, epsilon, delta, rounds)
+        LOG.info(
+            "noise multiplier %.4f spends epsilon %.2f (delta %g) in %d rounds",
+            z,
+            epsilon,
+            delta,
+            rounds,
+        )
         return z
 
     def _coordinate_pool(self) -> int:
@@ -128,7 +151,7 @@ class SecureFedAvg(CompressedFedAvg):
     def summary(self) -> None:
         """Log the strategy's settings."""
         LOG.info(
-            "SecureFedAvg: %d devices/round, %.0f%% of coordinates at %d bits, threshold %.2f, DP %s",
+            "SecureFedAvg: %d devices/round, %.0f%% of coordinates, %d bits, threshold %.2f, DP %s",
             self.devices_per_round,
             100 * self.coordinate_ratio,
             self.modulus_bits,
@@ -144,7 +167,9 @@ class SecureFedAvg(CompressedFedAvg):
     def end(self) -> None:
         """Nothing to release."""
 
-    def run_round(self, server_round: int, arrays: ArrayRecord, grid: Grid, timeout: float) -> RoundOutcome | None:
+    def run_round(
+        self, server_round: int, arrays: ArrayRecord, grid: Grid, timeout: float
+    ) -> RoundOutcome | None:
         """One round: advertise keys, share keys, masked upload, unmask; then the mean update."""
         stats = self.stats.setdefault(server_round, RoundStats(server_round))
         sent = self._encode(server_round, self._prune(server_round, to_numpy(arrays)))
@@ -162,22 +187,38 @@ class SecureFedAvg(CompressedFedAvg):
             dropout_tolerance=self.dropout_tolerance,
             min_survivors=min_survivors(len(node_ids), self.threshold_fraction),
         )
-        secure.take_advertised(self._exchange(grid, secure.advertise_messages(node_ids), timeout, stats), set(node_ids))
+        secure.take_advertised(
+            self._exchange(grid, secure.advertise_messages(node_ids), timeout, stats), set(node_ids)
+        )
         secure.take_shares(self._exchange(grid, secure.share_messages(), timeout, stats))
         shapes = {name: tuple(value.shape) for name, value in sent.dense.items()}
         coordinates = round_coordinates(
-            shapes, self.masks, ratio=self.coordinate_ratio, seed=self.task.seed, round_num=server_round
+            shapes,
+            self.masks,
+            ratio=self.coordinate_ratio,
+            seed=self.task.seed,
+            round_num=server_round,
         )
         params = self._upload_params(server_round, max(1, len(secure.shared())), coordinates.size)
-        uploads = [self._upload(node, sent, secure, params, stats) for node in sorted(secure.shared())]
-        secure.take_uploads(self._exchange(grid, uploads, timeout, stats), coordinates.size, self.modulus_bits)
+        uploads = [
+            self._upload(node, sent, secure, params, stats) for node in sorted(secure.shared())
+        ]
+        secure.take_uploads(
+            self._exchange(grid, uploads, timeout, stats), coordinates.size, self.modulus_bits
+        )
         try:
             secure.take_unmask(self._exchange(grid, secure.unmask_messages(), timeout, stats))
             total = secure.unmasked_sum(self.modulus_bits)
         except RoundFailed as failure:
-            LOG.error("round %d: secure aggregation failed: %s; the model is unchanged", server_round, failure)
+            LOG.error(
+                "round %d: secure aggregation failed: %s; the model is unchanged",
+                server_round,
+                failure,
+            )
             self._finish_stats(stats, secure, failed=str(failure))
-            return RoundOutcome(None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)}))
+            return RoundOutcome(
+                None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)})
+            )
         survivors = len(secure.uploads)
         summed = dequantize_sum(total, self.modulus_bits, params.step)
         if self.dp is DpMechanism.GAUSSIAN:  # central: the server adds the noise to the sum
@@ -190,16 +231,23 @@ class SecureFedAvg(CompressedFedAvg):
             new_model = apply_masks_np(new_model, self.masks)
         if not all(np.isfinite(v).all() for v in new_model.values()):
             self._finish_stats(stats, secure, failed="non-finite aggregate")
-            return RoundOutcome(None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)}))
+            return RoundOutcome(
+                None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)})
+            )
         if self.dp is None:
             norm = float(np.linalg.norm(mean))
             self.clip = max(1e-6, CLIP_FOLLOWS_MEAN * norm) if norm > 0 else self.clip
         elif self.budget is not None:
             mechanism = self.dp
-            self.budget.spend(stats, mechanism, sensitivity=params.norm_bound, count=coordinates.size)
+            self.budget.spend(
+                stats, mechanism, sensitivity=params.norm_bound, count=coordinates.size
+            )
         self._finish_stats(stats, secure)
         stats.accepted = survivors
-        return RoundOutcome(to_array_record(new_model), MetricRecord({"accepted": survivors, "rejected": len(stats.rejections)}))
+        return RoundOutcome(
+            to_array_record(new_model),
+            MetricRecord({"accepted": survivors, "rejected": len(stats.rejections)}),
+        )
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -229,7 +277,9 @@ class SecureFedAvg(CompressedFedAvg):
             noise_variance=variance,
         )
 
-    def _upload(self, node: int, sent: Any, secure: SecureRound, params: UploadParams, stats: RoundStats) -> Message:
+    def _upload(
+        self, node: int, sent: Any, secure: SecureRound, params: UploadParams, stats: RoundStats
+    ) -> Message:
         outgoing = self._outgoing_records(sent, self.task.replace(round_num=params.round_num))
         stats.downlink_bytes_fp32 += outgoing.dense_bytes
         return Message(
@@ -245,7 +295,9 @@ class SecureFedAvg(CompressedFedAvg):
             group_id=str(params.round_num),
         )
 
-    def _exchange(self, grid: Grid, messages: list[Message], timeout: float, stats: RoundStats) -> list[Message]:
+    def _exchange(
+        self, grid: Grid, messages: list[Message], timeout: float, stats: RoundStats
+    ) -> list[Message]:
         """Send one exchange and count its traffic both ways."""
         if not messages:
             return []
@@ -254,7 +306,9 @@ class SecureFedAvg(CompressedFedAvg):
         stats.uplink_bytes += sum(message_nbytes(r) for r in replies)
         return replies
 
-    def _finish_stats(self, stats: RoundStats, secure: SecureRound, failed: str | None = None) -> None:
+    def _finish_stats(
+        self, stats: RoundStats, secure: SecureRound, failed: str | None = None
+    ) -> None:
         for node, reason in secure.rejections:
             self.reject(stats.round_num, stats, node, reason)
         stats.extra["secagg_advertised"] = float(len(secure.keys))
@@ -283,4 +337,3 @@ class SecureFedAvg(CompressedFedAvg):
             self.noise_rng.bit_generator.state = secure["noise_rng"]
         if self.budget is not None and "budget" in secure:
             self.budget.load_state_dict(secure["budget"])
-

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from stamen.privacy import DpMechanism, calibrate_noise, epsilon_of, poisson_subsampled_rdp, round_rdp
+from stamen.privacy import (
+    DpMechanism,
+    calibrate_noise,
+    epsilon_of,
+    poisson_subsampled_rdp,
+    round_rdp,
+)
 from stamen.privacy.accounting import ORDERS
 
 
@@ -23,7 +29,10 @@ def test_full_participation_matches_the_closed_form_rdp_and_brackets_the_exact_e
     assert np.allclose(rdp, closed_form, rtol=1e-9)
     epsilon = epsilon_of(rdp, delta)
     # The same conversion by hand (Balle et al. 2020, Theorem 21).
-    by_hand = min(r + math.log1p(-1 / a) - math.log(delta * a) / (a - 1) for a, r in zip(ORDERS, closed_form))
+    by_hand = min(
+        r + math.log1p(-1 / a) - math.log(delta * a) / (a - 1)
+        for a, r in zip(ORDERS, closed_form, strict=True)
+    )
     assert epsilon == pytest.approx(by_hand, rel=1e-9)
     # RDP is an upper bound: the exact epsilon at this delta is smaller, but not by much.
     mu = math.sqrt(rounds) / z
@@ -42,13 +51,19 @@ def test_zhu_wang_bound_holds_above_the_exact_sampled_gaussian() -> None:
 
 def test_skellam_with_large_sensitivity_is_accounted_like_the_gaussian() -> None:
     args = {"noise_multiplier": 1.2, "sampling_rate": 0.2}
-    skellam = epsilon_of(round_rdp(DpMechanism.SKELLAM, sensitivity=4000.0, count=2000, **args) * 50, 1e-5)
+    skellam = epsilon_of(
+        round_rdp(DpMechanism.SKELLAM, sensitivity=4000.0, count=2000, **args) * 50, 1e-5
+    )
     gaussian = epsilon_of(round_rdp(DpMechanism.GAUSSIAN, **args) * 50, 1e-5)
     assert gaussian <= skellam <= 1.5 * gaussian
 
 
 @pytest.mark.parametrize("target", [1.0, 4.0, 8.0])
 def test_target_epsilon_sets_the_noise_that_spends_it(target: float) -> None:
-    z = calibrate_noise(DpMechanism.GAUSSIAN, target_epsilon=target, delta=1e-5, sampling_rate=0.2, rounds=30)
-    spent = epsilon_of(round_rdp(DpMechanism.GAUSSIAN, noise_multiplier=z, sampling_rate=0.2) * 30, 1e-5)
+    z = calibrate_noise(
+        DpMechanism.GAUSSIAN, target_epsilon=target, delta=1e-5, sampling_rate=0.2, rounds=30
+    )
+    spent = epsilon_of(
+        round_rdp(DpMechanism.GAUSSIAN, noise_multiplier=z, sampling_rate=0.2) * 30, 1e-5
+    )
     assert target * 0.98 <= spent <= target

@@ -51,7 +51,9 @@ class DroppingGrid(LocalGrid):
         super().__init__(client_app(fleet), num_nodes=config.federation.num_devices)
         self.drop, self.tamper = drop, tamper
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         batch = list(messages)
         if batch and batch[0].metadata.message_type == UPLOAD:
             batch = [m for m in batch if m.metadata.dst_node_id not in self.drop]
@@ -60,7 +62,7 @@ class DroppingGrid(LocalGrid):
 
 
 def run_round(grid: LocalGrid, config, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """Run one round; return (each device's quantized integers, the server's unmasked sum, record)."""
+    """One round: each device's quantized integers, the server's unmasked sums, the record."""
     quantized: dict[int, np.ndarray] = {}
     sums: list[np.ndarray] = []
     to_residues, unmasked_sum = device_side.to_residues, server_side.SecureRound.unmasked_sum
@@ -82,7 +84,9 @@ def run_round(grid: LocalGrid, config, monkeypatch: pytest.MonkeyPatch):  # type
     return quantized, sums, reporter.records[-1]
 
 
-def test_the_unmasked_sum_is_exactly_the_sum_of_the_quantized_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_unmasked_sum_is_exactly_the_sum_of_the_quantized_updates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     config = private_config()
     quantized, sums, record = run_round(DroppingGrid(config, drop=set()), config, monkeypatch)
     assert len(quantized) == DEVICES and len(sums) == 1
@@ -90,7 +94,9 @@ def test_the_unmasked_sum_is_exactly_the_sum_of_the_quantized_updates(monkeypatc
     assert record.extra["secagg_uploaded"] == DEVICES and record.accepted == DEVICES
 
 
-def test_a_round_survives_30_percent_dropouts_after_key_sharing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_round_survives_30_percent_dropouts_after_key_sharing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     config = private_config()
     dropped = {2, 5, 9}  # 30% of the round, gone between sharing keys and uploading
     quantized, sums, record = run_round(DroppingGrid(config, drop=dropped), config, monkeypatch)
@@ -101,13 +107,17 @@ def test_a_round_survives_30_percent_dropouts_after_key_sharing(monkeypatch: pyt
     assert record.extra["secagg_failed"] == 0.0
 
 
-def test_too_many_dropouts_leave_the_model_unchanged_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_too_many_dropouts_leave_the_model_unchanged_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     config = private_config()
     _, sums, record = run_round(DroppingGrid(config, drop={1, 2, 3, 4, 5}), config, monkeypatch)
     assert sums == [] and record.extra["secagg_failed"] == 1.0
 
 
-def test_a_lying_device_is_refused_and_the_round_still_sums_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lying_device_is_refused_and_the_round_still_sums_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def tamper(reply: Message) -> Message:
         record = reply.content.config_records.get(SECAGG_KEY)
         if reply.metadata.src_node_id == 4 and record is not None and "sealed" in record:
@@ -115,12 +125,16 @@ def test_a_lying_device_is_refused_and_the_round_still_sums_exactly(monkeypatch:
         return reply
 
     config = private_config()
-    quantized, sums, record = run_round(DroppingGrid(config, drop=set(), tamper=tamper), config, monkeypatch)
+    quantized, sums, record = run_round(
+        DroppingGrid(config, drop=set(), tamper=tamper), config, monkeypatch
+    )
     assert any("shares refused" in r["reason"] and r["node_id"] == 4 for r in record.rejections)
     assert len(quantized) == DEVICES - 1 and np.array_equal(sums[0], sum(quantized.values()))
 
 
-def test_one_masked_upload_is_indistinguishable_from_uniform(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_masked_upload_is_indistinguishable_from_uniform(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # A device whose update is all zeros: what the server sees is only the masks.
     config = private_config(**{"privacy.modulus_bits": 8, "privacy.coordinate_ratio": 1.0})
     uploads: list[np.ndarray] = []
@@ -148,15 +162,29 @@ def _zeros(values: np.ndarray):  # type: ignore[no-untyped-def]
 
 def test_the_device_refuses_neighbours_that_are_not_the_public_graphs() -> None:
     context = Context(run_id=1, node_id=3, node_config={}, state=RecordDict(), run_config={})
-    advertise = Message(RecordDict({SECAGG_KEY: ConfigRecord({"round": 1})}), dst_node_id=3, message_type="query.secagg_advertise")
+    advertise = Message(
+        RecordDict({SECAGG_KEY: ConfigRecord({"round": 1})}),
+        dst_node_id=3,
+        message_type="query.secagg_advertise",
+    )
     assert not device_side.handle_advertise(advertise, context).has_error()
     fields = {
-        "round": 1, "nodes": [1, 2, 3, 4, 5], "degree": 4, "threshold": 3, "run-seed": 0,
-        "neighbours": [1, 2], "cipher-publics": [b"\x01" * 32] * 2, "mask-publics": [b"\x02" * 32] * 2,
+        "round": 1,
+        "nodes": [1, 2, 3, 4, 5],
+        "degree": 4,
+        "threshold": 3,
+        "run-seed": 0,
+        "neighbours": [1, 2],
+        "cipher-publics": [b"\x01" * 32] * 2,
+        "mask-publics": [b"\x02" * 32] * 2,
     }
-    share = Message(RecordDict({SECAGG_KEY: ConfigRecord(fields)}), dst_node_id=3, message_type=SHARE)  # type: ignore[arg-type]
+    share = Message(
+        RecordDict({SECAGG_KEY: ConfigRecord(fields)}), dst_node_id=3, message_type=SHARE
+    )  # type: ignore[arg-type]
     reply = device_side.handle_share(share, context)
     assert reply.has_error() and "not this device's" in reply.error.reason
     fields.update(neighbours=[1, 2, 4, 5], threshold=2)  # 2 of 5 is no majority
-    share = Message(RecordDict({SECAGG_KEY: ConfigRecord(fields)}), dst_node_id=3, message_type=SHARE)  # type: ignore[arg-type]
+    share = Message(
+        RecordDict({SECAGG_KEY: ConfigRecord(fields)}), dst_node_id=3, message_type=SHARE
+    )  # type: ignore[arg-type]
     assert "majority" in device_side.handle_share(share, context).error.reason

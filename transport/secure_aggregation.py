@@ -76,7 +76,9 @@ class SecureRound:
     sealed: dict[int, dict[int, bytes]] = field(default_factory=dict)
     """``sealed[dst][src]``: the shares ``src`` sealed for ``dst``."""
     uploads: dict[int, np.ndarray] = field(default_factory=dict)
-    shares: dict[str, dict[int, list[bytes]]] = field(default_factory=lambda: {"seed": {}, "key": {}})
+    shares: dict[str, dict[int, list[bytes]]] = field(
+        default_factory=lambda: {"seed": {}, "key": {}}
+    )
     rejections: list[tuple[int, str]] = field(default_factory=list)
 
     # -- 1. advertise keys -----------------------------------------------------------
@@ -96,16 +98,24 @@ class SecureRound:
                 )
             except (KeyError, SecureAggregationError) as error:
                 self.reject(node, f"keys refused: {error}")
-        publics = [k.mask_public for k in self.keys.values()] + [k.cipher_public for k in self.keys.values()]
+        publics = [k.mask_public for k in self.keys.values()] + [
+            k.cipher_public for k in self.keys.values()
+        ]
         if len(set(publics)) != len(publics):  # a device replaying another's key
             duplicated = {p for p in publics if publics.count(p) > 1}
-            for node in [n for n, k in self.keys.items() if {k.mask_public, k.cipher_public} & duplicated]:
+            for node in [
+                n for n, k in self.keys.items() if {k.mask_public, k.cipher_public} & duplicated
+            ]:
                 self.reject(node, "keys refused: a public key another device also sent")
                 del self.keys[node]
         nodes = sorted(self.keys)
-        self.degree = graph_degree(len(nodes), threshold_fraction=self.threshold_fraction, dropout=self.dropout_tolerance)
+        self.degree = graph_degree(
+            len(nodes), threshold_fraction=self.threshold_fraction, dropout=self.dropout_tolerance
+        )
         self.threshold = shamir_threshold(self.degree, self.threshold_fraction)
-        self.graph = neighbour_graph(nodes, degree=self.degree, seed=graph_seed(self.round_num, self.run_seed, nodes))
+        self.graph = neighbour_graph(
+            nodes, degree=self.degree, seed=graph_seed(self.round_num, self.run_seed, nodes)
+        )
 
     # -- 2. share keys ---------------------------------------------------------------
 
@@ -137,11 +147,17 @@ class SecureRound:
         """Keep each device's sealed shares if it sealed exactly one for every neighbour."""
         for node, record in self._records(replies, expected=set(self.keys)):
             to, sealed = record.get("to"), record.get("sealed")
-            if to != list(self.graph[node]) or not isinstance(sealed, list) or len(sealed) != len(to):
+            if (
+                to != list(self.graph[node])
+                or not isinstance(sealed, list)
+                or len(sealed) != len(to)
+            ):
                 self.reject(node, "shares refused: not one sealed share per neighbour")
                 continue
             if not all(isinstance(box, bytes) and len(box) == SEALED_SHARE_BYTES for box in sealed):
-                self.reject(node, f"shares refused: a sealed share is not {SEALED_SHARE_BYTES} bytes")
+                self.reject(
+                    node, f"shares refused: a sealed share is not {SEALED_SHARE_BYTES} bytes"
+                )
                 continue
             for dst, box in zip(to, sealed, strict=True):
                 self.sealed.setdefault(dst, {})[node] = box
@@ -187,7 +203,9 @@ class SecureRound:
         """Ask each uploader, for its neighbours in U2, one share each (seed or key)."""
         survivors, shared = set(self.uploads), self.shared()
         if len(survivors) < self.min_survivors:
-            raise RoundFailed(f"only {len(survivors)} uploads; at least {self.min_survivors} needed")
+            raise RoundFailed(
+                f"only {len(survivors)} uploads; at least {self.min_survivors} needed"
+            )
         messages = []
         for node in sorted(survivors):
             around = [v for v in self.graph[node] if v in shared]
@@ -209,11 +227,17 @@ class SecureRound:
         for node, record in self._records(replies, expected=set(self.uploads)):
             for kind in ("seed", "key"):
                 owners, shares = record.get(f"{kind}-owners"), record.get(f"{kind}-shares")
-                if not isinstance(owners, list) or not isinstance(shares, list) or len(owners) != len(shares):
+                if (
+                    not isinstance(owners, list)
+                    or not isinstance(shares, list)
+                    or len(owners) != len(shares)
+                ):
                     self.reject(node, f"unmask refused: malformed {kind} shares")
                     break
                 for owner, share in zip(owners, shares, strict=True):
-                    holders = sorted((*self.graph.get(owner, ()), owner)) if owner in self.graph else []
+                    holders = (
+                        sorted((*self.graph.get(owner, ()), owner)) if owner in self.graph else []
+                    )
                     if node not in holders:
                         continue
                     try:
@@ -224,7 +248,7 @@ class SecureRound:
                     self.shares[kind].setdefault(owner, []).append(share)
 
     def unmasked_sum(self, bits: int) -> np.ndarray:
-        """The modular sum of the survivors' plain vectors; :class:`RoundFailed` if it cannot be had."""
+        """The modular sum of the survivors' plain vectors (:class:`RoundFailed` if none)."""
         survivors, shared = sorted(self.uploads), self.shared()
         dropped = sorted(shared - set(survivors))
         seeds = [self._rebuild("seed", node) for node in survivors]
@@ -239,19 +263,25 @@ class SecureRound:
             self_seeds=seeds,
             dropped_keys=keys,
             survivors_of={
-                d: {v: self.keys[v].mask_public for v in self.graph[d] if v in self.uploads} for d in dropped
+                d: {v: self.keys[v].mask_public for v in self.graph[d] if v in self.uploads}
+                for d in dropped
             },
         )
 
     def _rebuild(self, kind: str, owner: int) -> bytes:
         shares = self.shares[kind].get(owner, [])
         if len(shares) < self.threshold:
-            raise RoundFailed(f"{len(shares)} {kind} shares of node {owner}; {self.threshold} needed")
+            raise RoundFailed(
+                f"{len(shares)} {kind} shares of node {owner}; {self.threshold} needed"
+            )
         # The first shares, then random subsets: a liar among them is left out of some soon.
         rng = np.random.default_rng([self.round_num, owner])
         subsets = itertools.chain(
             [list(range(self.threshold))],
-            (rng.choice(len(shares), self.threshold, replace=False) for _ in range(MAX_REBUILD_TRIES)),
+            (
+                rng.choice(len(shares), self.threshold, replace=False)
+                for _ in range(MAX_REBUILD_TRIES)
+            ),
         )
         for subset in subsets:
             secret = rebuild([shares[int(i)] for i in subset])
@@ -279,7 +309,9 @@ class SecureRound:
             group_id=str(self.round_num),
         )
 
-    def _records(self, replies: Iterable[Message], expected: set[int] | None) -> list[tuple[int, ConfigRecord]]:
+    def _records(
+        self, replies: Iterable[Message], expected: set[int] | None
+    ) -> list[tuple[int, ConfigRecord]]:
         seen: set[int] = set()
         records = []
         for reply in sorted(replies, key=lambda r: r.metadata.src_node_id):
