@@ -88,7 +88,7 @@ def _blobs(record: ConfigRecord, key: str, count: int, size: int) -> list[bytes]
         raise SecureAggregationError(f"{key} must hold {count} entries")
     if not all(isinstance(v, bytes) and len(v) == size for v in value):
         raise SecureAggregationError(f"each of {key} must be {size} bytes")
-    return list(value)
+    return [bytes(v) for v in value if isinstance(v, bytes)]
 
 
 def handle_advertise(message: Message, context: Context) -> Message:
@@ -283,17 +283,19 @@ def handle_unmask(message: Message, context: Context) -> Message:
             )
     except (SecureAggregationError, KeyError, TypeError, ValueError) as error:
         return refuse(message, str(error))
-    held = dict(zip([int(v) for v in state["held-from"]], state["held"], strict=True))  # type: ignore[arg-type]
-    held[node_id] = state["own-shares"]  # type: ignore[assignment]
+    pairs = [v for v in state["held"] if isinstance(v, bytes)]  # type: ignore[union-attr]
+    held = dict(zip(_ints(state, "held-from"), pairs, strict=True))
+    own = state["own-shares"]
+    held[node_id] = own if isinstance(own, bytes) else b""
     seed_owners = [v for v in survivors if v in held]
     key_owners = [v for v in dropped if v in held]
     state["unmasked"] = True
     reply = ConfigRecord(
         {
             "seed-owners": seed_owners,
-            "seed-shares": [held[v][:SHARE_BYTES] for v in seed_owners],  # type: ignore[index]
+            "seed-shares": [held[v][:SHARE_BYTES] for v in seed_owners],
             "key-owners": key_owners,
-            "key-shares": [held[v][SHARE_BYTES:] for v in key_owners],  # type: ignore[index]
+            "key-shares": [held[v][SHARE_BYTES:] for v in key_owners],
         }
     )
     return Message(RecordDict({SECAGG_KEY: reply}), reply_to=message)

@@ -137,7 +137,7 @@ def build_private_strategy(config: StamenConfig, common: dict[str, Any]) -> Comp
     """FedAvg in the form ``config.privacy`` asks for: under secure aggregation (with central,
     distributed or no DP), or with central DP over plain compressed updates."""
     privacy, federation = config.privacy, config.federation
-    dp = {
+    dp: dict[str, Any] = {
         "noise_multiplier": privacy.noise_multiplier,
         "target_epsilon": privacy.target_epsilon,
         "delta": privacy.delta,

@@ -20,6 +20,7 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -159,7 +160,7 @@ class SecureRound:
                     node, f"shares refused: a sealed share is not {SEALED_SHARE_BYTES} bytes"
                 )
                 continue
-            for dst, box in zip(to, sealed, strict=True):
+            for dst, box in zip(cast(list[int], to), cast(list[bytes], sealed), strict=True):
                 self.sealed.setdefault(dst, {})[node] = box
         shared = self.shared()
         for dst in list(self.sealed):
@@ -235,6 +236,9 @@ class SecureRound:
                     self.reject(node, f"unmask refused: malformed {kind} shares")
                     break
                 for owner, share in zip(owners, shares, strict=True):
+                    if not isinstance(owner, int) or not isinstance(share, bytes):
+                        self.reject(node, f"unmask: a malformed {kind} share")
+                        continue
                     holders = (
                         sorted((*self.graph.get(owner, ()), owner)) if owner in self.graph else []
                     )
@@ -276,7 +280,7 @@ class SecureRound:
             )
         # The first shares, then random subsets: a liar among them is left out of some soon.
         rng = np.random.default_rng([self.round_num, owner])
-        subsets = itertools.chain(
+        subsets: Iterable[Any] = itertools.chain(
             [list(range(self.threshold))],
             (
                 rng.choice(len(shares), self.threshold, replace=False)
