@@ -34,9 +34,9 @@ def run_flower_secaggplus(config: Any, out: Path) -> dict[str, Any]:
 
     from stamen.client.local_data import FleetData, device_data
     from stamen.client.trainer import evaluate, train_epochs
-    from stamen.contract import message_nbytes
     from stamen.data import load_dataset
     from stamen.models import ModelSpec, build_model
+    from stamen.strategies.secure_fedavg import wire_nbytes
 
     federation, training = config.federation, config.training
     dataset = load_dataset(config.data.dataset)
@@ -83,8 +83,8 @@ def run_flower_secaggplus(config: Any, out: Path) -> dict[str, Any]:
         line = {
             "node": int(context.node_config["partition-id"]),
             "group": message.metadata.group_id,
-            "down": message_nbytes(message),
-            "up": message_nbytes(reply),
+            "down": wire_nbytes(message),
+            "up": wire_nbytes(reply),
             "cpu": time.process_time() - started,
         }
         with traffic.open("a") as handle:

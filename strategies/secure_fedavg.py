@@ -25,7 +25,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from stamen.contract import CONFIG_KEY, MODEL_KEY, message_nbytes
+from stamen.contract import CONFIG_KEY, MODEL_KEY
+from stamen.contract.edge.wire import serialize_records
 from stamen.contract.secure import SECAGG_KEY, UPLOAD, UploadParams
 from stamen.core.fleet import PolicyGrid, RoundPolicy, StreamingGrid
 from stamen.core.rounds import RoundOutcome
@@ -298,12 +299,13 @@ class SecureFedAvg(CompressedFedAvg):
     def _exchange(
         self, grid: Grid, messages: list[Message], timeout: float, stats: RoundStats
     ) -> list[Message]:
-        """Send one exchange and count its traffic both ways."""
+        """Send one exchange and count its traffic both ways: the serialized records, keys and
+        shares included (``message_nbytes`` counts array payloads only)."""
         if not messages:
             return []
-        stats.downlink_bytes += sum(message_nbytes(m) for m in messages)
+        stats.downlink_bytes += sum(wire_nbytes(m) for m in messages)
         replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
-        stats.uplink_bytes += sum(message_nbytes(r) for r in replies)
+        stats.uplink_bytes += sum(wire_nbytes(r) for r in replies)
         return replies
 
     def _finish_stats(
@@ -337,3 +339,8 @@ class SecureFedAvg(CompressedFedAvg):
             self.noise_rng.bit_generator.state = secure["noise_rng"]
         if self.budget is not None and "budget" in secure:
             self.budget.load_state_dict(secure["budget"])
+
+
+def wire_nbytes(message: Message) -> int:
+    """A message's records as they travel serialized (an error reply: none)."""
+    return 0 if message.has_error() else len(serialize_records(message.content))
