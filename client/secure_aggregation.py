@@ -34,6 +34,8 @@ from stamen.privacy import (
     DeviceSecrets,
     RoundScale,
     SecureAggregationError,
+    coordinates_from_bitmap,
+    eligible_mask,
     gather,
     graph_seed,
     mask,
@@ -193,9 +195,12 @@ def secure_upload(job: TrainJob, trained: Trained) -> Message:
             continue
         held_from.append(sender)
         held.append(pair[0] + pair[1])
-    residues, sent_examples = _masked_update(
-        job, trained, params, secrets, node_id, senders, mask_publics, position
-    )
+    try:
+        residues, sent_examples = _masked_update(
+            job, trained, params, secrets, node_id, senders, mask_publics, position
+        )
+    except ValueError as error:  # the server's coordinate bitmap does not fit this model
+        return refuse(message, str(error))
     state["senders"] = senders
     state["held-from"] = held_from
     state["held"] = held
@@ -228,9 +233,17 @@ def _masked_update(
     )
     corrected = {k: v + residual[k] if residual is not None else v for k, v in delta.items()}
     shapes = {name: tuple(value.shape) for name, value in corrected.items()}
-    coordinates = round_coordinates(
-        shapes, decoded.masks, ratio=params.ratio, seed=params.run_seed, round_num=params.round_num
-    )
+    if params.coordinates:  # announced by the server: checked against the pruning masks
+        eligible = eligible_mask(shapes, decoded.masks)
+        coordinates = coordinates_from_bitmap(params.coordinates, eligible.size, eligible)
+    else:
+        coordinates = round_coordinates(
+            shapes,
+            decoded.masks,
+            ratio=params.ratio,
+            seed=params.run_seed,
+            round_num=params.round_num,
+        )
     scale = RoundScale(
         step=params.step,
         coordinate_bound=params.coordinate_bound,

@@ -26,6 +26,15 @@ from stamen.config.checks import require, require_member
 from stamen.core.errors import ConfigError
 
 
+class CoordinateRule(enum.StrEnum):
+    """Which coordinates every device of a secure-aggregation round sends."""
+
+    RANDOM = "random"
+    """A random subset seeded by the run and the round: no index travels."""
+    GLOBAL_CHANGE = "global-change"
+    """Half where the global model moved most lately, half random; announced by the server."""
+
+
 class PrivacyMode(enum.StrEnum):
     """Where the differential-privacy noise is added."""
 
@@ -56,6 +65,8 @@ class PrivacySettings:
     many bits."""
     coordinate_ratio: float = 0.1
     """The share of unpruned coordinates every device sends each round (a public random subset)."""
+    coordinates: CoordinateRule = CoordinateRule.GLOBAL_CHANGE
+    """How the round's coordinates are chosen: both rules use public information only."""
     threshold_fraction: float = 0.6
     """Shamir threshold as a share of each neighbourhood, and the share of a round's devices
     that must upload for it to be unmasked. Above 1/2, so no server learns both secrets."""
@@ -65,6 +76,7 @@ class PrivacySettings:
     def __post_init__(self) -> None:
         key = "privacy."
         require_member(self, "mode", PrivacyMode, key + "mode")
+        require_member(self, "coordinates", CoordinateRule, key + "coordinates")
         if self.mode is PrivacyMode.DISTRIBUTED and not self.secure_aggregation:
             raise ConfigError(f"{key}mode distributed needs {key}secure_aggregation = true")
         require(

@@ -46,6 +46,8 @@ class UploadParams:
         clip: the L2 clip (0: none).
         norm_bound: the rounded vector's L2 bound (conditional rounding).
         noise_variance: Skellam variance each device adds per coordinate (0: none).
+        coordinates: the server's bitmap of the round's coordinates (empty: the seeded
+            random subset of ``ratio``).
     """
 
     round_num: int
@@ -57,6 +59,7 @@ class UploadParams:
     clip: float
     norm_bound: float
     noise_variance: float
+    coordinates: bytes = b""
 
     def to_config_record(self) -> ConfigRecord:
         """The fields under their own names."""
@@ -71,6 +74,7 @@ class UploadParams:
                 "clip": self.clip,
                 "norm-bound": self.norm_bound,
                 "noise-variance": self.noise_variance,
+                "coordinates": self.coordinates,
             }
         )
 
@@ -88,6 +92,7 @@ class UploadParams:
                 clip=float(record["clip"]),  # type: ignore[arg-type]
                 norm_bound=float(record["norm-bound"]),  # type: ignore[arg-type]
                 noise_variance=float(record["noise-variance"]),  # type: ignore[arg-type]
+                coordinates=bytes(record.get("coordinates", b"")),  # type: ignore[arg-type]
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"malformed secure-aggregation parameters: {error!r}") from None

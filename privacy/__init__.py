@@ -17,7 +17,16 @@ from stamen.privacy.accounting import (
     poisson_subsampled_rdp,
     round_rdp,
 )
-from stamen.privacy.coordinates import gather, round_coordinates, scatter
+from stamen.privacy.coordinates import (
+    announced_coordinates,
+    coordinates_from_bitmap,
+    coordinates_to_bitmap,
+    eligible_mask,
+    flat_size,
+    gather,
+    round_coordinates,
+    scatter,
+)
 from stamen.privacy.graph import graph_degree, graph_seed, neighbour_graph, shamir_threshold
 from stamen.privacy.masking import (
     SEALED_SHARE_BYTES,
@@ -61,11 +70,16 @@ __all__ = [
     "RoundScale",
     "SecureAggregationError",
     "add_residues",
+    "announced_coordinates",
     "calibrate_noise",
     "centred",
     "check_share",
+    "coordinates_from_bitmap",
+    "coordinates_to_bitmap",
     "dequantize_sum",
+    "eligible_mask",
     "epsilon_of",
+    "flat_size",
     "gather",
     "graph_degree",
     "graph_seed",

@@ -155,6 +155,7 @@ def build_private_strategy(config: StamenConfig, common: dict[str, Any]) -> Comp
     return SecureFedAvg(
         modulus_bits=privacy.modulus_bits,
         coordinate_ratio=privacy.coordinate_ratio,
+        coordinate_rule=privacy.coordinates.value,
         threshold_fraction=privacy.threshold_fraction,
         dropout_tolerance=privacy.dropout_tolerance,
         dp=mechanism,

@@ -18,6 +18,7 @@ of ``[defense]`` cannot run (docs/privacy.md).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -32,8 +33,11 @@ from stamen.core.fleet import PolicyGrid, RoundPolicy, StreamingGrid
 from stamen.core.rounds import RoundOutcome
 from stamen.privacy import (
     DpMechanism,
+    announced_coordinates,
     calibrate_noise,
+    coordinates_to_bitmap,
     dequantize_sum,
+    eligible_mask,
     round_coordinates,
     round_scale,
     scatter,
@@ -45,6 +49,10 @@ from stamen.transport.secure_aggregation import RoundFailed, SecureRound, min_su
 from stamen.transport.stats import RoundStats
 
 LOG = logging.getLogger("stamen.strategies")
+
+IMPORTANCE_DECAY = 0.5
+"""``global-change`` coordinates: each round's weight in the importance of the next rounds
+halves, so the chosen coordinates follow where the model is moving now."""
 
 CLIP_FOLLOWS_MEAN = 3.0
 """Without DP, the next round's L2 clip is this multiple of the last mean update's norm:
@@ -58,6 +66,9 @@ class SecureFedAvg(CompressedFedAvg):
     Args:
         modulus_bits: each sent coordinate is a residue modulo ``2**modulus_bits``.
         coordinate_ratio: the share of unpruned coordinates sent each round.
+        coordinate_rule: ``random`` (a seeded subset, no index travels) or ``global-change``
+            (half where the global model moved most lately, half random; the server
+            announces them as a bitmap in the upload message).
         threshold_fraction: Shamir threshold, as a share of each neighbourhood (> 1/2),
             and the share of the round's devices whose uploads must survive.
         dropout_tolerance: the dropout the neighbour graph is sized for.
@@ -76,6 +87,7 @@ class SecureFedAvg(CompressedFedAvg):
         *,
         modulus_bits: int = 16,
         coordinate_ratio: float = 0.1,
+        coordinate_rule: str = "random",
         threshold_fraction: float = 0.6,
         dropout_tolerance: float = 0.3,
         clip: float = 1.0,
@@ -90,6 +102,9 @@ class SecureFedAvg(CompressedFedAvg):
         super().__init__(**transport)
         self.modulus_bits = modulus_bits
         self.coordinate_ratio = coordinate_ratio
+        self.coordinate_rule = coordinate_rule
+        self.importance: np.ndarray | None = None
+        """``global-change``: the decayed sum of the applied updates' magnitudes, per coordinate."""
         self.threshold_fraction = threshold_fraction
         self.dropout_tolerance = dropout_tolerance
         self.clip = clip
@@ -193,14 +208,9 @@ class SecureFedAvg(CompressedFedAvg):
         )
         secure.take_shares(self._exchange(grid, secure.share_messages(), timeout, stats))
         shapes = {name: tuple(value.shape) for name, value in sent.dense.items()}
-        coordinates = round_coordinates(
-            shapes,
-            self.masks,
-            ratio=self.coordinate_ratio,
-            seed=self.task.seed,
-            round_num=server_round,
-        )
+        coordinates, bitmap = self._coordinates(server_round, shapes)
         params = self._upload_params(server_round, max(1, len(secure.shared())), coordinates.size)
+        params = dataclasses.replace(params, coordinates=bitmap)
         uploads = [
             self._upload(node, sent, secure, params, stats) for node in sorted(secure.shared())
         ]
@@ -235,6 +245,9 @@ class SecureFedAvg(CompressedFedAvg):
             return RoundOutcome(
                 None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)})
             )
+        if self.importance is not None:
+            self.importance *= IMPORTANCE_DECAY
+            self.importance[coordinates] += np.abs(mean)
         if self.dp is None:
             norm = float(np.linalg.norm(mean))
             self.clip = max(1e-6, CLIP_FOLLOWS_MEAN * norm) if norm > 0 else self.clip
@@ -251,6 +264,31 @@ class SecureFedAvg(CompressedFedAvg):
         )
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _coordinates(
+        self, server_round: int, shapes: dict[str, tuple[int, ...]]
+    ) -> tuple[np.ndarray, bytes]:
+        """The round's coordinates, and the bitmap that announces them (empty: the seeded rule)."""
+        if self.coordinate_rule != "global-change":
+            chosen = round_coordinates(
+                shapes,
+                self.masks,
+                ratio=self.coordinate_ratio,
+                seed=self.task.seed,
+                round_num=server_round,
+            )
+            return chosen, b""
+        eligible = eligible_mask(shapes, self.masks)
+        if self.importance is None or self.importance.size != eligible.size:
+            self.importance = np.zeros(eligible.size, np.float64)
+        chosen = announced_coordinates(
+            self.importance,
+            eligible,
+            ratio=self.coordinate_ratio,
+            seed=self.task.seed,
+            round_num=server_round,
+        )
+        return chosen, coordinates_to_bitmap(chosen, eligible.size)
 
     def _upload_params(self, server_round: int, devices: int, count: int) -> UploadParams:
         z = self.budget.noise_multiplier if self.budget is not None else 0.0
@@ -326,6 +364,8 @@ class SecureFedAvg(CompressedFedAvg):
         """The transport's state, the clip that follows the mean, and the privacy spent."""
         state = super().state_dict()
         state["secure"] = {"clip": self.clip, "noise_rng": self.noise_rng.bit_generator.state}
+        if self.importance is not None:
+            state["secure"]["importance"] = self.importance.copy()
         if self.budget is not None:
             state["secure"]["budget"] = self.budget.state_dict()
         return state
@@ -335,6 +375,8 @@ class SecureFedAvg(CompressedFedAvg):
         super().load_state_dict(state)
         secure = state.get("secure", {})
         self.clip = float(secure.get("clip", self.clip))
+        if "importance" in secure:
+            self.importance = np.asarray(secure["importance"], np.float64)
         if "noise_rng" in secure:
             self.noise_rng.bit_generator.state = secure["noise_rng"]
         if self.budget is not None and "budget" in secure:
