@@ -245,14 +245,21 @@ def main() -> None:
                 )
             except Exception as error:  # one failed arm must not lose the others
                 print(f"{arm} seed {seed} failed: {error!r}", flush=True)
+            write_results(args)  # after every run: an interrupted benchmark keeps its figures
+    print(write_results(args))
+
+
+def write_results(args: argparse.Namespace) -> str:
+    """Write privacy.{json,md} from every finished run in ``args.out``; returns the table."""
     results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*-seed*.json"))]
-    results = [r for r in results if r.get("rounds") == args.rounds]
+    results = [r for r in results if r.get("rounds") == args.rounds and r["seed"] in args.seeds]
     summary = report(results, args.rounds, args.seeds)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "privacy.json").write_text(json.dumps(summary, indent=2) + "\n")
     command = "nice -n 10 python benchmarks/privacy.py " + " ".join(sys.argv[1:])
-    (RESULTS / "privacy.md").write_text(markdown(summary, command))
-    print(markdown(summary, command))
+    table = markdown(summary, command)
+    (RESULTS / "privacy.md").write_text(table)
+    return table
 
 
 if __name__ == "__main__":
