@@ -57,6 +57,8 @@ def arms() -> dict[str, dict[str, Any]]:
                 "privacy.mode": mode,
                 "privacy.target_epsilon": eps,
                 "privacy.delta": DELTA,
+                # Noise needs room in the modulus beside the sum (docs/privacy.md).
+                "privacy.modulus_bits": 16,
             }
     table["flower-secaggplus"] = {"preset": "fp32"}
     return table

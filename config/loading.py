@@ -43,7 +43,7 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
         "pruning": {"target_sparsity": 0.5, "method": "global"},
         "uplink": {"error_feedback": True},
         "downlink": {"values": "q8", "lossless": "zlib"},
-        "privacy": {"secure_aggregation": True, "modulus_bits": 16, "coordinate_ratio": 0.1},
+        "privacy": {"secure_aggregation": True, "modulus_bits": 11, "coordinate_ratio": 0.25},
     },
     Preset.FP32: {
         "qat": {"enabled": False},
