@@ -100,9 +100,10 @@ def run_one(arm: str, seed: int, rounds: int, out: Path) -> dict[str, Any]:
         from stamen.server import ResultsWriter
 
         wall = time.perf_counter()
+        server_before, devices_before = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
         summary = simulate(config, ResultsWriter(out / f"{arm}-seed{seed}"))
-        server = resource.getrusage(resource.RUSAGE_SELF)
-        devices = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server = _cpu(resource.RUSAGE_SELF) - server_before
+        devices = _cpu(resource.RUSAGE_CHILDREN) - devices_before
         per_device_round = max(1, summary["participants"] or PER_ROUND * rounds)
         metrics = [
             json.loads(line)
@@ -113,8 +114,8 @@ def run_one(arm: str, seed: int, rounds: int, out: Path) -> dict[str, Any]:
             "final_accuracy": summary["final_accuracy"],
             "uplink_bytes_per_device_round": summary["uplink_bytes"] / (PER_ROUND * rounds),
             "downlink_bytes_per_device_round": summary["downlink_bytes"] / (PER_ROUND * rounds),
-            "client_cpu_seconds_per_round": (devices.ru_utime + devices.ru_stime) / rounds,
-            "server_cpu_seconds_per_round": (server.ru_utime + server.ru_stime) / rounds,
+            "client_cpu_seconds_per_round": devices / rounds,
+            "server_cpu_seconds_per_round": server / rounds,
             "epsilon": metrics[-1].get("epsilon"),
             "noise_multiplier": metrics[-1].get("noise_multiplier"),
             "participants": per_device_round,
@@ -123,6 +124,12 @@ def run_one(arm: str, seed: int, rounds: int, out: Path) -> dict[str, Any]:
     result.update(seed=seed, rounds=rounds)
     (out / f"{arm}-seed{seed}.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _cpu(who: int) -> float:
+    # A pool worker runs several arms: each measures the CPU its own run added.
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def mean(values: list[float | None]) -> float | None:
