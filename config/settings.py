@@ -27,6 +27,7 @@ from stamen.config.checks import is_host_port, require, require_member
 from stamen.config.defense_settings import DefenseSettings
 from stamen.config.distill_settings import DistillSettings
 from stamen.config.fleet_settings import FleetSettings
+from stamen.config.privacy_settings import PrivacySettings
 from stamen.core.errors import ConfigError
 from stamen.data import PartitionScheme
 from stamen.models import ModelName
@@ -39,6 +40,8 @@ class Preset(enum.StrEnum):
     """QAT int8, sparsity ramp to 50%, top-k + 4-bit + error feedback up, int8 down."""
     FP32 = "fp32"
     """Plain FedAvg: no QAT, no pruning, dense float32 both ways. The baseline."""
+    PRIVATE_EDGE = "private-edge"
+    """The edge preset under secure aggregation: the server learns only each round's sum."""
 
 
 class Backend(enum.StrEnum):
@@ -336,9 +339,16 @@ class StamenConfig:
     attack: AttackSettings = field(default_factory=AttackSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     def __post_init__(self) -> None:
         require_member(self, "preset", Preset, "preset")
+        private = self.privacy.secure_aggregation or self.privacy.dp
+        if private and (self.strategy.name is not StrategyName.FEDAVG or self.distill.enabled):
+            raise ConfigError(
+                "privacy (secure aggregation or DP) runs with strategy fedavg and no "
+                "distillation: other rules need each device's update"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values (enums as strings), in TOML's section layout."""
@@ -360,5 +370,6 @@ SECTION_TYPES: dict[str, type] = {
     "attack": AttackSettings,
     "fleet": FleetSettings,
     "distill": DistillSettings,
+    "privacy": PrivacySettings,
 }
 """The TOML sections of :class:`StamenConfig` and the dataclass each builds."""

@@ -124,6 +124,9 @@ class RunView:
         if event.distillation:
             values = ", ".join(f"{k} {v:.3g}" for k, v in sorted(event.distillation.items()))
             lines.append(f"  distillation: {values}")
+        if event.privacy:
+            values = ", ".join(f"{k} {v:.3g}" for k, v in sorted(event.privacy.items()))
+            lines.append(f"  privacy: {values}")
         return lines
 
 

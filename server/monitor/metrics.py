@@ -48,6 +48,12 @@ class StateCollector(Collector):
             yield _gauge(
                 "stamen_round_duration_seconds", "Wall time of the last round.", record.seconds
             )
+            if "epsilon" in record.extra:  # a DP run: the privacy spent so far
+                yield _gauge(
+                    "stamen_dp_epsilon",
+                    f"Epsilon spent so far, at delta {record.extra.get('dp_delta')}.",
+                    record.extra["epsilon"],
+                )
         uplink = CounterMetricFamily("stamen_uplink_bytes", "Update bytes received from devices.")
         uplink.add_metric([], status.uplink_bytes)
         yield uplink

@@ -151,6 +151,7 @@ class MonitorState:
                 duration_seconds=record.seconds,
                 sparsity=record.sparsity,
                 distillation=_floats(getattr(record, "distillation", None)),
+                privacy=_floats({k: v for k, v in record.extra.items() if k in PRIVACY_KEYS}),
             )
 
     def on_finish(self, summary: dict[str, Any]) -> None:
@@ -368,6 +369,10 @@ class MonitorState:
         )
         self._events.append(event)
         self._cond.notify_all()
+
+
+PRIVACY_KEYS = ("epsilon", "dp_delta", "noise_multiplier")
+"""The round record's DP figures the console shows."""
 
 
 def _ids_and_count(value: Any, observed: list[int]) -> tuple[list[int], int]:

@@ -97,7 +97,7 @@ class Rejection(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RoundEvent(_message.Message):
-    __slots__ = ("sequence", "kind", "round", "total_rounds", "time_unix", "state", "message", "participants", "stragglers", "dropouts", "num_stragglers", "num_dropouts", "accepted", "rejections", "accuracy", "loss", "train_loss", "tier_accuracy", "uplink_bytes", "downlink_bytes", "uplink_bytes_fp32", "downlink_bytes_fp32", "uplink_compression", "downlink_compression", "duration_seconds", "sparsity", "distillation")
+    __slots__ = ("sequence", "kind", "round", "total_rounds", "time_unix", "state", "message", "participants", "stragglers", "dropouts", "num_stragglers", "num_dropouts", "accepted", "rejections", "accuracy", "loss", "train_loss", "tier_accuracy", "uplink_bytes", "downlink_bytes", "uplink_bytes_fp32", "downlink_bytes_fp32", "uplink_compression", "downlink_compression", "duration_seconds", "sparsity", "distillation", "privacy")
     class TierAccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,13 @@ class RoundEvent(_message.Message):
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     class DistillationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PrivacyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +146,7 @@ class RoundEvent(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SPARSITY_FIELD_NUMBER: _ClassVar[int]
     DISTILLATION_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     kind: EventKind
     round: int
@@ -166,7 +174,8 @@ class RoundEvent(_message.Message):
     duration_seconds: float
     sparsity: float
     distillation: _containers.ScalarMap[str, float]
-    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., time_unix: _Optional[float] = ..., state: _Optional[_Union[RunState, str]] = ..., message: _Optional[str] = ..., participants: _Optional[_Iterable[int]] = ..., stragglers: _Optional[_Iterable[int]] = ..., dropouts: _Optional[_Iterable[int]] = ..., num_stragglers: _Optional[int] = ..., num_dropouts: _Optional[int] = ..., accepted: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., tier_accuracy: _Optional[_Mapping[str, float]] = ..., uplink_bytes: _Optional[int] = ..., downlink_bytes: _Optional[int] = ..., uplink_bytes_fp32: _Optional[int] = ..., downlink_bytes_fp32: _Optional[int] = ..., uplink_compression: _Optional[float] = ..., downlink_compression: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., sparsity: _Optional[float] = ..., distillation: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    privacy: _containers.ScalarMap[str, float]
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., time_unix: _Optional[float] = ..., state: _Optional[_Union[RunState, str]] = ..., message: _Optional[str] = ..., participants: _Optional[_Iterable[int]] = ..., stragglers: _Optional[_Iterable[int]] = ..., dropouts: _Optional[_Iterable[int]] = ..., num_stragglers: _Optional[int] = ..., num_dropouts: _Optional[int] = ..., accepted: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., tier_accuracy: _Optional[_Mapping[str, float]] = ..., uplink_bytes: _Optional[int] = ..., downlink_bytes: _Optional[int] = ..., uplink_bytes_fp32: _Optional[int] = ..., downlink_bytes_fp32: _Optional[int] = ..., uplink_compression: _Optional[float] = ..., downlink_compression: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., sparsity: _Optional[float] = ..., distillation: _Optional[_Mapping[str, float]] = ..., privacy: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("after_sequence",)
