@@ -88,11 +88,15 @@ def simulate(
                 run_config={},
             )
             server_app(config, reporters, control)(grid, context)
+            where = grid.worker_locations
     else:
         run_on_ray(config, reporters, control)
+        where = []
     if collector.summary is None:
         raise RuntimeError("the federation ended without a summary; see the log above")
     collector.summary["backend"] = config.federation.backend.value
+    if where:
+        collector.summary.update(workers=len(where), worker_nodes=len(set(where)))
     return collector.summary
 
 

@@ -44,6 +44,8 @@ class DevicePool(abc.ABC):
         """Devices handed to a worker at a time: one training group."""
         self.states = states if states is not None else DeviceStates()
         """Each device's state between its tasks, for the devices that keep any."""
+        self.locations: list[str] = []
+        """Where each worker runs (a machine, or a Ray node)."""
 
     @property
     @abc.abstractmethod

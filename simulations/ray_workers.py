@@ -51,8 +51,10 @@ class DeviceActor:
         self.messages: list[Message] = []
 
     def where(self) -> str:
-        """The host this actor runs on."""
-        return socket.gethostname()
+        """The Ray node this actor runs on: its host and node id."""
+        import ray
+
+        return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
 
     def start_round(self, pickled: bytes) -> None:
         """Take the round's messages (pickled once by the server, for every actor)."""
@@ -99,13 +101,13 @@ class RayWorkerPool(DevicePool):
                 actor_class.options(scheduling_strategy="SPREAD").remote(runner_ref)
                 for _ in range(count)
             ]
-            self.hosts = self._wait_until_started()
+            self.locations = self._wait_until_started()
         except BaseException:
             self._stop(kill=True)
             raise
         self._pending: dict[Any, int] = {}
         """Each chunk in flight, to the actor running it."""
-        LOG.info("%d Ray actors on %s", len(self.actors), ", ".join(sorted(set(self.hosts))))
+        LOG.info("%d Ray actors on nodes %s", self.size, ", ".join(sorted(set(self.locations))))
 
     @property
     def size(self) -> int:
@@ -130,7 +132,7 @@ class RayWorkerPool(DevicePool):
                 outcomes: list[Outcome] = pickle.loads(self._ray.get(ref))
             except self._ray.exceptions.RayError as error:
                 raise StamenError(
-                    f"simulation worker {worker} (a Ray actor on {self.hosts[worker]}) died "
+                    f"simulation worker {worker} (a Ray actor on {self.locations[worker]}) died "
                     f"({type(error).__name__}); the run stops here"
                 ) from None
             for outcome in outcomes:

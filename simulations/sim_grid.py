@@ -213,6 +213,11 @@ class SimulationGrid(RoundPolicyGrid):
         return self.fleet.tier(node_id - 1).name
 
     @property
+    def worker_locations(self) -> list[str]:
+        """Where each worker runs: this machine, or a Ray node."""
+        return list(self._pool.locations)
+
+    @property
     def device_states(self) -> DeviceStates:
         """The state each device that trained keeps between its tasks."""
         return self._pool.states

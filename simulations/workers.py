@@ -210,6 +210,7 @@ class WorkerPool(DevicePool):
             child_end.close()
             self.connections.append(parent_end)
             self.processes.append(process)
+        self.locations = ["this machine"] * workers
 
     @property
     def size(self) -> int:
