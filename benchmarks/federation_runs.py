@@ -19,7 +19,12 @@ from typing import Any
 
 import psutil
 
-QUIET = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+QUIET = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
 MEMORY_SAMPLE_SECONDS = 0.5
 """Reading a process's PSS walks its page tables (about 10 ms per process)."""
 

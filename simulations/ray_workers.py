@@ -107,6 +107,7 @@ class RayWorkerPool(DevicePool):
             raise
         self._pending: dict[Any, int] = {}
         """Each chunk in flight, to the actor running it."""
+        self._signals = _SignalsThroughRay()
         LOG.info("%d Ray actors on nodes %s", self.size, ", ".join(sorted(set(self.locations))))
 
     @property
@@ -125,7 +126,8 @@ class RayWorkerPool(DevicePool):
     def _outcomes(self, busy: list[int]) -> Iterator[tuple[int, Outcome]]:
         ready: list[Any] = []
         while not ready:
-            ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=WAIT_SECONDS)
+            with self._signals:
+                ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=WAIT_SECONDS)
         for ref in ready:
             worker = self._pending.pop(ref)
             try:
@@ -150,6 +152,8 @@ class RayWorkerPool(DevicePool):
         return hosts
 
     def _stop(self, *, kill: bool) -> None:
+        if hasattr(self, "_signals"):
+            self._signals.restore()
         for actor in getattr(self, "actors", []):
             with contextlib.suppress(Exception):
                 self._ray.kill(actor, no_restart=True)
@@ -158,6 +162,47 @@ class RayWorkerPool(DevicePool):
         if self._owns_ray:
             self._owns_ray = False
             self._ray.shutdown()
+
+
+class _SignalsThroughRay:
+    """Keeps what SIGTERM's handler raised while Ray waited.
+
+    Ray checks for signals while it waits and turns whatever a handler raised into a plain
+    ``KeyboardInterrupt``; SIGTERM's handler raises :class:`~stamen.core.Terminated`, which
+    the run needs to say which signal stopped it. Used around each wait on Ray.
+    """
+
+    def __init__(self) -> None:
+        self.raised: list[BaseException] = []
+        self.previous: Any = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return
+        self.previous = previous
+
+        def noting(signum: int, frame: Any) -> None:
+            try:
+                previous(signum, frame)
+            except BaseException as error:
+                self.raised.append(error)
+                raise
+
+        signal.signal(signal.SIGTERM, noting)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, error_type: type[BaseException] | None, *rest: object) -> None:
+        if error_type is not None and issubclass(error_type, KeyboardInterrupt) and self.raised:
+            raise self.raised.pop() from None
+
+    def restore(self) -> None:
+        """Put SIGTERM's handler back as it was."""
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
 
 
 def connect(address: str, *, log_to_driver: bool) -> None:
