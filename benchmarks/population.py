@@ -90,6 +90,7 @@ def sampling_bytes_per_device(devices: int) -> dict[str, float]:
     """What drawing who is online, sampling and drawing dropouts allocate, per registered
     device, traced in this process; and what the fleet keeps (its tiers)."""
     import numpy as np
+
     from stamen.config import FleetPreset, fleet_mix
     from stamen.simulations.profiles import build_fleet
     from stamen.simulations.sim_grid import NodeIds
@@ -101,7 +102,10 @@ def sampling_bytes_per_device(devices: int) -> dict[str, float]:
     fleet.dropouts(0)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"held_between_rounds": fleet.tier_index.nbytes / devices, "sampling_peak": peak / devices}
+    return {
+        "held_between_rounds": fleet.tier_index.nbytes / devices,
+        "sampling_peak": peak / devices,
+    }
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -168,8 +172,7 @@ def main() -> None:
     with_state = [r["devices_with_state"] for r in done]
     result = {
         "command": (
-            "python benchmarks/population.py --sizes "
-            + " ".join(str(size) for size in args.sizes)
+            "python benchmarks/population.py --sizes " + " ".join(str(size) for size in args.sizes)
         ),
         "per_round": args.per_round,
         "rounds": args.rounds,
@@ -183,8 +186,7 @@ def main() -> None:
         "acceptance": {
             "memory_limit_mib": MEMORY_LIMIT_MIB,
             "first_round_limit_seconds": FIRST_ROUND_LIMIT_SECONDS,
-            "largest_within_memory": bool(done)
-            and done[-1]["peak_memory_mib"] <= MEMORY_LIMIT_MIB,
+            "largest_within_memory": bool(done) and done[-1]["peak_memory_mib"] <= MEMORY_LIMIT_MIB,
             "largest_first_round_start_within_limit": bool(done)
             and done[-1]["first_round_start_seconds"] <= FIRST_ROUND_LIMIT_SECONDS,
         },

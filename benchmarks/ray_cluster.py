@@ -227,7 +227,8 @@ def measure(name: str, settings: dict[str, Any], out: Path, timeout: float) -> d
 def to_markdown(result: dict[str, Any]) -> str:
     """The table for the docs."""
     lines = [
-        "| path | actors (nodes) | updates/s | vs one node | final accuracy | same model as local |",
+        "| path | actors (nodes) | updates/s | vs one node | final accuracy "
+        "| same model as local |",
         "|---|---:|---:|---:|---:|---|",
     ]
     one = next((r for r in result["rows"] if r["path"] == "ray-1-node" and "error" not in r), None)
@@ -267,15 +268,15 @@ def main() -> None:
     settings = overrides(devices, per_round, rounds)
     local_workers = 2
     rows = [
-        measure(
-            "local", {**settings, "federation.workers": local_workers}, args.out, args.timeout
-        )
+        measure("local", {**settings, "federation.workers": local_workers}, args.out, args.timeout)
     ]
     cluster = LoopbackCluster()
     try:
         cluster.add_node()
         on_cluster = {**settings, "backend": "ray", "federation.ray_address": cluster.address}
-        rows.append(measure("ray-1-node", {**on_cluster, "expect-nodes": 1}, args.out, args.timeout))
+        rows.append(
+            measure("ray-1-node", {**on_cluster, "expect-nodes": 1}, args.out, args.timeout)
+        )
         cluster.add_node()
         rows.append(
             measure("ray-2-nodes", {**on_cluster, "expect-nodes": 2}, args.out, args.timeout)

@@ -222,9 +222,7 @@ def connect(address: str, *, log_to_driver: bool) -> None:
     if address:
         init_args["address"] = address
     else:
-        init_args.update(
-            num_cpus=default_workers(), object_store_memory=PRIVATE_OBJECT_STORE_BYTES
-        )
+        init_args.update(num_cpus=default_workers(), object_store_memory=PRIVATE_OBJECT_STORE_BYTES)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     try:

@@ -163,9 +163,7 @@ def failed(message: Message, error: Exception) -> Message:
     )
 
 
-def run_chunk(
-    runner: DeviceRunner, messages: Sequence[Message], chunk: Chunk
-) -> Iterator[Outcome]:
+def run_chunk(runner: DeviceRunner, messages: Sequence[Message], chunk: Chunk) -> Iterator[Outcome]:
     """A worker's side of one chunk: give each device its state, run the chunk's messages,
     and yield each reply with the device's new state, pickled (``None``: it keeps none)."""
     nodes = {}
@@ -173,8 +171,8 @@ def run_chunk(
         nodes[index] = node_of(messages[index])
         runner.adopt(nodes[index], None if state is None else pickle.loads(state))
     for index, reply in runner.run_all([(index, messages[index]) for index, _ in chunk]):
-        state = runner.release(nodes[index])
-        yield index, reply, None if state is None else pickle.dumps(state, pickle.HIGHEST_PROTOCOL)
+        kept = runner.release(nodes[index])
+        yield index, reply, None if kept is None else pickle.dumps(kept, pickle.HIGHEST_PROTOCOL)
 
 
 _ROUND, _CHUNK = "round", "chunk"
@@ -229,9 +227,10 @@ class WorkerPool(DevicePool):
 
     def _outcomes(self, busy: list[int]) -> Iterator[tuple[int, Outcome]]:
         for ready in wait([self.connections[worker] for worker in busy]):
-            worker = self.connections.index(pending_connection(ready))
+            connection = pending_connection(ready)
+            worker = self.connections.index(connection)
             with _reporting_death(worker):
-                outcome = ready.recv()
+                outcome: Outcome = connection.recv()
             yield worker, outcome
 
     def _stop(self, *, kill: bool) -> None:

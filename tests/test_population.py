@@ -88,6 +88,16 @@ def test_a_million_registered_devices_are_sampled_without_an_object_per_device()
     assert np.array_equal(ids, sorted(grid.get_node_ids()))  # as a plain sequence, too
 
 
+def test_node_ids_of_any_grid_sort_as_before_even_flowers_random_64_bit_ones() -> None:
+    flower_ids = [2**64 - 5, 3, 2**63 + 1]  # Flower's own grids draw unsigned 64-bit ids
+
+    class Plain:
+        def get_node_ids(self) -> list[int]:
+            return flower_ids
+
+    assert [int(i) for i in sorted_node_ids(cast(Grid, Plain()))] == sorted(flower_ids)
+
+
 def test_devices_keep_their_residuals_when_they_spill_to_disk(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -119,9 +129,8 @@ def test_devices_keep_their_residuals_when_they_spill_to_disk(
     assert kept > 6 and none_spilled == 0 and kept_again == all_spilled == kept
 
 
-@pytest.mark.parametrize("bad", [-1])
-def test_state_memory_must_not_be_negative(bad: int) -> None:
+def test_state_memory_must_not_be_negative() -> None:
     from stamen.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="federation.state_memory_mb"):
-        load_config(overrides={"federation.state_memory_mb": bad})
+    with pytest.raises(ConfigError, match=r"federation\.state_memory_mb"):
+        load_config(overrides={"federation.state_memory_mb": -1})

@@ -34,9 +34,9 @@ def test_the_grid_on_two_one_cpu_ray_nodes_ends_on_the_local_backends_model(
 ) -> None:
     """``benchmarks/ray_cluster.py --quick``: a head and a worker node (``ray start``, one
     CPU each, on 127.0.0.1), one node then both, against the local backend."""
+    benchmark = REPO_ROOT / "benchmarks" / "ray_cluster.py"
     done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "ray_cluster.py"), "--quick"]
-        + ["--out", str(tmp_path)],
+        [sys.executable, str(benchmark), "--quick", "--out", str(tmp_path)],
         env={**os.environ, **QUIET_ENV},
         capture_output=True,
         text=True,

@@ -358,5 +358,6 @@ def sorted_node_ids(grid: Grid) -> np.ndarray:
     """
     ids = grid.get_node_ids()
     if hasattr(ids, "__array__"):
-        return np.sort(np.asarray(ids, dtype=np.int64))
-    return np.array(sorted(ids), dtype=np.int64)
+        return np.sort(np.asarray(ids))
+    # Flower's node ids are unsigned 64-bit: its own grids draw them at random.
+    return np.array(sorted(ids), dtype=np.uint64)
