@@ -30,13 +30,19 @@ MEMORY_SAMPLE_SECONDS = 0.5
 
 
 class RoundMarks:
-    """A round reporter that notes when the run started and each round ended."""
+    """A round reporter that notes when the run started and each round ended.
+
+    ``start_cpu_seconds``: the CPU time this process (the server) had used when round 1
+    started, a figure a busy machine moves less than the wall time.
+    """
 
     def __init__(self) -> None:
         self.marks: list[tuple[int, float, int]] = []
+        self.start_cpu_seconds = 0.0
 
     def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
         self.marks.append((0, time.perf_counter(), 0))
+        self.start_cpu_seconds = time.process_time()
 
     def on_round(self, record: Any) -> None:
         self.marks.append((record.round, time.perf_counter(), record.participants))

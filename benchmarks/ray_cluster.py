@@ -206,6 +206,7 @@ def run_federation(settings: dict[str, Any], started: float) -> dict[str, Any]:
     summary = simulate(load_config(overrides=settings), marks)
     return {
         **timings(marks.marks, started),
+        "first_round_start_cpu_seconds": marks.start_cpu_seconds,
         "final_accuracy": summary["final_accuracy"],
         "final_model_sha256": summary["final_model_sha256"],
         "participants": summary["participants"],
