@@ -2,7 +2,8 @@
 
 It is a Flower :class:`~flwr.serverapp.Grid`, so the unchanged ServerApp and
 strategies drive it; the unchanged ClientApp runs each device's task in a pool
-of worker processes (:mod:`stamen.simulations.workers`). Wall time is only the
+of workers: forked processes (:mod:`stamen.simulations.workers`) or Ray actors
+across a cluster (:mod:`stamen.simulations.ray_workers`). Wall time is only the
 devices' compute. The *simulated* clock instead says how long the round would
 take on the real fleet: each device finishes at
 
