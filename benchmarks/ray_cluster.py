@@ -7,13 +7,17 @@ invocation, each run in a fresh process:
 
 - ``local``: the local backend (forked workers), the reference for the results;
 - ``ray-1-node``: ``--backend ray --ray-address`` on the head alone (one actor);
-- ``ray-2-nodes``: the same with the worker node joined (two actors, one per node).
+- ``ray-2-nodes``: the same with the worker node joined (two actors, one per node);
+- ``ray-1-of-2-nodes``: one actor (``--workers 1``) while both nodes are up, alternated
+  with ``ray-2-nodes`` (``--repeat`` times), so that a change in the machine's load
+  does not favour either.
 
 Workload W1 at a modest scale (LeNet on MNIST, 60 rows a device, one epoch of batches of 20,
 fp32) with the ideal fleet. Reports steady updates per second (rounds 2 to R-1), the ratio
-of two nodes to one, whether each Ray run ended on the local run's model (SHA-256 of the
-final weights; the stated tolerance otherwise is 0.5 points of accuracy), and that no
-process of the cluster outlived it. Writes ``ray_cluster.json`` and ``ray_cluster.md``.
+of two nodes to one (medians), the cores the actors got (their CPU time over the rounds'
+wall time, read from /proc), whether each Ray run ended on the local run's model (SHA-256
+of the final weights; the stated tolerance otherwise is 0.5 points of accuracy), and that
+no process of the cluster outlived it. Writes ``ray_cluster.json`` and ``ray_cluster.md``.
 
     python benchmarks/ray_cluster.py --out benchmarks/results
     python benchmarks/ray_cluster.py --quick --out /tmp/ray-quick   # the slow test's run
@@ -31,10 +35,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
+import psutil
 from federation_runs import QUIET, RoundMarks, child_command, child_main, run_child, timings
 
 os.environ.update(QUIET)
@@ -215,12 +222,40 @@ def run_federation(settings: dict[str, Any], started: float) -> dict[str, Any]:
     }
 
 
-def measure(name: str, settings: dict[str, Any], out: Path, timeout: float) -> dict[str, Any]:
-    """Run one path in a fresh process."""
+def measure(
+    name: str,
+    settings: dict[str, Any],
+    out: Path,
+    timeout: float,
+    cluster: LoopbackCluster | None = None,
+) -> dict[str, Any]:
+    """Run one path in a fresh process; on a cluster, also the CPU time its actors used."""
     result_file = out / f"ray-cluster-{name}.json"
+    actor_cpu: dict[int, float] = {}
+    done = threading.Event()
+
+    def sample_actors() -> None:
+        while cluster is not None and not done.wait(1.0):
+            for pid in cluster.processes():
+                with contextlib.suppress(psutil.Error):
+                    process = psutil.Process(pid)
+                    if "DeviceActor" in " ".join(process.cmdline()):
+                        times = process.cpu_times()
+                        actor_cpu[pid] = max(actor_cpu.get(pid, 0.0), times.user + times.system)
+
+    sampler = threading.Thread(target=sample_actors, daemon=True)
+    sampler.start()
     row = run_child(child_command(__file__, settings, result_file), result_file, timeout)
+    done.set()
+    sampler.join()
     result_file.unlink(missing_ok=True)
     row = {"path": name, **row}
+    if cluster is not None and "error" not in row:
+        busy = sum(row["round_seconds"])
+        # The actors' CPU over the rounds' wall time: how many cores they got.
+        row.update(
+            actor_cpu_seconds=sum(actor_cpu.values()), actor_cores=sum(actor_cpu.values()) / busy
+        )
     print(json.dumps(row), flush=True)
     return row
 
@@ -228,9 +263,9 @@ def measure(name: str, settings: dict[str, Any], out: Path, timeout: float) -> d
 def to_markdown(result: dict[str, Any]) -> str:
     """The table for the docs."""
     lines = [
-        "| path | actors (nodes) | updates/s | vs one node | final accuracy "
-        "| same model as local |",
-        "|---|---:|---:|---:|---:|---|",
+        "| path | actors (nodes) | updates/s | vs one node | cores the actors got "
+        "| final accuracy | same model as local |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     one = next((r for r in result["rows"] if r["path"] == "ray-1-node" and "error" not in r), None)
     for row in result["rows"]:
@@ -243,10 +278,18 @@ def to_markdown(result: dict[str, Any]) -> str:
             else ""
         )
         actors = f"{row['workers']} ({row['worker_nodes']})" if row.get("workers") else ""
+        cores = f"{row['actor_cores']:.2f}" if "actor_cores" in row else ""
         lines.append(
-            f"| {row['path']} | {actors} | {row['updates_per_second']:.1f} | {ratio} "
+            f"| {row['path']} | {actors} | {row['updates_per_second']:.1f} | {ratio} | {cores} "
             f"| {row['final_accuracy']:.4f} | {row.get('same_model_as_local', '')} |"
         )
+    medians = result["median_updates_per_second"]
+    if result["two_nodes_over_one"]:
+        lines += [
+            "",
+            f"Median updates/s: one one-CPU node {medians['one']:.1f}, two one-CPU nodes "
+            f"{medians['two']:.1f}: **{result['two_nodes_over_one']:.2f}x**.",
+        ]
     lines += [
         "",
         f"{result['devices']:,} devices, {result['per_round']} a round, {result['rounds']} "
@@ -263,8 +306,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run, for the slow test")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--note", default="", help="what the machine was doing")
+    parser.add_argument(
+        "--repeat", type=int, default=0, help="two-node runs, alternated with one-actor runs"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.repeat = args.repeat or (1 if args.quick else 3)
     devices, per_round, rounds = (200, 32, 3) if args.quick else (1_000, 200, 6)
     settings = overrides(devices, per_round, rounds)
     local_workers = 2
@@ -275,13 +322,18 @@ def main() -> None:
     try:
         cluster.add_node()
         on_cluster = {**settings, "backend": "ray", "federation.ray_address": cluster.address}
-        rows.append(
-            measure("ray-1-node", {**on_cluster, "expect-nodes": 1}, args.out, args.timeout)
-        )
+        one = {**on_cluster, "expect-nodes": 1}
+        rows.append(measure("ray-1-node", one, args.out, args.timeout, cluster))
         cluster.add_node()
-        rows.append(
-            measure("ray-2-nodes", {**on_cluster, "expect-nodes": 2}, args.out, args.timeout)
-        )
+        two = {**on_cluster, "expect-nodes": 2}
+        # Alternated, so that a change in the machine's load does not favour one of them.
+        for _ in range(args.repeat):
+            rows.append(measure("ray-2-nodes", two, args.out, args.timeout, cluster))
+            if args.repeat > 1:
+                one_of_two = {**two, "federation.workers": 1}
+                rows.append(
+                    measure("ray-1-of-2-nodes", one_of_two, args.out, args.timeout, cluster)
+                )
     finally:
         log = cluster.log_tail()
         left = cluster.stop()
@@ -292,8 +344,22 @@ def main() -> None:
             row["accuracy_within_tolerance"] = (
                 abs(row["final_accuracy"] - local["final_accuracy"]) <= ACCURACY_TOLERANCE
             )
+    rates = {
+        shape: [
+            row["updates_per_second"]
+            for row in rows
+            if row["path"] in paths and "error" not in row and row["updates_per_second"]
+        ]
+        for shape, paths in (("one", ("ray-1-node", "ray-1-of-2-nodes")), ("two", ("ray-2-nodes",)))
+    }
     result = {
         "command": "python benchmarks/ray_cluster.py" + (" --quick" if args.quick else ""),
+        "median_updates_per_second": {
+            shape: median(r) if r else None for shape, r in rates.items()
+        },
+        "two_nodes_over_one": median(rates["two"]) / median(rates["one"])
+        if rates["one"] and rates["two"]
+        else None,
         "devices": devices,
         "per_round": per_round,
         "rounds": rounds,
