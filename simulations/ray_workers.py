@@ -92,9 +92,15 @@ class RayWorkerPool(DevicePool):
         self._ray = ray
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            connect(address, log_to_driver=log_to_driver)
+            connect(address, log_to_driver=log_to_driver, cpus=workers)
         try:
-            count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            count = workers or max(1, cpus)
+            if count > cpus:
+                raise ConfigError(
+                    f"{count} Ray actors of one CPU each need {count} CPUs, and the Ray "
+                    f"cluster has {cpus}: lower --workers, or add nodes"
+                )
             actor_class = ray.remote(num_cpus=1, max_restarts=0)(DeviceActor)
             runner_ref = ray.put(runner)
             self.actors = [
@@ -205,8 +211,9 @@ class _SignalsThroughRay:
             self.previous = None
 
 
-def connect(address: str, *, log_to_driver: bool) -> None:
-    """Start a private Ray (``address`` empty) or join the cluster at ``address``.
+def connect(address: str, *, log_to_driver: bool, cpus: int = 0) -> None:
+    """Start a private Ray (``address`` empty) with ``cpus`` CPUs (0: one per core), or
+    join the cluster at ``address``.
 
     Ray's ``init`` installs its own SIGTERM handler, which exits at once; the handler
     before it is put back, so that SIGTERM stops the run as Ctrl-C does and the results
@@ -222,7 +229,9 @@ def connect(address: str, *, log_to_driver: bool) -> None:
     if address:
         init_args["address"] = address
     else:
-        init_args.update(num_cpus=default_workers(), object_store_memory=PRIVATE_OBJECT_STORE_BYTES)
+        init_args.update(
+            num_cpus=cpus or default_workers(), object_store_memory=PRIVATE_OBJECT_STORE_BYTES
+        )
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     try:

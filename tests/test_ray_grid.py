@@ -134,3 +134,35 @@ def test_a_killed_ray_actor_stops_the_run_with_a_clear_error(tmp_path: Path) -> 
     assert process.returncode != 0 and alive == [], output[-3000:]
     assert "simulation worker" in output and "Ray actor" in output and "died" in output, output
     assert "Traceback" not in output
+
+
+
+@pytest.mark.timeout(400)
+def test_more_actors_than_the_cluster_has_cpus_fails_in_one_line(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from ray_cluster import LoopbackCluster
+
+    cluster = LoopbackCluster()  # one node of one CPU, stopped by PID below
+    try:
+        cluster.add_node()
+        flags = ["--backend", "ray", "--ray-address", cluster.address, "--workers", "2"]
+        flags += ["--dataset", "digits", "--model", "mlp", "--rounds", "1"]
+        deadline = time.monotonic() + 180
+        while True:  # until the head answers
+            done = subprocess.run(
+                [str(STAMEN), "simulate", *flags, "--out", str(tmp_path / "run")],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **QUIET_ENV},
+                timeout=280,
+                check=False,
+            )
+            if "no Ray cluster answers" not in done.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+    finally:
+        left = cluster.stop()
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert len(errors) == 1 and "2 Ray actors of one CPU each need 2 CPUs" in errors[0], errors
+    assert "the Ray cluster has 1" in errors[0] and left == 0
