@@ -136,7 +136,6 @@ def test_a_killed_ray_actor_stops_the_run_with_a_clear_error(tmp_path: Path) -> 
     assert "Traceback" not in output
 
 
-
 @pytest.mark.timeout(400)
 def test_more_actors_than_the_cluster_has_cpus_fails_in_one_line(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
