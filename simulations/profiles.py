@@ -5,7 +5,7 @@ fixes its compute speed, memory, link bandwidths, how often it is online, and
 how likely it is to drop out of a round. A fleet is a mix of tiers with shares;
 each device's tier is a pure function of the seed and its partition id, so every
 process agrees on it and a fleet costs one byte per registered device. Who is online
-and who drops out are drawn for the whole fleet at once, as arrays: about 25 bytes per
+and who drops out are drawn for the whole fleet at once, as arrays: about 23 bytes per
 registered device for the moment of the draw, and nothing kept.
 
 Examples:
