@@ -123,7 +123,8 @@ BACKEND = Option(
     "backend",
     Backend | None,
     "local: Stamen's simulation grid (worker processes, simulated clock). "
-    "ray: Flower's Simulation Engine.  \\[default: local]",
+    "ray: the same grid on Ray actors, across a cluster with --ray-address. "
+    "flower-ray: Flower's Simulation Engine.  \\[default: local]",
     FED,
     key="federation.backend",
 )
@@ -168,7 +169,7 @@ DEVICE_BATCH = Option(
 RAY_ADDRESS = Option(
     "ray_address",
     str | None,
-    "With --backend ray: join this Ray cluster (e.g. 127.0.0.1:6379).",
+    "With --backend ray or flower-ray: join this Ray cluster (e.g. 127.0.0.1:6379).",
     FED,
     key="federation.ray_address",
 )

@@ -48,9 +48,11 @@ class Backend(enum.StrEnum):
     """Where the virtual devices of a simulation run."""
 
     LOCAL = "local"
-    """In this process, one device after another; no Ray, no start-up cost."""
+    """Stamen's simulation grid on worker processes forked on this machine."""
     RAY = "ray"
-    """Flower's Simulation Engine on Ray actors."""
+    """Stamen's simulation grid on Ray actors: a private Ray, or a cluster's nodes."""
+    FLOWER_RAY = "flower-ray"
+    """Flower's Simulation Engine on Ray actors: the apps as plain Flower apps."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ class FederationSettings:
     """Worker processes of the local simulation backend; 0: one per CPU core."""
     device_batch: int = 16
     """Devices a local-backend worker trains together where the maths allows; 1: one by one."""
+    state_memory_mb: int = 256
+    """MiB of device state (error-feedback residuals) the simulation grid keeps in memory; the
+    states of the devices that trained longest ago spill to a temporary file beyond it."""
     eval_every: int = 1
     """Evaluate the global model centrally every this many rounds (and after the last)."""
     ray_address: str = ""
@@ -146,6 +151,9 @@ class FederationSettings:
         )
         require(self.workers >= 0, "federation.workers", ">= 0", self.workers)
         require(self.device_batch >= 1, "federation.device_batch", ">= 1", self.device_batch)
+        require(
+            self.state_memory_mb >= 0, "federation.state_memory_mb", ">= 0", self.state_memory_mb
+        )
         require(self.eval_every >= 1, "federation.eval_every", ">= 1", self.eval_every)
 
     @property
