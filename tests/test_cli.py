@@ -54,7 +54,7 @@ def test_help_lists_commands_and_simulate_help_explains_flags() -> None:
             "holds feature vectors of shape (48,); use model mlp",
         ),
         (["--sweep", "preset"], "--sweep expects KEY=V1,V2"),
-        (["--sweep", "preset=edge,tiny"], "preset must be one of edge, fp32; got 'tiny'"),
+        (["--sweep", "preset=edge,tiny"], "fp32, private-edge; got 'tiny'"),
         (["--fleet", "custom"], "fleet.preset custom needs at least one [fleet.tiers.NAME]"),
         (["--deadline", "-1"], "federation.deadline must be >= 0 seconds"),
         (["--backend", "ray", "--ray-address", "10.0.0.1"], "federation.ray_address must be"),
