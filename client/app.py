@@ -42,6 +42,7 @@ from stamen.contract import (
     OUT_KEY,
     PAYLOAD,
     UPDATE_KEY,
+    VELOCITY_KEY,
     TrainTask,
     payload_bytes,
     records_of,
@@ -261,15 +262,21 @@ def finish_training(job: TrainJob, trained: Trained) -> Message:
     task, decoded, context = job.task, job.decoded, job.context
     delta = {name: trained.state[name] - base for name, base in decoded.tensors.items()}
     residual = load_residual(context, delta, decoded.masks) if task.uplink.error_feedback else None
+    velocity = None
+    if task.uplink.momentum > 0:
+        velocity = load_residual(context, delta, decoded.masks, VELOCITY_KEY)
     encoded = UplinkCodec(task.uplink).encode(
         delta,
         round_num=task.round_num,
         base_model_hash=decoded.model_hash,
         residual=residual,
         rng=np.random.default_rng(_device_seed(task, job.partition)),
+        velocity=velocity,
     )
     if encoded.residual is not None:
         store_residual(context, encoded.residual)
+    if encoded.velocity is not None:
+        store_residual(context, encoded.velocity, VELOCITY_KEY)
     content = RecordDict(
         {
             UPDATE_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(encoded.payload, np.uint8))}),

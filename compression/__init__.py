@@ -9,7 +9,7 @@ layer its own weight bits; ``distill`` fits a student to an ensemble's soft targ
 codec stages, bit packing and wire parsing behind them live in their own modules.
 """
 
-from stamen.compression.codecs import Lossless, ValueFormat
+from stamen.compression.codecs import CodecScope, Lossless, ValueFormat
 from stamen.compression.distillation import (
     DistillConfig,
     distill,
@@ -51,6 +51,7 @@ from stamen.compression.uplink import (
 )
 
 __all__ = [
+    "CodecScope",
     "DecodedModel",
     "DecodedUpdate",
     "DistillConfig",

@@ -2,8 +2,9 @@
 
 A :class:`CodecPipeline` is built from stages in this order, each at most once:
 
-1. a sparsifier, ``TopK`` (optional; without it the tensor is sent dense),
-2. a value format, ``FP32`` (the default), ``FP16``, ``Uniform`` or ``Int8Symmetric``,
+1. a sparsifier, ``TopK`` or ``NonZero`` (optional; without one the tensor is sent dense),
+2. a value format, ``FP32`` (the default), ``FP16``, ``Uniform``, ``Int8Symmetric``,
+   ``Sign``, ``HadamardSign`` or ``SignedLevels``,
 3. a lossless stage, ``Zlib`` (optional).
 
 The stages live in :mod:`stamen.compression.codec_stages`; this module composes them, picks
@@ -35,6 +36,8 @@ from stamen.compression.bitpack import (
 from stamen.compression.codec_stages import (
     FP32,
     VALUE_STAGES,
+    NonZero,
+    Sparsifier,
     Stage,
     TopK,
     ValueStage,
@@ -59,6 +62,20 @@ class ValueFormat(enum.StrEnum):
     Q8 = "q8"
     Q4 = "q4"
     Q2 = "q2"
+    SIGN = "sign"
+    """One bit a value and one scale per tensor (with top-k: STC's ternary code)."""
+    HADAMARD = "hadamard"
+    """One bit a value after a random Hadamard rotation (DRIVE)."""
+
+
+class CodecScope(enum.StrEnum):
+    """What one top-k and one value scale cover."""
+
+    TENSOR = "tensor"
+    """Each tensor on its own: the same share of every layer, one header each."""
+    MODEL = "model"
+    """The whole model as one vector: one threshold picks the largest entries wherever they
+    are (layer-adaptive sparsity), and one header serves every tensor."""
 
 
 class Lossless(enum.StrEnum):
@@ -103,7 +120,7 @@ class CodecPipeline:
     """
 
     def __init__(self, stages: Sequence[Stage]) -> None:
-        rank: dict[type, int] = {TopK: 0, Zlib: 2, **dict.fromkeys(VALUE_STAGES, 1)}
+        rank: dict[type, int] = {TopK: 0, NonZero: 0, Zlib: 2, **dict.fromkeys(VALUE_STAGES, 1)}
         seen: list[int] = []
         for stage in stages:
             position = rank.get(type(stage))
@@ -111,12 +128,15 @@ class CodecPipeline:
                 raise ConfigError(f"unknown codec stage {stage!r}")
             if seen and position <= seen[-1]:
                 raise ConfigError(
-                    "codec stages must be: optional TopK, at most one value format "
-                    f"(FP32, FP16, Uniform, Int8Symmetric), optional Zlib; got {list(stages)}"
+                    "codec stages must be: optional TopK or NonZero, at most one value format "
+                    f"({', '.join(t.__name__ for t in VALUE_STAGES)}), optional Zlib; "
+                    f"got {list(stages)}"
                 )
             seen.append(position)
         self.stages = tuple(stages)
-        self.topk = next((s for s in stages if isinstance(s, TopK)), None)
+        self.sparsifier: Sparsifier | None = next(
+            (s for s in stages if isinstance(s, TopK | NonZero)), None
+        )
         self.values: ValueStage = next((s for s in stages if isinstance(s, VALUE_STAGES)), FP32())
         self.zlib = next((s for s in stages if isinstance(s, Zlib)), None)
 
@@ -159,8 +179,8 @@ class CodecPipeline:
         )
         indices = b""
         if mask is not None:
-            if self.topk is not None:
-                raise ValueError(f"tensor {name!r}: a mask cannot be combined with TopK")
+            if self.sparsifier is not None:
+                raise ValueError(f"tensor {name!r}: a mask cannot be combined with a sparsifier")
             keep = np.asarray(mask)
             if keep.shape != source.shape or keep.dtype != np.bool_:
                 raise ValueError(
@@ -172,10 +192,8 @@ class CodecPipeline:
             indices = np.packbits(keep.ravel()).tobytes()
             where: np.ndarray | None = keep.ravel()
             kept = flat[where]
-        elif self.topk is not None and self.topk.keep_count(flat.size) < flat.size:
-            positions = self.topk.select(flat)
-            message.sparsity = pb.SPARSITY_ENCODING_INDICES
-            indices = _pack_indices(message, positions, flat.size)
+        elif (positions := self._sparse_positions(flat)) is not None:
+            indices = _pack_positions(message, positions, flat.size)
             where = positions
             kept = flat[positions]
         else:
@@ -188,6 +206,7 @@ class CodecPipeline:
         message.bits = packed.bits
         message.scale = packed.scale
         message.zero_point = packed.zero_point
+        message.rotation_seed = packed.rotation_seed
         message.num_values = kept.size
         message.indices_size = len(indices)
         _finish(message, indices, packed.data, self.zlib)
@@ -198,11 +217,36 @@ class CodecPipeline:
             received[where] = packed.decoded
         return message, received.reshape(source.shape)
 
+    def _sparse_positions(self, flat: np.ndarray) -> np.ndarray | None:
+        """The kept positions, or None when the tensor goes dense."""
+        if isinstance(self.sparsifier, TopK):
+            if self.sparsifier.keep_count(flat.size) >= flat.size:
+                return None
+            return self.sparsifier.select(flat)
+        if isinstance(self.sparsifier, NonZero):
+            positions = self.sparsifier.select(flat)
+            return None if positions.size == flat.size else positions
+        return None
+
     def decode_tensor(
         self, message: pb.CompressedTensor, expected_shape: tuple[int, ...] | None = None
     ) -> np.ndarray:
         """Decode a tensor (any pipeline's); raises ``InvalidUpdate`` on bad input."""
         return decode_tensor(message, expected_shape=expected_shape)
+
+
+def _pack_positions(message: pb.CompressedTensor, positions: np.ndarray, size: int) -> bytes:
+    """A bitmask or an index list of ``positions``, whichever is smaller; sets ``sparsity``."""
+    message.sparsity = pb.SPARSITY_ENCODING_INDICES
+    indices = _pack_indices(message, positions, size)
+    if len(indices) > (size + 7) // 8:
+        message.sparsity = pb.SPARSITY_ENCODING_BITMASK
+        message.index_encoding = pb.INDEX_ENCODING_NONE
+        message.index_bits = 0
+        keep = np.zeros(size, dtype=bool)
+        keep[positions] = True
+        return np.packbits(keep).tobytes()
+    return indices
 
 
 def _pack_indices(message: pb.CompressedTensor, positions: np.ndarray, size: int) -> bytes:

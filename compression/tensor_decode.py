@@ -24,6 +24,7 @@ from stamen.compression.bitpack import (
     packed_size,
     unpack_bits,
 )
+from stamen.compression.hadamard import segments, unrotate
 from stamen.core.errors import InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
@@ -44,12 +45,46 @@ _INDEX_ENCODINGS = frozenset(
     }
 )
 _LOSSLESS = frozenset({pb.LOSSLESS_NONE, pb.LOSSLESS_ZLIB})
+MIN_LEVEL_BITS = 2
+MAX_LEVEL_BITS = 24
+"""Signed levels above 2**23 would not all be exact in float32."""
 _VALUE_BITS: dict[int, tuple[int, ...]] = {
     pb.VALUE_ENCODING_FP32: (32,),
     pb.VALUE_ENCODING_FP16: (16,),
     pb.VALUE_ENCODING_UNIFORM: (2, 4, 8),
     pb.VALUE_ENCODING_INT8_SYMMETRIC: (8,),
+    pb.VALUE_ENCODING_SIGN: (1,),
+    pb.VALUE_ENCODING_HADAMARD_SIGN: (1,),
+    pb.VALUE_ENCODING_SIGNED_LEVELS: tuple(range(MIN_LEVEL_BITS, MAX_LEVEL_BITS + 1)),
 }
+_SCALE_IN_VALUES = frozenset({pb.VALUE_ENCODING_HADAMARD_SIGN})
+"""Encodings whose scales travel in ``values`` (one per segment); ``scale`` must be 0."""
+
+
+def is_power_of_two(value: float) -> bool:
+    """Whether ``value`` is a positive power of two (``2**e`` for an integer ``e``).
+
+    Examples:
+        >>> is_power_of_two(0.25), is_power_of_two(0.3), is_power_of_two(0.0)
+        (True, False, False)
+    """
+    return math.isfinite(value) and value > 0 and math.frexp(value)[0] == 0.5
+
+
+def values_size(encoding: int, count: int, bits: int) -> int:
+    """Bytes the packed values of ``count`` values take, before the lossless stage."""
+    if encoding == pb.VALUE_ENCODING_HADAMARD_SIGN:
+        return 4 * len(segments(count)) + packed_size(count, 1)
+    return packed_size(count, bits)
+
+
+def decode_signs(data: bytes, count: int, scale: float) -> np.ndarray:
+    """``+scale`` where a packed bit is 1, ``-scale`` where it is 0 (``Sign`` values)."""
+    signs = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    if signs[count:].any():
+        raise InvalidUpdate("non-zero padding bits after the packed signs")
+    magnitude = np.float32(scale)
+    return np.where(signs[:count] == 1, magnitude, -magnitude).astype(np.float32)
 
 
 def index_bits_for(size: int) -> int:
@@ -123,6 +158,14 @@ def check_layout(
         raise InvalidUpdate(f"{_label(message)}: negative scale {message.scale}")
     if message.value_encoding != pb.VALUE_ENCODING_UNIFORM and message.zero_point != 0:
         raise InvalidUpdate(f"{_label(message)}: zero point must be 0 for this value encoding")
+    if message.value_encoding in _SCALE_IN_VALUES and message.scale != 0:
+        raise InvalidUpdate(f"{_label(message)}: scale must be 0; its scales travel in values")
+    if message.value_encoding == pb.VALUE_ENCODING_SIGNED_LEVELS and not (
+        message.scale == 0 or is_power_of_two(message.scale)
+    ):
+        raise InvalidUpdate(f"{_label(message)}: signed levels need a power-of-two scale")
+    if message.value_encoding != pb.VALUE_ENCODING_HADAMARD_SIGN and message.rotation_seed:
+        raise InvalidUpdate(f"{_label(message)}: rotation seed set for a value encoding without one")
 
     sparsity = message.sparsity
     if sparsity == pb.SPARSITY_ENCODING_DENSE and count != size:
@@ -174,7 +217,7 @@ def check_layout(
         raise InvalidUpdate(
             f"{_label(message)}: indices_size is {message.indices_size}, expected {indices_size}"
         )
-    return TensorLayout(shape, size, indices_size, packed_size(count, bits))
+    return TensorLayout(shape, size, indices_size, values_size(message.value_encoding, count, bits))
 
 
 def decode_tensor(
@@ -282,6 +325,25 @@ def _decode_values(message: pb.CompressedTensor, data: bytes) -> np.ndarray:
         levels = np.frombuffer(data, dtype=np.int8)
         if np.any(levels == -128):
             raise InvalidUpdate("int8 level -128 is outside the symmetric range")
+        return dequantize(levels, float(message.scale))
+    if encoding == pb.VALUE_ENCODING_SIGN:
+        return decode_signs(data, count, float(message.scale))
+    if encoding == pb.VALUE_ENCODING_HADAMARD_SIGN:
+        head = 4 * len(segments(count))
+        scales = np.frombuffer(data[:head], dtype="<f4")
+        if not (np.isfinite(scales).all() and (scales >= 0).all()):
+            raise InvalidUpdate("rotation scales must be finite and non-negative")
+        signs = np.unpackbits(np.frombuffer(data[head:], dtype=np.uint8))
+        if signs[count:].any():
+            raise InvalidUpdate("non-zero padding bits after the packed signs")
+        with np.errstate(over="ignore", invalid="ignore"):  # inf is rejected by the caller
+            return unrotate(scales, signs[:count], int(message.rotation_seed))
+    if encoding == pb.VALUE_ENCODING_SIGNED_LEVELS:
+        codes = unpack_bits(data, count, message.bits).astype(np.int64)
+        sign_bit = 1 << (message.bits - 1)
+        if np.any(codes == sign_bit):
+            raise InvalidUpdate(f"level -{sign_bit} is outside the symmetric range")
+        levels = np.where(codes >= sign_bit, codes - (sign_bit << 1), codes)
         return dequantize(levels, float(message.scale))
     levels = unpack_bits(data, count, message.bits)
     with np.errstate(over="ignore"):  # an overflow shows up as inf, rejected by the caller

@@ -134,7 +134,7 @@ class CompressedTransport:
             grid.on_each_reply(self._check_early)
         stats.sampled = len(node_ids)
         stats.sparsity = self.schedule.sparsity_at(server_round) if self.masks else 0.0
-        task = self.task.replace(round_num=server_round)
+        task = self.task_at(server_round)
         messages = [self._message(node, sent, task, MessageType.TRAIN, stats) for node in node_ids]
         self._tasks = {message.metadata.dst_node_id: message for message in messages}
         LOG.info("round %d: sent the model to %d devices", server_round, len(messages))
@@ -151,6 +151,12 @@ class CompressedTransport:
             self._message(node, sent, task, MessageType.EVALUATE, stats)
             for node in self.sample(grid, self.devices_per_evaluation)
         ]
+
+    def task_at(self, server_round: int) -> TrainTask:
+        """The training task of ``server_round``: its round, and the uplink's warm-up ratio."""
+        return self.task.replace(
+            round_num=server_round, uplink=self.task.uplink.at_round(server_round)
+        )
 
     def round_policy(self) -> RoundPolicy:
         """When a round closes: the quorum over-selection implies, and the deadline."""
