@@ -22,6 +22,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from stamen.client.kept_model import keep, kept_hash, kept_payload, load_kept_payload
 from stamen.client.local_data import FleetData, LocalData, device_data
 from stamen.client.residual import load_residual, store_residual
 from stamen.client.trainer import TrainResult, evaluate, train_epochs
@@ -120,15 +121,23 @@ def local_spec(local: LocalData, model_name: ModelName, width: float) -> ModelSp
     )
 
 
-def receive_global(message: Message, spec: ModelSpec) -> DecodedModel:
-    """The global model in ``message``, decoded and verified against ``spec``'s shapes."""
+def receive_global(
+    message: Message, spec: ModelSpec, context: Context | None = None
+) -> DecodedModel:
+    """The global model in ``message``, decoded and verified against ``spec``'s shapes.
+
+    A delta payload is added to the model the device kept in ``context``; without that
+    model it is refused (``InvalidUpdate``), and the server sends the whole model next time.
+    """
     array = records_of(message.content, ArrayRecord)[MODEL_KEY][PAYLOAD]
+    held = kept_hash(context) if context is not None else None
     last = _LAST_RECEIVED
-    if last.decoded is not None and last.array is array and last.spec == spec:
+    if last.decoded is not None and last.array is array and last.spec == spec and last.held == held:
         # The devices of one round share one record, and so one Array, in this process.
         return last.decoded
-    decoded = _decoded(payload_bytes(array), _exchanged_shapes(spec))
-    last.array, last.spec, last.decoded = array, spec, decoded
+    base = kept_payload(context) if context is not None else b""
+    decoded = _decoded(payload_bytes(array), _exchanged_shapes(spec), base)
+    last.array, last.spec, last.decoded, last.held = array, spec, decoded, held
     return decoded
 
 
@@ -154,6 +163,7 @@ class _Received:
     array: Array | None = None
     spec: ModelSpec | None = None
     decoded: DecodedModel | None = None
+    held: str | None = None
 
 
 _LAST_RECEIVED = _Received()
@@ -178,10 +188,13 @@ def _exchanged_shapes(spec: ModelSpec) -> tuple[tuple[str, tuple[int, ...]], ...
 
 
 @functools.lru_cache(maxsize=4)
-def _decoded(payload: bytes, shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> DecodedModel:
+def _decoded(
+    payload: bytes, shapes: tuple[tuple[str, tuple[int, ...]], ...], base: bytes
+) -> DecodedModel:
     # Every device a process runs in a round receives the same global model: decode and
     # verify it once. Its arrays are shared between those devices, so they are read-only.
-    decoded = decode_model(payload, expected_shapes=dict(shapes))
+    kept = load_kept_payload(base, shapes) if base else None
+    decoded = decode_model(payload, expected_shapes=dict(shapes), base=kept)
     for array in decoded.tensors.values():
         array.flags.writeable = False
     return decoded
@@ -235,7 +248,10 @@ def start_training(message: Message, context: Context, fleet: FleetData) -> Trai
     pid = partition_id(context)
     local = device_data(fleet, pid)
     spec = local_spec(local, task.model, task.width)
-    return TrainJob(message, context, task, pid, local, spec, receive_global(message, spec))
+    decoded = receive_global(message, spec, context)
+    if decoded.keep:
+        keep(context, decoded)
+    return TrainJob(message, context, task, pid, local, spec, decoded)
 
 
 def train_alone(job: TrainJob) -> Trained:

@@ -202,7 +202,9 @@ class Sign:
             raise ValueError("value magnitudes too large for a float32 scale")
         positive = (values >= 0).astype(np.uint8)
         data = np.packbits(positive).tobytes()
-        return PackedValues(pb.VALUE_ENCODING_SIGN, 1, scale, 0.0, data, decode_signs(data, values.size, scale))
+        return PackedValues(
+            pb.VALUE_ENCODING_SIGN, 1, scale, 0.0, data, decode_signs(data, values.size, scale)
+        )
 
 
 @dataclass(frozen=True)

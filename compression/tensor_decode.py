@@ -165,7 +165,9 @@ def check_layout(
     ):
         raise InvalidUpdate(f"{_label(message)}: signed levels need a power-of-two scale")
     if message.value_encoding != pb.VALUE_ENCODING_HADAMARD_SIGN and message.rotation_seed:
-        raise InvalidUpdate(f"{_label(message)}: rotation seed set for a value encoding without one")
+        raise InvalidUpdate(
+            f"{_label(message)}: rotation seed set for a value encoding without one"
+        )
 
     sparsity = message.sparsity
     if sparsity == pb.SPARSITY_ENCODING_DENSE and count != size:

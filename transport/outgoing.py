@@ -33,11 +33,12 @@ class CheckedReply:
 
 
 class OutgoingRecords:
-    """One round's model and task records, as sent to every device."""
+    """One round's model and task records, as sent to every device that gets ``payload``
+    (the round's one payload, or with downlink deltas the one for a device's kept model)."""
 
-    def __init__(self, sent: SentModel, config: ConfigRecord) -> None:
+    def __init__(self, sent: SentModel, config: ConfigRecord, payload: bytes) -> None:
         self.sent = sent
-        self.model = ArrayRecord({PAYLOAD: Array(np.frombuffer(sent.payload, np.uint8))})
+        self.model = ArrayRecord({PAYLOAD: Array(np.frombuffer(payload, np.uint8))})
         self.config = config
         self.dense_bytes = dense_nbytes(sent.dense)
         self._dense: ArrayRecord | None = None

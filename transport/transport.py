@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from stamen.compression import (
+    DeltaPublisher,
     DownlinkCodec,
     DownlinkCodecConfig,
     PruningConfig,
@@ -87,12 +88,14 @@ class CompressedTransport:
         self.defense = defense or DefenseSettings()
         self.rng = np.random.default_rng(seed)
         self.masks: dict[str, np.ndarray] = {}
+        self.publisher = DeltaPublisher(self.downlink) if self.downlink.deltas else None
+        """With downlink deltas: the replica devices keep, and what each device holds."""
         self.stats: dict[int, RoundStats] = {}
         self.last_accepted: list[ValidUpdate] = []
         """The updates the last ``aggregate_train`` accepted (for subclasses that reuse them)."""
         self.stamen_nodes: set[int] = set()
         self._sent: SentModel | None = None
-        self._outgoing: dict[tuple[str, TrainTask], OutgoingRecords] = {}
+        self._outgoing: dict[tuple[str, TrainTask, bytes], OutgoingRecords] = {}
         self._checked: dict[str, CheckedReply] = {}
         self._tasks: dict[int, Message] = {}
         """This round's training message to each sampled device: a reply must answer its own."""
@@ -106,17 +109,22 @@ class CompressedTransport:
         Per-round traffic stats are not state: a round's record is written when it ends.
         Nor is the wait for devices to connect: a restarted server waits for them again.
         """
-        return {
+        state: dict[str, Any] = {
             "rng": self.rng.bit_generator.state,
             "stamen_nodes": sorted(self.stamen_nodes),
             "masks": dict(self.masks),
         }
+        if self.publisher is not None:
+            state["downlink"] = self.publisher.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.rng.bit_generator.state = state["rng"]
         self.stamen_nodes = {int(node) for node in state["stamen_nodes"]}
         self.masks = {name: np.asarray(mask, bool) for name, mask in state["masks"].items()}
+        if self.publisher is not None and "downlink" in state:
+            self.publisher.load_state_dict(state["downlink"])
 
     # -- sending -----------------------------------------------------------------
 
@@ -144,7 +152,7 @@ class CompressedTransport:
         """Send the current model to devices for federated evaluation, if enabled."""
         if self.devices_per_evaluation == 0:
             return []
-        sent = self._encode(server_round, to_numpy(arrays))
+        sent = self._encode(server_round, to_numpy(arrays), publish=False)
         task = self.task.replace(round_num=server_round)
         stats = self.stats.setdefault(server_round, RoundStats(server_round))
         return [
@@ -195,7 +203,23 @@ class CompressedTransport:
         self.masks = compute_masks(model, sparsity, self.pruning.method)
         return apply_masks_np(dense, self.masks)
 
-    def _encode(self, server_round: int, dense: dict[str, np.ndarray]) -> SentModel:
+    def _encode(
+        self, server_round: int, dense: dict[str, np.ndarray], *, publish: bool = True
+    ) -> SentModel:
+        """Encode the model devices train on; with downlink deltas, publish the replica.
+
+        ``publish=False`` (federated evaluation) sends a model no device keeps.
+        """
+        if self.publisher is not None and publish:
+            published = self.publisher.publish(dense, round_num=server_round, masks=self.masks)
+            self._sent = SentModel(
+                model_hash=published.model_hash,
+                decoded=published.replica,
+                dense=dense,
+                round_num=server_round,
+                payload=self.publisher.payload_from(None),
+            )
+            return self._sent
         encoded = DownlinkCodec(self.downlink).encode(
             dense, round_num=server_round, masks=self.masks or None
         )
@@ -208,10 +232,24 @@ class CompressedTransport:
         )
         return self._sent
 
+    def _payload_for(self, node_id: int, sent: SentModel, message_type: str) -> bytes:
+        """The model payload for one device: with downlink deltas, the change since the
+        model it holds (or the whole model, if smaller); otherwise the round's one payload."""
+        publisher = self.publisher
+        if (
+            publisher is None
+            or message_type != MessageType.TRAIN
+            or sent.model_hash != publisher.model_hash
+        ):
+            return sent.payload
+        return publisher.payload_for(node_id)
+
     def _message(
         self, node_id: int, sent: SentModel, task: TrainTask, message_type: str, stats: RoundStats
     ) -> Message:
-        outgoing = self._outgoing_records(sent, task)
+        outgoing = self._outgoing_records(
+            sent, task, self._payload_for(node_id, sent, message_type)
+        )
         records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
             MODEL_KEY: outgoing.model,
             CONFIG_KEY: outgoing.config,
@@ -229,15 +267,19 @@ class CompressedTransport:
             stats.downlink_bytes_fp32 += outgoing.dense_bytes
         return message
 
-    def _outgoing_records(self, sent: SentModel, task: TrainTask) -> OutgoingRecords:
-        """The records every device of a round receives, built once and shared by its messages
-        (nothing downstream mutates them); a worker pool then also pickles them once."""
-        key = (sent.model_hash, task)
+    def _outgoing_records(
+        self, sent: SentModel, task: TrainTask, payload: bytes
+    ) -> OutgoingRecords:
+        """The records the devices of a round that get the same payload receive, built once
+        and shared by their messages (nothing downstream mutates them); a worker pool then
+        also pickles them once."""
+        key = (sent.model_hash, task, payload)
         outgoing = self._outgoing.get(key)
         if outgoing is None:
             if any(o.sent.round_num != sent.round_num for o in self._outgoing.values()):
                 self._outgoing.clear()  # keep only this round's
-            outgoing = self._outgoing[key] = OutgoingRecords(sent, task.to_config_record())
+            outgoing = OutgoingRecords(sent, task.to_config_record(), payload)
+            self._outgoing[key] = outgoing
         return outgoing
 
     # -- receiving ---------------------------------------------------------------
@@ -326,8 +368,10 @@ class CompressedTransport:
             else:
                 update = self._validate_reply(reply, server_round, sent)
         except InvalidUpdate as error:
+            self._note_held_model(reply, sent, None)
             self.reject(server_round, stats, node_id, str(error))
             return None
+        self._note_held_model(reply, sent, update)
         if not update.plain:
             self.stamen_nodes.add(node_id)
         stats.plain_clients += int(update.plain)
@@ -353,4 +397,17 @@ class CompressedTransport:
             outcome: ValidUpdate | InvalidUpdate = self._validate_reply(reply, sent.round_num, sent)
         except InvalidUpdate as error:
             outcome = error
+        self._note_held_model(reply, sent, None if isinstance(outcome, InvalidUpdate) else outcome)
         self._checked[reply.metadata.reply_to_message_id] = CheckedReply(sent, outcome)
+
+    def _note_held_model(self, reply: Message, sent: SentModel, update: ValidUpdate | None) -> None:
+        """With downlink deltas: a valid Stamen update shows its device holds the model it was
+        computed against; a device that failed (a delta it could not apply, say) gets the
+        whole model next time."""
+        if self.publisher is None:
+            return
+        node_id = reply.metadata.src_node_id
+        if update is not None and not update.plain:
+            self.publisher.confirm(node_id, sent.model_hash)
+        elif reply.has_error():
+            self.publisher.forget(node_id)
