@@ -25,11 +25,11 @@ import torch
 from stamen.compression.bitpack import pack_bits
 from stamen.compression.hadamard import rotate_and_sign, unrotate
 from stamen.compression.tensor_decode import (
-    MAX_LEVEL_BITS,
-    MIN_LEVEL_BITS,
+    LEVEL_BITS,
     decode_signs,
     dequantize,
     is_power_of_two,
+    zigzag,
 )
 from stamen.core.errors import ConfigError
 from stamen.protos.update.v1 import update_pb2 as pb
@@ -257,11 +257,11 @@ class SignedLevels:
             levels = np.rint(exact).astype(np.int64)
             if np.any(levels != exact):
                 raise ValueError("a value is not a multiple of the grid step")
-        largest = int(np.max(np.abs(levels))) if levels.size else 0
-        bits = max(MIN_LEVEL_BITS, largest.bit_length() + 1)
-        if bits > MAX_LEVEL_BITS:
-            raise ValueError(f"a level needs more than {MAX_LEVEL_BITS} bits")
-        codes = np.where(levels < 0, levels + (1 << bits), levels).astype(np.uint64)
+        codes = zigzag(levels)
+        widest = int(codes.max()).bit_length() if codes.size else 0
+        bits = next((width for width in LEVEL_BITS if widest <= width), None)
+        if bits is None:
+            raise ValueError(f"a level needs more than {LEVEL_BITS[-1]} bits")
         decoded = dequantize(levels, self.step)
         return PackedValues(
             pb.VALUE_ENCODING_SIGNED_LEVELS, bits, self.step, 0.0, pack_bits(codes, bits), decoded

@@ -174,10 +174,9 @@ class CodecPipeline:
         flat = np.asarray(source, dtype=np.float32).ravel()
         if not np.all(np.isfinite(flat)):
             raise ValueError(f"tensor {name!r} has NaN or infinite values")
-        message = pb.CompressedTensor(
+        header = pb.CompressedTensor(
             name=name, shape=[int(d) for d in source.shape], dtype=_DTYPES[source.dtype]
         )
-        indices = b""
         if mask is not None:
             if self.sparsifier is not None:
                 raise ValueError(f"tensor {name!r}: a mask cannot be combined with a sparsifier")
@@ -187,20 +186,42 @@ class CodecPipeline:
                     f"mask for {name!r} must be bool with shape {source.shape}; "
                     f"got {keep.dtype} {keep.shape}"
                 )
-            message.sparsity = pb.SPARSITY_ENCODING_BITMASK
-            message.index_encoding = pb.INDEX_ENCODING_NONE
-            indices = np.packbits(keep.ravel()).tobytes()
-            where: np.ndarray | None = keep.ravel()
-            kept = flat[where]
+            message, received = self._encode_kept(header, flat, keep.ravel(), rng)
         elif (positions := self._sparse_positions(flat)) is not None:
-            indices = _pack_positions(message, positions, flat.size)
-            where = positions
-            kept = flat[positions]
+            message, received = self._encode_kept(header, flat, positions, rng)
+            if isinstance(self.sparsifier, NonZero):
+                # Lossless either way: where most entries are non-zero, dense is smaller.
+                dense = self._encode_kept(header, flat, None, rng)
+                if dense[0].ByteSize() < message.ByteSize():
+                    message, received = dense
         else:
+            message, received = self._encode_kept(header, flat, None, rng)
+        return message, received.reshape(source.shape)
+
+    def _encode_kept(
+        self,
+        header: pb.CompressedTensor,
+        flat: np.ndarray,
+        where: np.ndarray | None,
+        rng: np.random.Generator | None,
+    ) -> tuple[pb.CompressedTensor, np.ndarray]:
+        """The message keeping ``where`` (a bool mask, sorted positions, or None: all) of
+        ``flat``, and the flat float32 tensor a receiver decodes from it."""
+        message = pb.CompressedTensor()
+        message.CopyFrom(header)
+        if where is None:
             message.sparsity = pb.SPARSITY_ENCODING_DENSE
             message.index_encoding = pb.INDEX_ENCODING_NONE
-            where = None
+            indices = b""
             kept = flat
+        elif where.dtype == np.bool_:
+            message.sparsity = pb.SPARSITY_ENCODING_BITMASK
+            message.index_encoding = pb.INDEX_ENCODING_NONE
+            indices = np.packbits(where).tobytes()
+            kept = flat[where]
+        else:
+            indices = _pack_positions(message, where, flat.size)
+            kept = flat[where]
         packed = self.values.pack(kept, rng)
         message.value_encoding = packed.encoding
         message.bits = packed.bits
@@ -211,11 +232,10 @@ class CodecPipeline:
         message.indices_size = len(indices)
         _finish(message, indices, packed.data, self.zlib)
         if where is None:
-            received = packed.decoded
-        else:
-            received = np.zeros(flat.size, dtype=np.float32)
-            received[where] = packed.decoded
-        return message, received.reshape(source.shape)
+            return message, packed.decoded
+        received = np.zeros(flat.size, dtype=np.float32)
+        received[where] = packed.decoded
+        return message, received
 
     def _sparse_positions(self, flat: np.ndarray) -> np.ndarray | None:
         """The kept positions, or None when the tensor goes dense."""

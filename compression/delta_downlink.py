@@ -27,6 +27,7 @@ weight never sits at exactly zero in the replica; where the grid would round one
 it moves one step away.
 
 Examples:
+    >>> from stamen.compression import decode_model
     >>> publisher = DeltaPublisher(DownlinkCodecConfig(deltas=True, topk_ratio=0.1))
     >>> w = {"w": np.random.default_rng(0).standard_normal(1000).astype(np.float32)}
     >>> first = publisher.publish(w, round_num=1)
@@ -56,11 +57,11 @@ from stamen.compression.codec_stages import NonZero, SignedLevels, Zlib
 from stamen.compression.codecs import CodecPipeline
 from stamen.compression.downlink import DecodedModel, DownlinkCodecConfig
 from stamen.compression.hashing import model_hash
-from stamen.compression.tensor_decode import MAX_LEVEL_BITS
+from stamen.compression.tensor_decode import LEVEL_BITS
 from stamen.compression.wire import FORMAT_VERSION, hash_to_bytes, serialize
 from stamen.protos.update.v1 import update_pb2 as pb
 
-_MAX_LEVEL = (1 << (MAX_LEVEL_BITS - 1)) - 1
+_MAX_LEVEL = (1 << (LEVEL_BITS[-1] - 1)) - 1
 """Largest replica level: every level is then exact in float32 (below 2**24)."""
 
 

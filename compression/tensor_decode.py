@@ -45,9 +45,9 @@ _INDEX_ENCODINGS = frozenset(
     }
 )
 _LOSSLESS = frozenset({pb.LOSSLESS_NONE, pb.LOSSLESS_ZLIB})
-MIN_LEVEL_BITS = 2
-MAX_LEVEL_BITS = 24
-"""Signed levels above 2**23 would not all be exact in float32."""
+LEVEL_BITS = (1, 2, 4, 8, 16, 24)
+"""Widths of zigzag-coded signed levels: whole symbols per byte or whole bytes per symbol.
+At 24 bits every level is below 2**24 in magnitude, so exact in float32."""
 _VALUE_BITS: dict[int, tuple[int, ...]] = {
     pb.VALUE_ENCODING_FP32: (32,),
     pb.VALUE_ENCODING_FP16: (16,),
@@ -55,7 +55,7 @@ _VALUE_BITS: dict[int, tuple[int, ...]] = {
     pb.VALUE_ENCODING_INT8_SYMMETRIC: (8,),
     pb.VALUE_ENCODING_SIGN: (1,),
     pb.VALUE_ENCODING_HADAMARD_SIGN: (1,),
-    pb.VALUE_ENCODING_SIGNED_LEVELS: tuple(range(MIN_LEVEL_BITS, MAX_LEVEL_BITS + 1)),
+    pb.VALUE_ENCODING_SIGNED_LEVELS: LEVEL_BITS,
 }
 _SCALE_IN_VALUES = frozenset({pb.VALUE_ENCODING_HADAMARD_SIGN})
 """Encodings whose scales travel in ``values`` (one per segment); ``scale`` must be 0."""
@@ -69,6 +69,25 @@ def is_power_of_two(value: float) -> bool:
         (True, False, False)
     """
     return math.isfinite(value) and value > 0 and math.frexp(value)[0] == 0.5
+
+
+def zigzag(levels: np.ndarray) -> np.ndarray:
+    """Signed integers as unsigned codes, small magnitudes first: 0, -1, 1, -2 -> 0, 1, 2, 3.
+
+    Examples:
+        >>> zigzag(np.array([0, -1, 1, -2, 2])).tolist()
+        [0, 1, 2, 3, 4]
+        >>> unzigzag(zigzag(np.array([-7, 5]))).tolist()
+        [-7, 5]
+    """
+    signed = np.asarray(levels, dtype=np.int64)
+    return np.where(signed >= 0, 2 * signed, -2 * signed - 1).astype(np.uint64)
+
+
+def unzigzag(codes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`zigzag`, as int64."""
+    unsigned = np.asarray(codes, dtype=np.int64)
+    return np.where(unsigned % 2 == 0, unsigned // 2, -(unsigned + 1) // 2)
 
 
 def values_size(encoding: int, count: int, bits: int) -> int:
@@ -341,12 +360,7 @@ def _decode_values(message: pb.CompressedTensor, data: bytes) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):  # inf is rejected by the caller
             return unrotate(scales, signs[:count], int(message.rotation_seed))
     if encoding == pb.VALUE_ENCODING_SIGNED_LEVELS:
-        codes = unpack_bits(data, count, message.bits).astype(np.int64)
-        sign_bit = 1 << (message.bits - 1)
-        if np.any(codes == sign_bit):
-            raise InvalidUpdate(f"level -{sign_bit} is outside the symmetric range")
-        levels = np.where(codes >= sign_bit, codes - (sign_bit << 1), codes)
-        return dequantize(levels, float(message.scale))
+        return dequantize(unzigzag(unpack_bits(data, count, message.bits)), float(message.scale))
     levels = unpack_bits(data, count, message.bits)
     with np.errstate(over="ignore"):  # an overflow shows up as inf, rejected by the caller
         return dequantize(levels, float(message.scale), float(message.zero_point))
