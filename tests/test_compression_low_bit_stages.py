@@ -3,6 +3,7 @@ one top-k over the whole model. Reconstruction error, encoded size, and hostile 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -222,10 +223,10 @@ def test_sign_padding_bits_must_be_zero() -> None:
 
 @pytest.mark.parametrize("bits", [0, 2, 8])
 def test_sign_and_hadamard_take_one_bit(bits: int) -> None:
-    for values in (ValueFormat.SIGN, ValueFormat.HADAMARD):
+    for values, name in ((ValueFormat.SIGN, "SIGN"), (ValueFormat.HADAMARD, "HADAMARD_SIGN")):
         rejects(
             edited_update(lambda e: setattr(weight(e), "bits", bits), values=values),
-            f"bits must be one of 1 for VALUE_ENCODING_{'SIGN' if values == 'sign' else 'HADAMARD_SIGN'}",
+            f"bits must be one of 1 for VALUE_ENCODING_{name}",
         )
 
 
@@ -300,7 +301,7 @@ def test_warm_up_falls_geometrically_to_the_target() -> None:
     config = UplinkCodecConfig(topk_ratio=0.01, warmup_rounds=4)
     ratios = [config.ratio_at(r) for r in range(1, 7)]
     assert ratios[0] == pytest.approx(0.01**0.2)
-    assert all(a > b for a, b in zip(ratios[:4], ratios[1:5], strict=True))
+    assert all(a > b for a, b in itertools.pairwise(ratios[:5]))
     assert ratios[4:] == [0.01, 0.01]
     assert config.at_round(9) is config
 
