@@ -29,6 +29,7 @@ from stamen.compression.tensor_decode import (
     decode_signs,
     dequantize,
     is_power_of_two,
+    pack_levels,
     zigzag,
 )
 from stamen.core.errors import ConfigError
@@ -264,7 +265,7 @@ class SignedLevels:
             raise ValueError(f"a level needs more than {LEVEL_BITS[-1]} bits")
         decoded = dequantize(levels, self.step)
         return PackedValues(
-            pb.VALUE_ENCODING_SIGNED_LEVELS, bits, self.step, 0.0, pack_bits(codes, bits), decoded
+            pb.VALUE_ENCODING_SIGNED_LEVELS, bits, self.step, 0.0, pack_levels(codes, bits), decoded
         )
 
 

@@ -58,7 +58,7 @@ from stamen.compression.codecs import CodecPipeline
 from stamen.compression.downlink import DecodedModel, DownlinkCodecConfig
 from stamen.compression.hashing import model_hash
 from stamen.compression.tensor_decode import LEVEL_BITS
-from stamen.compression.wire import FORMAT_VERSION, hash_to_bytes, serialize
+from stamen.compression.wire import FLAT_NAME, FORMAT_VERSION, hash_to_bytes, serialize
 from stamen.protos.update.v1 import update_pb2 as pb
 
 _MAX_LEVEL = (1 << (LEVEL_BITS[-1] - 1)) - 1
@@ -235,22 +235,14 @@ class DeltaPublisher:
         return moves
 
     def _encode(self, tensors: Mapping[str, np.ndarray], *, base_hash: str | None) -> bytes:
-        messages = [
-            CodecPipeline(
-                [NonZero(), SignedLevels(self.steps.get(name, 0.0)), Zlib()]
-            ).encode_tensor(name, value)
-            for name, value in tensors.items()
-        ]
-        envelope = pb.ModelPayload(
-            format_version=FORMAT_VERSION,
-            round=self.round_num,
-            model_sha256=hash_to_bytes(self.model_hash),
-            tensors=messages,
-            base_model_sha256=hash_to_bytes(base_hash) if base_hash else b"",
-            pruned=list(self.pruned),
-            keep=True,
+        return flat_payload(
+            tensors,
+            self.steps,
+            round_num=self.round_num,
+            model_hash=self.model_hash,
+            base_hash=base_hash,
+            pruned=self.pruned,
         )
-        return serialize(envelope)
 
     # -- which model each device holds ------------------------------------------
 
@@ -319,10 +311,45 @@ class DeltaPublisher:
             self._payloads = {}
 
 
+def flat_payload(
+    tensors: Mapping[str, np.ndarray],
+    steps: Mapping[str, float],
+    *,
+    round_num: int,
+    model_hash: str,
+    base_hash: str | None = None,
+    pruned: tuple[str, ...] = (),
+) -> bytes:
+    """A flat model payload: ``tensors`` (each on its power-of-two grid ``steps``) as one
+    vector of integer levels, a delta to ``base_hash`` where given."""
+    grid = [steps.get(name, 0.0) for name in tensors]
+    levels = np.concatenate(
+        [
+            (np.asarray(value, np.float64).ravel() / step if step else np.zeros(value.size))
+            for value, step in zip(tensors.values(), grid, strict=True)
+        ]
+    ).astype(np.float32)
+    message = CodecPipeline([NonZero(), SignedLevels(1.0), Zlib()]).encode_tensor(FLAT_NAME, levels)
+    envelope = pb.ModelPayload(
+        format_version=FORMAT_VERSION,
+        round=round_num,
+        model_sha256=hash_to_bytes(model_hash),
+        tensors=[message],
+        base_model_sha256=hash_to_bytes(base_hash) if base_hash else b"",
+        pruned=list(pruned),
+        keep=True,
+        flat=True,
+        steps=grid,
+    )
+    return serialize(envelope)
+
+
 def kept_model_bytes(model: DecodedModel) -> bytes:
     """A device's kept model as a whole-model payload (exact, compact), for its state.
 
-    ValueError if the model is not on the grid its payload named (a server bug).
+    One tensor per model tensor, so that the payload names its own shapes (a device's agent
+    reads it back before it knows its model). ValueError if the model is not on the grid its
+    payload named (a server bug).
     """
     messages = [
         CodecPipeline([NonZero(), SignedLevels(model.steps.get(name, 0.0)), Zlib()]).encode_tensor(

@@ -22,8 +22,10 @@ import numpy as np
 from stamen.compression.codec_stages import FP16, FP32, Int8Symmetric, Stage, Zlib
 from stamen.compression.codecs import CodecPipeline, Lossless, ValueFormat, coerce_choice
 from stamen.compression.hashing import model_hash
+from stamen.compression.tensor_decode import is_power_of_two
 from stamen.compression.wire import (
     FORMAT_VERSION,
+    decode_flat,
     decode_tensors,
     hash_to_bytes,
     parse,
@@ -205,7 +207,16 @@ def decode_model(
         stamen.core.errors.InvalidUpdate: ...
     """
     envelope = parse(pb.ModelPayload, payload, max_bytes, expected_shapes=expected_shapes)
-    tensors, masks = decode_tensors(envelope.tensors, expected_shapes)
+    if envelope.flat:
+        tensors, steps = _decode_flat_levels(envelope, expected_shapes)
+        masks: dict[str, np.ndarray] = {}
+    else:
+        tensors, masks = decode_tensors(envelope.tensors, expected_shapes)
+        steps = {
+            message.name: float(message.scale)
+            for message in envelope.tensors
+            if message.value_encoding == pb.VALUE_ENCODING_SIGNED_LEVELS
+        }
     base_hash = envelope.base_model_sha256
     if base_hash:
         if len(base_hash) != len(envelope.model_sha256):
@@ -225,11 +236,6 @@ def decode_model(
         )
     if envelope.keep or envelope.pruned:
         masks = _pruned_masks(list(envelope.pruned), tensors)
-    steps = {
-        message.name: float(message.scale)
-        for message in envelope.tensors
-        if message.value_encoding == pb.VALUE_ENCODING_SIGNED_LEVELS
-    }
     if base_hash and base is not None:
         # Both grids are powers of two: the finer step divides every value of both.
         steps = {
@@ -245,6 +251,32 @@ def decode_model(
         was_delta=bool(base_hash),
         steps=steps,
     )
+
+
+def _decode_flat_levels(
+    envelope: pb.ModelPayload, expected_shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """A flat payload's tensors (integer levels times each tensor's step) and the steps."""
+    steps = list(envelope.steps)
+    if len(steps) != len(expected_shapes):
+        raise InvalidUpdate(
+            f"a flat model payload needs {len(expected_shapes)} steps, one a tensor; "
+            f"got {len(steps)}"
+        )
+    if not all(step == 0 or is_power_of_two(step) for step in steps):
+        raise InvalidUpdate("every step of a flat model payload must be 0 or a power of two")
+    messages = envelope.tensors
+    if len(messages) == 1 and (
+        messages[0].value_encoding != pb.VALUE_ENCODING_SIGNED_LEVELS or messages[0].scale != 1
+    ):
+        raise InvalidUpdate("a flat model payload holds signed levels at scale 1")
+    levels = decode_flat(messages, expected_shapes)
+    tensors: dict[str, np.ndarray] = {}
+    for (name, value), step in zip(levels.items(), steps, strict=True):
+        if step == 0 and np.any(value != 0):
+            raise InvalidUpdate(f"tensor {name[:80]!r} has non-zero levels and no step")
+        tensors[name] = (value.astype(np.float64) * step).astype(np.float32)
+    return tensors, dict(zip(expected_shapes, steps, strict=True))
 
 
 def model_payload_hash(payload: bytes, max_bytes: int = 256 * 2**20) -> str:

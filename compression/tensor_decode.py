@@ -21,6 +21,7 @@ from stamen.compression.bitpack import (
     MAX_VARINT_BYTES,
     decode_rice,
     decode_varints,
+    pack_bits,
     packed_size,
     unpack_bits,
 )
@@ -88,6 +89,31 @@ def unzigzag(codes: np.ndarray) -> np.ndarray:
     """Inverse of :func:`zigzag`, as int64."""
     unsigned = np.asarray(codes, dtype=np.int64)
     return np.where(unsigned % 2 == 0, unsigned // 2, -(unsigned + 1) // 2)
+
+
+def pack_levels(codes: np.ndarray, bits: int) -> bytes:
+    """Zigzag codes at ``bits``: bit-packed up to 8 bits, byte planes at 16 and 24.
+
+    Examples:
+        >>> pack_levels(np.array([1, 258]), 16).hex()  # high bytes, then low bytes
+        '00010102'
+    """
+    if bits <= 8:
+        return pack_bits(codes, bits)
+    planes = np.asarray(codes, dtype=">u4").view(np.uint8).reshape(-1, 4)[:, 4 - bits // 8 :]
+    return planes.T.tobytes()
+
+
+def unpack_levels(data: bytes, count: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_levels` (the length is checked by the caller's layout)."""
+    if bits <= 8:
+        return unpack_bits(data, count, bits)
+    width = bits // 8
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(width, count).astype(np.uint32)
+    codes = np.zeros(count, dtype=np.uint32)
+    for plane in planes:
+        codes = (codes << 8) | plane
+    return codes
 
 
 def values_size(encoding: int, count: int, bits: int) -> int:
@@ -360,7 +386,7 @@ def _decode_values(message: pb.CompressedTensor, data: bytes) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):  # inf is rejected by the caller
             return unrotate(scales, signs[:count], int(message.rotation_seed))
     if encoding == pb.VALUE_ENCODING_SIGNED_LEVELS:
-        return dequantize(unzigzag(unpack_bits(data, count, message.bits)), float(message.scale))
+        return dequantize(unzigzag(unpack_levels(data, count, message.bits)), float(message.scale))
     levels = unpack_bits(data, count, message.bits)
     with np.errstate(over="ignore"):  # an overflow shows up as inf, rejected by the caller
         return dequantize(levels, float(message.scale), float(message.zero_point))

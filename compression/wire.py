@@ -182,12 +182,11 @@ def decode_flat(
 ) -> dict[str, np.ndarray]:
     """Decode a flat envelope's one tensor and cut it into ``expected_shapes``, in order."""
     if len(messages) != 1 or messages[0].name != FLAT_NAME:
-        raise InvalidUpdate("a flat update must hold exactly one tensor, with an empty name")
+        raise InvalidUpdate("a flat envelope must hold exactly one tensor, with an empty name")
     total = sum(math.prod(shape) for shape in expected_shapes.values())
     message = messages[0]
-    vector, mask = decode_checked(message, check_layout(message, (total,)))
-    if mask is not None:
-        raise InvalidUpdate("a flat update cannot carry a bitmask")
+    # A bitmask here only says which entries travel; it is not a pruning mask.
+    vector, _ = decode_checked(message, check_layout(message, (total,)))
     return unflatten({FLAT_NAME: vector}, expected_shapes)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from stamen.client.kept_model import kept_payload
 from stamen.compression import (
     DecodedUpdate,
     UplinkCodec,
@@ -35,7 +36,7 @@ from stamen.compression import (
     decode_model,
     decode_update,
 )
-from stamen.compression.wire import parse, serialize
+from stamen.compression.wire import FLAT_NAME, parse, serialize, unflatten
 from stamen.config import AttackKind, AttackSettings
 from stamen.contract import (
     CONFIG_KEY,
@@ -94,7 +95,7 @@ def attack_reply(
     task = TrainTask.from_config_record(message.content.config_records[CONFIG_KEY])
     payload = payload_bytes(reply.content.array_records[UPDATE_KEY][PAYLOAD])
     if settings.kind is AttackKind.DENSE:
-        return dense_reply(message, reply, payload, settings.scale)
+        return dense_reply(message, reply, payload, settings.scale, context)
     if settings.kind is AttackKind.STALE:
         payload = _replayed(context, payload)
     else:
@@ -106,13 +107,26 @@ def attack_reply(
     return Message(RecordDict(records), reply_to=message)
 
 
-def dense_reply(message: Message, reply: Message, payload: bytes, scale: float) -> Message:
+def dense_reply(
+    message: Message, reply: Message, payload: bytes, scale: float, context: Context | None = None
+) -> Message:
     """``reply`` in plain Flower form: the global model plus ``scale`` times the honest delta,
-    as dense float32 weights under ``arrays``, claiming :data:`DENSE_NUM_EXAMPLES` examples."""
+    as dense float32 weights under ``arrays``, claiming :data:`DENSE_NUM_EXAMPLES` examples.
+
+    Where the device keeps its model (downlink deltas), that is the global model it trained
+    on; otherwise the message's payload is the whole model.
+    """
     update = honest_update(payload)
-    model = payload_bytes(message.content.array_records[MODEL_KEY][PAYLOAD])
-    shapes = {name: value.shape for name, value in update.tensors.items()}
-    base = decode_model(model, expected_shapes=shapes).tensors
+    kept = kept_payload(context) if context is not None else b""
+    if kept:
+        base = decode_model(kept, expected_shapes=payload_shapes(kept)).tensors
+    else:
+        model = payload_bytes(message.content.array_records[MODEL_KEY][PAYLOAD])
+        shapes = {name: value.shape for name, value in update.tensors.items()}
+        base = decode_model(model, expected_shapes=shapes).tensors
+    if set(update.tensors) == {FLAT_NAME}:  # one vector for the whole model
+        shapes = {name: value.shape for name, value in base.items()}
+        update = dataclasses.replace(update, tensors=unflatten(update.tensors, shapes))
     weights = {
         name: np.asarray(base[name] + scale * delta, np.float32)
         for name, delta in update.tensors.items()
@@ -123,6 +137,12 @@ def dense_reply(message: Message, reply: Message, payload: bytes, scale: float) 
     records[METRICS_KEY] = metrics
     records[DENSE_KEY] = ArrayRecord({name: Array(value) for name, value in weights.items()})
     return Message(RecordDict(records), reply_to=message)
+
+
+def payload_shapes(payload: bytes) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a model payload (one of this device's own) declares."""
+    envelope = parse(pb.ModelPayload, payload, max_bytes=len(payload))
+    return {t.name: tuple(int(d) for d in t.shape) for t in envelope.tensors}
 
 
 def honest_update(payload: bytes) -> DecodedUpdate:

@@ -123,7 +123,7 @@ class ModelUpdate(_message.Message):
     def __init__(self, format_version: _Optional[int] = ..., round: _Optional[int] = ..., base_model_sha256: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ..., flat: _Optional[bool] = ...) -> None: ...
 
 class ModelPayload(_message.Message):
-    __slots__ = ("format_version", "round", "model_sha256", "tensors", "base_model_sha256", "pruned", "keep")
+    __slots__ = ("format_version", "round", "model_sha256", "tensors", "base_model_sha256", "pruned", "keep", "flat", "steps")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,8 @@ class ModelPayload(_message.Message):
     BASE_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     PRUNED_FIELD_NUMBER: _ClassVar[int]
     KEEP_FIELD_NUMBER: _ClassVar[int]
+    FLAT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     round: int
     model_sha256: bytes
@@ -138,4 +140,6 @@ class ModelPayload(_message.Message):
     base_model_sha256: bytes
     pruned: _containers.RepeatedScalarFieldContainer[str]
     keep: bool
-    def __init__(self, format_version: _Optional[int] = ..., round: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ..., base_model_sha256: _Optional[bytes] = ..., pruned: _Optional[_Iterable[str]] = ..., keep: _Optional[bool] = ...) -> None: ...
+    flat: bool
+    steps: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, format_version: _Optional[int] = ..., round: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ..., base_model_sha256: _Optional[bytes] = ..., pruned: _Optional[_Iterable[str]] = ..., keep: _Optional[bool] = ..., flat: _Optional[bool] = ..., steps: _Optional[_Iterable[float]] = ...) -> None: ...
