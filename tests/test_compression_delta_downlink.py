@@ -240,7 +240,7 @@ def test_too_many_pruned_names_stop_the_scan() -> None:
 
 
 def test_config_is_checked() -> None:
-    with pytest.raises(ConfigError, match="grid_bits must be an integer in 2..16"):
+    with pytest.raises(ConfigError, match=r"grid_bits must be an integer in 2\.\.16"):
         DownlinkCodecConfig(deltas=True, grid_bits=1)
     with pytest.raises(ConfigError, match="move_threshold"):
         DownlinkCodecConfig(deltas=True, move_threshold=0.1)
