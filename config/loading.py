@@ -27,16 +27,18 @@ from stamen.core.errors import ConfigError
 from stamen.data import PartitionScheme, dataset_facts
 
 PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
+    # The same on every dataset and model (docs/compression.md, "The edge preset").
     Preset.EDGE: {
         "qat": {"enabled": True, "weight_bits": 8, "activation_bits": 8},
         "pruning": {"target_sparsity": 0.5, "method": "global"},
         "uplink": {
-            "topk_ratio": 0.045,
-            "values": "q4",
+            "topk_ratio": 0.03,
+            "values": "sign",
+            "scope": "model",
             "error_feedback": True,
             "lossless": "zlib",
         },
-        "downlink": {"values": "q8", "lossless": "zlib"},
+        "downlink": {"values": "q8", "lossless": "zlib", "deltas": True, "grid_bits": 6},
     },
     Preset.FP32: {
         "qat": {"enabled": False},
@@ -44,10 +46,11 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
         "uplink": {
             "topk_ratio": 1.0,
             "values": "fp32",
+            "scope": "tensor",
             "error_feedback": False,
             "lossless": "none",
         },
-        "downlink": {"values": "fp32", "lossless": "none"},
+        "downlink": {"values": "fp32", "lossless": "none", "deltas": False},
     },
 }
 
