@@ -137,6 +137,14 @@ def receive_global(
         return last.decoded
     base = kept_payload(context) if context is not None else b""
     decoded = _decoded(payload_bytes(array), _exchanged_shapes(spec), base)
+    # Devices that rebuilt the same model from different deltas share one object, so a
+    # round's devices still train together (stacked training groups them by it).
+    same = _BY_HASH.get(decoded.model_hash)
+    if same is not None and same.keep == decoded.keep:
+        decoded = same
+    else:
+        _BY_HASH.clear()
+        _BY_HASH[decoded.model_hash] = decoded
     last.array, last.spec, last.decoded, last.held = array, spec, decoded, held
     return decoded
 
@@ -167,6 +175,7 @@ class _Received:
 
 
 _LAST_RECEIVED = _Received()
+_BY_HASH: dict[str, DecodedModel] = {}
 
 
 def global_model(spec: ModelSpec, decoded: DecodedModel) -> nn.Module:
