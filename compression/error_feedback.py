@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stamen.compression.codecs import CodecPipeline
+from stamen.compression.flat_update import encode_tensors
 from stamen.protos.update.v1 import update_pb2 as pb
 
 
@@ -36,6 +37,8 @@ class ErrorFeedbackResult:
     residual: dict[str, np.ndarray]
     velocity: dict[str, np.ndarray] | None = None
     """DGC's momentum (None without momentum correction)."""
+    exponents: bytes = b""
+    """A flat update's per-tensor exponents (see :mod:`stamen.compression.flat_update`)."""
 
 
 class ErrorFeedback:
@@ -54,11 +57,15 @@ class ErrorFeedback:
         [0.0, 0.10000000149011612]
     """
 
-    def __init__(self, pipeline: CodecPipeline, momentum: float = 0.0) -> None:
+    def __init__(
+        self, pipeline: CodecPipeline, momentum: float = 0.0, *, flat: bool = False
+    ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
         self.pipeline = pipeline
         self.momentum = momentum
+        self.flat = flat
+        """Encode the tensors as one vector (``scope = model``)."""
 
     @staticmethod
     def corrected(
@@ -104,17 +111,13 @@ class ErrorFeedback:
                 for name, value in delta.items()
             }
             delta = new_velocity
-        tensors: list[pb.CompressedTensor] = []
-        decoded: dict[str, np.ndarray] = {}
-        new_residual: dict[str, np.ndarray] = {}
-        for name, corrected in self.corrected(delta, residual).items():
-            # The reconstruction is exactly what the server decodes from the message.
-            message, decoded[name] = self.pipeline.encode_and_reconstruct(name, corrected, rng)
-            new_residual[name] = corrected - decoded[name]
-            tensors.append(message)
+        corrected = self.corrected(delta, residual)
+        # The reconstruction is exactly what the server decodes from the messages.
+        tensors, decoded, exponents = encode_tensors(self.pipeline, corrected, rng, flat=self.flat)
+        new_residual = {name: value - decoded[name] for name, value in corrected.items()}
         if new_velocity is not None:
             new_velocity = {
                 name: np.where(decoded[name] != 0, np.float32(0), value)
                 for name, value in new_velocity.items()
             }
-        return ErrorFeedbackResult(tensors, decoded, new_residual, new_velocity)
+        return ErrorFeedbackResult(tensors, decoded, new_residual, new_velocity, exponents)

@@ -32,17 +32,15 @@ from stamen.compression.codecs import (
     coerce_choice,
 )
 from stamen.compression.error_feedback import ErrorFeedback
+from stamen.compression.flat_update import decode_flat_update, encode_tensors
 from stamen.compression.wire import (
     FORMAT_VERSION,
-    decode_flat,
     decode_tensors,
-    flatten,
     hash_to_bytes,
     parse,
     serialize,
-    unflatten,
 )
-from stamen.core.errors import ConfigError
+from stamen.core.errors import ConfigError, InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
 _UNIFORM_BITS = {ValueFormat.Q8: 8, ValueFormat.Q4: 4, ValueFormat.Q2: 2}
@@ -199,24 +197,16 @@ class UplinkCodec:
             base_model_sha256=hash_to_bytes(base_model_hash),
             flat=flat,
         )
-        shapes = {name: np.shape(value) for name, value in delta.items()}
-        if flat:
-            delta = flatten(delta)
-            residual = None if residual is None else flatten(residual, shapes)
-            velocity = None if velocity is None else flatten(velocity, shapes)
         new_residual = new_velocity = None
         if self.config.error_feedback:
-            feedback = ErrorFeedback(self.pipeline, self.config.momentum)
+            feedback = ErrorFeedback(self.pipeline, self.config.momentum, flat=flat)
             result = feedback.encode(delta, residual, rng, velocity)
-            envelope.tensors.extend(result.tensors)
+            tensors, exponents = result.tensors, result.exponents
             new_residual, new_velocity = result.residual, result.velocity
         else:
-            envelope.tensors.extend(
-                self.pipeline.encode_tensor(name, value, rng) for name, value in delta.items()
-            )
-        if flat:
-            new_residual = None if new_residual is None else unflatten(new_residual, shapes)
-            new_velocity = None if new_velocity is None else unflatten(new_velocity, shapes)
+            tensors, _, exponents = encode_tensors(self.pipeline, delta, rng, flat=flat)
+        envelope.tensors.extend(tensors)
+        envelope.exponents = exponents
         return EncodedUpdate(serialize(envelope), new_residual, new_velocity)
 
 
@@ -245,7 +235,9 @@ def decode_update(
     """
     envelope = parse(pb.ModelUpdate, payload, max_bytes, expected_shapes=expected_shapes)
     if envelope.flat:
-        tensors = decode_flat(envelope.tensors, expected_shapes)
+        tensors = decode_flat_update(envelope.tensors, envelope.exponents, expected_shapes)
     else:
+        if envelope.exponents:
+            raise InvalidUpdate("exponents are for flat updates only")
         tensors, _ = decode_tensors(envelope.tensors, expected_shapes)
     return DecodedUpdate(envelope.round, envelope.base_model_sha256.hex(), tensors)

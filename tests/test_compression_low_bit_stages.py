@@ -147,17 +147,36 @@ def _update(config: UplinkCodecConfig) -> tuple[bytes, dict[str, np.ndarray]]:
     return encoded.payload, delta
 
 
-def test_model_scope_sends_one_tensor_and_picks_the_largest_entries_anywhere() -> None:
+def test_model_scope_sends_one_tensor_and_gives_every_tensor_its_share() -> None:
     config = UplinkCodecConfig(topk_ratio=0.1, values="fp32", scope="model")
     payload, delta = _update(config)
     envelope = pb.ModelUpdate.FromString(payload)
     assert envelope.flat and len(envelope.tensors) == 1
+    assert np.frombuffer(envelope.exponents, np.int8).tolist() == [-1, 2]
     decoded = decode_update(payload, expected_shapes=SHAPES).tensors
-    # The bias is ten times larger: a model-wide top-k spends most of its 17 slots on it.
-    assert np.count_nonzero(decoded["fc.bias"]) == 10
-    assert np.count_nonzero(decoded["fc.weight"]) == 7
-    kept = decoded["fc.bias"] != 0
-    assert np.array_equal(decoded["fc.bias"][kept], delta["fc.bias"][kept])
+    # The bias is ten times larger, but each tensor is scaled by its own root mean square
+    # first: its 10 entries do not take all 17 slots from the weight's 160.
+    assert 0 < np.count_nonzero(decoded["fc.bias"]) < 10
+    assert np.count_nonzero(decoded["fc.weight"]) + np.count_nonzero(decoded["fc.bias"]) == 17
+    for name, value in decoded.items():  # fp32 values come back exactly, scaled back
+        kept = value != 0
+        assert np.array_equal(value[kept], delta[name][kept])
+
+
+def test_model_scope_keeps_batchnorm_statistics_from_taking_every_slot() -> None:
+    rng = np.random.default_rng(0)
+    delta = {
+        "conv.weight": (rng.standard_normal(2000) * 1e-3).astype(np.float32),
+        "bn.running_var": (rng.standard_normal(64) * 0.3).astype(np.float32),
+    }
+    config = UplinkCodecConfig(topk_ratio=0.03, values="sign", scope="model")
+    encoded = UplinkCodec(config).encode(
+        delta, round_num=1, base_model_hash="ab" * 32, residual=None, rng=rng
+    )
+    decoded = decode_update(
+        encoded.payload, expected_shapes={"conv.weight": (2000,), "bn.running_var": (64,)}
+    ).tensors
+    assert np.count_nonzero(decoded["conv.weight"]) > 40
 
 
 def test_model_scope_saves_a_header_per_tensor() -> None:
@@ -197,7 +216,12 @@ def test_hostile_flat_updates_are_refused() -> None:
         envelope.tensors[0].shape.append(171)
 
     rejects(_flat_update(reshape), r"shape \(171,\), expected \(170,\)")
-    rejects(_flat_update(lambda e: setattr(e, "flat", False)), "a tensor has an empty name")
+    rejects(_flat_update(lambda e: setattr(e, "flat", False)), "exponents are for flat updates")
+    rejects(_flat_update(lambda e: setattr(e, "exponents", b"\x01")), "needs 2 exponents")
+    rejects(
+        _flat_update(lambda e: setattr(e, "exponents", b"\x7f\x7f")),
+        "not all finite once scaled by their exponents",
+    )
 
 
 # -- hostile bytes of the new value encodings ---------------------------------------------------

@@ -1,0 +1,103 @@
+"""A whole model as one vector: one top-k and one value scale over every tensor.
+
+Tensors differ in scale by orders of magnitude: a BatchNorm's running variance moves by
+tenths while a convolution's weights move by thousandths, and a top-k over raw magnitudes
+would spend every slot on the running statistics (MobileNet: all of them, measured). So
+each tensor's entries are first divided by a power of two near their root mean square,
+``2**e_i`` with ``e_i = floor(log2(rms_i))``, and the exponents travel with the update, one
+signed byte a tensor. The top-k then picks the entries that are large for their own tensor,
+and one sign scale serves all; the receiver multiplies each segment back, exactly.
+
+Examples:
+    >>> from stamen.compression.codec_stages import Sign, TopK
+    >>> pipeline = CodecPipeline([TopK(0.25), Sign()])
+    >>> tensors = {"big": np.array([100.0, -300.0, 50.0, 0.0], np.float32),
+    ...            "small": np.array([0.01, 0.0, -0.03, 0.0], np.float32)}
+    >>> messages, decoded, exponents = encode_tensors(pipeline, tensors, None, flat=True)
+    >>> len(messages), np.frombuffer(exponents, np.int8).tolist()
+    (1, [7, -6])
+    >>> [int(np.count_nonzero(v)) for v in decoded.values()]  # one entry of each
+    [1, 1]
+    >>> back = decode_flat_update(messages, exponents, {"big": (4,), "small": (4,)})
+    >>> all(np.array_equal(back[k], decoded[k]) for k in back)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from stamen.compression.codecs import CodecPipeline
+from stamen.compression.wire import FLAT_NAME, decode_flat, flatten, unflatten
+from stamen.core.errors import InvalidUpdate
+from stamen.protos.update.v1 import update_pb2 as pb
+
+_EXPONENT_RANGE = (-126, 127)
+
+
+def exponent_of(tensor: np.ndarray) -> int:
+    """``floor(log2(rms))`` of a tensor, within a signed byte; 0 for an all-zero tensor."""
+    rms = math.sqrt(float(np.mean(np.square(tensor, dtype=np.float64)))) if tensor.size else 0.0
+    if rms == 0.0 or not math.isfinite(rms):
+        return 0
+    return min(max(math.floor(math.log2(rms)), _EXPONENT_RANGE[0]), _EXPONENT_RANGE[1])
+
+
+def encode_tensors(
+    pipeline: CodecPipeline,
+    tensors: Mapping[str, np.ndarray],
+    rng: np.random.Generator | None,
+    *,
+    flat: bool,
+) -> tuple[list[pb.CompressedTensor], dict[str, np.ndarray], bytes]:
+    """Encode ``tensors`` one by one, or as one normalised vector (``flat``).
+
+    Returns the messages, exactly what a receiver decodes from them (per tensor), and the
+    exponents a flat update carries (``b""`` otherwise).
+    """
+    if not flat:
+        messages, decoded = [], {}
+        for name, value in tensors.items():
+            message, decoded[name] = pipeline.encode_and_reconstruct(name, value, rng)
+            messages.append(message)
+        return messages, decoded, b""
+    shapes = {name: np.shape(value) for name, value in tensors.items()}
+    exponents = [exponent_of(np.asarray(value, np.float32)) for value in tensors.values()]
+    scaled = {
+        name: np.asarray(value, np.float64) / 2.0**exponent
+        for (name, value), exponent in zip(tensors.items(), exponents, strict=True)
+    }
+    message, vector = pipeline.encode_and_reconstruct(FLAT_NAME, flatten(scaled)[FLAT_NAME], rng)
+    decoded = _scaled_back(unflatten({FLAT_NAME: vector}, shapes), exponents)
+    return [message], decoded, np.asarray(exponents, np.int8).tobytes()
+
+
+def decode_flat_update(
+    messages: Sequence[pb.CompressedTensor],
+    exponents: bytes,
+    expected_shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, np.ndarray]:
+    """A flat update's tensors: its one vector cut into ``expected_shapes`` and scaled back."""
+    segments = decode_flat(messages, expected_shapes)
+    if not exponents:
+        return segments
+    if len(exponents) != len(expected_shapes):
+        raise InvalidUpdate(
+            f"a flat update needs {len(expected_shapes)} exponents, one a tensor; "
+            f"got {len(exponents)}"
+        )
+    with np.errstate(over="ignore"):
+        tensors = _scaled_back(segments, np.frombuffer(exponents, np.int8).tolist())
+    if not all(np.isfinite(value).all() for value in tensors.values()):
+        raise InvalidUpdate("decoded values are not all finite once scaled by their exponents")
+    return tensors
+
+
+def _scaled_back(tensors: Mapping[str, np.ndarray], exponents: list[int]) -> dict[str, np.ndarray]:
+    return {
+        name: (np.asarray(value, np.float64) * 2.0**exponent).astype(np.float32)
+        for (name, value), exponent in zip(tensors.items(), exponents, strict=True)
+    }
