@@ -62,8 +62,18 @@ def sweep_table(rows: list[SweepRow]) -> Table:
             "and how many times fewer than it needed"
         )
     table = Table(title="Sweep", header_style="bold", box=box.SIMPLE_HEAD, caption=caption)
-    columns = ("setting", "seeds", "accuracy", "± std", "up ×", "down ×")
-    columns += ("up to target", "down to target", "sim time", "wall")
+    columns = (
+        "setting",
+        "seeds",
+        "accuracy",
+        "± std",
+        "up ×",
+        "down ×",
+        "up to target",
+        "down to target",
+        "sim time",
+        "wall",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "setting" else "right")
     for row in rows:
@@ -74,8 +84,12 @@ def sweep_table(rows: list[SweepRow]) -> Table:
             f"{100 * row.accuracy_std:.2f}",
             _ratio(row.uplink_compression),
             _ratio(row.downlink_compression),
-            _to_target(row, row.uplink_to_target, reference and reference.uplink_to_target),
-            _to_target(row, row.downlink_to_target, reference and reference.downlink_to_target),
+            _to_target(
+                row, row.uplink_to_target, reference.uplink_to_target if reference else None
+            ),
+            _to_target(
+                row, row.downlink_to_target, reference.downlink_to_target if reference else None
+            ),
             human_seconds(row.simulated_seconds),
             f"{row.wall_seconds:.0f} s",
         )

@@ -112,7 +112,8 @@ def unpack_levels(data: bytes, count: int, bits: int) -> np.ndarray:
     planes = np.frombuffer(data, dtype=np.uint8).reshape(width, count).astype(np.uint32)
     codes = np.zeros(count, dtype=np.uint32)
     for plane in planes:
-        codes = (codes << 8) | plane
+        codes <<= np.uint32(8)
+        codes |= plane
     return codes
 
 

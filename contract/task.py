@@ -152,7 +152,9 @@ class TrainTask:
 
         # Optional keys: a task from a server that predates them still parses.
         proximal_mu = get("proximal-mu", float) if f"{_PREFIX}proximal-mu" in record else 0.0
-        scope = enum_value("scope", CodecScope) if f"{_PREFIX}scope" in record else "tensor"
+        scope = (
+            enum_value("scope", CodecScope) if f"{_PREFIX}scope" in record else CodecScope.TENSOR
+        )
         momentum = get("uplink-momentum", float) if f"{_PREFIX}uplink-momentum" in record else 0.0
         if not proximal_mu >= 0:
             raise ConfigError(f"train task '{_PREFIX}proximal-mu' must be >= 0; got {proximal_mu}")
