@@ -152,10 +152,10 @@ def test_model_scope_sends_one_tensor_and_gives_every_tensor_its_share() -> None
     payload, delta = _update(config)
     envelope = pb.ModelUpdate.FromString(payload)
     assert envelope.flat and len(envelope.tensors) == 1
-    assert np.frombuffer(envelope.exponents, np.int8).tolist() == [-1, 2]
+    assert np.frombuffer(envelope.exponents, np.int8).tolist() == [0, 3]
     decoded = decode_update(payload, expected_shapes=SHAPES).tensors
-    # The bias is ten times larger, but each tensor is scaled by its own root mean square
-    # first: its 10 entries do not take all 17 slots from the weight's 160.
+    # The bias is ten times larger, so it is first scaled down to the weight's scale: its
+    # 10 entries do not take all 17 slots from the weight's 160.
     assert 0 < np.count_nonzero(decoded["fc.bias"]) < 10
     assert np.count_nonzero(decoded["fc.weight"]) + np.count_nonzero(decoded["fc.bias"]) == 17
     for name, value in decoded.items():  # fp32 values come back exactly, scaled back
@@ -218,10 +218,12 @@ def test_hostile_flat_updates_are_refused() -> None:
     rejects(_flat_update(reshape), r"shape \(171,\), expected \(170,\)")
     rejects(_flat_update(lambda e: setattr(e, "flat", False)), "exponents are for flat updates")
     rejects(_flat_update(lambda e: setattr(e, "exponents", b"\x01")), "needs 2 exponents")
-    rejects(
-        _flat_update(lambda e: setattr(e, "exponents", b"\x7f\x7f")),
-        "not all finite once scaled by their exponents",
-    )
+
+    def overflow(envelope: pb.ModelUpdate) -> None:
+        envelope.exponents = b"\x7f\x7f"
+        envelope.tensors[0].scale = 1e30
+
+    rejects(_flat_update(overflow), "not all finite once scaled by their exponents")
 
 
 # -- hostile bytes of the new value encodings ---------------------------------------------------
