@@ -216,11 +216,13 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Edge preset against FP32 FedAvg, seeds {seeds}; accuracy is the mean over seeds; "
         f"'last 10' is the mean over the last {TAIL_ROUNDS} rounds. Bytes to target: what each "
-        f"preset sent, uplink + downlink, until it first reached {100 * TARGET_SHARE:.0f}% of "
-        "FP32's final accuracy (mean over the seeds that reached it).",
+        f"preset sent each way until it first reached {100 * TARGET_SHARE:.0f}% of FP32's "
+        "final accuracy (mean over the seeds that reached it). Uplink and downlink: how many "
+        "times fewer bytes than FP32 over the whole run.",
         "",
         "| row | rounds | FP32 final | FP32 last 10 | edge final | edge last 10 | difference, "
-        "last 10 (points) | uplink | downlink | to target: FP32 | to target: edge | targets |",
+        "last 10 (points) | uplink | downlink | FP32 to target, up / down | "
+        "edge to target, up / down | targets |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in result["rows"]:
@@ -259,14 +261,21 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def _to_target(group: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
+    """``up / down`` bytes to the target, and how many times less than ``reference`` each."""
     if group["uplink_bytes_to_target"] is None:
         return "not reached"
-    sent = group["uplink_bytes_to_target"] + group["downlink_bytes_to_target"]
-    text = f"{sent / 1e6:.2f} MB"
+    up, down = group["uplink_bytes_to_target"], group["downlink_bytes_to_target"]
+    text = f"{_size(up)} / {_size(down)}"
     if reference is not None and reference["uplink_bytes_to_target"] is not None:
-        theirs = reference["uplink_bytes_to_target"] + reference["downlink_bytes_to_target"]
-        text += f" ({theirs / sent:.0f}x less)"
+        text += (
+            f" ({reference['uplink_bytes_to_target'] / up:.0f}x / "
+            f"{reference['downlink_bytes_to_target'] / down:.1f}x less)"
+        )
     return text
+
+
+def _size(count: float) -> str:
+    return f"{count / 1e6:.2f} MB" if count >= 1e6 else f"{count / 1e3:.1f} KB"
 
 
 def plot(
