@@ -344,6 +344,8 @@ def main() -> None:
             for preset in PRESETS
             if not finished(run_dir(args.out, row, preset, seed), rounds[row.name])
         ]
+        # The cheap rows first, so a stopped matrix has the most rows; MobileNet's last.
+        todo.sort(key=lambda job: (rounds[job[0].name] * ("mobilenet" in job[0].name),))
         print(f"{len(todo)} runs to do, {jobs} at a time", flush=True)
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = [pool.submit(run_one, r, p, s, rounds[r.name], args.out) for r, p, s in todo]

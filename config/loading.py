@@ -54,6 +54,9 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
     },
 }
 
+WARMUP_EVERY = 50
+"""Rounds per warm-up round of the uplink's top-k (``uplink.warmup_rounds`` when unset)."""
+
 ALIASES: dict[str, str] = {
     "dataset": "data.dataset",
     "partition": "data.partition",
@@ -209,6 +212,9 @@ def build_config(flat: Mapping[str, Any]) -> StamenConfig:
     if "ramp_rounds" not in sections["pruning"]:
         # Reach the target halfway through the run, so the second half recovers accuracy.
         sections["pruning"]["ramp_rounds"] = max(1, built["federation"].rounds // 2)
+    if "warmup_rounds" not in sections["uplink"]:
+        # One denser round a 50: a run long enough to afford the warm-up gets it.
+        sections["uplink"]["warmup_rounds"] = built["federation"].rounds // WARMUP_EVERY
     if tiers:
         sections["fleet"].setdefault("preset", "custom")
         sections["fleet"]["tiers"] = tuple(tier_share(n, v) for n, v in tiers.items())

@@ -138,27 +138,39 @@ def test_non_zero_sends_dense_where_that_is_smaller() -> None:
 # -- one vector for the whole model (layer-adaptive top-k) --------------------------------------
 
 
-def _update(config: UplinkCodecConfig) -> tuple[bytes, dict[str, np.ndarray]]:
+def _update(config: UplinkCodecConfig, bias_scale: float = 10.0) -> tuple[bytes, dict]:
     rng = np.random.default_rng(0)
-    delta = {"fc.weight": normal(160).reshape(16, 10), "fc.bias": 10 * normal(10, seed=1)}
+    delta = {"fc.weight": normal(160).reshape(16, 10), "fc.bias": bias_scale * normal(10, seed=1)}
     encoded = UplinkCodec(config).encode(
         delta, round_num=1, base_model_hash="ab" * 32, residual=None, rng=rng
     )
     return encoded.payload, delta
 
 
-def test_model_scope_sends_one_tensor_and_gives_every_tensor_its_share() -> None:
+def test_model_scope_sends_one_tensor_and_picks_the_largest_entries_anywhere() -> None:
     config = UplinkCodecConfig(topk_ratio=0.1, values="fp32", scope="model")
     payload, delta = _update(config)
     envelope = pb.ModelUpdate.FromString(payload)
     assert envelope.flat and len(envelope.tensors) == 1
-    assert np.frombuffer(envelope.exponents, np.int8).tolist() == [0, 3]
+    assert np.frombuffer(envelope.exponents, np.int8).tolist() == [0, 0]
     decoded = decode_update(payload, expected_shapes=SHAPES).tensors
-    # The bias is ten times larger, so it is first scaled down to the weight's scale: its
-    # 10 entries do not take all 17 slots from the weight's 160.
-    assert 0 < np.count_nonzero(decoded["fc.bias"]) < 10
-    assert np.count_nonzero(decoded["fc.weight"]) + np.count_nonzero(decoded["fc.bias"]) == 17
-    for name, value in decoded.items():  # fp32 values come back exactly, scaled back
+    # The bias is ten times larger: a model-wide top-k spends most of its 17 slots on it.
+    assert np.count_nonzero(decoded["fc.bias"]) == 10
+    assert np.count_nonzero(decoded["fc.weight"]) == 7
+    for name, value in decoded.items():  # fp32 values come back exactly
+        kept = value != 0
+        assert np.array_equal(value[kept], delta[name][kept])
+
+
+def test_model_scope_brings_an_outsized_tensor_down_to_the_typical_scale() -> None:
+    config = UplinkCodecConfig(topk_ratio=0.1, values="fp32", scope="model")
+    payload, delta = _update(config, bias_scale=1000.0)
+    exponents = np.frombuffer(pb.ModelUpdate.FromString(payload).exponents, np.int8).tolist()
+    assert exponents == [0, 10]  # 2**10 times the weight's scale: brought down to it
+    decoded = decode_update(payload, expected_shapes=SHAPES).tensors
+    # It no longer takes the slots: its 10 entries now compete with the weight's 160.
+    assert np.count_nonzero(decoded["fc.bias"]) < 5
+    for name, value in decoded.items():  # and comes back exactly, scaled up again
         kept = value != 0
         assert np.array_equal(value[kept], delta[name][kept])
 
