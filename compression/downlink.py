@@ -15,6 +15,7 @@ exactly the model the server holds.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -207,6 +208,10 @@ def decode_model(
         stamen.core.errors.InvalidUpdate: ...
     """
     envelope = parse(pb.ModelPayload, payload, max_bytes, expected_shapes=expected_shapes)
+    if base is not None and base.model_hash == envelope.model_sha256.hex():
+        # The device already holds this model (a server that lost a round sends its delta
+        # again): nothing to apply.
+        return dataclasses.replace(base, round_num=envelope.round, keep=envelope.keep)
     if envelope.flat:
         tensors, steps = _decode_flat_levels(envelope, expected_shapes)
         masks: dict[str, np.ndarray] = {}

@@ -188,6 +188,15 @@ def test_a_delta_to_a_model_the_device_does_not_hold_is_refused() -> None:
     assert receive(delta, kept).model_hash == server.model_hash
 
 
+def test_a_delta_the_device_already_applied_gives_the_model_it_holds() -> None:
+    # A server that lost a round sends that round's delta again to a device that applied it.
+    _, kept, delta = two_rounds()
+    current = receive(delta, kept)
+    again = receive(delta, current)
+    assert again.model_hash == current.model_hash
+    assert all(np.array_equal(again.tensors[n], v) for n, v in current.tensors.items())
+
+
 def test_a_delta_that_does_not_add_up_to_the_named_model_is_refused() -> None:
     _, kept, delta = two_rounds()
 
