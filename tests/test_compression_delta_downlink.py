@@ -182,7 +182,9 @@ def test_a_delta_to_a_model_the_device_does_not_hold_is_refused() -> None:
     server, kept, delta = two_rounds()
     with pytest.raises(InvalidUpdate, match="does not hold; it needs the whole model"):
         receive(delta, None)
-    other = receive(server.payload_from(None), None)  # round 2's model, not round 1's
+    stranger = publisher(grid_bits=6)
+    stranger.publish(models(1, seed=7)[0], round_num=1)
+    other = receive(stranger.payload_for(1), None)  # some other model than round 1's
     with pytest.raises(InvalidUpdate, match="does not hold"):
         receive(delta, other)
     assert receive(delta, kept).model_hash == server.model_hash
