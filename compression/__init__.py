@@ -50,6 +50,7 @@ from stamen.compression.uplink import (
     UplinkCodec,
     UplinkCodecConfig,
     decode_update,
+    update_base_hash,
 )
 
 __all__ = [
@@ -91,4 +92,5 @@ __all__ = [
     "prepare_qat",
     "quantizable_layers",
     "remove_masks",
+    "update_base_hash",
 ]

@@ -241,3 +241,15 @@ def decode_update(
             raise InvalidUpdate("exponents are for flat updates only")
         tensors, _ = decode_tensors(envelope.tensors, expected_shapes)
     return DecodedUpdate(envelope.round, envelope.base_model_sha256.hex(), tensors)
+
+
+def update_base_hash(
+    payload: bytes, *, expected_shapes: Mapping[str, tuple[int, ...]], max_bytes: int
+) -> str | None:
+    """The model hash an update says it was computed against, read without decoding its
+    tensors; None if the bytes are not an update of these shapes."""
+    try:
+        envelope = parse(pb.ModelUpdate, payload, max_bytes, expected_shapes=expected_shapes)
+    except InvalidUpdate:
+        return None
+    return envelope.base_model_sha256.hex()

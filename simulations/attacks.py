@@ -36,7 +36,7 @@ from stamen.compression import (
     decode_model,
     decode_update,
 )
-from stamen.compression.wire import FLAT_NAME, parse, serialize, unflatten
+from stamen.compression.wire import parse, serialize
 from stamen.config import AttackKind, AttackSettings
 from stamen.contract import (
     CONFIG_KEY,
@@ -101,7 +101,13 @@ def attack_reply(
     else:
         # Each attacker draws its own noise: a shared draw would be a coordinated attack.
         device = int(context.node_config.get("partition-id", 0))
-        payload = corrupt_payload(payload, task, settings, seed=(task.seed, task.round_num, device))
+        payload = corrupt_payload(
+            payload,
+            task,
+            settings,
+            seed=(task.seed, task.round_num, device),
+            shapes=kept_shapes(context),
+        )
     records = dict(reply.content.items())
     records[UPDATE_KEY] = ArrayRecord({PAYLOAD: Array(np.frombuffer(payload, np.uint8))})
     return Message(RecordDict(records), reply_to=message)
@@ -116,17 +122,16 @@ def dense_reply(
     Where the device keeps its model (downlink deltas), that is the global model it trained
     on; otherwise the message's payload is the whole model.
     """
-    update = honest_update(payload)
     kept = kept_payload(context) if context is not None else b""
     if kept:
-        base = decode_model(kept, expected_shapes=payload_shapes(kept)).tensors
+        shapes = payload_shapes(kept)
+        update = honest_update(payload, shapes)
+        base = decode_model(kept, expected_shapes=shapes).tensors
     else:
+        update = honest_update(payload)
         model = payload_bytes(message.content.array_records[MODEL_KEY][PAYLOAD])
         shapes = {name: value.shape for name, value in update.tensors.items()}
         base = decode_model(model, expected_shapes=shapes).tensors
-    if set(update.tensors) == {FLAT_NAME}:  # one vector for the whole model
-        shapes = {name: value.shape for name, value in base.items()}
-        update = dataclasses.replace(update, tensors=unflatten(update.tensors, shapes))
     weights = {
         name: np.asarray(base[name] + scale * delta, np.float32)
         for name, delta in update.tensors.items()
@@ -145,18 +150,33 @@ def payload_shapes(payload: bytes) -> dict[str, tuple[int, ...]]:
     return {t.name: tuple(int(d) for d in t.shape) for t in envelope.tensors}
 
 
-def honest_update(payload: bytes) -> DecodedUpdate:
-    """The honest device's encoded update, decoded against the shapes it declares."""
-    envelope = parse(pb.ModelUpdate, payload, max_bytes=len(payload))
-    shapes = {t.name: tuple(int(d) for d in t.shape) for t in envelope.tensors}
+def kept_shapes(context: Context) -> dict[str, tuple[int, ...]] | None:
+    """The shapes of the model the device kept (downlink deltas), or None."""
+    kept = kept_payload(context)
+    return payload_shapes(kept) if kept else None
+
+
+def honest_update(
+    payload: bytes, shapes: dict[str, tuple[int, ...]] | None = None
+) -> DecodedUpdate:
+    """The honest device's encoded update, decoded against its model's ``shapes``, or the
+    shapes it declares (a flat update declares one vector: it needs the model's)."""
+    if shapes is None:
+        envelope = parse(pb.ModelUpdate, payload, max_bytes=len(payload))
+        shapes = {t.name: tuple(int(d) for d in t.shape) for t in envelope.tensors}
     return decode_update(payload, expected_shapes=shapes)
 
 
 def corrupt_payload(
-    payload: bytes, task: TrainTask, settings: AttackSettings, seed: tuple[int, ...]
+    payload: bytes,
+    task: TrainTask,
+    settings: AttackSettings,
+    seed: tuple[int, ...],
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> bytes:
-    """Decode an honest update, apply a value attack, and encode it again."""
-    update = honest_update(payload)
+    """Decode an honest update (against the model's ``shapes`` where given), apply a value
+    attack, and encode it again."""
+    update = honest_update(payload, shapes)
     rng = np.random.default_rng(np.random.SeedSequence([*seed, 0xBAD]))
     delta = update.tensors
     config = dataclasses.replace(task.uplink, error_feedback=False)

@@ -40,7 +40,7 @@ from stamen.core.fleet import PolicyGrid, RoundPolicy, StreamingGrid
 from stamen.models import load_exchanged_state
 from stamen.transport.bounding import BoundedRound, bound_updates
 from stamen.transport.deltas import apply_masks_np, to_numpy
-from stamen.transport.outgoing import CheckedReply, OutgoingRecords
+from stamen.transport.outgoing import CheckedReply, HeldModels, OutgoingRecords
 from stamen.transport.reply_validation import (
     SentModel,
     ValidUpdate,
@@ -90,6 +90,7 @@ class CompressedTransport:
         self.masks: dict[str, np.ndarray] = {}
         self.publisher = DeltaPublisher(self.downlink) if self.downlink.deltas else None
         """With downlink deltas: the replica devices keep, and what each device holds."""
+        self.held = HeldModels(self.publisher, max_update_bytes)
         self.stats: dict[int, RoundStats] = {}
         self.last_accepted: list[ValidUpdate] = []
         """The updates the last ``aggregate_train`` accepted (for subclasses that reuse them)."""
@@ -232,24 +233,11 @@ class CompressedTransport:
         )
         return self._sent
 
-    def _payload_for(self, node_id: int, sent: SentModel, message_type: str) -> bytes:
-        """The model payload for one device: with downlink deltas, the change since the
-        model it holds (or the whole model, if smaller); otherwise the round's one payload."""
-        publisher = self.publisher
-        if (
-            publisher is None
-            or message_type != MessageType.TRAIN
-            or sent.model_hash != publisher.model_hash
-        ):
-            return sent.payload
-        return publisher.payload_for(node_id)
-
     def _message(
         self, node_id: int, sent: SentModel, task: TrainTask, message_type: str, stats: RoundStats
     ) -> Message:
-        outgoing = self._outgoing_records(
-            sent, task, self._payload_for(node_id, sent, message_type)
-        )
+        payload = self.held.payload_for(node_id, sent, message_type)
+        outgoing = self._outgoing_records(sent, task, payload)
         records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
             MODEL_KEY: outgoing.model,
             CONFIG_KEY: outgoing.config,
@@ -368,10 +356,10 @@ class CompressedTransport:
             else:
                 update = self._validate_reply(reply, server_round, sent)
         except InvalidUpdate as error:
-            self._note_held_model(reply, sent, None)
+            self.held.note_reply(reply, sent, None)
             self.reject(server_round, stats, node_id, str(error))
             return None
-        self._note_held_model(reply, sent, update)
+        self.held.note_reply(reply, sent, update)
         if not update.plain:
             self.stamen_nodes.add(node_id)
         stats.plain_clients += int(update.plain)
@@ -397,17 +385,5 @@ class CompressedTransport:
             outcome: ValidUpdate | InvalidUpdate = self._validate_reply(reply, sent.round_num, sent)
         except InvalidUpdate as error:
             outcome = error
-        self._note_held_model(reply, sent, None if isinstance(outcome, InvalidUpdate) else outcome)
+        self.held.note_reply(reply, sent, None if isinstance(outcome, InvalidUpdate) else outcome)
         self._checked[reply.metadata.reply_to_message_id] = CheckedReply(sent, outcome)
-
-    def _note_held_model(self, reply: Message, sent: SentModel, update: ValidUpdate | None) -> None:
-        """With downlink deltas: a valid Stamen update shows its device holds the model it was
-        computed against; a device that failed (a delta it could not apply, say) gets the
-        whole model next time."""
-        if self.publisher is None:
-            return
-        node_id = reply.metadata.src_node_id
-        if update is not None and not update.plain:
-            self.publisher.confirm(node_id, sent.model_hash)
-        elif reply.has_error():
-            self.publisher.forget(node_id)
