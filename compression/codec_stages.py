@@ -284,6 +284,8 @@ ValueStage = FP32 | FP16 | Uniform | Int8Symmetric | Sign | HadamardSign | Signe
 Sparsifier = TopK | NonZero
 Stage = Sparsifier | ValueStage | Zlib
 VALUE_STAGES = (FP32, FP16, Uniform, Int8Symmetric, Sign, HadamardSign, SignedLevels)
+EXACT_ZERO = (FP32, FP16, Int8Symmetric, SignedLevels)
+"""Value stages that send 0 as exactly 0 (so a dense tensor can stand for a sparse one)."""
 """The value-format stage types, one of which every pipeline holds."""
 
 

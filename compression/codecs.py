@@ -34,6 +34,7 @@ from stamen.compression.bitpack import (
     varint_sizes,
 )
 from stamen.compression.codec_stages import (
+    EXACT_ZERO,
     FP32,
     VALUE_STAGES,
     NonZero,
@@ -189,7 +190,7 @@ class CodecPipeline:
             message, received = self._encode_kept(header, flat, keep.ravel(), rng)
         elif (positions := self._sparse_positions(flat)) is not None:
             message, received = self._encode_kept(header, flat, positions, rng)
-            if isinstance(self.sparsifier, NonZero):
+            if isinstance(self.sparsifier, NonZero) and isinstance(self.values, EXACT_ZERO):
                 # Lossless either way: where most entries are non-zero, dense is smaller.
                 dense = self._encode_kept(header, flat, None, rng)
                 if dense[0].ByteSize() < message.ByteSize():

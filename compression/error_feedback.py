@@ -37,8 +37,10 @@ class ErrorFeedbackResult:
     residual: dict[str, np.ndarray]
     velocity: dict[str, np.ndarray] | None = None
     """DGC's momentum (None without momentum correction)."""
-    exponents: bytes = b""
-    """A flat update's per-tensor exponents (see :mod:`stamen.compression.flat_update`)."""
+    scales: bytes = b""
+    """A flat update's per-tensor scales (see :mod:`stamen.compression.flat_update`)."""
+    dense: bytes = b""
+    """A flat update's mask of the tensors sent whole."""
 
 
 class ErrorFeedback:
@@ -113,11 +115,14 @@ class ErrorFeedback:
             delta = new_velocity
         corrected = self.corrected(delta, residual)
         # The reconstruction is exactly what the server decodes from the messages.
-        tensors, decoded, exponents = encode_tensors(self.pipeline, corrected, rng, flat=self.flat)
+        encoded = encode_tensors(self.pipeline, corrected, rng, flat=self.flat)
+        decoded = encoded.decoded
         new_residual = {name: value - decoded[name] for name, value in corrected.items()}
         if new_velocity is not None:
             new_velocity = {
                 name: np.where(decoded[name] != 0, np.float32(0), value)
                 for name, value in new_velocity.items()
             }
-        return ErrorFeedbackResult(tensors, decoded, new_residual, new_velocity, exponents)
+        return ErrorFeedbackResult(
+            encoded.messages, decoded, new_residual, new_velocity, encoded.scales, encoded.dense
+        )

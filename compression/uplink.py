@@ -201,12 +201,14 @@ class UplinkCodec:
         if self.config.error_feedback:
             feedback = ErrorFeedback(self.pipeline, self.config.momentum, flat=flat)
             result = feedback.encode(delta, residual, rng, velocity)
-            tensors, exponents = result.tensors, result.exponents
+            tensors, scales, dense = result.tensors, result.scales, result.dense
             new_residual, new_velocity = result.residual, result.velocity
         else:
-            tensors, _, exponents = encode_tensors(self.pipeline, delta, rng, flat=flat)
+            encoded = encode_tensors(self.pipeline, delta, rng, flat=flat)
+            tensors, scales, dense = encoded.messages, encoded.scales, encoded.dense
         envelope.tensors.extend(tensors)
-        envelope.exponents = exponents
+        envelope.scales = scales
+        envelope.dense = dense
         return EncodedUpdate(serialize(envelope), new_residual, new_velocity)
 
 
@@ -235,10 +237,12 @@ def decode_update(
     """
     envelope = parse(pb.ModelUpdate, payload, max_bytes, expected_shapes=expected_shapes)
     if envelope.flat:
-        tensors = decode_flat_update(envelope.tensors, envelope.exponents, expected_shapes)
+        tensors = decode_flat_update(
+            envelope.tensors, envelope.scales, envelope.dense, expected_shapes
+        )
     else:
-        if envelope.exponents:
-            raise InvalidUpdate("exponents are for flat updates only")
+        if envelope.scales or envelope.dense:
+            raise InvalidUpdate("scales and dense masks are for flat updates only")
         tensors, _ = decode_tensors(envelope.tensors, expected_shapes)
     return DecodedUpdate(envelope.round, envelope.base_model_sha256.hex(), tensors)
 

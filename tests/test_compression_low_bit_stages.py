@@ -151,8 +151,9 @@ def test_model_scope_sends_one_tensor_and_picks_the_largest_entries_anywhere() -
     config = UplinkCodecConfig(topk_ratio=0.1, values="fp32", scope="model")
     payload, delta = _update(config)
     envelope = pb.ModelUpdate.FromString(payload)
+    # One vector at one scale: no scales, no dense mask.
     assert envelope.flat and len(envelope.tensors) == 1
-    assert np.frombuffer(envelope.exponents, np.int8).tolist() == [0, 0]
+    assert envelope.dense == b"" and envelope.scales == b""
     decoded = decode_update(payload, expected_shapes=SHAPES).tensors
     # The bias is ten times larger: a model-wide top-k spends most of its 17 slots on it.
     assert np.count_nonzero(decoded["fc.bias"]) == 10
@@ -162,17 +163,22 @@ def test_model_scope_sends_one_tensor_and_picks_the_largest_entries_anywhere() -
         assert np.array_equal(value[kept], delta[name][kept])
 
 
-def test_model_scope_brings_an_outsized_tensor_down_to_the_typical_scale() -> None:
-    config = UplinkCodecConfig(topk_ratio=0.1, values="fp32", scope="model")
+def test_model_scope_sends_an_outsized_tensor_whole_in_a_second_vector() -> None:
+    config = UplinkCodecConfig(topk_ratio=0.1, values="sign", scope="model")
     payload, delta = _update(config, bias_scale=1000.0)
-    exponents = np.frombuffer(pb.ModelUpdate.FromString(payload).exponents, np.int8).tolist()
-    assert exponents == [0, 10]  # 2**10 times the weight's scale: brought down to it
+    envelope = pb.ModelUpdate.FromString(payload)
+    assert len(envelope.tensors) == 2
+    assert np.unpackbits(np.frombuffer(envelope.dense, np.uint8))[:2].tolist() == [0, 1]
     decoded = decode_update(payload, expected_shapes=SHAPES).tensors
-    # It no longer takes the slots: its 10 entries now compete with the weight's 160.
-    assert np.count_nonzero(decoded["fc.bias"]) < 5
-    for name, value in decoded.items():  # and comes back exactly, scaled up again
-        kept = value != 0
-        assert np.array_equal(value[kept], delta[name][kept])
+    # A thousand times the weight's scale: every entry goes, with its sign and its tensor's
+    # mean magnitude; the weight keeps its own top-16 at its own scale.
+    bias = decoded["fc.bias"]
+    assert np.count_nonzero(bias) == 10
+    assert np.array_equal(np.sign(bias), np.sign(delta["fc.bias"]))
+    assert np.allclose(np.abs(bias), np.mean(np.abs(delta["fc.bias"])), rtol=1e-3)
+    assert np.count_nonzero(decoded["fc.weight"]) == 16
+    weight = decoded["fc.weight"][decoded["fc.weight"] != 0]
+    assert np.abs(weight).max() < 5  # not the bias's magnitude
 
 
 def test_model_scope_keeps_batchnorm_statistics_from_taking_every_slot() -> None:
@@ -188,7 +194,9 @@ def test_model_scope_keeps_batchnorm_statistics_from_taking_every_slot() -> None
     decoded = decode_update(
         encoded.payload, expected_shapes={"conv.weight": (2000,), "bn.running_var": (64,)}
     ).tensors
-    assert np.count_nonzero(decoded["conv.weight"]) > 40
+    assert np.count_nonzero(decoded["conv.weight"]) == 60  # the top-3% is the weight's
+    assert np.count_nonzero(decoded["bn.running_var"]) == 64  # the statistics go whole
+    assert len(encoded.payload) < 250
 
 
 def test_model_scope_saves_a_header_per_tensor() -> None:
@@ -221,21 +229,32 @@ def test_hostile_flat_updates_are_refused() -> None:
         _flat_update(lambda e: setattr(e.tensors[0], "name", "fc.weight")),
         "exactly one tensor, with an empty name",
     )
-    rejects(_flat_update(lambda e: e.tensors.append(e.tensors[0])), "exactly one tensor")
+    rejects(_flat_update(lambda e: e.tensors.append(e.tensors[0])), "must hold 1 unnamed tensors")
 
     def reshape(envelope: pb.ModelUpdate) -> None:
         del envelope.tensors[0].shape[:]
         envelope.tensors[0].shape.append(171)
 
     rejects(_flat_update(reshape), r"shape \(171,\), expected \(170,\)")
-    rejects(_flat_update(lambda e: setattr(e, "flat", False)), "exponents are for flat updates")
-    rejects(_flat_update(lambda e: setattr(e, "exponents", b"\x01")), "needs 2 exponents")
+    rejects(_flat_update(lambda e: setattr(e, "flat", False)), "a tensor has an empty name")
+    rejects(
+        edited_update(lambda e: setattr(e, "dense", b"\x40"), values=ValueFormat.SIGN),
+        "are for flat updates only",
+    )
+    rejects(_flat_update(lambda e: setattr(e, "scales", b"\x01")), "needs 2 scales")
+    rejects(
+        _flat_update(lambda e: setattr(e, "scales", np.array([1, -1], "<f2").tobytes())),
+        "scales must be finite and not negative",
+    )
+    rejects(_flat_update(lambda e: setattr(e, "dense", b"\x40")), "must hold 2 unnamed tensors")
+    rejects(_flat_update(lambda e: setattr(e, "dense", b"\x20")), "dense mask must hold 2 bits")
+    rejects(_flat_update(lambda e: setattr(e, "dense", b"\x40\x00")), "dense mask must hold")
 
     def overflow(envelope: pb.ModelUpdate) -> None:
-        envelope.exponents = b"\x7f\x7f"
-        envelope.tensors[0].scale = 1e30
+        envelope.scales = np.array([6e4, 6e4], "<f2").tobytes()
+        envelope.tensors[0].scale = 1e35
 
-    rejects(_flat_update(overflow), "not all finite once scaled by their exponents")
+    rejects(_flat_update(overflow), "not all finite once scaled")
 
 
 # -- hostile bytes of the new value encodings ---------------------------------------------------

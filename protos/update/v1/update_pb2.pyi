@@ -109,20 +109,22 @@ class CompressedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., value_encoding: _Optional[_Union[ValueEncoding, str]] = ..., bits: _Optional[int] = ..., scale: _Optional[float] = ..., zero_point: _Optional[float] = ..., sparsity: _Optional[_Union[SparsityEncoding, str]] = ..., index_encoding: _Optional[_Union[IndexEncoding, str]] = ..., index_bits: _Optional[int] = ..., num_values: _Optional[int] = ..., indices_size: _Optional[int] = ..., indices: _Optional[bytes] = ..., values: _Optional[bytes] = ..., lossless: _Optional[_Union[Lossless, str]] = ..., crc32: _Optional[int] = ..., rotation_seed: _Optional[int] = ...) -> None: ...
 
 class ModelUpdate(_message.Message):
-    __slots__ = ("format_version", "round", "base_model_sha256", "tensors", "flat", "exponents")
+    __slots__ = ("format_version", "round", "base_model_sha256", "tensors", "flat", "scales", "dense")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     FLAT_FIELD_NUMBER: _ClassVar[int]
-    EXPONENTS_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     round: int
     base_model_sha256: bytes
     tensors: _containers.RepeatedCompositeFieldContainer[CompressedTensor]
     flat: bool
-    exponents: bytes
-    def __init__(self, format_version: _Optional[int] = ..., round: _Optional[int] = ..., base_model_sha256: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ..., flat: _Optional[bool] = ..., exponents: _Optional[bytes] = ...) -> None: ...
+    scales: bytes
+    dense: bytes
+    def __init__(self, format_version: _Optional[int] = ..., round: _Optional[int] = ..., base_model_sha256: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ..., flat: _Optional[bool] = ..., scales: _Optional[bytes] = ..., dense: _Optional[bytes] = ...) -> None: ...
 
 class ModelPayload(_message.Message):
     __slots__ = ("format_version", "round", "model_sha256", "tensors", "base_model_sha256", "pruned", "keep", "flat", "steps")
