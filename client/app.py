@@ -23,6 +23,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from stamen.client import secure_aggregation
+from stamen.client.kept_model import keep, kept_hash, kept_payload, load_kept_payload
 from stamen.client.local_data import FleetData, LocalData, device_data
 from stamen.client.residual import load_residual, store_residual
 from stamen.client.trainer import TrainResult, evaluate, train_epochs
@@ -43,6 +44,7 @@ from stamen.contract import (
     OUT_KEY,
     PAYLOAD,
     UPDATE_KEY,
+    VELOCITY_KEY,
     TrainTask,
     payload_bytes,
     records_of,
@@ -130,15 +132,31 @@ def local_spec(local: LocalData, model_name: ModelName, width: float) -> ModelSp
     )
 
 
-def receive_global(message: Message, spec: ModelSpec) -> DecodedModel:
-    """The global model in ``message``, decoded and verified against ``spec``'s shapes."""
+def receive_global(
+    message: Message, spec: ModelSpec, context: Context | None = None
+) -> DecodedModel:
+    """The global model in ``message``, decoded and verified against ``spec``'s shapes.
+
+    A delta payload is added to the model the device kept in ``context``; without that
+    model it is refused (``InvalidUpdate``), and the server sends the whole model next time.
+    """
     array = records_of(message.content, ArrayRecord)[MODEL_KEY][PAYLOAD]
+    held = kept_hash(context) if context is not None else None
     last = _LAST_RECEIVED
-    if last.decoded is not None and last.array is array and last.spec == spec:
+    if last.decoded is not None and last.array is array and last.spec == spec and last.held == held:
         # The devices of one round share one record, and so one Array, in this process.
         return last.decoded
-    decoded = _decoded(payload_bytes(array), _exchanged_shapes(spec))
-    last.array, last.spec, last.decoded = array, spec, decoded
+    base = kept_payload(context) if context is not None else b""
+    decoded = _decoded(payload_bytes(array), _exchanged_shapes(spec), base)
+    # Devices that rebuilt the same model from different deltas share one object, so a
+    # round's devices still train together (stacked training groups them by it).
+    same = _BY_HASH.get(decoded.model_hash)
+    if same is not None and same.keep == decoded.keep:
+        decoded = same
+    else:
+        _BY_HASH.clear()
+        _BY_HASH[decoded.model_hash] = decoded
+    last.array, last.spec, last.decoded, last.held = array, spec, decoded, held
     return decoded
 
 
@@ -164,9 +182,11 @@ class _Received:
     array: Array | None = None
     spec: ModelSpec | None = None
     decoded: DecodedModel | None = None
+    held: str | None = None
 
 
 _LAST_RECEIVED = _Received()
+_BY_HASH: dict[str, DecodedModel] = {}
 
 
 def global_model(spec: ModelSpec, decoded: DecodedModel) -> nn.Module:
@@ -188,10 +208,13 @@ def _exchanged_shapes(spec: ModelSpec) -> tuple[tuple[str, tuple[int, ...]], ...
 
 
 @functools.lru_cache(maxsize=4)
-def _decoded(payload: bytes, shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> DecodedModel:
+def _decoded(
+    payload: bytes, shapes: tuple[tuple[str, tuple[int, ...]], ...], base: bytes
+) -> DecodedModel:
     # Every device a process runs in a round receives the same global model: decode and
     # verify it once. Its arrays are shared between those devices, so they are read-only.
-    decoded = decode_model(payload, expected_shapes=dict(shapes))
+    kept = load_kept_payload(base, shapes) if base else None
+    decoded = decode_model(payload, expected_shapes=dict(shapes), base=kept)
     for array in decoded.tensors.values():
         array.flags.writeable = False
     return decoded
@@ -245,7 +268,10 @@ def start_training(message: Message, context: Context, fleet: FleetData) -> Trai
     pid = partition_id(context)
     local = device_data(fleet, pid)
     spec = local_spec(local, task.model, task.width)
-    return TrainJob(message, context, task, pid, local, spec, receive_global(message, spec))
+    decoded = receive_global(message, spec, context)
+    if decoded.keep:
+        keep(context, decoded)
+    return TrainJob(message, context, task, pid, local, spec, decoded)
 
 
 def train_alone(job: TrainJob) -> Trained:
@@ -272,15 +298,21 @@ def finish_training(job: TrainJob, trained: Trained) -> Message:
     task, decoded, context = job.task, job.decoded, job.context
     delta = {name: trained.state[name] - base for name, base in decoded.tensors.items()}
     residual = load_residual(context, delta, decoded.masks) if task.uplink.error_feedback else None
+    velocity = None
+    if task.uplink.momentum > 0:
+        velocity = load_residual(context, delta, decoded.masks, VELOCITY_KEY)
     encoded = UplinkCodec(task.uplink).encode(
         delta,
         round_num=task.round_num,
         base_model_hash=decoded.model_hash,
         residual=residual,
         rng=np.random.default_rng(_device_seed(task, job.partition)),
+        velocity=velocity,
     )
     if encoded.residual is not None:
         store_residual(context, encoded.residual)
+    if encoded.velocity is not None:
+        store_residual(context, encoded.velocity, VELOCITY_KEY)
     content = RecordDict(
         {
             UPDATE_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(encoded.payload, np.uint8))}),

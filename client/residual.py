@@ -1,4 +1,5 @@
-"""A device's error-feedback residual, kept in its Flower ``Context`` between rounds.
+"""A device's error-feedback residual (and DGC momentum), kept in its Flower ``Context``
+between rounds.
 
 It is the largest per-device state of a run, so it is stored compactly: one half-precision
 array holding every tensor, in the order of the model's exchanged state, under a key that
@@ -18,24 +19,30 @@ from flwr.app import Array, ArrayRecord, Context
 from stamen.contract import RESIDUAL_KEY
 
 
-def store_residual(context: Context, residual: Mapping[str, np.ndarray]) -> None:
-    """Keep ``residual`` in the device's state, replacing the previous one."""
+def store_residual(
+    context: Context, residual: Mapping[str, np.ndarray], key: str = RESIDUAL_KEY
+) -> None:
+    """Keep ``residual`` in the device's state under ``key``, replacing the previous one."""
     flat = torch.cat(
         [torch.from_numpy(np.ascontiguousarray(v)).reshape(-1) for v in residual.values()]
     )
     # torch converts to half precision with vector instructions; numpy does it element by element.
-    context.state[RESIDUAL_KEY] = ArrayRecord({_layout(residual): Array(flat.half().numpy())})
+    context.state[key] = ArrayRecord({_layout(residual): Array(flat.half().numpy())})
 
 
 def load_residual(
-    context: Context, delta: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]
+    context: Context,
+    delta: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    key: str = RESIDUAL_KEY,
 ) -> dict[str, np.ndarray] | None:
-    """The error-feedback residual from device state, if it fits ``delta``'s tensors.
+    """The error-feedback residual (or what else is stored under ``key``) from device
+    state, if it fits ``delta``'s tensors.
 
     Residual mass on weights the server has since pruned is dropped: sending it
     would only spend top-k slots on values the server zeroes again.
     """
-    record = context.state.array_records.get(RESIDUAL_KEY)
+    record = context.state.array_records.get(key)
     layout = _layout(delta)
     if record is None or layout not in record:
         return None

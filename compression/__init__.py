@@ -9,7 +9,8 @@ layer its own weight bits; ``distill`` fits a student to an ensemble's soft targ
 codec stages, bit packing and wire parsing behind them live in their own modules.
 """
 
-from stamen.compression.codecs import Lossless, ValueFormat
+from stamen.compression.codecs import CodecScope, Lossless, ValueFormat
+from stamen.compression.delta_downlink import DeltaPublisher, Published, kept_model_bytes
 from stamen.compression.distillation import (
     DistillConfig,
     distill,
@@ -22,6 +23,7 @@ from stamen.compression.downlink import (
     DownlinkCodecConfig,
     EncodedModel,
     decode_model,
+    model_payload_hash,
 )
 from stamen.compression.hashing import dense_nbytes, model_hash
 from stamen.compression.mixed_precision import (
@@ -48,11 +50,14 @@ from stamen.compression.uplink import (
     UplinkCodec,
     UplinkCodecConfig,
     decode_update,
+    update_base_hash,
 )
 
 __all__ = [
+    "CodecScope",
     "DecodedModel",
     "DecodedUpdate",
+    "DeltaPublisher",
     "DistillConfig",
     "DownlinkCodec",
     "DownlinkCodecConfig",
@@ -63,6 +68,7 @@ __all__ = [
     "PrecisionPlan",
     "PruningConfig",
     "PruningMethod",
+    "Published",
     "QATConfig",
     "SparsitySchedule",
     "StackedQATLeNet",
@@ -77,11 +83,14 @@ __all__ = [
     "dense_nbytes",
     "distill",
     "ensemble_logits",
+    "kept_model_bytes",
     "measure_sparsity",
     "model_hash",
     "model_logits",
+    "model_payload_hash",
     "plan_precision",
     "prepare_qat",
     "quantizable_layers",
     "remove_masks",
+    "update_base_hash",
 ]

@@ -1,8 +1,9 @@
 """The stages a :class:`~stamen.compression.codecs.CodecPipeline` composes.
 
-A sparsifier picks which entries travel (:class:`TopK`); a value format turns the kept
-float32 values into wire bytes (:class:`FP32`, :class:`FP16`, :class:`Uniform`,
-:class:`Int8Symmetric`) and reports what a receiver will decode from them; a lossless stage
+A sparsifier picks which entries travel (:class:`TopK`, :class:`NonZero`); a value format
+turns the kept float32 values into wire bytes (:class:`FP32`, :class:`FP16`,
+:class:`Uniform`, :class:`Int8Symmetric`, :class:`Sign`, :class:`HadamardSign`,
+:class:`SignedLevels`) and reports what a receiver will decode from them; a lossless stage
 (:class:`Zlib`) names the compressor the pipeline runs over the packed bytes. Each stage is a
 frozen dataclass that validates its parameters when built.
 
@@ -22,7 +23,15 @@ import numpy as np
 import torch
 
 from stamen.compression.bitpack import pack_bits
-from stamen.compression.tensor_decode import dequantize
+from stamen.compression.hadamard import rotate_and_sign, unrotate
+from stamen.compression.tensor_decode import (
+    LEVEL_BITS,
+    decode_signs,
+    dequantize,
+    is_power_of_two,
+    pack_levels,
+    zigzag,
+)
 from stamen.core.errors import ConfigError
 from stamen.protos.update.v1 import update_pb2 as pb
 
@@ -60,6 +69,16 @@ class TopK:
 
 
 @dataclass(frozen=True)
+class NonZero:
+    """Keep exactly the non-zero entries: lossless sparsity for values already sparse
+    (the downlink's deltas, a pruned model)."""
+
+    def select(self, flat: np.ndarray) -> np.ndarray:
+        """Sorted positions of the non-zero entries of a 1-D array."""
+        return np.flatnonzero(flat).astype(np.int64)
+
+
+@dataclass(frozen=True)
 class PackedValues:
     """Values as they go on the wire, with the fields needed to decode them."""
 
@@ -70,6 +89,7 @@ class PackedValues:
     data: bytes
     decoded: np.ndarray
     """The float32 values a receiver decodes from ``data``."""
+    rotation_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +184,92 @@ class Int8Symmetric:
 
 
 @dataclass(frozen=True)
+class Sign:
+    """One bit a value: ``+scale`` or ``-scale``, with ``scale`` the mean magnitude.
+
+    After top-k this is STC's ternary code (Sattler et al., "Robust and
+    Communication-Efficient Federated Learning from Non-IID Data", IEEE TNNLS 2019,
+    https://arxiv.org/abs/1903.02891): the kept values are the largest, so their
+    magnitudes are close to each other and their mean loses little; error feedback carries
+    the rest to later rounds.
+    """
+
+    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
+        """Encode float32 values as their signs and one scale."""
+        if values.size == 0:
+            return PackedValues(pb.VALUE_ENCODING_SIGN, 1, 0.0, 0.0, b"", _NO_VALUES)
+        scale = float(np.float32(np.mean(np.abs(values.astype(np.float64)))))
+        if not math.isfinite(scale):
+            raise ValueError("value magnitudes too large for a float32 scale")
+        positive = (values >= 0).astype(np.uint8)
+        data = np.packbits(positive).tobytes()
+        return PackedValues(
+            pb.VALUE_ENCODING_SIGN, 1, scale, 0.0, data, decode_signs(data, values.size, scale)
+        )
+
+
+@dataclass(frozen=True)
+class HadamardSign:
+    """One bit a value after a random Hadamard rotation (DRIVE; see
+    :mod:`stamen.compression.hadamard`), with one float32 scale per power-of-two segment.
+
+    Its error does not depend on how the values are spread: about 0.57 of their energy
+    for any input, where :class:`Sign` loses much less on top-k's similar magnitudes and
+    much more on spread-out dense values.
+    """
+
+    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
+        """Rotate, keep the signs and the scales; ``rng`` draws the rotation's seed."""
+        if rng is None:
+            raise ValueError("the random rotation needs an rng")
+        seed = int(rng.integers(0, 2**63))
+        scales, signs = rotate_and_sign(values, seed)
+        if not np.all(np.isfinite(scales)):
+            raise ValueError("value magnitudes too large for a float32 scale")
+        data = scales.astype("<f4").tobytes() + np.packbits(signs).tobytes()
+        decoded = unrotate(scales, signs, seed)
+        return PackedValues(pb.VALUE_ENCODING_HADAMARD_SIGN, 1, 0.0, 0.0, data, decoded, seed)
+
+
+@dataclass(frozen=True)
+class SignedLevels:
+    """Values that are already integer multiples of a power-of-two ``step``, sent exactly
+    as signed integers at the fewest bits that hold them.
+
+    A float32 on such a grid, and any sum of them, is exact while the levels stay below
+    2**24, so a receiver that adds these values to a model on the same grid rebuilds the
+    sender's model bit for bit: this is the downlink's delta format.
+    """
+
+    step: float
+
+    def __post_init__(self) -> None:
+        if not (self.step == 0.0 or is_power_of_two(self.step)):
+            raise ConfigError(f"grid step must be 0 or a power of two; got {self.step!r}")
+
+    def pack(self, values: np.ndarray, rng: np.random.Generator | None) -> PackedValues:
+        """Encode values on the grid; a value off the grid is a ValueError."""
+        if values.size == 0 or self.step == 0.0:
+            if values.size and np.any(values != 0):
+                raise ValueError("non-zero values need a non-zero grid step")
+            levels = np.zeros(values.size, dtype=np.int64)
+        else:
+            exact = values.astype(np.float64) / self.step
+            levels = np.rint(exact).astype(np.int64)
+            if np.any(levels != exact):
+                raise ValueError("a value is not a multiple of the grid step")
+        codes = zigzag(levels)
+        widest = int(codes.max()).bit_length() if codes.size else 0
+        bits = next((width for width in LEVEL_BITS if widest <= width), None)
+        if bits is None:
+            raise ValueError(f"a level needs more than {LEVEL_BITS[-1]} bits")
+        decoded = dequantize(levels, self.step)
+        return PackedValues(
+            pb.VALUE_ENCODING_SIGNED_LEVELS, bits, self.step, 0.0, pack_levels(codes, bits), decoded
+        )
+
+
+@dataclass(frozen=True)
 class Zlib:
     """zlib over the packed index and value bytes, skipped per tensor when it would not shrink."""
 
@@ -174,9 +280,12 @@ class Zlib:
             raise ConfigError(f"zlib level must be in 0..9; got {self.level!r}")
 
 
-ValueStage = FP32 | FP16 | Uniform | Int8Symmetric
-Stage = TopK | ValueStage | Zlib
-VALUE_STAGES = (FP32, FP16, Uniform, Int8Symmetric)
+ValueStage = FP32 | FP16 | Uniform | Int8Symmetric | Sign | HadamardSign | SignedLevels
+Sparsifier = TopK | NonZero
+Stage = Sparsifier | ValueStage | Zlib
+VALUE_STAGES = (FP32, FP16, Uniform, Int8Symmetric, Sign, HadamardSign, SignedLevels)
+EXACT_ZERO = (FP32, FP16, Int8Symmetric, SignedLevels)
+"""Value stages that send 0 as exactly 0 (so a dense tensor can stand for a sparse one)."""
 """The value-format stage types, one of which every pipeline holds."""
 
 

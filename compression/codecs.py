@@ -2,8 +2,9 @@
 
 A :class:`CodecPipeline` is built from stages in this order, each at most once:
 
-1. a sparsifier, ``TopK`` (optional; without it the tensor is sent dense),
-2. a value format, ``FP32`` (the default), ``FP16``, ``Uniform`` or ``Int8Symmetric``,
+1. a sparsifier, ``TopK`` or ``NonZero`` (optional; without one the tensor is sent dense),
+2. a value format, ``FP32`` (the default), ``FP16``, ``Uniform``, ``Int8Symmetric``,
+   ``Sign``, ``HadamardSign`` or ``SignedLevels``,
 3. a lossless stage, ``Zlib`` (optional).
 
 The stages live in :mod:`stamen.compression.codec_stages`; this module composes them, picks
@@ -33,8 +34,11 @@ from stamen.compression.bitpack import (
     varint_sizes,
 )
 from stamen.compression.codec_stages import (
+    EXACT_ZERO,
     FP32,
     VALUE_STAGES,
+    NonZero,
+    Sparsifier,
     Stage,
     TopK,
     ValueStage,
@@ -59,6 +63,20 @@ class ValueFormat(enum.StrEnum):
     Q8 = "q8"
     Q4 = "q4"
     Q2 = "q2"
+    SIGN = "sign"
+    """One bit a value and one scale per tensor (with top-k: STC's ternary code)."""
+    HADAMARD = "hadamard"
+    """One bit a value after a random Hadamard rotation (DRIVE)."""
+
+
+class CodecScope(enum.StrEnum):
+    """What one top-k and one value scale cover."""
+
+    TENSOR = "tensor"
+    """Each tensor on its own: the same share of every layer, one header each."""
+    MODEL = "model"
+    """The whole model as one vector: one threshold picks the largest entries wherever they
+    are (layer-adaptive sparsity), and one header serves every tensor."""
 
 
 class Lossless(enum.StrEnum):
@@ -103,7 +121,7 @@ class CodecPipeline:
     """
 
     def __init__(self, stages: Sequence[Stage]) -> None:
-        rank: dict[type, int] = {TopK: 0, Zlib: 2, **dict.fromkeys(VALUE_STAGES, 1)}
+        rank: dict[type, int] = {TopK: 0, NonZero: 0, Zlib: 2, **dict.fromkeys(VALUE_STAGES, 1)}
         seen: list[int] = []
         for stage in stages:
             position = rank.get(type(stage))
@@ -111,12 +129,15 @@ class CodecPipeline:
                 raise ConfigError(f"unknown codec stage {stage!r}")
             if seen and position <= seen[-1]:
                 raise ConfigError(
-                    "codec stages must be: optional TopK, at most one value format "
-                    f"(FP32, FP16, Uniform, Int8Symmetric), optional Zlib; got {list(stages)}"
+                    "codec stages must be: optional TopK or NonZero, at most one value format "
+                    f"({', '.join(t.__name__ for t in VALUE_STAGES)}), optional Zlib; "
+                    f"got {list(stages)}"
                 )
             seen.append(position)
         self.stages = tuple(stages)
-        self.topk = next((s for s in stages if isinstance(s, TopK)), None)
+        self.sparsifier: Sparsifier | None = next(
+            (s for s in stages if isinstance(s, TopK | NonZero)), None
+        )
         self.values: ValueStage = next((s for s in stages if isinstance(s, VALUE_STAGES)), FP32())
         self.zlib = next((s for s in stages if isinstance(s, Zlib)), None)
 
@@ -154,55 +175,99 @@ class CodecPipeline:
         flat = np.asarray(source, dtype=np.float32).ravel()
         if not np.all(np.isfinite(flat)):
             raise ValueError(f"tensor {name!r} has NaN or infinite values")
-        message = pb.CompressedTensor(
+        header = pb.CompressedTensor(
             name=name, shape=[int(d) for d in source.shape], dtype=_DTYPES[source.dtype]
         )
-        indices = b""
         if mask is not None:
-            if self.topk is not None:
-                raise ValueError(f"tensor {name!r}: a mask cannot be combined with TopK")
+            if self.sparsifier is not None:
+                raise ValueError(f"tensor {name!r}: a mask cannot be combined with a sparsifier")
             keep = np.asarray(mask)
             if keep.shape != source.shape or keep.dtype != np.bool_:
                 raise ValueError(
                     f"mask for {name!r} must be bool with shape {source.shape}; "
                     f"got {keep.dtype} {keep.shape}"
                 )
-            message.sparsity = pb.SPARSITY_ENCODING_BITMASK
-            message.index_encoding = pb.INDEX_ENCODING_NONE
-            indices = np.packbits(keep.ravel()).tobytes()
-            where: np.ndarray | None = keep.ravel()
-            kept = flat[where]
-        elif self.topk is not None and self.topk.keep_count(flat.size) < flat.size:
-            positions = self.topk.select(flat)
-            message.sparsity = pb.SPARSITY_ENCODING_INDICES
-            indices = _pack_indices(message, positions, flat.size)
-            where = positions
-            kept = flat[positions]
+            message, received = self._encode_kept(header, flat, keep.ravel(), rng)
+        elif (positions := self._sparse_positions(flat)) is not None:
+            message, received = self._encode_kept(header, flat, positions, rng)
+            if isinstance(self.sparsifier, NonZero) and isinstance(self.values, EXACT_ZERO):
+                # Lossless either way: where most entries are non-zero, dense is smaller.
+                dense = self._encode_kept(header, flat, None, rng)
+                if dense[0].ByteSize() < message.ByteSize():
+                    message, received = dense
         else:
+            message, received = self._encode_kept(header, flat, None, rng)
+        return message, received.reshape(source.shape)
+
+    def _encode_kept(
+        self,
+        header: pb.CompressedTensor,
+        flat: np.ndarray,
+        where: np.ndarray | None,
+        rng: np.random.Generator | None,
+    ) -> tuple[pb.CompressedTensor, np.ndarray]:
+        """The message keeping ``where`` (a bool mask, sorted positions, or None: all) of
+        ``flat``, and the flat float32 tensor a receiver decodes from it."""
+        message = pb.CompressedTensor()
+        message.CopyFrom(header)
+        if where is None:
             message.sparsity = pb.SPARSITY_ENCODING_DENSE
             message.index_encoding = pb.INDEX_ENCODING_NONE
-            where = None
+            indices = b""
             kept = flat
+        elif where.dtype == np.bool_:
+            message.sparsity = pb.SPARSITY_ENCODING_BITMASK
+            message.index_encoding = pb.INDEX_ENCODING_NONE
+            indices = np.packbits(where).tobytes()
+            kept = flat[where]
+        else:
+            indices = _pack_positions(message, where, flat.size)
+            kept = flat[where]
         packed = self.values.pack(kept, rng)
         message.value_encoding = packed.encoding
         message.bits = packed.bits
         message.scale = packed.scale
         message.zero_point = packed.zero_point
+        message.rotation_seed = packed.rotation_seed
         message.num_values = kept.size
         message.indices_size = len(indices)
         _finish(message, indices, packed.data, self.zlib)
         if where is None:
-            received = packed.decoded
-        else:
-            received = np.zeros(flat.size, dtype=np.float32)
-            received[where] = packed.decoded
-        return message, received.reshape(source.shape)
+            return message, packed.decoded
+        received = np.zeros(flat.size, dtype=np.float32)
+        received[where] = packed.decoded
+        return message, received
+
+    def _sparse_positions(self, flat: np.ndarray) -> np.ndarray | None:
+        """The kept positions, or None when the tensor goes dense."""
+        if isinstance(self.sparsifier, TopK):
+            if self.sparsifier.keep_count(flat.size) >= flat.size:
+                return None
+            return self.sparsifier.select(flat)
+        if isinstance(self.sparsifier, NonZero):
+            positions = self.sparsifier.select(flat)
+            return None if positions.size == flat.size else positions
+        return None
 
     def decode_tensor(
         self, message: pb.CompressedTensor, expected_shape: tuple[int, ...] | None = None
     ) -> np.ndarray:
         """Decode a tensor (any pipeline's); raises ``InvalidUpdate`` on bad input."""
         return decode_tensor(message, expected_shape=expected_shape)
+
+
+def _pack_positions(message: pb.CompressedTensor, positions: np.ndarray, size: int) -> bytes:
+    """A bitmask or an index list of ``positions``, whichever is smaller; sets ``sparsity``."""
+    message.sparsity = pb.SPARSITY_ENCODING_INDICES
+    indices = _pack_indices(message, positions, size)
+    if len(indices) > (size + 7) // 8:
+        message.sparsity = pb.SPARSITY_ENCODING_BITMASK
+        message.index_encoding = pb.INDEX_ENCODING_NONE
+        message.index_bits = 0
+        keep = np.zeros(size, dtype=bool)
+        keep[positions] = True
+        return np.packbits(keep).tobytes()
+    return indices
 
 
 def _pack_indices(message: pb.CompressedTensor, positions: np.ndarray, size: int) -> bytes:

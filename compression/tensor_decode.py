@@ -21,9 +21,11 @@ from stamen.compression.bitpack import (
     MAX_VARINT_BYTES,
     decode_rice,
     decode_varints,
+    pack_bits,
     packed_size,
     unpack_bits,
 )
+from stamen.compression.hadamard import segments, unrotate
 from stamen.core.errors import InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
@@ -44,12 +46,91 @@ _INDEX_ENCODINGS = frozenset(
     }
 )
 _LOSSLESS = frozenset({pb.LOSSLESS_NONE, pb.LOSSLESS_ZLIB})
+LEVEL_BITS = (1, 2, 4, 8, 16, 24)
+"""Widths of zigzag-coded signed levels: whole symbols per byte or whole bytes per symbol.
+At 24 bits every level is below 2**24 in magnitude, so exact in float32."""
 _VALUE_BITS: dict[int, tuple[int, ...]] = {
     pb.VALUE_ENCODING_FP32: (32,),
     pb.VALUE_ENCODING_FP16: (16,),
     pb.VALUE_ENCODING_UNIFORM: (2, 4, 8),
     pb.VALUE_ENCODING_INT8_SYMMETRIC: (8,),
+    pb.VALUE_ENCODING_SIGN: (1,),
+    pb.VALUE_ENCODING_HADAMARD_SIGN: (1,),
+    pb.VALUE_ENCODING_SIGNED_LEVELS: LEVEL_BITS,
 }
+_SCALE_IN_VALUES = frozenset({pb.VALUE_ENCODING_HADAMARD_SIGN})
+"""Encodings whose scales travel in ``values`` (one per segment); ``scale`` must be 0."""
+
+
+def is_power_of_two(value: float) -> bool:
+    """Whether ``value`` is a positive power of two (``2**e`` for an integer ``e``).
+
+    Examples:
+        >>> is_power_of_two(0.25), is_power_of_two(0.3), is_power_of_two(0.0)
+        (True, False, False)
+    """
+    return math.isfinite(value) and value > 0 and math.frexp(value)[0] == 0.5
+
+
+def zigzag(levels: np.ndarray) -> np.ndarray:
+    """Signed integers as unsigned codes, small magnitudes first: 0, -1, 1, -2 -> 0, 1, 2, 3.
+
+    Examples:
+        >>> zigzag(np.array([0, -1, 1, -2, 2])).tolist()
+        [0, 1, 2, 3, 4]
+        >>> unzigzag(zigzag(np.array([-7, 5]))).tolist()
+        [-7, 5]
+    """
+    signed = np.asarray(levels, dtype=np.int64)
+    return np.where(signed >= 0, 2 * signed, -2 * signed - 1).astype(np.uint64)
+
+
+def unzigzag(codes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`zigzag`, as int64."""
+    unsigned = np.asarray(codes, dtype=np.int64)
+    return np.where(unsigned % 2 == 0, unsigned // 2, -(unsigned + 1) // 2)
+
+
+def pack_levels(codes: np.ndarray, bits: int) -> bytes:
+    """Zigzag codes at ``bits``: bit-packed up to 8 bits, byte planes at 16 and 24.
+
+    Examples:
+        >>> pack_levels(np.array([1, 258]), 16).hex()  # high bytes, then low bytes
+        '00010102'
+    """
+    if bits <= 8:
+        return pack_bits(codes, bits)
+    planes = np.asarray(codes, dtype=">u4").view(np.uint8).reshape(-1, 4)[:, 4 - bits // 8 :]
+    return planes.T.tobytes()
+
+
+def unpack_levels(data: bytes, count: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_levels` (the length is checked by the caller's layout)."""
+    if bits <= 8:
+        return unpack_bits(data, count, bits)
+    width = bits // 8
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(width, count).astype(np.uint32)
+    codes = np.zeros(count, dtype=np.uint32)
+    for plane in planes:
+        codes <<= np.uint32(8)
+        codes |= plane
+    return codes
+
+
+def values_size(encoding: int, count: int, bits: int) -> int:
+    """Bytes the packed values of ``count`` values take, before the lossless stage."""
+    if encoding == pb.VALUE_ENCODING_HADAMARD_SIGN:
+        return 4 * len(segments(count)) + packed_size(count, 1)
+    return packed_size(count, bits)
+
+
+def decode_signs(data: bytes, count: int, scale: float) -> np.ndarray:
+    """``+scale`` where a packed bit is 1, ``-scale`` where it is 0 (``Sign`` values)."""
+    signs = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    if signs[count:].any():
+        raise InvalidUpdate("non-zero padding bits after the packed signs")
+    magnitude = np.float32(scale)
+    return np.where(signs[:count] == 1, magnitude, -magnitude).astype(np.float32)
 
 
 def index_bits_for(size: int) -> int:
@@ -123,6 +204,16 @@ def check_layout(
         raise InvalidUpdate(f"{_label(message)}: negative scale {message.scale}")
     if message.value_encoding != pb.VALUE_ENCODING_UNIFORM and message.zero_point != 0:
         raise InvalidUpdate(f"{_label(message)}: zero point must be 0 for this value encoding")
+    if message.value_encoding in _SCALE_IN_VALUES and message.scale != 0:
+        raise InvalidUpdate(f"{_label(message)}: scale must be 0; its scales travel in values")
+    if message.value_encoding == pb.VALUE_ENCODING_SIGNED_LEVELS and not (
+        message.scale == 0 or is_power_of_two(message.scale)
+    ):
+        raise InvalidUpdate(f"{_label(message)}: signed levels need a power-of-two scale")
+    if message.value_encoding != pb.VALUE_ENCODING_HADAMARD_SIGN and message.rotation_seed:
+        raise InvalidUpdate(
+            f"{_label(message)}: rotation seed set for a value encoding without one"
+        )
 
     sparsity = message.sparsity
     if sparsity == pb.SPARSITY_ENCODING_DENSE and count != size:
@@ -174,7 +265,7 @@ def check_layout(
         raise InvalidUpdate(
             f"{_label(message)}: indices_size is {message.indices_size}, expected {indices_size}"
         )
-    return TensorLayout(shape, size, indices_size, packed_size(count, bits))
+    return TensorLayout(shape, size, indices_size, values_size(message.value_encoding, count, bits))
 
 
 def decode_tensor(
@@ -283,6 +374,20 @@ def _decode_values(message: pb.CompressedTensor, data: bytes) -> np.ndarray:
         if np.any(levels == -128):
             raise InvalidUpdate("int8 level -128 is outside the symmetric range")
         return dequantize(levels, float(message.scale))
+    if encoding == pb.VALUE_ENCODING_SIGN:
+        return decode_signs(data, count, float(message.scale))
+    if encoding == pb.VALUE_ENCODING_HADAMARD_SIGN:
+        head = 4 * len(segments(count))
+        scales = np.frombuffer(data[:head], dtype="<f4")
+        if not (np.isfinite(scales).all() and (scales >= 0).all()):
+            raise InvalidUpdate("rotation scales must be finite and non-negative")
+        signs = np.unpackbits(np.frombuffer(data[head:], dtype=np.uint8))
+        if signs[count:].any():
+            raise InvalidUpdate("non-zero padding bits after the packed signs")
+        with np.errstate(over="ignore", invalid="ignore"):  # inf is rejected by the caller
+            return unrotate(scales, signs[:count], int(message.rotation_seed))
+    if encoding == pb.VALUE_ENCODING_SIGNED_LEVELS:
+        return dequantize(unzigzag(unpack_levels(data, count, message.bits)), float(message.scale))
     levels = unpack_bits(data, count, message.bits)
     with np.errstate(over="ignore"):  # an overflow shows up as inf, rejected by the caller
         return dequantize(levels, float(message.scale), float(message.zero_point))

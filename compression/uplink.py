@@ -1,19 +1,38 @@
 """The uplink codec: a device's model delta to bytes, and back on the server.
 
-Top-k sparsification, low-bit stochastic quantization, optional error feedback
-and a final zlib stage, as configured by :class:`UplinkCodecConfig`.
+Top-k sparsification (per tensor, or over the whole model as one vector), low-bit values
+(stochastic rounding, signs, or signs after a random rotation), optional error feedback
+with DGC's momentum correction, and a final zlib stage, as configured by
+:class:`UplinkCodecConfig`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from stamen.compression.codec_stages import FP16, FP32, Stage, TopK, Uniform, Zlib
-from stamen.compression.codecs import CodecPipeline, Lossless, ValueFormat, coerce_choice
+from stamen.compression.codec_stages import (
+    FP16,
+    FP32,
+    HadamardSign,
+    Sign,
+    Stage,
+    TopK,
+    Uniform,
+    Zlib,
+)
+from stamen.compression.codecs import (
+    CodecPipeline,
+    CodecScope,
+    Lossless,
+    ValueFormat,
+    coerce_choice,
+)
 from stamen.compression.error_feedback import ErrorFeedback
+from stamen.compression.flat_update import decode_flat_update, encode_tensors
 from stamen.compression.wire import (
     FORMAT_VERSION,
     decode_tensors,
@@ -21,7 +40,7 @@ from stamen.compression.wire import (
     parse,
     serialize,
 )
-from stamen.core.errors import ConfigError
+from stamen.core.errors import ConfigError, InvalidUpdate
 from stamen.protos.update.v1 import update_pb2 as pb
 
 _UNIFORM_BITS = {ValueFormat.Q8: 8, ValueFormat.Q4: 4, ValueFormat.Q2: 2}
@@ -32,7 +51,12 @@ class UplinkCodecConfig:
     """How devices compress their updates.
 
     ``topk_ratio`` 1.0 sends every entry (no index overhead); ``values`` q8/q4/q2
-    are per-tensor affine quantization of the kept values.
+    are per-tensor affine quantization of the kept values, ``sign`` one bit and one scale
+    (STC's ternary code after top-k), ``hadamard`` one bit after a random rotation (DRIVE).
+    ``scope`` ``model`` runs one top-k and one value scale over the whole model as a single
+    vector (layer-adaptive sparsity, one header). ``momentum`` > 0 is DGC's momentum
+    correction (needs error feedback), and ``warmup_rounds`` starts from a denser top-k
+    that falls geometrically to ``topk_ratio`` (DGC's warm-up; the server applies it).
     """
 
     topk_ratio: float = 1.0
@@ -40,6 +64,9 @@ class UplinkCodecConfig:
     error_feedback: bool = False
     lossless: Lossless = Lossless.NONE
     stochastic_rounding: bool = True
+    scope: CodecScope = CodecScope.TENSOR
+    momentum: float = 0.0
+    warmup_rounds: int = 0
 
     def __post_init__(self) -> None:
         ratio = self.topk_ratio
@@ -48,9 +75,41 @@ class UplinkCodecConfig:
         object.__setattr__(self, "topk_ratio", float(ratio))
         object.__setattr__(self, "values", coerce_choice(self.values, ValueFormat, "values"))
         object.__setattr__(self, "lossless", coerce_choice(self.lossless, Lossless, "lossless"))
+        object.__setattr__(self, "scope", coerce_choice(self.scope, CodecScope, "scope"))
         for field in ("error_feedback", "stochastic_rounding"):
             if not isinstance(getattr(self, field), bool):
                 raise ConfigError(f"{field} must be true or false; got {getattr(self, field)!r}")
+        momentum = self.momentum
+        if isinstance(momentum, bool) or not isinstance(momentum, int | float):
+            raise ConfigError(f"momentum must be a number in [0, 1); got {momentum!r}")
+        if not 0 <= momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1); got {momentum!r}")
+        if momentum > 0 and not self.error_feedback:
+            raise ConfigError("momentum (DGC's momentum correction) needs error_feedback = true")
+        object.__setattr__(self, "momentum", float(momentum))
+        warmup = self.warmup_rounds
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ConfigError(f"warmup_rounds must be an integer >= 0; got {warmup!r}")
+
+    def ratio_at(self, round_num: int) -> float:
+        """The top-k ratio of ``round_num`` (1-based) under the warm-up.
+
+        Round ``r <= warmup_rounds`` keeps ``topk_ratio ** (r / (warmup_rounds + 1))``, a
+        geometric fall from nearly dense to the target (DGC's schedule, per round).
+
+        Examples:
+            >>> config = UplinkCodecConfig(topk_ratio=0.01, warmup_rounds=3)
+            >>> [round(config.ratio_at(r), 4) for r in (1, 2, 3, 4, 50)]
+            [0.3162, 0.1, 0.0316, 0.01, 0.01]
+        """
+        if self.warmup_rounds == 0 or round_num > self.warmup_rounds or round_num < 1:
+            return self.topk_ratio
+        return self.topk_ratio ** (round_num / (self.warmup_rounds + 1))
+
+    def at_round(self, round_num: int) -> UplinkCodecConfig:
+        """This config with the top-k ratio of ``round_num``, as a device receives it."""
+        ratio = self.ratio_at(round_num)
+        return self if ratio == self.topk_ratio else dataclasses.replace(self, topk_ratio=ratio)
 
     def pipeline(self) -> CodecPipeline:
         """The codec stages this config describes."""
@@ -61,6 +120,10 @@ class UplinkCodecConfig:
             stages.append(FP16())
         elif self.values in _UNIFORM_BITS:
             stages.append(Uniform(_UNIFORM_BITS[self.values], self.stochastic_rounding))
+        elif self.values == ValueFormat.SIGN:
+            stages.append(Sign())
+        elif self.values == ValueFormat.HADAMARD:
+            stages.append(HadamardSign())
         else:
             stages.append(FP32())
         if self.lossless == Lossless.ZLIB:
@@ -74,6 +137,8 @@ class EncodedUpdate:
 
     payload: bytes
     residual: dict[str, np.ndarray] | None
+    velocity: dict[str, np.ndarray] | None = None
+    """DGC's momentum to keep (momentum correction only)."""
 
 
 @dataclass(frozen=True)
@@ -112,29 +177,39 @@ class UplinkCodec:
         base_model_hash: str,
         residual: Mapping[str, np.ndarray] | None,
         rng: np.random.Generator,
+        velocity: Mapping[str, np.ndarray] | None = None,
     ) -> EncodedUpdate:
         """Encode ``delta`` (computed against the model ``base_model_hash`` names).
 
         With error feedback, ``residual`` (None on the first round) is added before
         encoding and the new residual is returned; without, ``residual`` is ignored.
+        With momentum correction, ``velocity`` is the device's DGC momentum (None on the
+        first round) and the next one is returned. Under ``scope = model`` the tensors go
+        as one vector, in ``delta``'s order, which must be the order of the model payload
+        the delta answers.
         """
         if isinstance(round_num, bool) or not isinstance(round_num, int) or round_num < 0:
             raise ValueError(f"round_num must be a non-negative int; got {round_num!r}")
+        flat = self.config.scope == CodecScope.MODEL
         envelope = pb.ModelUpdate(
             format_version=FORMAT_VERSION,
             round=round_num,
             base_model_sha256=hash_to_bytes(base_model_hash),
+            flat=flat,
         )
-        new_residual = None
+        new_residual = new_velocity = None
         if self.config.error_feedback:
-            result = ErrorFeedback(self.pipeline).encode(delta, residual, rng)
-            envelope.tensors.extend(result.tensors)
-            new_residual = result.residual
+            feedback = ErrorFeedback(self.pipeline, self.config.momentum, flat=flat)
+            result = feedback.encode(delta, residual, rng, velocity)
+            tensors, scales, dense = result.tensors, result.scales, result.dense
+            new_residual, new_velocity = result.residual, result.velocity
         else:
-            envelope.tensors.extend(
-                self.pipeline.encode_tensor(name, value, rng) for name, value in delta.items()
-            )
-        return EncodedUpdate(serialize(envelope), new_residual)
+            encoded = encode_tensors(self.pipeline, delta, rng, flat=flat)
+            tensors, scales, dense = encoded.messages, encoded.scales, encoded.dense
+        envelope.tensors.extend(tensors)
+        envelope.scales = scales
+        envelope.dense = dense
+        return EncodedUpdate(serialize(envelope), new_residual, new_velocity)
 
 
 def decode_update(
@@ -161,5 +236,24 @@ def decode_update(
         stamen.core.errors.InvalidUpdate: ...
     """
     envelope = parse(pb.ModelUpdate, payload, max_bytes, expected_shapes=expected_shapes)
-    tensors, _ = decode_tensors(envelope.tensors, expected_shapes)
+    if envelope.flat:
+        tensors = decode_flat_update(
+            envelope.tensors, envelope.scales, envelope.dense, expected_shapes
+        )
+    else:
+        if envelope.scales or envelope.dense:
+            raise InvalidUpdate("scales and dense masks are for flat updates only")
+        tensors, _ = decode_tensors(envelope.tensors, expected_shapes)
     return DecodedUpdate(envelope.round, envelope.base_model_sha256.hex(), tensors)
+
+
+def update_base_hash(
+    payload: bytes, *, expected_shapes: Mapping[str, tuple[int, ...]], max_bytes: int
+) -> str | None:
+    """The model hash an update says it was computed against, read without decoding its
+    tensors; None if the bytes are not an update of these shapes."""
+    try:
+        envelope = parse(pb.ModelUpdate, payload, max_bytes, expected_shapes=expected_shapes)
+    except InvalidUpdate:
+        return None
+    return envelope.base_model_sha256.hex()

@@ -134,6 +134,62 @@ def decode_tensors(
     return tensors, masks
 
 
+FLAT_NAME = ""
+"""The name of the one tensor of a flat envelope."""
+
+
+def flatten(
+    tensors: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
+    """The tensors as one float32 vector under :data:`FLAT_NAME`, in ``shapes``' order
+    (default: ``tensors``' own); a tensor missing from ``tensors`` counts as zeros.
+
+    Examples:
+        >>> flatten({"a": np.ones((2, 2)), "b": np.zeros(1)})[""].tolist()
+        [1.0, 1.0, 1.0, 1.0, 0.0]
+    """
+    order = shapes if shapes is not None else {k: np.shape(v) for k, v in tensors.items()}
+    parts = []
+    for name, shape in order.items():
+        value = tensors.get(name)
+        if value is None:
+            parts.append(np.zeros(math.prod(shape), dtype=np.float32))
+            continue
+        if np.shape(value) != tuple(shape):
+            raise ValueError(f"{name!r} has shape {np.shape(value)}, expected {tuple(shape)}")
+        parts.append(np.asarray(value, dtype=np.float32).ravel())
+    vector = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return {FLAT_NAME: vector}
+
+
+def unflatten(
+    flat: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, np.ndarray]:
+    """Inverse of :func:`flatten`: the vector cut into ``shapes``, in their order."""
+    vector = flat[FLAT_NAME]
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        out[name] = vector[offset : offset + size].reshape(shape)
+        offset += size
+    return out
+
+
+def decode_flat(
+    messages: Sequence[pb.CompressedTensor],
+    expected_shapes: Mapping[str, tuple[int, ...]],
+) -> dict[str, np.ndarray]:
+    """Decode a flat envelope's one tensor and cut it into ``expected_shapes``, in order."""
+    if len(messages) != 1 or messages[0].name != FLAT_NAME:
+        raise InvalidUpdate("a flat envelope must hold exactly one tensor, with an empty name")
+    total = sum(math.prod(shape) for shape in expected_shapes.values())
+    message = messages[0]
+    # A bitmask here only says which entries travel; it is not a pruning mask.
+    vector, _ = decode_checked(message, check_layout(message, (total,)))
+    return unflatten({FLAT_NAME: vector}, expected_shapes)
+
+
 def _check_names(names: list[str], expected_shapes: Mapping[str, object]) -> None:
     seen: set[str] = set()
     repeated: set[str] = set()

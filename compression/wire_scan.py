@@ -64,6 +64,12 @@ def scan_envelope(
         max_tensors, why = model_tensors, f"the model has {model_tensors}"
     wire_types = _wire_types(descriptor)
     tensors_field = descriptor.fields_by_name["tensors"].number
+    # A model payload names its pruned tensors and may list a step per tensor: no more
+    # entries of either than the model has tensors.
+    per_tensor = {
+        field.number: field.name for field in descriptor.fields if field.name in ("pruned", "steps")
+    }
+    counts = dict.fromkeys(per_tensor, 0)
     tensors = others = 0
     try:
         for number, wire, tag_at, start, end in _fields(payload, 0, len(payload), descriptor):
@@ -73,6 +79,12 @@ def scan_envelope(
                 if tensors > max_tensors:
                     raise InvalidUpdate(f"{what} has more than {max_tensors} tensors; {why}")
                 _scan_tensor(payload, start, end, what, tensors)
+            elif number in per_tensor:
+                counts[number] += 1
+                if counts[number] > max_tensors:
+                    raise InvalidUpdate(
+                        f"{what} has more than {max_tensors} {per_tensor[number]} entries; {why}"
+                    )
             else:
                 others += 1
                 if others > MAX_ENVELOPE_FIELDS:

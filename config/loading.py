@@ -27,16 +27,18 @@ from stamen.core.errors import ConfigError
 from stamen.data import PartitionScheme, dataset_facts
 
 PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
+    # The same on every dataset and model (docs/compression.md, "The edge preset").
     Preset.EDGE: {
         "qat": {"enabled": True, "weight_bits": 8, "activation_bits": 8},
         "pruning": {"target_sparsity": 0.5, "method": "global"},
         "uplink": {
-            "topk_ratio": 0.045,
-            "values": "q4",
+            "topk_ratio": 0.03,
+            "values": "sign",
+            "scope": "model",
             "error_feedback": True,
             "lossless": "zlib",
         },
-        "downlink": {"values": "q8", "lossless": "zlib"},
+        "downlink": {"values": "q8", "lossless": "zlib", "deltas": True, "grid_bits": 6},
     },
     Preset.PRIVATE_EDGE: {
         "qat": {"enabled": True, "weight_bits": 8, "activation_bits": 8},
@@ -51,12 +53,16 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
         "uplink": {
             "topk_ratio": 1.0,
             "values": "fp32",
+            "scope": "tensor",
             "error_feedback": False,
             "lossless": "none",
         },
-        "downlink": {"values": "fp32", "lossless": "none"},
+        "downlink": {"values": "fp32", "lossless": "none", "deltas": False},
     },
 }
+
+WARMUP_EVERY = 50
+"""Rounds per warm-up round of the uplink's top-k (``uplink.warmup_rounds`` when unset)."""
 
 ALIASES: dict[str, str] = {
     "dataset": "data.dataset",
@@ -213,6 +219,9 @@ def build_config(flat: Mapping[str, Any]) -> StamenConfig:
     if "ramp_rounds" not in sections["pruning"]:
         # Reach the target halfway through the run, so the second half recovers accuracy.
         sections["pruning"]["ramp_rounds"] = max(1, built["federation"].rounds // 2)
+    if "warmup_rounds" not in sections["uplink"]:
+        # One denser round a 50: a run long enough to afford the warm-up gets it.
+        sections["uplink"]["warmup_rounds"] = built["federation"].rounds // WARMUP_EVERY
     if tiers:
         sections["fleet"].setdefault("preset", "custom")
         sections["fleet"]["tiers"] = tuple(tier_share(n, v) for n, v in tiers.items())

@@ -37,7 +37,8 @@ class Preset(enum.StrEnum):
     """Named bundles of compression settings."""
 
     EDGE = "edge"
-    """QAT int8, sparsity ramp to 50%, top-k + 4-bit + error feedback up, int8 down."""
+    """QAT int8, sparsity ramp to 50%; up: one top-3% over the whole model, signs, error
+    feedback; down: the change since each device's kept model, on a 6-bit grid."""
     FP32 = "fp32"
     """Plain FedAvg: no QAT, no pruning, dense float32 both ways. The baseline."""
     PRIVATE_EDGE = "private-edge"

@@ -9,6 +9,7 @@ Every grid counts a message's traffic the same way (:func:`message_nbytes`).
 from stamen.contract.task import (
     CONFIG_KEY,
     DENSE_KEY,
+    LAST_MODEL_KEY,
     METRICS_KEY,
     MODEL_KEY,
     NUM_EXAMPLES,
@@ -16,15 +17,17 @@ from stamen.contract.task import (
     PAYLOAD,
     RESIDUAL_KEY,
     UPDATE_KEY,
+    VELOCITY_KEY,
     TrainTask,
     payload_bytes,
     records_of,
 )
-from stamen.contract.traffic import array_nbytes, message_nbytes
+from stamen.contract.traffic import array_nbytes, bytes_to_accuracy, message_nbytes
 
 __all__ = [
     "CONFIG_KEY",
     "DENSE_KEY",
+    "LAST_MODEL_KEY",
     "METRICS_KEY",
     "MODEL_KEY",
     "NUM_EXAMPLES",
@@ -32,8 +35,10 @@ __all__ = [
     "PAYLOAD",
     "RESIDUAL_KEY",
     "UPDATE_KEY",
+    "VELOCITY_KEY",
     "TrainTask",
     "array_nbytes",
+    "bytes_to_accuracy",
     "message_nbytes",
     "payload_bytes",
     "records_of",

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from stamen.compression import Lossless, QATConfig, UplinkCodecConfig, ValueFormat
+from stamen.compression import CodecScope, Lossless, QATConfig, UplinkCodecConfig, ValueFormat
 from stamen.core.errors import ConfigError
 from stamen.models import ModelName
 
@@ -30,6 +30,10 @@ DENSE_KEY = "arrays"
 METRICS_KEY = "metrics"
 RESIDUAL_KEY = "stamen.residual"
 """Device state: the error-feedback residual, kept between rounds."""
+VELOCITY_KEY = "stamen.velocity"
+"""Device state: DGC's momentum (uplink momentum correction), kept between rounds."""
+LAST_MODEL_KEY = "stamen.last-model"
+"""Device state: the last model received, so that the next can come as a delta to it."""
 NUM_EXAMPLES = "num-examples"
 OUT_KEY = "out"
 """Run-config key, outside StamenConfig, naming the ServerApp's results directory."""
@@ -114,6 +118,8 @@ class TrainTask:
             "lossless": self.uplink.lossless.value,
             "stochastic-rounding": self.uplink.stochastic_rounding,
             "proximal-mu": self.proximal_mu,
+            "scope": self.uplink.scope.value,
+            "uplink-momentum": self.uplink.momentum,
         }
         record = ConfigRecord({f"{_PREFIX}{key}": value for key, value in values.items()})
         record["server-round"] = self.round_num
@@ -146,6 +152,10 @@ class TrainTask:
 
         # Optional keys: a task from a server that predates them still parses.
         proximal_mu = get("proximal-mu", float) if f"{_PREFIX}proximal-mu" in record else 0.0
+        scope = (
+            enum_value("scope", CodecScope) if f"{_PREFIX}scope" in record else CodecScope.TENSOR
+        )
+        momentum = get("uplink-momentum", float) if f"{_PREFIX}uplink-momentum" in record else 0.0
         if not proximal_mu >= 0:
             raise ConfigError(f"train task '{_PREFIX}proximal-mu' must be >= 0; got {proximal_mu}")
         qat = None
@@ -170,6 +180,8 @@ class TrainTask:
                 error_feedback=get("error-feedback", bool),
                 lossless=enum_value("lossless", Lossless),
                 stochastic_rounding=get("stochastic-rounding", bool),
+                scope=scope,
+                momentum=momentum,
             ),
             proximal_mu=proximal_mu,
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
@@ -49,3 +51,31 @@ def message_nbytes(message: Message) -> int:
         for record in records_of(message.content, ArrayRecord).values()
         for array in record.values()
     )
+
+
+def bytes_to_accuracy(rounds: Iterable[Mapping[str, Any]], target: float) -> dict[str, int] | None:
+    """The bytes each way a run had sent when its accuracy first reached ``target``.
+
+    ``rounds`` are per-round records in ``metrics.jsonl``'s form (``round``, ``accuracy``,
+    ``uplink_bytes``, ``downlink_bytes``, and ``evaluated``, False where a round was not
+    evaluated). None when the run never reached ``target``.
+
+    Examples:
+        >>> rounds = [{"round": 1, "accuracy": 0.5, "uplink_bytes": 10, "downlink_bytes": 40},
+        ...           {"round": 2, "accuracy": 0.9, "uplink_bytes": 10, "downlink_bytes": 30}]
+        >>> bytes_to_accuracy(rounds, 0.8)
+        {'round': 2, 'uplink_bytes': 20, 'downlink_bytes': 70}
+        >>> bytes_to_accuracy(rounds, 0.95) is None
+        True
+    """
+    uplink = downlink = 0
+    for record in rounds:
+        uplink += int(record["uplink_bytes"])
+        downlink += int(record["downlink_bytes"])
+        if record.get("evaluated", True) and record["accuracy"] >= target:
+            return {
+                "round": int(record["round"]),
+                "uplink_bytes": uplink,
+                "downlink_bytes": downlink,
+            }
+    return None

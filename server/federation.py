@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 
 from stamen.compression import dense_nbytes, model_hash
 from stamen.config import StamenConfig
-from stamen.contract import TrainTask
+from stamen.contract import TrainTask, bytes_to_accuracy
 from stamen.core import signal_name
 from stamen.core.errors import ConfigError
 from stamen.data import Dataset, load_dataset
@@ -250,6 +250,7 @@ def summarize(
         "wall_seconds": wall_seconds,
         "simulated_seconds": records[-1].clock if records else 0.0,
         "time_to_accuracy": time_to_accuracy(records),
+        "bytes_to_accuracy": accuracy_bytes(records),
         "participants": sum(r.participants for r in records),
         "stragglers": sum(r.stragglers for r in records),
         "dropouts": sum(r.dropouts for r in records),
@@ -287,6 +288,15 @@ def time_to_accuracy(records: list[RoundRecord]) -> dict[str, dict[str, float]]:
                     "wall_seconds": wall,
                 }
     return result
+
+
+def accuracy_bytes(records: list[RoundRecord]) -> dict[str, dict[str, int]]:
+    """For each target of :data:`ACCURACY_TARGETS` reached: the first round at or above it
+    and the bytes each way sent until then (compare runs at one target: ``stamen simulate
+    --sweep`` and ``benchmarks/compression_matrix.py`` do, against FP32 FedAvg's)."""
+    rounds = [record.to_dict() for record in records]
+    reached = {f"{target:.2f}": bytes_to_accuracy(rounds, target) for target in ACCURACY_TARGETS}
+    return {key: value for key, value in reached.items() if value is not None}
 
 
 def _final_hash(arrays: ArrayRecord) -> str | None:

@@ -27,6 +27,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from stamen.client.kept_model import kept_payload
 from stamen.compression import (
     DecodedUpdate,
     UplinkCodec,
@@ -105,25 +106,43 @@ def attack_reply(
     task = TrainTask.from_config_record(message.content.config_records[CONFIG_KEY])
     payload = payload_bytes(reply.content.array_records[UPDATE_KEY][PAYLOAD])
     if settings.kind is AttackKind.DENSE:
-        return dense_reply(message, reply, payload, settings.scale)
+        return dense_reply(message, reply, payload, settings.scale, context)
     if settings.kind is AttackKind.STALE:
         payload = _replayed(context, payload)
     else:
         # Each attacker draws its own noise: a shared draw would be a coordinated attack.
         device = int(context.node_config.get("partition-id", 0))
-        payload = corrupt_payload(payload, task, settings, seed=(task.seed, task.round_num, device))
+        payload = corrupt_payload(
+            payload,
+            task,
+            settings,
+            seed=(task.seed, task.round_num, device),
+            shapes=kept_shapes(context),
+        )
     records = dict(reply.content.items())
     records[UPDATE_KEY] = ArrayRecord({PAYLOAD: Array(np.frombuffer(payload, np.uint8))})
     return Message(RecordDict(records), reply_to=message)
 
 
-def dense_reply(message: Message, reply: Message, payload: bytes, scale: float) -> Message:
+def dense_reply(
+    message: Message, reply: Message, payload: bytes, scale: float, context: Context | None = None
+) -> Message:
     """``reply`` in plain Flower form: the global model plus ``scale`` times the honest delta,
-    as dense float32 weights under ``arrays``, claiming :data:`DENSE_NUM_EXAMPLES` examples."""
-    update = honest_update(payload)
-    model = payload_bytes(message.content.array_records[MODEL_KEY][PAYLOAD])
-    shapes = {name: value.shape for name, value in update.tensors.items()}
-    base = decode_model(model, expected_shapes=shapes).tensors
+    as dense float32 weights under ``arrays``, claiming :data:`DENSE_NUM_EXAMPLES` examples.
+
+    Where the device keeps its model (downlink deltas), that is the global model it trained
+    on; otherwise the message's payload is the whole model.
+    """
+    kept = kept_payload(context) if context is not None else b""
+    if kept:
+        shapes = payload_shapes(kept)
+        update = honest_update(payload, shapes)
+        base = decode_model(kept, expected_shapes=shapes).tensors
+    else:
+        update = honest_update(payload)
+        model = payload_bytes(message.content.array_records[MODEL_KEY][PAYLOAD])
+        shapes = {name: value.shape for name, value in update.tensors.items()}
+        base = decode_model(model, expected_shapes=shapes).tensors
     weights = {
         name: np.asarray(base[name] + scale * delta, np.float32)
         for name, delta in update.tensors.items()
@@ -136,18 +155,39 @@ def dense_reply(message: Message, reply: Message, payload: bytes, scale: float) 
     return Message(RecordDict(records), reply_to=message)
 
 
-def honest_update(payload: bytes) -> DecodedUpdate:
-    """The honest device's encoded update, decoded against the shapes it declares."""
-    envelope = parse(pb.ModelUpdate, payload, max_bytes=len(payload))
-    shapes = {t.name: tuple(int(d) for d in t.shape) for t in envelope.tensors}
+def payload_shapes(payload: bytes) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a model payload (one of this device's own) declares."""
+    envelope = parse(pb.ModelPayload, payload, max_bytes=len(payload))
+    return {t.name: tuple(int(d) for d in t.shape) for t in envelope.tensors}
+
+
+def kept_shapes(context: Context) -> dict[str, tuple[int, ...]] | None:
+    """The shapes of the model the device kept (downlink deltas), or None."""
+    kept = kept_payload(context)
+    return payload_shapes(kept) if kept else None
+
+
+def honest_update(
+    payload: bytes, shapes: dict[str, tuple[int, ...]] | None = None
+) -> DecodedUpdate:
+    """The honest device's encoded update, decoded against its model's ``shapes``, or the
+    shapes it declares (a flat update declares one vector: it needs the model's)."""
+    if shapes is None:
+        envelope = parse(pb.ModelUpdate, payload, max_bytes=len(payload))
+        shapes = {t.name: tuple(int(d) for d in t.shape) for t in envelope.tensors}
     return decode_update(payload, expected_shapes=shapes)
 
 
 def corrupt_payload(
-    payload: bytes, task: TrainTask, settings: AttackSettings, seed: tuple[int, ...]
+    payload: bytes,
+    task: TrainTask,
+    settings: AttackSettings,
+    seed: tuple[int, ...],
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> bytes:
-    """Decode an honest update, apply a value attack, and encode it again."""
-    update = honest_update(payload)
+    """Decode an honest update (against the model's ``shapes`` where given), apply a value
+    attack, and encode it again."""
+    update = honest_update(payload, shapes)
     rng = np.random.default_rng(np.random.SeedSequence([*seed, 0xBAD]))
     delta = update.tensors
     config = dataclasses.replace(task.uplink, error_feedback=False)

@@ -5,6 +5,11 @@ A sweep axis is ``KEY=V1,V2,...`` with any config key or alias (``preset``,
 product of the axes. Results are grouped by everything but the seed, so
 seeds become a mean and a spread.
 
+The headline is bytes to accuracy: the target is :data:`TARGET_SHARE` of the reference
+setting's final accuracy (the ``preset=fp32`` group where the sweep has one, else the most
+accurate), and each setting reports the bytes each way its runs sent until they first
+reached it, beside the reference's.
+
 Examples:
     >>> axes = [parse_axis("preset=edge,fp32"), parse_axis("seed=0,1")]
     >>> [run_label(r) for r in expand(axes)]
@@ -24,9 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from stamen.config import canonical_key
+from stamen.contract import bytes_to_accuracy
 from stamen.core.errors import ConfigError
 
 SEED_KEY = "federation.seed"
+TARGET_SHARE = 0.95
+"""Bytes to accuracy are measured at this share of the reference setting's final accuracy."""
 
 
 @dataclass(frozen=True)
@@ -74,34 +82,87 @@ class SweepRow:
     uplink_compression: float | None
     simulated_seconds: float
     wall_seconds: float
+    downlink_compression: float | None = None
+    target_accuracy: float | None = None
+    """:data:`TARGET_SHARE` of the reference setting's mean final accuracy."""
+    reached: int = 0
+    """Seeds that reached the target."""
+    uplink_to_target: float | None = None
+    """Mean bytes sent uplink until the target was first reached (over the seeds that did)."""
+    downlink_to_target: float | None = None
+    reference: bool = False
+    """This is the setting the target and the byte ratios refer to."""
 
 
-def summarize_runs(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[SweepRow]:
-    """Group ``(overrides, summary)`` pairs by everything but the seed."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for overrides, summary in runs:
+Run = tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]
+"""One run: its swept overrides, its ``summary.json`` and its ``metrics.jsonl`` rounds."""
+
+
+def summarize_runs(runs: list[Run]) -> list[SweepRow]:
+    """Group runs by everything but the seed, and measure each group's bytes to the target.
+
+    Examples:
+        >>> def run(preset, accuracy, kb):
+        ...     rounds = [{"round": 1, "accuracy": accuracy, "uplink_bytes": kb * 1000,
+        ...                "downlink_bytes": kb * 1000}]
+        ...     summary = {"final_accuracy": accuracy, "uplink_compression": 1.0,
+        ...                "simulated_seconds": 1.0, "wall_seconds": 1.0}
+        ...     return {"preset": preset}, summary, rounds
+        >>> rows = summarize_runs([run("fp32", 0.9, 100), run("edge", 0.89, 1)])
+        >>> [(r.setting, r.reference, r.reached, r.uplink_to_target) for r in rows]
+        [('preset=fp32', True, 1, 100000.0), ('preset=edge', False, 1, 1000.0)]
+    """
+    groups: dict[str, list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
+    for overrides, summary, rounds in runs:
         label = run_label({k: v for k, v in overrides.items() if k != SEED_KEY})
-        groups.setdefault(label or "default", []).append(summary)
+        groups.setdefault(label or "default", []).append((summary, rounds))
+    means = {
+        name: statistics.fmean(s["final_accuracy"] or 0.0 for s, _ in members)
+        for name, members in groups.items()
+    }
+    reference = next((name for name in groups if "preset=fp32" in name.split("_")), None)
+    if reference is None:
+        reference = max(means, key=lambda name: means[name])
+    target = TARGET_SHARE * means[reference]
     rows = []
-    for name, summaries in groups.items():
+    for name, members in groups.items():
+        summaries = [summary for summary, _ in members]
         accuracies = [s["final_accuracy"] or 0.0 for s in summaries]
-        ratios = [s["uplink_compression"] for s in summaries if s.get("uplink_compression")]
+        reached = [found for _, rounds in members if (found := bytes_to_accuracy(rounds, target))]
         rows.append(
             SweepRow(
                 setting=name,
                 seeds=len(summaries),
                 accuracy_mean=statistics.fmean(accuracies),
                 accuracy_std=statistics.pstdev(accuracies),
-                uplink_compression=statistics.fmean(ratios) if ratios else None,
+                uplink_compression=_mean_of(summaries, "uplink_compression"),
                 simulated_seconds=statistics.fmean(s["simulated_seconds"] for s in summaries),
                 wall_seconds=statistics.fmean(s["wall_seconds"] for s in summaries),
+                downlink_compression=_mean_of(summaries, "downlink_compression"),
+                target_accuracy=target,
+                reached=len(reached),
+                uplink_to_target=_mean_bytes(reached, "uplink_bytes"),
+                downlink_to_target=_mean_bytes(reached, "downlink_bytes"),
+                reference=name == reference,
             )
         )
     return rows
 
 
-def write_sweep(out_dir: Path, rows: list[SweepRow], curves: dict[str, list[float]]) -> None:
-    """Write ``sweep.csv`` and ``sweep.png`` (accuracy per round, one line per run)."""
+def _mean_of(summaries: list[dict[str, Any]], key: str) -> float | None:
+    values = [s[key] for s in summaries if s.get(key)]
+    return statistics.fmean(values) if values else None
+
+
+def _mean_bytes(reached: list[dict[str, int]], key: str) -> float | None:
+    return statistics.fmean(found[key] for found in reached) if reached else None
+
+
+def write_sweep(
+    out_dir: Path, rows: list[SweepRow], curves: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Write ``sweep.csv`` and ``sweep.png``: accuracy per round and against the bytes sent
+    both ways, one line per run (``curves``: each run's ``metrics.jsonl`` rounds)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "sweep.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -114,6 +175,12 @@ def write_sweep(out_dir: Path, rows: list[SweepRow], curves: dict[str, list[floa
                 "uplink_compression",
                 "simulated_seconds",
                 "wall_seconds",
+                "downlink_compression",
+                "target_accuracy",
+                "seeds_reaching_target",
+                "uplink_bytes_to_target",
+                "downlink_bytes_to_target",
+                "reference",
             ]
         )
         for row in rows:
@@ -123,15 +190,25 @@ def write_sweep(out_dir: Path, rows: list[SweepRow], curves: dict[str, list[floa
                     row.seeds,
                     f"{row.accuracy_mean:.4f}",
                     f"{row.accuracy_std:.4f}",
-                    "" if row.uplink_compression is None else f"{row.uplink_compression:.2f}",
+                    _number(row.uplink_compression, ".2f"),
                     f"{row.simulated_seconds:.1f}",
                     f"{row.wall_seconds:.1f}",
+                    _number(row.downlink_compression, ".2f"),
+                    _number(row.target_accuracy, ".4f"),
+                    row.reached,
+                    _number(row.uplink_to_target, ".0f"),
+                    _number(row.downlink_to_target, ".0f"),
+                    int(row.reference),
                 ]
             )
     _plot(out_dir / "sweep.png", rows, curves)
 
 
-def _plot(path: Path, rows: list[SweepRow], curves: dict[str, list[float]]) -> None:
+def _number(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def _plot(path: Path, rows: list[SweepRow], curves: dict[str, list[dict[str, Any]]]) -> None:
     try:
         import matplotlib
 
@@ -139,11 +216,24 @@ def _plot(path: Path, rows: list[SweepRow], curves: dict[str, list[float]]) -> N
         import matplotlib.pyplot as plt
     except ImportError:  # the plot is a convenience; the CSV has the numbers
         return
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, accuracies in curves.items():
-        left.plot(range(1, len(accuracies) + 1), [100 * a for a in accuracies], label=label)
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.2))
+    for label, rounds in curves.items():
+        accuracy = [100 * r["accuracy"] for r in rounds]
+        (line,) = left.plot(range(1, len(rounds) + 1), accuracy, label=label)
+        sent = [r["uplink_bytes"] + r["downlink_bytes"] for r in rounds]
+        middle.plot([b / 1e6 for b in itertools.accumulate(sent)], accuracy, color=line.get_color())
     left.set(xlabel="round", ylabel="test accuracy (%)", title="Accuracy per round")
-    left.grid(alpha=0.3)
+    middle.set(
+        xlabel="MB sent, uplink + downlink (log)",
+        ylabel="test accuracy (%)",
+        title="Accuracy against bytes",
+        xscale="log",
+    )
+    target = next((row.target_accuracy for row in rows if row.target_accuracy), None)
+    if target is not None:
+        middle.axhline(100 * target, color="grey", linestyle=":", label="target")
+    for axis in (left, middle):
+        axis.grid(alpha=0.3)
     if len(curves) <= 12:
         left.legend(fontsize="small")
     names = [row.setting for row in rows]

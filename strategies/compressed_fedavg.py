@@ -29,6 +29,7 @@ from stamen.transport import (
     CompressedTransport,
     ValidUpdate,
     apply_masks_np,
+    non_negative_variances,
     to_array_record,
     weighted_mean_delta,
 )
@@ -122,6 +123,7 @@ class CompressedFedAvg(CompressedTransport, FedAvg):
             LOG.warning("round %d: no valid updates; the global model is unchanged", server_round)
             return None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)})
         new_model = self.apply_delta(sent.dense, self.aggregate_deltas(accepted))
+        new_model = non_negative_variances(new_model)
         if self.masks:
             new_model = apply_masks_np(new_model, self.masks)
         if not all(np.isfinite(value).all() for value in new_model.values()):

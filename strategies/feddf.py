@@ -158,7 +158,7 @@ class FedDF(CompressedFedAvg):
         """Send the teacher to teacher-tier devices and each student tier its student."""
         messages = list(super().configure_train(server_round, arrays, config, grid))
         stats = self.stats[server_round]
-        task = self.task.replace(round_num=server_round)
+        task = self.task_at(server_round)
         result = []
         for message in messages:
             node = message.metadata.dst_node_id

@@ -34,7 +34,7 @@ from stamen.contract import (
 )
 from stamen.launch import fleet_of
 from stamen.protos.update.v1 import update_pb2 as pb
-from stamen.simulations.attacks import attack_reply, corrupt_payload
+from stamen.simulations.attacks import attack_reply, corrupt_payload, kept_shapes
 
 Reply = Callable[[Message, Context, Message], Message]
 """(the task, the device's context, the honest reply it would have sent) -> what it sends."""
@@ -70,12 +70,13 @@ def attacked(kind: AttackKind, scale: float = 10.0) -> Reply:
     return send
 
 
-def dense_weights(message: Message, honest: Message) -> Message:
+def dense_weights(message: Message, context: Context, honest: Message) -> Message:
     """The global model plus 1000 times the honest delta, as plain Flower weights."""
-    update = decode_update(honest_payload(honest), expected_shapes=_shapes(message))
+    shapes = _shapes(message, context)
+    update = decode_update(honest_payload(honest), expected_shapes=shapes)
     weights = {
         name: Array((value * 0 + 1000.0 * update.tensors[name]).astype(np.float32))
-        for name, value in _model(message).items()
+        for name, value in _model(message, context).items()
     }
     records = {
         DENSE_KEY: ArrayRecord(weights),
@@ -84,10 +85,10 @@ def dense_weights(message: Message, honest: Message) -> Message:
     return replaced(honest, records)
 
 
-def lying_shapes(message: Message, honest: Message) -> Message:
+def lying_shapes(message: Message, context: Context, honest: Message) -> Message:
     """Dense weights whose metadata declares the model's shapes but whose bytes hold more."""
     arrays = {}
-    for name, value in _model(message).items():
+    for name, value in _model(message, context).items():
         big = Array(np.ones((64, *value.shape), np.float32))
         arrays[name] = Array(
             dtype=big.dtype, shape=tuple(value.shape), stype=big.stype, data=big.data
@@ -150,7 +151,13 @@ def tiny_tensors(count: int) -> Reply:
 def huge_values(message: Message, context: Context, honest: Message) -> Message:
     settings = AttackSettings(kind=AttackKind.SCALE, scale=1e9)
     task = task_of(message)
-    payload = corrupt_payload(honest_payload(honest), task, settings, seed=(0, task.round_num))
+    payload = corrupt_payload(
+        honest_payload(honest),
+        task,
+        settings,
+        seed=(0, task.round_num),
+        shapes=_shapes(message, context),
+    )
     return with_payload(honest, payload)
 
 
@@ -158,15 +165,20 @@ def huge_num_examples(message: Message, context: Context, honest: Message) -> Me
     return with_payload(honest, honest_payload(honest), num_examples=10**8)
 
 
-def _model(message: Message) -> dict[str, np.ndarray]:
+def _model(message: Message, context: Context) -> dict[str, np.ndarray]:
     """The dense model a plain client would get; a Stamen device gets the encoded one."""
     records = message.content.array_records
     if DENSE_KEY in records:
         return {name: records[DENSE_KEY][name].numpy() for name in records[DENSE_KEY]}
-    return {name: np.zeros(shape, np.float32) for name, shape in _shapes(message).items()}
+    return {name: np.zeros(shape, np.float32) for name, shape in _shapes(message, context).items()}
 
 
-def _shapes(message: Message) -> dict[str, tuple[int, ...]]:
+def _shapes(message: Message, context: Context) -> dict[str, tuple[int, ...]]:
+    """The model's shapes: from the model the device kept (downlink deltas send one flat
+    vector), else from the payload's own tensors."""
+    kept = kept_shapes(context)
+    if kept is not None:
+        return kept
     from stamen.compression import decode_model
 
     payload = payload_bytes(message.content.array_records[MODEL_KEY][PAYLOAD])
@@ -191,11 +203,9 @@ class Case:
 
 
 CASES: dict[str, Case] = {
-    "dense while compatibility is off": Case(
-        lambda m, c, h: dense_weights(m, h), "dense (plain Flower) reply refused"
-    ),
+    "dense while compatibility is off": Case(dense_weights, "dense (plain Flower) reply refused"),
     "shapes that differ from the metadata": Case(
-        lambda m, c, h: lying_shapes(m, h),
+        lying_shapes,
         "holds shape",
         overrides={"federation.plain_client_compat": True},
     ),

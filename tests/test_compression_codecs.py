@@ -309,7 +309,7 @@ def test_model_hash_changes_with_any_value_name_or_shape() -> None:
         (lambda: UplinkCodecConfig(topk_ratio=1.5), "topk_ratio must be in (0, 1]; got 1.5"),
         (
             lambda: UplinkCodecConfig(values="q3"),
-            "values must be one of fp32, fp16, q8, q4, q2; got 'q3'",
+            "values must be one of fp32, fp16, q8, q4, q2, sign, hadamard; got 'q3'",
         ),
         (lambda: UplinkCodecConfig(lossless="gzip"), "lossless must be one of none, zlib"),
         (lambda: UplinkCodecConfig(error_feedback="yes"), "error_feedback must be true or false"),

@@ -35,8 +35,8 @@ def test_edge_is_the_default_preset_with_full_compression() -> None:
     assert config.qat.enabled and config.qat.weight_bits == 8
     assert config.pruning.target_sparsity == 0.5
     assert config.uplink.error_feedback and config.uplink.topk_ratio < 1
-    assert config.uplink.values.value == "q4"
-    assert config.downlink.values.value == "q8"
+    assert config.uplink.values.value == "sign" and config.uplink.scope.value == "model"
+    assert config.downlink.deltas and config.downlink.grid_bits == 6
     assert config.federation.backend is Backend.LOCAL
 
 
@@ -45,7 +45,7 @@ def test_fp32_preset_is_plain_fedavg() -> None:
     assert not config.qat.enabled
     assert config.pruning.target_sparsity == 0.0
     assert config.uplink.topk_ratio == 1.0 and config.uplink.values.value == "fp32"
-    assert config.downlink.values.value == "fp32"
+    assert config.downlink.values.value == "fp32" and not config.downlink.deltas
 
 
 def test_toml_overrides_preset_and_flags_override_toml(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_toml_overrides_preset_and_flags_override_toml(tmp_path: Path) -> None:
     )
     config = load_config(path, {"federation.rounds": 3})
     assert config.uplink.topk_ratio == 0.05  # file beats preset
-    assert config.uplink.values.value == "q4"  # preset still fills the rest
+    assert config.uplink.values.value == "sign"  # preset still fills the rest
     assert config.federation.rounds == 3  # flag beats file
     assert config.federation.num_devices == 20
 

@@ -50,7 +50,7 @@ def test_check_mode_reports_an_edited_proto(tmp_path: Path) -> None:
     assert run_script("--check", "--protos-dir", copy).returncode == 0
 
     proto = copy / "update" / "v1" / "update.proto"
-    proto.write_text(proto.read_text().replace("bytes values = 14;", "bytes values = 17;"))
+    proto.write_text(proto.read_text().replace("bytes values = 14;", "bytes values = 30;"))
     result = run_script("--check", "--protos-dir", copy)
     assert result.returncode == 1
     assert "differs: protos/update/v1/update_pb2.py" in result.stdout

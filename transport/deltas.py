@@ -91,6 +91,27 @@ def apply_masks_np(
     }
 
 
+VARIANCE_SUFFIX = "running_var"
+"""The state-dict name ending of a BatchNorm's running variance (torch's naming)."""
+
+
+def non_negative_variances(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The tensors with every BatchNorm running variance floored at 0.
+
+    A mean of device variances never goes below 0, but a mean of compressed *changes* can:
+    sign-coded updates overshoot small entries, and a negative variance puts NaN in every
+    forward pass (and in QAT's folded weights). Error feedback sends the rest later.
+
+    Examples:
+        >>> non_negative_variances({"bn.running_var": np.array([-0.2, 1.0])})["bn.running_var"]
+        array([0., 1.])
+    """
+    return {
+        name: np.maximum(value, 0, dtype=value.dtype) if name.endswith(VARIANCE_SUFFIX) else value
+        for name, value in tensors.items()
+    }
+
+
 def to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
     """Float32 numpy copies of an ``ArrayRecord``."""
     return {name: arrays[name].numpy().astype(np.float32) for name in arrays}

@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from stamen.compression import (
+    DeltaPublisher,
     DownlinkCodec,
     DownlinkCodecConfig,
     PruningConfig,
@@ -39,7 +40,7 @@ from stamen.core.fleet import PolicyGrid, RoundPolicy, StreamingGrid
 from stamen.models import load_exchanged_state
 from stamen.transport.bounding import BoundedRound, bound_updates
 from stamen.transport.deltas import apply_masks_np, to_numpy
-from stamen.transport.outgoing import CheckedReply, OutgoingRecords
+from stamen.transport.outgoing import CheckedReply, HeldModels, OutgoingRecords
 from stamen.transport.reply_validation import (
     SentModel,
     ValidUpdate,
@@ -87,12 +88,15 @@ class CompressedTransport:
         self.defense = defense or DefenseSettings()
         self.rng = np.random.default_rng(seed)
         self.masks: dict[str, np.ndarray] = {}
+        self.publisher = DeltaPublisher(self.downlink) if self.downlink.deltas else None
+        """With downlink deltas: the replica devices keep, and what each device holds."""
+        self.held = HeldModels(self.publisher, max_update_bytes)
         self.stats: dict[int, RoundStats] = {}
         self.last_accepted: list[ValidUpdate] = []
         """The updates the last ``aggregate_train`` accepted (for subclasses that reuse them)."""
         self.stamen_nodes: set[int] = set()
         self._sent: SentModel | None = None
-        self._outgoing: dict[tuple[str, TrainTask], OutgoingRecords] = {}
+        self._outgoing: dict[tuple[str, TrainTask, bytes], OutgoingRecords] = {}
         self._checked: dict[str, CheckedReply] = {}
         self._tasks: dict[int, Message] = {}
         """This round's training message to each sampled device: a reply must answer its own."""
@@ -106,17 +110,22 @@ class CompressedTransport:
         Per-round traffic stats are not state: a round's record is written when it ends.
         Nor is the wait for devices to connect: a restarted server waits for them again.
         """
-        return {
+        state: dict[str, Any] = {
             "rng": self.rng.bit_generator.state,
             "stamen_nodes": sorted(self.stamen_nodes),
             "masks": dict(self.masks),
         }
+        if self.publisher is not None:
+            state["downlink"] = self.publisher.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.rng.bit_generator.state = state["rng"]
         self.stamen_nodes = {int(node) for node in state["stamen_nodes"]}
         self.masks = {name: np.asarray(mask, bool) for name, mask in state["masks"].items()}
+        if self.publisher is not None and "downlink" in state:
+            self.publisher.load_state_dict(state["downlink"])
 
     # -- sending -----------------------------------------------------------------
 
@@ -134,7 +143,7 @@ class CompressedTransport:
             grid.on_each_reply(self._check_early)
         stats.sampled = len(node_ids)
         stats.sparsity = self.schedule.sparsity_at(server_round) if self.masks else 0.0
-        task = self.task.replace(round_num=server_round)
+        task = self.task_at(server_round)
         messages = [self._message(node, sent, task, MessageType.TRAIN, stats) for node in node_ids]
         self._tasks = {message.metadata.dst_node_id: message for message in messages}
         LOG.info("round %d: sent the model to %d devices", server_round, len(messages))
@@ -144,13 +153,19 @@ class CompressedTransport:
         """Send the current model to devices for federated evaluation, if enabled."""
         if self.devices_per_evaluation == 0:
             return []
-        sent = self._encode(server_round, to_numpy(arrays))
+        sent = self._encode(server_round, to_numpy(arrays), publish=False)
         task = self.task.replace(round_num=server_round)
         stats = self.stats.setdefault(server_round, RoundStats(server_round))
         return [
             self._message(node, sent, task, MessageType.EVALUATE, stats)
             for node in self.sample(grid, self.devices_per_evaluation)
         ]
+
+    def task_at(self, server_round: int) -> TrainTask:
+        """The training task of ``server_round``: its round, and the uplink's warm-up ratio."""
+        return self.task.replace(
+            round_num=server_round, uplink=self.task.uplink.at_round(server_round)
+        )
 
     def round_policy(self) -> RoundPolicy:
         """When a round closes: the quorum over-selection implies, and the deadline."""
@@ -189,7 +204,23 @@ class CompressedTransport:
         self.masks = compute_masks(model, sparsity, self.pruning.method)
         return apply_masks_np(dense, self.masks)
 
-    def _encode(self, server_round: int, dense: dict[str, np.ndarray]) -> SentModel:
+    def _encode(
+        self, server_round: int, dense: dict[str, np.ndarray], *, publish: bool = True
+    ) -> SentModel:
+        """Encode the model devices train on; with downlink deltas, publish the replica.
+
+        ``publish=False`` (federated evaluation) sends a model no device keeps.
+        """
+        if self.publisher is not None and publish:
+            published = self.publisher.publish(dense, round_num=server_round, masks=self.masks)
+            self._sent = SentModel(
+                model_hash=published.model_hash,
+                decoded=published.replica,
+                dense=dense,
+                round_num=server_round,
+                payload=self.publisher.payload_from(None),
+            )
+            return self._sent
         encoded = DownlinkCodec(self.downlink).encode(
             dense, round_num=server_round, masks=self.masks or None
         )
@@ -205,7 +236,8 @@ class CompressedTransport:
     def _message(
         self, node_id: int, sent: SentModel, task: TrainTask, message_type: str, stats: RoundStats
     ) -> Message:
-        outgoing = self._outgoing_records(sent, task)
+        payload = self.held.payload_for(node_id, sent, message_type)
+        outgoing = self._outgoing_records(sent, task, payload)
         records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
             MODEL_KEY: outgoing.model,
             CONFIG_KEY: outgoing.config,
@@ -223,15 +255,19 @@ class CompressedTransport:
             stats.downlink_bytes_fp32 += outgoing.dense_bytes
         return message
 
-    def _outgoing_records(self, sent: SentModel, task: TrainTask) -> OutgoingRecords:
-        """The records every device of a round receives, built once and shared by its messages
-        (nothing downstream mutates them); a worker pool then also pickles them once."""
-        key = (sent.model_hash, task)
+    def _outgoing_records(
+        self, sent: SentModel, task: TrainTask, payload: bytes
+    ) -> OutgoingRecords:
+        """The records the devices of a round that get the same payload receive, built once
+        and shared by their messages (nothing downstream mutates them); a worker pool then
+        also pickles them once."""
+        key = (sent.model_hash, task, payload)
         outgoing = self._outgoing.get(key)
         if outgoing is None:
             if any(o.sent.round_num != sent.round_num for o in self._outgoing.values()):
                 self._outgoing.clear()  # keep only this round's
-            outgoing = self._outgoing[key] = OutgoingRecords(sent, task.to_config_record())
+            outgoing = OutgoingRecords(sent, task.to_config_record(), payload)
+            self._outgoing[key] = outgoing
         return outgoing
 
     # -- receiving ---------------------------------------------------------------
@@ -320,8 +356,10 @@ class CompressedTransport:
             else:
                 update = self._validate_reply(reply, server_round, sent)
         except InvalidUpdate as error:
+            self.held.note_reply(reply, sent, None)
             self.reject(server_round, stats, node_id, str(error))
             return None
+        self.held.note_reply(reply, sent, update)
         if not update.plain:
             self.stamen_nodes.add(node_id)
         stats.plain_clients += int(update.plain)
@@ -347,6 +385,7 @@ class CompressedTransport:
             outcome: ValidUpdate | InvalidUpdate = self._validate_reply(reply, sent.round_num, sent)
         except InvalidUpdate as error:
             outcome = error
+        self.held.note_reply(reply, sent, None if isinstance(outcome, InvalidUpdate) else outcome)
         self._checked[reply.metadata.reply_to_message_id] = CheckedReply(sent, outcome)
 
 

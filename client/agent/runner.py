@@ -32,6 +32,7 @@ from stamen.client.agent.connection import open_channel as _open_channel
 from stamen.client.agent.guards import GuardSettings, skip_reason
 from stamen.client.agent.session import SessionKeeper, is_expired
 from stamen.client.agent.state import AgentState, AgentStateStore
+from stamen.client.kept_model import kept_payload, restore_kept
 from stamen.config import require
 from stamen.contract import MODEL_KEY, PAYLOAD, RESIDUAL_KEY, payload_bytes
 from stamen.contract.edge import (
@@ -107,6 +108,7 @@ class Agent:
             run_config={},
         )
         self._set_residual(self.state.residual)
+        restore_kept(self.context, self.state.model)
         self.handled = 0
         self.last_compute_seconds = 0.0
         self._renewed = 0
@@ -281,9 +283,11 @@ class Agent:
             del self.context.state[RESIDUAL_KEY]
 
     def _persist(self, content: RecordDict, round_label: str) -> None:
-        model = b""
-        if MODEL_KEY in content.array_records and PAYLOAD in content.array_records[MODEL_KEY]:
-            model = payload_bytes(content.array_records[MODEL_KEY][PAYLOAD])
+        # The model the device keeps for the next delta; else the model as it was sent.
+        model = kept_payload(self.context)
+        sent = content.array_records.get(MODEL_KEY)
+        if not model and sent is not None and PAYLOAD in sent:
+            model = payload_bytes(sent[PAYLOAD])
         self.state = AgentState(
             round=int(round_label) if round_label.isdigit() else self.state.round,
             residual=self._residual(),

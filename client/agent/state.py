@@ -55,7 +55,9 @@ class AgentState:
     residual: dict[str, np.ndarray] = field(default_factory=dict)
     """The uplink codec's error-feedback residual."""
     model: bytes = b""
-    """The last global model received (encoded, as the server sent it)."""
+    """The last global model received: the model the device keeps, so that the server can
+    send the next one as a delta to it (an exact whole-model payload), or, from a server
+    that does not send deltas, the payload as it was sent."""
     trained: bytes = b""
     """The content hash of the last training task, to recognise it if the server sends it again."""
     residual_before: dict[str, np.ndarray] = field(default_factory=dict)

@@ -24,27 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$stamen/protos/update/v1/update.proto\x12\x10stamen.update.v1\"\xcc\x03\n\x10\x43ompressedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12&\n\x05\x64type\x18\x03 \x01(\x0e\x32\x17.stamen.update.v1.DType\x12\x37\n\x0evalue_encoding\x18\x04 \x01(\x0e\x32\x1f.stamen.update.v1.ValueEncoding\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\r\n\x05scale\x18\x06 \x01(\x02\x12\x12\n\nzero_point\x18\x07 \x01(\x02\x12\x34\n\x08sparsity\x18\x08 \x01(\x0e\x32\".stamen.update.v1.SparsityEncoding\x12\x37\n\x0eindex_encoding\x18\t \x01(\x0e\x32\x1f.stamen.update.v1.IndexEncoding\x12\x12\n\nindex_bits\x18\n \x01(\r\x12\x12\n\nnum_values\x18\x0b \x01(\x04\x12\x14\n\x0cindices_size\x18\x0c \x01(\x04\x12\x0f\n\x07indices\x18\r \x01(\x0c\x12\x0e\n\x06values\x18\x0e \x01(\x0c\x12,\n\x08lossless\x18\x0f \x01(\x0e\x32\x1a.stamen.update.v1.Lossless\x12\r\n\x05\x63rc32\x18\x10 \x01(\x07\"\x84\x01\n\x0bModelUpdate\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x19\n\x11\x62\x61se_model_sha256\x18\x03 \x01(\x0c\x12\x33\n\x07tensors\x18\x04 \x03(\x0b\x32\".stamen.update.v1.CompressedTensor\"\x80\x01\n\x0cModelPayload\x12\x16\n\x0e\x66ormat_version\x18\x0b \x01(\r\x12\r\n\x05round\x18\x0c \x01(\x04\x12\x14\n\x0cmodel_sha256\x18\r \x01(\x0c\x12\x33\n\x07tensors\x18\x0e \x03(\x0b\x32\".stamen.update.v1.CompressedTensor*W\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x11\n\rDTYPE_FLOAT64\x10\x03*\xa0\x01\n\rValueEncoding\x12\x1e\n\x1aVALUE_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13VALUE_ENCODING_FP32\x10\x01\x12\x17\n\x13VALUE_ENCODING_FP16\x10\x02\x12\x1a\n\x16VALUE_ENCODING_UNIFORM\x10\x03\x12!\n\x1dVALUE_ENCODING_INT8_SYMMETRIC\x10\x04*\x90\x01\n\x10SparsityEncoding\x12!\n\x1dSPARSITY_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17SPARSITY_ENCODING_DENSE\x10\x01\x12\x1d\n\x19SPARSITY_ENCODING_INDICES\x10\x02\x12\x1d\n\x19SPARSITY_ENCODING_BITMASK\x10\x03*\xa4\x01\n\rIndexEncoding\x12\x1e\n\x1aINDEX_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13INDEX_ENCODING_NONE\x10\x01\x12\x1e\n\x1aINDEX_ENCODING_VARINT_GAPS\x10\x02\x12\x1c\n\x18INDEX_ENCODING_BITPACKED\x10\x03\x12\x1c\n\x18INDEX_ENCODING_RICE_GAPS\x10\x04*J\n\x08Lossless\x12\x18\n\x14LOSSLESS_UNSPECIFIED\x10\x00\x12\x11\n\rLOSSLESS_NONE\x10\x01\x12\x11\n\rLOSSLESS_ZLIB\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$stamen/protos/update/v1/update.proto\x12\x10stamen.update.v1\"\xe3\x03\n\x10\x43ompressedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12&\n\x05\x64type\x18\x03 \x01(\x0e\x32\x17.stamen.update.v1.DType\x12\x37\n\x0evalue_encoding\x18\x04 \x01(\x0e\x32\x1f.stamen.update.v1.ValueEncoding\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\r\n\x05scale\x18\x06 \x01(\x02\x12\x12\n\nzero_point\x18\x07 \x01(\x02\x12\x34\n\x08sparsity\x18\x08 \x01(\x0e\x32\".stamen.update.v1.SparsityEncoding\x12\x37\n\x0eindex_encoding\x18\t \x01(\x0e\x32\x1f.stamen.update.v1.IndexEncoding\x12\x12\n\nindex_bits\x18\n \x01(\r\x12\x12\n\nnum_values\x18\x0b \x01(\x04\x12\x14\n\x0cindices_size\x18\x0c \x01(\x04\x12\x0f\n\x07indices\x18\r \x01(\x0c\x12\x0e\n\x06values\x18\x0e \x01(\x0c\x12,\n\x08lossless\x18\x0f \x01(\x0e\x32\x1a.stamen.update.v1.Lossless\x12\r\n\x05\x63rc32\x18\x10 \x01(\x07\x12\x15\n\rrotation_seed\x18\x11 \x01(\x04\"\xb1\x01\n\x0bModelUpdate\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x19\n\x11\x62\x61se_model_sha256\x18\x03 \x01(\x0c\x12\x33\n\x07tensors\x18\x04 \x03(\x0b\x32\".stamen.update.v1.CompressedTensor\x12\x0c\n\x04\x66lat\x18\x05 \x01(\x08\x12\x0e\n\x06scales\x18\x06 \x01(\x0c\x12\r\n\x05\x64\x65nse\x18\x07 \x01(\x0c\"\xd6\x01\n\x0cModelPayload\x12\x16\n\x0e\x66ormat_version\x18\x0b \x01(\r\x12\r\n\x05round\x18\x0c \x01(\x04\x12\x14\n\x0cmodel_sha256\x18\r \x01(\x0c\x12\x33\n\x07tensors\x18\x0e \x03(\x0b\x32\".stamen.update.v1.CompressedTensor\x12\x19\n\x11\x62\x61se_model_sha256\x18\x0f \x01(\x0c\x12\x0e\n\x06pruned\x18\x10 \x03(\t\x12\x0c\n\x04keep\x18\x11 \x01(\x08\x12\x0c\n\x04\x66lat\x18\x12 \x01(\x08\x12\r\n\x05steps\x18\x13 \x03(\x02*W\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x11\n\rDTYPE_FLOAT64\x10\x03*\xfd\x01\n\rValueEncoding\x12\x1e\n\x1aVALUE_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13VALUE_ENCODING_FP32\x10\x01\x12\x17\n\x13VALUE_ENCODING_FP16\x10\x02\x12\x1a\n\x16VALUE_ENCODING_UNIFORM\x10\x03\x12!\n\x1dVALUE_ENCODING_INT8_SYMMETRIC\x10\x04\x12\x17\n\x13VALUE_ENCODING_SIGN\x10\x05\x12 \n\x1cVALUE_ENCODING_HADAMARD_SIGN\x10\x06\x12 \n\x1cVALUE_ENCODING_SIGNED_LEVELS\x10\x07*\x90\x01\n\x10SparsityEncoding\x12!\n\x1dSPARSITY_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17SPARSITY_ENCODING_DENSE\x10\x01\x12\x1d\n\x19SPARSITY_ENCODING_INDICES\x10\x02\x12\x1d\n\x19SPARSITY_ENCODING_BITMASK\x10\x03*\xa4\x01\n\rIndexEncoding\x12\x1e\n\x1aINDEX_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13INDEX_ENCODING_NONE\x10\x01\x12\x1e\n\x1aINDEX_ENCODING_VARINT_GAPS\x10\x02\x12\x1c\n\x18INDEX_ENCODING_BITPACKED\x10\x03\x12\x1c\n\x18INDEX_ENCODING_RICE_GAPS\x10\x04*J\n\x08Lossless\x12\x18\n\x14LOSSLESS_UNSPECIFIED\x10\x00\x12\x11\n\rLOSSLESS_NONE\x10\x01\x12\x11\n\rLOSSLESS_ZLIB\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stamen.protos.update.v1.update_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=787
-  _globals['_DTYPE']._serialized_end=874
-  _globals['_VALUEENCODING']._serialized_start=877
-  _globals['_VALUEENCODING']._serialized_end=1037
-  _globals['_SPARSITYENCODING']._serialized_start=1040
-  _globals['_SPARSITYENCODING']._serialized_end=1184
-  _globals['_INDEXENCODING']._serialized_start=1187
-  _globals['_INDEXENCODING']._serialized_end=1351
-  _globals['_LOSSLESS']._serialized_start=1353
-  _globals['_LOSSLESS']._serialized_end=1427
+  _globals['_DTYPE']._serialized_start=941
+  _globals['_DTYPE']._serialized_end=1028
+  _globals['_VALUEENCODING']._serialized_start=1031
+  _globals['_VALUEENCODING']._serialized_end=1284
+  _globals['_SPARSITYENCODING']._serialized_start=1287
+  _globals['_SPARSITYENCODING']._serialized_end=1431
+  _globals['_INDEXENCODING']._serialized_start=1434
+  _globals['_INDEXENCODING']._serialized_end=1598
+  _globals['_LOSSLESS']._serialized_start=1600
+  _globals['_LOSSLESS']._serialized_end=1674
   _globals['_COMPRESSEDTENSOR']._serialized_start=59
-  _globals['_COMPRESSEDTENSOR']._serialized_end=519
-  _globals['_MODELUPDATE']._serialized_start=522
-  _globals['_MODELUPDATE']._serialized_end=654
-  _globals['_MODELPAYLOAD']._serialized_start=657
-  _globals['_MODELPAYLOAD']._serialized_end=785
+  _globals['_COMPRESSEDTENSOR']._serialized_end=542
+  _globals['_MODELUPDATE']._serialized_start=545
+  _globals['_MODELUPDATE']._serialized_end=722
+  _globals['_MODELPAYLOAD']._serialized_start=725
+  _globals['_MODELPAYLOAD']._serialized_end=939
 # @@protoc_insertion_point(module_scope)

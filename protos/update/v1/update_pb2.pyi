@@ -21,6 +21,9 @@ class ValueEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VALUE_ENCODING_FP16: _ClassVar[ValueEncoding]
     VALUE_ENCODING_UNIFORM: _ClassVar[ValueEncoding]
     VALUE_ENCODING_INT8_SYMMETRIC: _ClassVar[ValueEncoding]
+    VALUE_ENCODING_SIGN: _ClassVar[ValueEncoding]
+    VALUE_ENCODING_HADAMARD_SIGN: _ClassVar[ValueEncoding]
+    VALUE_ENCODING_SIGNED_LEVELS: _ClassVar[ValueEncoding]
 
 class SparsityEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -51,6 +54,9 @@ VALUE_ENCODING_FP32: ValueEncoding
 VALUE_ENCODING_FP16: ValueEncoding
 VALUE_ENCODING_UNIFORM: ValueEncoding
 VALUE_ENCODING_INT8_SYMMETRIC: ValueEncoding
+VALUE_ENCODING_SIGN: ValueEncoding
+VALUE_ENCODING_HADAMARD_SIGN: ValueEncoding
+VALUE_ENCODING_SIGNED_LEVELS: ValueEncoding
 SPARSITY_ENCODING_UNSPECIFIED: SparsityEncoding
 SPARSITY_ENCODING_DENSE: SparsityEncoding
 SPARSITY_ENCODING_INDICES: SparsityEncoding
@@ -65,7 +71,7 @@ LOSSLESS_NONE: Lossless
 LOSSLESS_ZLIB: Lossless
 
 class CompressedTensor(_message.Message):
-    __slots__ = ("name", "shape", "dtype", "value_encoding", "bits", "scale", "zero_point", "sparsity", "index_encoding", "index_bits", "num_values", "indices_size", "indices", "values", "lossless", "crc32")
+    __slots__ = ("name", "shape", "dtype", "value_encoding", "bits", "scale", "zero_point", "sparsity", "index_encoding", "index_bits", "num_values", "indices_size", "indices", "values", "lossless", "crc32", "rotation_seed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +88,7 @@ class CompressedTensor(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     LOSSLESS_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_SEED_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: DType
@@ -98,28 +105,45 @@ class CompressedTensor(_message.Message):
     values: bytes
     lossless: Lossless
     crc32: int
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., value_encoding: _Optional[_Union[ValueEncoding, str]] = ..., bits: _Optional[int] = ..., scale: _Optional[float] = ..., zero_point: _Optional[float] = ..., sparsity: _Optional[_Union[SparsityEncoding, str]] = ..., index_encoding: _Optional[_Union[IndexEncoding, str]] = ..., index_bits: _Optional[int] = ..., num_values: _Optional[int] = ..., indices_size: _Optional[int] = ..., indices: _Optional[bytes] = ..., values: _Optional[bytes] = ..., lossless: _Optional[_Union[Lossless, str]] = ..., crc32: _Optional[int] = ...) -> None: ...
+    rotation_seed: int
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., value_encoding: _Optional[_Union[ValueEncoding, str]] = ..., bits: _Optional[int] = ..., scale: _Optional[float] = ..., zero_point: _Optional[float] = ..., sparsity: _Optional[_Union[SparsityEncoding, str]] = ..., index_encoding: _Optional[_Union[IndexEncoding, str]] = ..., index_bits: _Optional[int] = ..., num_values: _Optional[int] = ..., indices_size: _Optional[int] = ..., indices: _Optional[bytes] = ..., values: _Optional[bytes] = ..., lossless: _Optional[_Union[Lossless, str]] = ..., crc32: _Optional[int] = ..., rotation_seed: _Optional[int] = ...) -> None: ...
 
 class ModelUpdate(_message.Message):
-    __slots__ = ("format_version", "round", "base_model_sha256", "tensors")
+    __slots__ = ("format_version", "round", "base_model_sha256", "tensors", "flat", "scales", "dense")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    FLAT_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     round: int
     base_model_sha256: bytes
     tensors: _containers.RepeatedCompositeFieldContainer[CompressedTensor]
-    def __init__(self, format_version: _Optional[int] = ..., round: _Optional[int] = ..., base_model_sha256: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ...) -> None: ...
+    flat: bool
+    scales: bytes
+    dense: bytes
+    def __init__(self, format_version: _Optional[int] = ..., round: _Optional[int] = ..., base_model_sha256: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ..., flat: _Optional[bool] = ..., scales: _Optional[bytes] = ..., dense: _Optional[bytes] = ...) -> None: ...
 
 class ModelPayload(_message.Message):
-    __slots__ = ("format_version", "round", "model_sha256", "tensors")
+    __slots__ = ("format_version", "round", "model_sha256", "tensors", "base_model_sha256", "pruned", "keep", "flat", "steps")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    FLAT_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     round: int
     model_sha256: bytes
     tensors: _containers.RepeatedCompositeFieldContainer[CompressedTensor]
-    def __init__(self, format_version: _Optional[int] = ..., round: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ...) -> None: ...
+    base_model_sha256: bytes
+    pruned: _containers.RepeatedScalarFieldContainer[str]
+    keep: bool
+    flat: bool
+    steps: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, format_version: _Optional[int] = ..., round: _Optional[int] = ..., model_sha256: _Optional[bytes] = ..., tensors: _Optional[_Iterable[_Union[CompressedTensor, _Mapping]]] = ..., base_model_sha256: _Optional[bytes] = ..., pruned: _Optional[_Iterable[str]] = ..., keep: _Optional[bool] = ..., flat: _Optional[bool] = ..., steps: _Optional[_Iterable[float]] = ...) -> None: ...
