@@ -170,9 +170,13 @@ class EdgeConnection:
         ack: edge_pb2.UploadAck = _call(self.stub.Upload, requests(), timeout=120.0)
         return ack
 
-    def heartbeat(self, session: SessionInfo) -> None:
-        """Tell the server this device is alive."""
-        _call(self.stub.Heartbeat, edge_pb2.HeartbeatRequest(session=session.token), timeout=5.0)
+    def heartbeat(self, session: SessionInfo) -> float:
+        """Tell the server this device is alive; returns the seconds until the next heartbeat
+        the server asks for (0: it did not say)."""
+        reply = _call(
+            self.stub.Heartbeat, edge_pb2.HeartbeatRequest(session=session.token), timeout=5.0
+        )
+        return float(reply.heartbeat_seconds)
 
     def close(self) -> None:
         """Close the channel."""

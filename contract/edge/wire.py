@@ -24,7 +24,7 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from google.protobuf.message import DecodeError
 
-from stamen.contract.edge.identity import TASK_PREFIX, UPLOAD_PREFIX
+from stamen.contract.edge.identity import RUN_ENDED_PREFIX, TASK_PREFIX, UPLOAD_PREFIX
 from stamen.core.errors import StamenError
 from stamen.protos.edge.v1 import edge_pb2
 
@@ -96,6 +96,21 @@ def upload_signing_bytes(
     return UPLOAD_PREFIX + signed.SerializeToString(deterministic=True)
 
 
+def run_ended_signing_bytes(task: edge_pb2.Task, node_id: int, session: str) -> bytes:
+    """The exact bytes the server signs for the run-ended notice ``task`` carries to
+    ``node_id`` on the task stream opened with ``session``."""
+    notice = task.run_ended
+    signed = edge_pb2.RunEndedSigningInput(
+        reason=notice.reason,
+        message=notice.message,
+        run_id=task.run_id,
+        ended_unix=notice.ended_unix,
+        node_id=node_id,
+        session=session,
+    )
+    return RUN_ENDED_PREFIX + signed.SerializeToString(deterministic=True)
+
+
 def chunks(data: bytes, size: int) -> Iterator[bytes]:
     """``data`` in pieces of at most ``size`` bytes (one empty piece for empty data)."""
     if not data:
@@ -103,6 +118,16 @@ def chunks(data: bytes, size: int) -> Iterator[bytes]:
         return
     for start in range(0, len(data), size):
         yield data[start : start + size]
+
+
+def error_trailers(code: int, message: str, retry_after: float = 0.0) -> tuple[tuple[str, bytes]]:
+    """The trailing metadata that carries a typed ``EdgeError`` with a refusal."""
+    error = edge_pb2.EdgeError(
+        code=code,  # type: ignore[arg-type]
+        message=message,
+        retry_after_seconds=retry_after,
+    )
+    return ((ERROR_METADATA_KEY, error.SerializeToString()),)
 
 
 def abort(
@@ -113,13 +138,9 @@ def abort(
     *,
     retry_after: float = 0.0,
 ) -> NoReturn:
-    """End an RPC with ``status`` and a typed ``EdgeError`` in the trailers."""
-    error = edge_pb2.EdgeError(
-        code=code,  # type: ignore[arg-type]
-        message=message,
-        retry_after_seconds=retry_after,
-    )
-    context.set_trailing_metadata(((ERROR_METADATA_KEY, error.SerializeToString()),))
+    """End an RPC of a synchronous server with ``status`` and a typed ``EdgeError``
+    in the trailers (the edge server itself is asynchronous: see its ``Refusal``)."""
+    context.set_trailing_metadata(error_trailers(code, message, retry_after))
     context.abort(status, message)
     raise RuntimeError("grpc's abort returned")  # it always raises
 
