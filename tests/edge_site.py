@@ -1,6 +1,7 @@
 """The harness of the edge process tests: a throw-away deployment of real ``stamen`` processes.
 
-``test_edge_processes.py`` (a federation's lifecycle) and
+``test_edge_processes.py`` (a federation's lifecycle), ``test_edge_processes_agents.py``
+(how agents come and go: the run's end, revocation, FedBuff on two speeds) and
 ``test_edge_processes_security.py`` (who and what the server refuses) share it.
 Each process is bounded in time and stopped by its PID.
 """
@@ -215,3 +216,23 @@ def digits_server(rounds: int, per_round: int, fleet: int) -> list[str]:
         "--devices-per-round",
         str(per_round),
     ]
+
+
+def big_npz(root: Path, rows: int = 200_000) -> Path:
+    """A large random data set (``npz:`` for ``--dataset``): a device holding it trains
+    for many seconds per round, so that something can happen to it mid-training."""
+    import numpy as np
+
+    path = root / f"big-{rows}.npz"
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    labels = np.arange(rows) % 10
+    np.savez(
+        path,
+        x_train=rng.random((rows, 64), dtype=np.float32),
+        y_train=labels,
+        x_test=rng.random((100, 64), dtype=np.float32),
+        y_test=labels[:100],
+    )
+    return path

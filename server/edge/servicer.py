@@ -365,8 +365,13 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                 self._revoke(session, status)
 
     def _revoke(self, session: Session, status: DeviceStatus) -> None:
+        """Cut a device the registry no longer admits off the fleet: its stream ends with
+        the refusal, and its pending tasks are released. Its session stays, so that its
+        next call is told why (revoked), not "unknown session"."""
         node = session.node_id
-        self._sessions.drop(session)
+        stream = self._streams.get(node)
+        if stream is None and self._presence.watched(node) is None:
+            return  # already cut off, or never connected
         self._presence.forget(node)
         released = self.grid.release(
             node, "revoked", f"device {session.device_id[:12]} was {status.value}"
@@ -377,7 +382,6 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             status.value,
             released,
         )
-        stream = self._streams.get(node)
         if stream is not None:
             stream.inbox.put_nowait(self._refused_device(session.device_id, status))
 

@@ -107,12 +107,6 @@ class SessionTable:
         """Whether ``session`` is still its device's session (renewals included)."""
         return self._by_node.get(session.node_id) is session
 
-    def drop(self, session: Session) -> None:
-        """Forget ``session`` (its device was revoked)."""
-        if self._by_node.get(session.node_id) is session:
-            del self._by_node[session.node_id]
-            self._by_token.pop(session.token, None)
-
 
 @dataclass(frozen=True)
 class Challenge:

@@ -1,0 +1,271 @@
+"""One process of emulated edge agents for ``edge_load.py``: many devices on one event loop.
+
+Each emulated agent has its own Ed25519 key and its own TLS channel (a local
+subchannel pool per channel, so one connection each), and speaks the real
+``stamen.edge.v1`` protocol as ``stamen agent`` does: Join and Authenticate
+with its key, the task stream, heartbeats at the period the server asks for,
+and for each task the model's signature and hash checked, then a signed,
+chunked upload. Only training is replaced: the reply is a cheap but valid
+update (small random deltas of the received model's shapes, encoded by the
+real uplink codec against the received model's hash), so that thousands of
+devices fit on two cores. When the server says the run has ended (a signed
+notice), the agent stops.
+
+Writes what it saw to ``--out`` (JSON): per round, the slowest and mean
+compute time of its devices, and counts of uploads, refusals and notices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from grpc import aio
+
+from stamen.compression import UplinkCodec
+from stamen.compression.downlink import DecodedModel, decode_model
+from stamen.contract import (
+    CONFIG_KEY,
+    METRICS_KEY,
+    MODEL_KEY,
+    NUM_EXAMPLES,
+    PAYLOAD,
+    UPDATE_KEY,
+    TrainTask,
+    payload_bytes,
+)
+from stamen.contract.edge import (
+    PROTOCOL_VERSION,
+    challenge_message,
+    chunks,
+    device_id,
+    edge_error_of,
+    parse_records,
+    public_bytes,
+    run_ended_signing_bytes,
+    serialize_records,
+    sha256,
+    task_signing_bytes,
+    upload_signing_bytes,
+    verify_signature,
+)
+from stamen.models import ModelSpec, build_model, exchanged_state
+from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
+
+RETRIED = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+class Fleet:
+    """The devices of this process and what they saw."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.address = args.address
+        self.model_key = bytes.fromhex(Path(args.model_key).read_text().strip())
+        self.credentials = grpc.ssl_channel_credentials(Path(args.ca).read_bytes())
+        spec = ModelSpec(name=args.model, input_shape=(args.features,), num_classes=args.classes)
+        self.shapes = {n: tuple(t.shape) for n, t in exchanged_state(build_model(spec)).items()}
+        self.counts: Counter[str] = Counter()
+        self.compute: dict[str, list[float]] = {}
+        self.ended: Counter[str] = Counter()
+
+    async def device(self, key: Ed25519PrivateKey, index: int) -> None:
+        channel = aio.secure_channel(
+            self.address,
+            self.credentials,
+            options=[("grpc.use_local_subchannel_pool", 1), ("grpc.enable_retries", 0)],
+        )
+        stub = edge_pb2_grpc.EdgeServiceStub(channel)
+        rng = np.random.default_rng(index)
+        try:
+            session = await self.join(stub, key)
+            beating = asyncio.create_task(self.heartbeats(stub, session))
+            try:
+                await self.serve(stub, key, session, rng)
+            finally:
+                beating.cancel()
+        except grpc.RpcError as error:
+            self.counts[f"failed {error.code().name}"] += 1
+        finally:
+            await channel.close()
+
+    async def join(self, stub: Any, key: Ed25519PrivateKey) -> edge_pb2.Session:
+        public = public_bytes(key.public_key())
+        ident = device_id(public)
+        delay = 0.5
+        while True:
+            try:
+                challenge = await stub.Join(
+                    edge_pb2.JoinRequest(
+                        protocol_version=PROTOCOL_VERSION, device_id=ident, public_key=public
+                    ),
+                    timeout=60,
+                )
+                session: edge_pb2.Session = await stub.Authenticate(
+                    edge_pb2.AuthenticateRequest(
+                        challenge_id=challenge.challenge_id,
+                        device_id=ident,
+                        signature=key.sign(challenge_message(challenge.nonce, ident)),
+                    ),
+                    timeout=60,
+                )
+                self.counts["joined"] += 1
+                return session
+            except grpc.RpcError as error:
+                if error.code() not in RETRIED:
+                    raise
+                typed = edge_error_of(error)
+                self.counts[f"join retried {error.code().name}"] += 1
+                wait = max(typed.retry_after if typed else 0.0, random.uniform(0, delay))
+                delay = min(delay * 2, 30.0)
+                await asyncio.sleep(wait)
+
+    async def heartbeats(self, stub: Any, session: edge_pb2.Session) -> None:
+        period = session.heartbeat_seconds
+        while True:
+            await asyncio.sleep(period)
+            try:
+                reply = await stub.Heartbeat(
+                    edge_pb2.HeartbeatRequest(session=session.token), timeout=30
+                )
+                period = reply.heartbeat_seconds or period
+                self.counts["heartbeats"] += 1
+            except grpc.RpcError as error:
+                self.counts[f"heartbeat {error.code().name}"] += 1
+
+    async def serve(
+        self, stub: Any, key: Ed25519PrivateKey, session: edge_pb2.Session, rng: Any
+    ) -> None:
+        node = session.node_id
+        async for task in stub.Tasks(edge_pb2.TaskStreamRequest(session=session.token)):
+            if task.HasField("run_ended"):
+                signed = run_ended_signing_bytes(task, node, session.token)
+                genuine = verify_signature(self.model_key, task.run_ended.signature, signed)
+                self.ended["genuine" if genuine else "forged"] += 1
+                return
+            if sha256(task.content) != task.content_sha256 or not verify_signature(
+                self.model_key, task.signature, task_signing_bytes(task, node)
+            ):
+                self.counts["tasks refused"] += 1
+                continue
+            started = time.perf_counter()
+            data = self.cheap_update(task, rng)
+            self.compute.setdefault(task.group_id, []).append(time.perf_counter() - started)
+            await self.upload(stub, key, session, task, data)
+        self.counts["stream ended without a notice"] += 1
+
+    def cheap_update(self, task: edge_pb2.Task, rng: Any) -> bytes:
+        """A valid update of the received model, without training: small random deltas."""
+        content = parse_records(task.content)
+        train = TrainTask.from_config_record(content.config_records[CONFIG_KEY])
+        decoded = self.decoded(payload_bytes(content.array_records[MODEL_KEY][PAYLOAD]))
+        delta = {
+            name: rng.normal(0.0, 1e-3, base.shape).astype(np.float32)
+            * (decoded.masks[name] if name in decoded.masks else 1.0)
+            for name, base in decoded.tensors.items()
+        }
+        encoded = UplinkCodec(train.uplink).encode(
+            delta,
+            round_num=train.round_num,
+            base_model_hash=decoded.model_hash,
+            residual=None,
+            rng=rng,
+        )
+        reply = RecordDict(
+            {
+                UPDATE_KEY: ArrayRecord({PAYLOAD: Array(np.frombuffer(encoded.payload, np.uint8))}),
+                METRICS_KEY: MetricRecord({NUM_EXAMPLES: 10, "train-loss": 1.0}),
+            }
+        )
+        return serialize_records(reply)
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - one fleet per process
+    def decoded(self, payload: bytes) -> DecodedModel:
+        # The devices of one round receive one model: decode (and verify) it once here.
+        return decode_model(payload, expected_shapes=self.shapes)
+
+    async def upload(
+        self,
+        stub: Any,
+        key: Ed25519PrivateKey,
+        session: edge_pb2.Session,
+        task: edge_pb2.Task,
+        data: bytes,
+    ) -> None:
+        digest = sha256(data)
+        header = edge_pb2.UploadHeader(
+            session=session.token,
+            task_id=task.task_id,
+            total_bytes=len(data),
+            sha256=digest,
+            signature=key.sign(upload_signing_bytes(task.task_id, task.group_id, digest, False)),
+        )
+
+        async def pieces() -> AsyncIterator[edge_pb2.UploadChunk]:
+            for index, piece in enumerate(chunks(data, session.chunk_bytes or 256 * 1024)):
+                yield edge_pb2.UploadChunk(header=header if index == 0 else None, data=piece)
+
+        try:
+            await stub.Upload(pieces(), timeout=120)
+            self.counts["uploads accepted"] += 1
+        except grpc.RpcError as error:
+            typed = edge_error_of(error)
+            self.counts[f"uploads refused {typed.code_name if typed else error.code().name}"] += 1
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "run_ended": dict(self.ended),
+            "compute": {
+                group: {"max": max(values), "mean": sum(values) / len(values), "n": len(values)}
+                for group, values in self.compute.items()
+            },
+        }
+
+
+async def main(args: argparse.Namespace) -> None:
+    fleet = Fleet(args)
+    raw = Path(args.keys).read_bytes()
+    keys = [Ed25519PrivateKey.from_private_bytes(raw[i : i + 32]) for i in range(0, len(raw), 32)]
+    devices = []
+    for index, key in enumerate(keys):
+        devices.append(asyncio.create_task(fleet.device(key, args.first_index + index)))
+        await asyncio.sleep(1.0 / args.ramp)  # connect gradually, as a fleet comes online
+    try:
+        await asyncio.wait_for(asyncio.gather(*devices), timeout=args.timeout)
+    except TimeoutError:
+        fleet.counts["devices still running at the timeout"] = sum(not d.done() for d in devices)
+    Path(args.out).write_text(json.dumps(fleet.report(), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--ca", required=True)
+    parser.add_argument("--model-key", required=True, help="file: the model-signing key, hex")
+    parser.add_argument("--keys", required=True, help="file: raw 32-byte Ed25519 private keys")
+    parser.add_argument("--first-index", type=int, default=0)
+    parser.add_argument("--model", default="mlp")
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--ramp", type=float, default=100.0, help="devices connected per second")
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--out", required=True)
+    asyncio.run(main(parser.parse_args()))
+    sys.exit(0)

@@ -1,0 +1,75 @@
+"""The edge server of ``edge_load.py``: ``stamen server``'s own pieces, with one limit raised.
+
+It builds the edge server and runs the ServerApp exactly as ``stamen server``
+does (``stamen.cli.server_command``: the same round log, wait for devices,
+federation run and run-ended notice), with one difference: the ``Join`` budget
+per address. Every emulated device connects from 127.0.0.1, where a real fleet
+joins from many addresses; the default budget (1,000 at once, then 1,200 a
+minute per address) would make 10,000 devices queue for minutes. Every other
+limit (per key, refused keys, challenges) stays at its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+
+def main() -> None:
+    from stamen.cli.output import console, setup_logging
+    from stamen.cli.server_command import (
+        EDGE_DEADLINE,
+        EdgeRoundLog,
+        run_edge_federation,
+        wait_for_devices,
+    )
+    from stamen.config import load_config
+    from stamen.server.edge import EdgeServer, EdgeServerSettings, JoinLimits, RateLimit, RunEnd
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, required=True)
+    parser.add_argument("--per-round", type=int, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--deadline", type=float, default=EDGE_DEADLINE)
+    parser.add_argument("--root", type=Path, required=True)
+    args = parser.parse_args()
+    setup_logging(False)
+    config = load_config(
+        overrides={
+            "dataset": "digits",
+            "model": "mlp",
+            "partition": "iid",
+            "num-devices": args.agents,
+            "devices-per-round": args.per_round,
+            "rounds": args.rounds,
+            "federation.deadline": args.deadline,
+        }
+    )
+    root = args.root
+    settings = EdgeServerSettings(
+        address="127.0.0.1:0",
+        certs_dir=root / "certs",
+        registry=root / "devices.json",
+        join_limits=JoinLimits(per_address=RateLimit(burst=args.agents, per_minute=60_000)),
+    )
+    out = root / "results"
+    edge_log = EdgeRoundLog(console, out)
+    edge = EdgeServer(settings, on_round=edge_log.on_edge_round)
+    port = edge.start()
+    console.print(f"edge load server on port {port}", highlight=False)
+    ended = RunEnd.failed()
+    try:
+        wait_for_devices(console, edge, args.agents, timeout=1800)
+        summary = run_edge_federation(
+            console, edge, config, out, root / "server-state", edge_log
+        )
+        ended = RunEnd.of_summary(summary)
+    finally:
+        edge.stop(grace=10.0, ended=ended)
+
+
+if __name__ == "__main__":
+    main()
