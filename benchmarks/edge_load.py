@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -114,7 +115,9 @@ def run_size(root: Path, agents: int, per_round: int, rounds: int) -> dict[str, 
     )
     log = root / "server.log"
     try:
-        port = wait_for(lambda: re.search(r"on port (\d+)", log.read_text(errors="replace")), server)
+        port = wait_for(
+            lambda: re.search(r"on port (\d+)", log.read_text(errors="replace")), server
+        )
         memory = psutil.Process(server.pid)
         started_rss = memory.memory_info().rss
         samples: list[int] = []
@@ -154,7 +157,9 @@ def run_size(root: Path, agents: int, per_round: int, rounds: int) -> dict[str, 
         wait_for(lambda: wanted in log.read_text(errors="replace"), server, timeout=1800)
         connected_after = time.monotonic() - began
         connected_rss = memory.memory_info().rss
+        fleet_cpu = [cpu_seconds(fleet.pid) for fleet in fleets]
         code = server.wait(timeout=3600)
+        fleet_cpu = [cpu_seconds(f.pid) - c for f, c in zip(fleets, fleet_cpu, strict=True)]
         sampling.set()
         for fleet in fleets:
             fleet.wait(timeout=300)
@@ -163,7 +168,22 @@ def run_size(root: Path, agents: int, per_round: int, rounds: int) -> dict[str, 
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=30)
-    return figures(root, agents, per_round, rounds, code, connected_after, samples, started_rss, connected_rss)
+    run = figures(root, agents, per_round, rounds, code, connected_after, samples)
+    run["server_rss_all_connected_mib"] = round(connected_rss / 2**20, 1)
+    run["server_rss_per_idle_device_kib"] = round((connected_rss - started_rss) / agents / 1024, 1)
+    run["emulator_cpu_seconds_per_round"] = round(sum(fleet_cpu) / max(1, run["rounds"]), 2)
+    return run
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (0 once it is gone)."""
+    import psutil
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
 
 
 def wait_for(found: Any, process: subprocess.Popen[bytes], timeout: float = 300.0) -> Any:
@@ -186,8 +206,6 @@ def figures(
     code: int,
     connected_after: float,
     samples: list[int],
-    started_rss: int,
-    connected_rss: int,
 ) -> dict[str, Any]:
     results = root / "results"
     metrics = [json.loads(x) for x in (results / "metrics.jsonl").read_text().splitlines()]
@@ -204,6 +222,9 @@ def figures(
             counts[name] = counts.get(name, 0) + value
         for name, value in fleet["run_ended"].items():
             ended[name] = ended.get(name, 0) + value
+    trace = [json.loads(x) for x in (root / "server-rounds.jsonl").read_text().splitlines()]
+    trace = [t for t in trace if t["type"] == "train"]
+    server_cpu = [b["cpu"] - a["cpu"] for a, b in itertools.pairwise(trace)]
     walls = [r["seconds"] for r in train]
     computes = [slowest.get(r["group_id"], 0.0) for r in train]
     overheads = [w - c for w, c in zip(walls, computes, strict=True)]
@@ -222,11 +243,11 @@ def figures(
         "rejected": sum(r["rejected"] for r in metrics),
         "timed_out": sum(r["timed_out"] for r in train),
         "dropouts": sum(r["dropouts"] for r in train),
-        "server_rss_started_mib": round(started_rss / mib, 1),
-        "server_rss_all_connected_mib": round(connected_rss / mib, 1),
-        "server_rss_per_idle_device_kib": round((connected_rss - started_rss) / agents / 1024, 1),
         "server_rss_peak_mib": round(max(samples, default=0) / mib, 1),
+        "server_rss_after_each_round_mib": [round(t["rss"] / mib, 1) for t in trace],
+        "server_cpu_seconds_between_rounds": [round(c, 2) for c in server_cpu],
         "round_seconds": [round(w, 3) for w in walls],
+        "dispatch_seconds": [round(r["dispatch_seconds"], 3) for r in train],
         "slowest_device_compute_seconds": [round(c, 4) for c in computes],
         "overhead_seconds": [round(o, 3) for o in overheads],
         "overhead_mean_s": round(statistics.fmean(overheads), 3) if overheads else None,
@@ -241,7 +262,12 @@ def write_results(directory: Path, runs: list[dict[str, Any]], command: str) -> 
     import grpc
 
     directory.mkdir(parents=True, exist_ok=True)
-    payload = {"command": command, "grpc_version": grpc.__version__, "cpus": os.cpu_count(), "runs": runs}
+    payload = {
+        "command": command,
+        "grpc_version": grpc.__version__,
+        "cpus": os.cpu_count(),
+        "runs": runs,
+    }
     (directory / "edge_load.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
         f"Command: `{command}` (grpcio {grpc.__version__}, {os.cpu_count()} CPUs, agents and "
@@ -272,7 +298,9 @@ def main() -> None:
     args = parser.parse_args()
     runs = []
     for agents in args.agents:
-        figures_ = run_size(args.work.resolve() / f"{agents}", agents, min(args.per_round, agents), args.rounds)
+        figures_ = run_size(
+            args.work.resolve() / f"{agents}", agents, min(args.per_round, agents), args.rounds
+        )
         print(json.dumps(figures_, indent=2), flush=True)
         runs.append(figures_)
     command = "python benchmarks/edge_load.py " + " ".join(sys.argv[1:])

@@ -12,8 +12,12 @@ limit (per key, refused keys, challenges) stays at its default.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import time
 from pathlib import Path
+
+import psutil
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
@@ -27,7 +31,14 @@ def main() -> None:
         wait_for_devices,
     )
     from stamen.config import load_config
-    from stamen.server.edge import EdgeServer, EdgeServerSettings, JoinLimits, RateLimit, RunEnd
+    from stamen.server.edge import (
+        EdgeRoundStats,
+        EdgeServer,
+        EdgeServerSettings,
+        JoinLimits,
+        RateLimit,
+        RunEnd,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, required=True)
@@ -57,15 +68,37 @@ def main() -> None:
     )
     out = root / "results"
     edge_log = EdgeRoundLog(console, out)
-    edge = EdgeServer(settings, on_round=edge_log.on_edge_round)
+    process = psutil.Process()
+
+    def on_round(stats: EdgeRoundStats) -> None:
+        edge_log.on_edge_round(stats)
+        cpu = process.cpu_times()
+        with (root / "server-rounds.jsonl").open("a") as trace:
+            trace.write(
+                json.dumps(
+                    {
+                        "round": stats.group_id,
+                        "type": stats.message_type,
+                        "seconds": stats.seconds,
+                        "rss": process.memory_info().rss,
+                        "cpu": cpu.user + cpu.system,
+                        "at": time.time(),
+                    }
+                )
+                + "\n"
+            )
+
+    edge = EdgeServer(settings, on_round=on_round)
     port = edge.start()
     console.print(f"edge load server on port {port}", highlight=False)
+    cpu = process.cpu_times()
+    (root / "server-start.json").write_text(
+        json.dumps({"rss": process.memory_info().rss, "cpu": cpu.user + cpu.system})
+    )
     ended = RunEnd.failed()
     try:
         wait_for_devices(console, edge, args.agents, timeout=1800)
-        summary = run_edge_federation(
-            console, edge, config, out, root / "server-state", edge_log
-        )
+        summary = run_edge_federation(console, edge, config, out, root / "server-state", edge_log)
         ended = RunEnd.of_summary(summary)
     finally:
         edge.stop(grace=10.0, ended=ended)

@@ -170,6 +170,7 @@ class EdgeGrid(RoundPolicyGrid):
         round_ = _Round(self._new_stats(batch))
         round_.stats.over_selected = len(batch) - quorum
         ids = self._push(batch, deadline, round_)
+        round_.stats.dispatch_seconds = time.monotonic() - started
         with self._cond:
             while not self._closing:
                 answered = [mid for mid in ids if mid in self._replies]

@@ -74,6 +74,9 @@ class EdgeRoundStats:
     refused_uploads: int = 0
     """Uploads refused as oversized, corrupt or unsigned."""
     seconds: float = 0.0
+    """From dispatch to close, on the server's clock."""
+    dispatch_seconds: float = 0.0
+    """Of ``seconds``: sealing (serializing and signing) the tasks and queueing them."""
     timed_out_nodes: list[int] = field(default_factory=list)
     dropout_nodes: list[int] = field(default_factory=list)
 
