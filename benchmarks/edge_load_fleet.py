@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -68,7 +69,9 @@ RETRIED = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
 }
+"""Join failures a device retries (with backoff and jitter), as ``stamen agent`` would."""
 
 
 class Fleet:
@@ -93,17 +96,27 @@ class Fleet:
         )
         stub = edge_pb2_grpc.EdgeServiceStub(channel)
         rng = np.random.default_rng(index)
+        phase = "join"
         try:
             session = await self.join(stub, key)
+            phase = "task stream"
             beating = asyncio.create_task(self.heartbeats(stub, session))
             try:
                 await self.serve(stub, key, session, rng)
             finally:
                 beating.cancel()
         except grpc.RpcError as error:
-            self.counts[f"failed {error.code().name}"] += 1
+            self.note(f"failed {error.code().name} ({phase})", error.details())
+        except Exception as error:  # an emulator bug must show, not end a device quietly
+            self.note(f"crashed {type(error).__name__}", str(error))
         finally:
             await channel.close()
+
+    def note(self, kind: str, detail: str | None) -> None:
+        """Count a failure; say the first few of each kind."""
+        self.counts[kind] += 1
+        if self.counts[kind] <= 3:
+            print(f"{kind}: {detail}", file=sys.stderr, flush=True)
 
     async def join(self, stub: Any, key: Ed25519PrivateKey) -> edge_pb2.Session:
         public = public_bytes(key.public_key())
@@ -128,10 +141,11 @@ class Fleet:
                 self.counts["joined"] += 1
                 return session
             except grpc.RpcError as error:
-                if error.code() not in RETRIED:
-                    raise
                 typed = edge_error_of(error)
-                self.counts[f"join retried {error.code().name}"] += 1
+                expired = typed is not None and "unknown or expired" in str(typed)
+                if error.code() not in RETRIED and not expired:
+                    raise
+                self.note(f"join retried {error.code().name}", error.details())
                 wait = max(typed.retry_after if typed else 0.0, random.uniform(0, delay))
                 delay = min(delay * 2, 30.0)
                 await asyncio.sleep(wait)
@@ -168,7 +182,7 @@ class Fleet:
             data = self.update_for(task, rng)
             self.compute.setdefault(task.group_id, []).append(time.perf_counter() - started)
             await self.upload(stub, key, session, task, data)
-        self.counts["stream ended without a notice"] += 1
+        self.note("stream ended without a notice", None)
 
     def update_for(self, task: edge_pb2.Task, rng: Any) -> bytes:
         """This device's reply: the devices of this process that received the same task
@@ -257,11 +271,18 @@ async def main(args: argparse.Namespace) -> None:
     for index, key in enumerate(keys):
         devices.append(asyncio.create_task(fleet.device(key, args.first_index + index)))
         await asyncio.sleep(1.0 / args.ramp)  # connect gradually, as a fleet comes online
+    out = Path(args.out)
+
+    def save() -> None:
+        out.write_text(json.dumps(fleet.report(), indent=1) + "\n")
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: (save(), sys.exit(1)))
+    done = asyncio.gather(*devices)
     try:
-        await asyncio.wait_for(asyncio.gather(*devices), timeout=args.timeout)
+        await asyncio.wait_for(done, timeout=args.timeout)
     except TimeoutError:
         fleet.counts["devices still running at the timeout"] = sum(not d.done() for d in devices)
-    Path(args.out).write_text(json.dumps(fleet.report(), indent=1) + "\n")
+    save()
 
 
 if __name__ == "__main__":

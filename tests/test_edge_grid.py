@@ -34,9 +34,9 @@ from stamen.contract.edge import generate_key, load_public_key, task_signing_byt
 from stamen.core.fleet import PolicyGrid, RoundPolicy
 from stamen.data import load_dataset
 from stamen.models import build_model, exchanged_state
+from stamen.protos.edge.v1 import edge_pb2
 from stamen.server import CollectingReporter, server_app
 from stamen.server.checkpoint import CheckpointStore
-from stamen.protos.edge.v1 import edge_pb2
 from stamen.server.edge import (
     EdgeGrid,
     EdgeServer,

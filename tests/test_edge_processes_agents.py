@@ -113,6 +113,7 @@ def test_fedbuff_on_agents_of_two_speeds_does_not_wait_for_the_slow_ones(
     summary = site.summary()
     assert summary["strategy"] == "fedbuff" and summary["rounds"] == aggregations
     # Each agent, fast or slow, then learns that the run ended and exits 0.
-    for name, agent in [("fast0", fast[0]), ("fast1", fast[1]), ("slow0", slow[0]), ("slow1", slow[1])]:
+    agents = {"fast0": fast[0], "fast1": fast[1], "slow0": slow[0], "slow1": slow[1]}
+    for name, agent in agents.items():
         assert agent.wait(timeout=240) == 0, site.text(name)[-2000:]
         assert "the run has ended on the server (finished)" in site.text(name)

@@ -236,7 +236,7 @@ class EdgeGrid(RoundPolicyGrid):
             if task_ids:
                 self._cond.notify_all()
         if task_ids:
-            LOG.warning("node %d %s: %d task(s) released (%s)", node_id, kind, len(task_ids), reason)
+            LOG.warning("node %d %s: %d task(s) released: %s", node_id, kind, len(task_ids), reason)
         return len(task_ids)
 
     def instruction(self, task_id: str, node_id: int) -> Message | None:

@@ -117,7 +117,7 @@ class RunEndReason(enum.StrEnum):
     FAILED = "failed"
 
     @property
-    def wire(self) -> edge_pb2.RunEndReason.ValueType:
+    def wire(self) -> edge_pb2.RunEndReason:
         """The ``stamen.edge.v1.RunEndReason`` value."""
         return {
             RunEndReason.FINISHED: edge_pb2.RUN_END_REASON_FINISHED,

@@ -169,7 +169,7 @@ class EdgeServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
-        edge_pb2_grpc.add_EdgeServiceServicer_to_server(self.servicer, server)  # type: ignore[arg-type]
+        edge_pb2_grpc.add_EdgeServiceServicer_to_server(self.servicer, server)
         return server
 
     def start(self) -> int:

@@ -30,7 +30,6 @@ Heartbeat periods grow with the fleet, so that heartbeats arrive at most
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -233,7 +232,10 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             return
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[StreamItem | Refusal] = asyncio.Queue()
-        send = functools.partial(loop.call_soon_threadsafe, inbox.put_nowait)
+
+        def send(item: StreamItem) -> None:  # from the ServerApp's thread, or this loop's
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
         stream = _Stream(session, inbox, self.grid.connect(node, session.device_id, send))
         self._streams[node] = stream
         self._presence.watch(session, streaming=True)
