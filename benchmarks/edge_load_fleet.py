@@ -276,7 +276,11 @@ async def main(args: argparse.Namespace) -> None:
     def save() -> None:
         out.write_text(json.dumps(fleet.report(), indent=1) + "\n")
 
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: (save(), sys.exit(1)))
+    def stop() -> None:
+        save()
+        sys.exit(1)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
     done = asyncio.gather(*devices)
     try:
         await asyncio.wait_for(done, timeout=args.timeout)

@@ -37,15 +37,10 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Error, Message
 
-from stamen.contract.edge import (
-    run_ended_signing_bytes,
-    serialize_records,
-    sha256,
-    task_signing_bytes,
-)
 from stamen.core.grid import RoundPolicyGrid, assign_message_id
 from stamen.protos.edge.v1 import edge_pb2
 from stamen.server.edge.rounds import EdgeRoundStats, RunEnd
+from stamen.server.edge.sealing import TaskSealer, seal_run_end
 
 LOG = logging.getLogger("stamen.server.edge")
 
@@ -104,6 +99,7 @@ class EdgeGrid(RoundPolicyGrid):
     ) -> None:
         super().__init__()
         self._signing_key = signing_key
+        self._sealer = TaskSealer(signing_key)
         self._on_round = on_round
         self._started = time.monotonic()
         self._cond = threading.Condition()
@@ -285,16 +281,7 @@ class EdgeGrid(RoundPolicyGrid):
 
     def run_ended_task(self, end: RunEnd, node_id: int, session: str) -> edge_pb2.Task:
         """The signed notice of ``end`` for ``node_id``'s stream opened with ``session``."""
-        task = edge_pb2.Task(
-            run_id=self._run.run_id,
-            run_ended=edge_pb2.RunEnded(
-                reason=end.reason.wire, message=end.message, ended_unix=end.ended_unix
-            ),
-        )
-        task.run_ended.signature = self._signing_key.sign(
-            run_ended_signing_bytes(task, node_id, session)
-        )
-        return task
+        return seal_run_end(self._signing_key, end, self._run.run_id, node_id, session)
 
     def close(self) -> None:
         """End every task stream and wake any waiting round."""
@@ -347,20 +334,7 @@ class EdgeGrid(RoundPolicyGrid):
 
     def _seal(self, message: Message, task_id: str, deadline: float) -> edge_pb2.Task:
         """The signed task carrying ``message`` to its device (``deadline`` 0: none)."""
-        content = serialize_records(message.content)
-        task = edge_pb2.Task(
-            task_id=task_id,
-            message_type=message.metadata.message_type,
-            group_id=message.metadata.group_id,
-            run_id=self._run.run_id,
-            content=content,
-            content_sha256=sha256(content),
-            deadline_unix=deadline,
-        )
-        task.signature = self._signing_key.sign(
-            task_signing_bytes(task, message.metadata.dst_node_id)
-        )
-        return task
+        return self._sealer.seal(message, task_id, self._run.run_id, deadline)
 
     def _expire_pushed(self, now: float) -> None:
         """Answer each pushed task past its deadline with an error reply (lock held)."""

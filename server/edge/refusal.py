@@ -17,6 +17,8 @@ import grpc
 from grpc import aio
 
 from stamen.contract.edge import error_trailers
+from stamen.protos.edge.v1 import edge_pb2
+from stamen.server.edge.registry import DeviceStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,3 +65,19 @@ def refusing(handler: F) -> F:
             await refusal.abort(context)
 
     return unary  # type: ignore[return-value]
+
+
+def refused_device(ident: str, status: DeviceStatus) -> Refusal:
+    """The refusal of a device the registry does not admit (revoked, or never registered)."""
+    if status is DeviceStatus.REVOKED:
+        return Refusal(
+            grpc.StatusCode.PERMISSION_DENIED,
+            edge_pb2.ERROR_CODE_REVOKED_DEVICE,
+            f"device {ident[:12]} was revoked on this server",
+        )
+    return Refusal(
+        grpc.StatusCode.PERMISSION_DENIED,
+        edge_pb2.ERROR_CODE_UNKNOWN_DEVICE,
+        f"device {ident[:12]} is not registered on this server; "
+        f"run: stamen devices register <its public key>",
+    )

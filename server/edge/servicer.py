@@ -18,22 +18,17 @@ renewed session keeps its task stream and pending tasks. Every upload must
 carry the device key's signature over its task, round and content hash, so a
 session token alone cannot upload.
 
-Presence scales with one sweep (:meth:`EdgeServicer.sweep`, every fraction of a
-heartbeat period) over one deadline heap (:mod:`stamen.server.edge.presence`):
-a device that goes silent is closed and its pending tasks released as
-dropouts; a device the registry revokes (the file is re-read when it changes)
-is cut off at once, its stream ending with ``ERROR_CODE_REVOKED_DEVICE``.
-Heartbeat periods grow with the fleet, so that heartbeats arrive at most
-``max_heartbeats_per_second`` (each device is told its period in every reply).
+Who is connected and still there is the :class:`~stamen.server.edge.roster.Roster`'s
+business: one periodic sweep (:meth:`EdgeServicer.sweep`) releases the devices
+that went silent and cuts off those the registry revoked, and heartbeat periods
+grow with the fleet (each device is told its period in every reply).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -47,11 +42,11 @@ from stamen.contract.edge import (
     verify_signature,
 )
 from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
-from stamen.server.edge.grid import EdgeGrid, NodeLink, StreamItem
+from stamen.server.edge.grid import EdgeGrid
 from stamen.server.edge.limits import JoinLimiter, JoinLimits, RateLimited, peer_address
-from stamen.server.edge.presence import Lapse, Presence
-from stamen.server.edge.refusal import Refusal, refusing
+from stamen.server.edge.refusal import Refusal, refused_device, refusing
 from stamen.server.edge.registry import DeviceRegistry, DeviceStatus
+from stamen.server.edge.roster import Roster
 from stamen.server.edge.rounds import RunEnd
 from stamen.server.edge.sessions import ChallengeBook, Session, SessionTable
 from stamen.server.edge.uploads import UploadRefused, first_chunk, receive, reply_message
@@ -64,15 +59,6 @@ Context = Any
 CHALLENGE_SECONDS = 30.0
 DEFAULT_SESSION_TTL = 3600.0
 DEFAULT_MAX_HEARTBEATS_PER_SECOND = 200.0
-
-
-@dataclass
-class _Stream:
-    """An open task stream: its session, its inbox on the loop, and the grid's link."""
-
-    session: Session
-    inbox: asyncio.Queue[StreamItem | Refusal]
-    link: NodeLink
 
 
 class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
@@ -104,10 +90,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         self.grid = grid
         self.registry = registry
         self.max_payload_bytes = max_payload_bytes
-        self.heartbeat_seconds = heartbeat_seconds
         self.chunk_bytes = chunk_bytes
         self.session_ttl = session_ttl
-        self.max_heartbeats_per_second = max_heartbeats_per_second
         limits = join_limits or JoinLimits()
         self._limiter = JoinLimiter(limits)
         self._challenges = ChallengeBook(
@@ -117,15 +101,17 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             total=limits.challenges_total,
         )
         self._sessions = SessionTable(session_ttl)
-        self._presence = Presence()
-        self._streams: dict[int, _Stream] = {}
-        self._registry_revision = registry.revision()
+        self.roster = Roster(
+            grid,
+            registry,
+            heartbeat_seconds=heartbeat_seconds,
+            max_heartbeats_per_second=max_heartbeats_per_second,
+            expired=self._expired(),
+        )
         self.refused_joins = 0
         """Join calls refused by a rate limit or a challenge bound."""
         self.renewed_sessions = 0
         """Expired (or expiring) sessions their devices renewed in place."""
-        self.lapsed = 0
-        """Devices whose presence ended (silent, gone or not renewed)."""
 
     # -- identity ---------------------------------------------------------------------
 
@@ -202,10 +188,9 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             renews=request.renews,
         )
         self.renewed_sessions += renewed
-        session.heartbeat_seconds = self.heartbeat_period()
-        if not renewed and self._presence.watched(session.node_id) is not None:
-            # Its pending tasks are the node's: the new session answers for them now.
-            self._presence.watch(session, streaming=session.node_id in self._streams)
+        session.heartbeat_seconds = self.roster.heartbeat_period()
+        if not renewed:
+            self.roster.rejoined(session)
         if renewed:
             LOG.info("node %d renewed its session", session.node_id)
         return edge_pb2.Session(
@@ -230,18 +215,10 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         if ended is not None:
             yield self.grid.run_ended_task(ended, node, request.session)
             return
-        loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[StreamItem | Refusal] = asyncio.Queue()
-
-        def send(item: StreamItem) -> None:  # from the ServerApp's thread, or this loop's
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
-
-        stream = _Stream(session, inbox, self.grid.connect(node, session.device_id, send))
-        self._streams[node] = stream
-        self._presence.watch(session, streaming=True)
+        stream = self.roster.attach(session)
         try:
             while True:
-                item = await inbox.get()
+                item = await stream.inbox.get()
                 if item is None:
                     return
                 if isinstance(item, Refusal):
@@ -251,10 +228,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                     return
                 yield item
         finally:
-            self.grid.disconnect(stream.link)
-            if self._streams.get(node) is stream:
-                del self._streams[node]
-                self._presence.closed(node)
+            self.roster.detach(stream)
 
     @refusing
     async def Upload(
@@ -319,73 +293,14 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         """Note that the device is alive; tell it when to send the next heartbeat."""
         session = self._session(request.session)
         session.last_seen = time.time()
-        session.heartbeat_seconds = self.heartbeat_period()
+        session.heartbeat_seconds = self.roster.heartbeat_period()
         return edge_pb2.HeartbeatReply(
             server_unix=session.last_seen, heartbeat_seconds=session.heartbeat_seconds
         )
 
-    # -- presence and revocation (the event loop's periodic sweep) ------------------------
-
-    def heartbeat_period(self) -> float:
-        """The period devices are told: longer as the fleet grows, to cap the heartbeat rate."""
-        return max(self.heartbeat_seconds, len(self._streams) / self.max_heartbeats_per_second)
-
     def sweep(self) -> None:
         """Cut off revoked devices, and release the ones whose presence has lapsed."""
-        self._check_revocations()
-        for session, lapse in self._presence.due():
-            self._lapse(session, lapse)
-
-    def _lapse(self, session: Session, lapse: Lapse) -> None:
-        node = session.node_id
-        self.lapsed += 1
-        silence = time.time() - session.last_seen
-        why = {
-            Lapse.SILENT: f"no heartbeat for {silence:.0f} s",
-            Lapse.GONE: f"its task stream closed and no heartbeat for {silence:.0f} s",
-            Lapse.EXPIRED: "its session expired and was not renewed",
-        }[lapse]
-        LOG.warning("node %d is gone: %s", node, why)
-        self.grid.release(node, "vanished", f"node {node} is gone: {why}")
-        stream = self._streams.get(node)
-        if stream is None:
-            return
-        if lapse is Lapse.EXPIRED:
-            stream.inbox.put_nowait(self._expired())
-        else:
-            stream.inbox.put_nowait(None)
-
-    def _check_revocations(self) -> None:
-        """When the registry file changed, cut off every device it no longer admits."""
-        revision = self.registry.revision()
-        if revision == self._registry_revision:
-            return
-        self._registry_revision = revision
-        for session in self._sessions.sessions():
-            status = self.registry.status(session.public_key)
-            if status is not DeviceStatus.REGISTERED:
-                self._revoke(session, status)
-
-    def _revoke(self, session: Session, status: DeviceStatus) -> None:
-        """Cut a device the registry no longer admits off the fleet: its stream ends with
-        the refusal, and its pending tasks are released. Its session stays, so that its
-        next call is told why (revoked), not "unknown session"."""
-        node = session.node_id
-        stream = self._streams.get(node)
-        if stream is None and self._presence.watched(node) is None:
-            return  # already cut off, or never connected
-        self._presence.forget(node)
-        released = self.grid.release(
-            node, "revoked", f"device {session.device_id[:12]} was {status.value}"
-        )
-        LOG.warning(
-            "device %s is %s: cut off (%d task(s) cancelled)",
-            session.device_id[:12],
-            status.value,
-            released,
-        )
-        if stream is not None:
-            stream.inbox.put_nowait(self._refused_device(session.device_id, status))
+        self.roster.sweep(self._sessions.sessions())
 
     # -- helpers --------------------------------------------------------------------
 
@@ -398,22 +313,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         if status is DeviceStatus.REGISTERED:
             return
         LOG.warning("refused %s device %s", status.value, ident[:12])
-        raise self._refused_device(ident, status)
-
-    @staticmethod
-    def _refused_device(ident: str, status: DeviceStatus) -> Refusal:
-        if status is DeviceStatus.REVOKED:
-            return Refusal(
-                grpc.StatusCode.PERMISSION_DENIED,
-                E.ERROR_CODE_REVOKED_DEVICE,
-                f"device {ident[:12]} was revoked on this server",
-            )
-        return Refusal(
-            grpc.StatusCode.PERMISSION_DENIED,
-            E.ERROR_CODE_UNKNOWN_DEVICE,
-            f"device {ident[:12]} is not registered on this server; "
-            f"run: stamen devices register <its public key>",
-        )
+        raise refused_device(ident, status)
 
     def _session(self, token: str) -> Session:
         session = self._sessions.lookup(token)
@@ -426,8 +326,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
             )
         status = self.registry.status(session.public_key)
         if status is not DeviceStatus.REGISTERED:
-            self._revoke(session, status)
-            raise self._refused_device(session.device_id, status)
+            self.roster.cut_off(session, status)
+            raise refused_device(session.device_id, status)
         if session.expired(time.time()):
             raise self._expired()
         return session
