@@ -162,6 +162,9 @@ class EdgeServer:
                 ("grpc.max_receive_message_length", max(limit, 4 * 2**20)),
                 ("grpc.max_send_message_length", 256 * 2**20),
                 ("grpc.so_reuseport", 0),
+                # TLS frames of 4 KiB: each connection keeps frame buffers once it has
+                # sent anything, about 19 KiB less per device than the 16 KiB default.
+                ("grpc.tsi.max_frame_size", 4096),
                 # Dead peers (no FIN: power cut, lost network) are found by pings.
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
