@@ -225,6 +225,7 @@ def figures(
     trace = [json.loads(x) for x in (root / "server-rounds.jsonl").read_text().splitlines()]
     trace = [t for t in trace if t["type"] == "train"]
     server_cpu = [b["cpu"] - a["cpu"] for a, b in itertools.pairwise(trace)]
+    in_round = [json.loads(x) for x in (root / "server-round-cpu.jsonl").read_text().splitlines()]
     walls = [r["seconds"] for r in train]
     computes = [slowest.get(r["group_id"], 0.0) for r in train]
     overheads = [w - c for w, c in zip(walls, computes, strict=True)]
@@ -246,6 +247,8 @@ def figures(
         "server_rss_peak_mib": round(max(samples, default=0) / mib, 1),
         "server_rss_after_each_round_mib": [round(t["rss"] / mib, 1) for t in trace],
         "server_cpu_seconds_between_rounds": [round(c, 2) for c in server_cpu],
+        "server_cpu_seconds_in_round": [round(c["cpu"], 2) for c in in_round],
+        "server_io_thread_cpu_seconds_in_round": [round(c["io"], 2) for c in in_round],
         "round_seconds": [round(w, 3) for w in walls],
         "dispatch_seconds": [round(r["dispatch_seconds"], 3) for r in train],
         "slowest_device_compute_seconds": [round(c, 4) for c in computes],

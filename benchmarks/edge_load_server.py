@@ -16,6 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -89,6 +90,27 @@ def main() -> None:
             )
 
     edge = EdgeServer(settings, on_round=on_round)
+    io_thread = edge._thread.native_id  # the event loop's thread: the gRPC side of the server
+    sending = edge.grid.send_and_receive
+
+    def cpu_now() -> tuple[float, float]:
+        times = process.cpu_times()
+        io = sum(t.user_time + t.system_time for t in process.threads() if t.id == io_thread)
+        return times.user + times.system, io
+
+    def timed_round(messages: Any, *, timeout: float | None = None) -> Any:
+        """The server's CPU inside each round (dispatch to close), all threads and the loop's."""
+        batch = list(messages)
+        before = cpu_now()
+        replies = sending(batch, timeout=timeout)
+        after = cpu_now()
+        if batch and batch[0].metadata.message_type == "train":
+            used = {"cpu": after[0] - before[0], "io": after[1] - before[1]}
+            with (root / "server-round-cpu.jsonl").open("a") as trace:
+                trace.write(json.dumps(used) + "\n")
+        return replies
+
+    edge.grid.send_and_receive = timed_round  # type: ignore[method-assign]
     port = edge.start()
     console.print(f"edge load server on port {port}", highlight=False)
     cpu = process.cpu_times()
