@@ -25,7 +25,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,6 @@ from stamen.contract import (
 from stamen.contract.edge import (
     PROTOCOL_VERSION,
     challenge_message,
-    chunks,
     device_id,
     edge_error_of,
     parse_records,
@@ -59,7 +57,7 @@ from stamen.contract.edge import (
     serialize_records,
     sha256,
     task_signing_bytes,
-    upload_signing_bytes,
+    upload_chunks,
     verify_signature,
 )
 from stamen.models import ModelSpec, build_model, exchanged_state
@@ -232,21 +230,10 @@ class Fleet:
         task: edge_pb2.Task,
         data: bytes,
     ) -> None:
-        digest = sha256(data)
-        header = edge_pb2.UploadHeader(
-            session=session.token,
-            task_id=task.task_id,
-            total_bytes=len(data),
-            sha256=digest,
-            signature=key.sign(upload_signing_bytes(task.task_id, task.group_id, digest, False)),
-        )
-
-        async def pieces() -> AsyncIterator[edge_pb2.UploadChunk]:
-            for index, piece in enumerate(chunks(data, session.chunk_bytes or 256 * 1024)):
-                yield edge_pb2.UploadChunk(header=header if index == 0 else None, data=piece)
-
+        chunk_bytes = session.chunk_bytes or 256 * 1024
+        pieces = upload_chunks(key, session.token, task, data, chunk_bytes)
         try:
-            await stub.Upload(pieces(), timeout=120)
+            await stub.Upload(pieces, timeout=120)
             self.counts["uploads accepted"] += 1
         except grpc.RpcError as error:
             typed = edge_error_of(error)

@@ -236,3 +236,18 @@ def big_npz(root: Path, rows: int = 200_000) -> Path:
         y_test=labels[:100],
     )
     return path
+
+
+def a_round_with_a_slow_device(
+    site: Site, tmp_path: Path, deadline: float
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Two rounds of three devices with ``deadline``: two quick agents on digits, and
+    ``dev2`` on a large data set. Returns the server and ``dev2`` once it is training
+    round 1, so that something can happen to it mid-round."""
+    states = [site.device(f"dev{i}") for i in range(3)]
+    server, port = site.server(*digits_server(2, 3, 3), "--deadline", str(deadline))
+    for pid in range(2):
+        site.agent(f"dev{pid}", states[pid], port, *digits_agent(pid, 3))
+    slow = site.agent("dev2", states[2], port, "--dataset", f"npz:{big_npz(tmp_path)}", "-v")
+    wait_for(lambda: "round 1: train" in site.text("dev2"), 120, slow)
+    return server, slow

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from edge_site import (
     Site,
-    big_npz,
+    a_round_with_a_slow_device,
     deployment,
     digits_agent,
     digits_server,
@@ -120,14 +120,8 @@ def test_ten_agents_train_five_rounds_over_tls_like_the_simulation(site: Site) -
 def test_an_agent_killed_mid_round_frees_its_slot_within_the_heartbeat_timeout(
     site: Site, tmp_path: Path
 ) -> None:
-    states = [site.device(f"dev{i}") for i in range(3)]
     deadline = 120
-    server, port = site.server(*digits_server(2, 3, 3), "--deadline", str(deadline))
-    for pid in range(2):
-        site.agent(f"dev{pid}", states[pid], port, *digits_agent(pid, 3))
-    # The victim holds a large partition, so that it is killed in the middle of training.
-    victim = site.agent("victim", states[2], port, "--dataset", f"npz:{big_npz(tmp_path)}", "-v")
-    wait_for(lambda: "round 1: train" in site.text("victim"), 120, victim)
+    server, victim = a_round_with_a_slow_device(site, tmp_path, deadline)
     os.killpg(victim.pid, signal.SIGKILL)
     killed = time.monotonic()
     victim.wait(timeout=10)

@@ -14,7 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from edge_site import Site, big_npz, deployment, digits_agent, digits_server, metrics, run, wait_for
+from edge_site import (
+    Site,
+    a_round_with_a_slow_device,
+    big_npz,
+    deployment,
+    digits_agent,
+    digits_server,
+    metrics,
+    run,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,14 +59,8 @@ def test_agents_exit_0_saying_why_when_the_run_ends(site: Site) -> None:
 def test_a_device_revoked_mid_round_is_cut_off_and_its_round_closes_at_once(
     site: Site, tmp_path: Path
 ) -> None:
-    states = [site.device(f"dev{i}") for i in range(3)]
     deadline = 120
-    server, port = site.server(*digits_server(2, 3, 3), "--deadline", str(deadline))
-    for pid in range(2):
-        site.agent(f"dev{pid}", states[pid], port, *digits_agent(pid, 3))
-    # The revoked device holds a large partition: it is still training when it is revoked.
-    victim = site.agent("dev2", states[2], port, "--dataset", f"npz:{big_npz(tmp_path)}", "-v")
-    wait_for(lambda: "round 1: train" in site.text("dev2"), 120, victim)
+    server, victim = a_round_with_a_slow_device(site, tmp_path, deadline)  # dev2 trains
     done = run("devices", "revoke", "dev2", "--registry", str(site.registry), cwd=site.root)
     assert done.returncode == 0, done.stderr
     revoked_at = time.monotonic()

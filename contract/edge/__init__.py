@@ -28,7 +28,6 @@ from stamen.contract.edge.wire import (
     PROTOCOL_VERSION,
     CorruptRecords,
     EdgeProtocolError,
-    abort,
     chunks,
     edge_error_of,
     error_trailers,
@@ -37,6 +36,7 @@ from stamen.contract.edge.wire import (
     serialize_records,
     sha256,
     task_signing_bytes,
+    upload_chunks,
     upload_signing_bytes,
 )
 
@@ -49,7 +49,6 @@ __all__ = [
     "UPLOAD_PREFIX",
     "CorruptRecords",
     "EdgeProtocolError",
-    "abort",
     "challenge_message",
     "chunks",
     "device_id",
@@ -67,6 +66,7 @@ __all__ = [
     "serialize_records",
     "sha256",
     "task_signing_bytes",
+    "upload_chunks",
     "upload_signing_bytes",
     "verify_signature",
 ]

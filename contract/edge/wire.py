@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import NoReturn
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
@@ -111,6 +111,30 @@ def run_ended_signing_bytes(task: edge_pb2.Task, node_id: int, session: str) -> 
     return RUN_ENDED_PREFIX + signed.SerializeToString(deterministic=True)
 
 
+def upload_chunks(
+    key: Ed25519PrivateKey,
+    session: str,
+    task: edge_pb2.Task,
+    data: bytes,
+    chunk_bytes: int,
+    *,
+    is_error: bool = False,
+) -> Iterator[edge_pb2.UploadChunk]:
+    """One upload of ``data`` answering ``task``: its header (in the first chunk) signed
+    with the device's ``key``, then the data in chunks of ``chunk_bytes``."""
+    digest = sha256(data)
+    header = edge_pb2.UploadHeader(
+        session=session,
+        task_id=task.task_id,
+        total_bytes=len(data),
+        sha256=digest,
+        is_error=is_error,
+        signature=key.sign(upload_signing_bytes(task.task_id, task.group_id, digest, is_error)),
+    )
+    for index, piece in enumerate(chunks(data, chunk_bytes)):
+        yield edge_pb2.UploadChunk(header=header if index == 0 else None, data=piece)
+
+
 def chunks(data: bytes, size: int) -> Iterator[bytes]:
     """``data`` in pieces of at most ``size`` bytes (one empty piece for empty data)."""
     if not data:
@@ -128,21 +152,6 @@ def error_trailers(code: int, message: str, retry_after: float = 0.0) -> tuple[t
         retry_after_seconds=retry_after,
     )
     return ((ERROR_METADATA_KEY, error.SerializeToString()),)
-
-
-def abort(
-    context: grpc.ServicerContext,
-    status: grpc.StatusCode,
-    code: int,
-    message: str,
-    *,
-    retry_after: float = 0.0,
-) -> NoReturn:
-    """End an RPC of a synchronous server with ``status`` and a typed ``EdgeError``
-    in the trailers (the edge server itself is asynchronous: see its ``Refusal``)."""
-    context.set_trailing_metadata(error_trailers(code, message, retry_after))
-    context.abort(status, message)
-    raise RuntimeError("grpc's abort returned")  # it always raises
 
 
 def edge_error_of(error: grpc.RpcError) -> EdgeProtocolError | None:
