@@ -68,8 +68,18 @@ class NodeLink:
 @dataclass
 class _Round:
     stats: EdgeRoundStats
+    size: int
+    quorum: int
+    answered: int = 0
+    good: int = 0
+    """Replies that are not errors, of ``answered``."""
     lost: int = 0
     """Tasks that will get no reply: their device dropped out."""
+
+    @property
+    def done(self) -> bool:
+        """Every task resolved, or the quorum of good replies in: the round may close."""
+        return self.answered + self.lost >= self.size or self.good >= self.quorum
 
 
 @dataclass
@@ -163,17 +173,15 @@ class EdgeGrid(RoundPolicyGrid):
         limits = [t for t in (self.round_policy.deadline, timeout) if t is not None]
         deadline = time.time() + min(limits) if limits else 0.0
         quorum = min(self.round_policy.quorum or len(batch), len(batch))
-        round_ = _Round(self._new_stats(batch))
+        round_ = _Round(self._new_stats(batch), size=len(batch), quorum=quorum)
         round_.stats.over_selected = len(batch) - quorum
         ids = self._push(batch, deadline, round_)
         round_.stats.dispatch_seconds = time.monotonic() - started
         with self._cond:
-            while not self._closing:
-                answered = [mid for mid in ids if mid in self._replies]
-                successes = sum(not self._replies[mid].has_error() for mid in answered)
+            # Woken only when the round may close (see deliver and release), or each second.
+            while not self._closing and not round_.done:
                 remaining = deadline - time.time() if deadline else 1.0
-                resolved = len(answered) + round_.lost == len(ids)
-                if resolved or successes >= quorum or remaining <= 0:
+                if remaining <= 0:
                     break
                 self._cond.wait(timeout=min(remaining, 1.0))
             expired = bool(deadline) and time.time() >= deadline
@@ -230,7 +238,7 @@ class EdgeGrid(RoundPolicyGrid):
                 round_.stats.dropout_nodes.append(node_id)
                 self._remember(task_id, round_.stats)
             if task_ids:
-                self._cond.notify_all()
+                self._cond.notify_all()  # a round may close, a pull has replies
         if task_ids:
             LOG.warning("node %d %s: %d task(s) released: %s", node_id, kind, len(task_ids), reason)
         return len(task_ids)
@@ -250,9 +258,14 @@ class EdgeGrid(RoundPolicyGrid):
                 return False
             self._unbind(task_id, pending.node_id)
             self._replies[task_id] = reply
-            if pending.round is not None:
-                pending.round.stats.replies += 1
-            self._cond.notify_all()
+            round_ = pending.round
+            if round_ is None:
+                return True
+            round_.stats.replies += 1
+            round_.answered += 1
+            round_.good += not reply.has_error()
+            if round_.done:
+                self._cond.notify_all()
         return True
 
     def note_late(self, task_id: str, node_id: int) -> None:
