@@ -72,7 +72,9 @@ def console_command(
     """Watch and steer a live federation: rounds, devices, events; pause, resume, stop.
 
     Keys: p pause, r resume, s stop (asks first), +/- devices per round, o sort
-    devices, q quit. It reconnects when the server restarts.
+    devices, / filter them (state:NAME tier:NAME or id digits), PgUp/PgDn/Home/End
+    page through them, q quit. It reconnects when the server restarts, and stops
+    once the run has ended and its monitor has closed.
 
     Example: [bold]stamen console --server 127.0.0.1:7777 --token-file runs/x/monitor-token[/]
     """

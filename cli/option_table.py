@@ -22,6 +22,7 @@ RUN = "Run"
 CONF = "Config"
 MON = "Monitor"
 EDGE = "Edge server"
+PRIV = "Privacy"
 
 # Config: where settings come from.
 CONFIG_FILE = Option(
@@ -58,7 +59,8 @@ PRESET = Option(
     "preset",
     Preset | None,
     "[bold]edge[/]: QAT int8, pruning to 50%, top-k+4-bit+error-feedback uplink, "
-    "int8 downlink. [bold]fp32[/]: plain FedAvg baseline.  \\[default: edge]",
+    "int8 downlink. [bold]private-edge[/]: edge under secure aggregation. "
+    "[bold]fp32[/]: plain FedAvg baseline.  \\[default: edge]",
     COMP,
     key="preset",
 )
@@ -121,7 +123,8 @@ BACKEND = Option(
     "backend",
     Backend | None,
     "local: Stamen's simulation grid (worker processes, simulated clock). "
-    "ray: Flower's Simulation Engine.  \\[default: local]",
+    "ray: the same grid on Ray actors, across a cluster with --ray-address. "
+    "flower-ray: Flower's Simulation Engine.  \\[default: local]",
     FED,
     key="federation.backend",
 )
@@ -166,7 +169,7 @@ DEVICE_BATCH = Option(
 RAY_ADDRESS = Option(
     "ray_address",
     str | None,
-    "With --backend ray: join this Ray cluster (e.g. 127.0.0.1:6379).",
+    "With --backend ray or flower-ray: join this Ray cluster (e.g. 127.0.0.1:6379).",
     FED,
     key="federation.ray_address",
 )
@@ -329,6 +332,48 @@ SESSION_TTL = Option(
     EDGE,
     default=3600.0,
 )
+
+# Privacy: secure aggregation and differential privacy (docs/privacy.md).
+SECURE_AGGREGATION = Option(
+    "secure_aggregation",
+    bool | None,
+    "The server learns only each round's sum (SecAgg+), still compressed.",
+    PRIV,
+    key="privacy.secure_aggregation",
+    flags=("--secure-aggregation/--no-secure-aggregation",),
+)
+DP = Option(
+    "dp",
+    str | None,
+    "Client-level DP: off, central (the server adds noise) or distributed (devices add "
+    "noise under secure aggregation).  \\[default: off]",
+    PRIV,
+    key="privacy.mode",
+)
+TARGET_EPSILON = Option(
+    "target_epsilon",
+    float | None,
+    "Set the DP noise to spend this epsilon over the run (at --dp-delta).",
+    PRIV,
+    key="privacy.target_epsilon",
+)
+DP_DELTA = Option(
+    "dp_delta",
+    float | None,
+    "The delta epsilon is stated at.  \\[default: 1e-5]",
+    PRIV,
+    key="privacy.delta",
+)
+DP_CLIP = Option(
+    "dp_clip",
+    float | None,
+    "L2 bound on one device's update.  \\[default: 0.5]",
+    PRIV,
+    key="privacy.clip",
+)
+
+PRIVACY = (SECURE_AGGREGATION, DP, TARGET_EPSILON, DP_DELTA, DP_CLIP)
+"""Privacy flags, wherever a command runs a federation."""
 
 
 TRAINING_AND_COMPRESSION = (

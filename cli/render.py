@@ -108,6 +108,8 @@ class ProgressReporter:
         )
         rejected = f" · [red]{record.rejected} rejected[/]" if record.rejected else ""
         clock = f" · sim {human_seconds(record.clock)}" if record.clock else ""
+        if "epsilon" in record.extra:
+            clock += f" · ε {record.extra['epsilon']:.2f}"
         status = (
             f"acc {100 * record.accuracy:5.1f}% · up {human_bytes(self.uplink)} "
             f"({ratio(self.uplink_fp32, self.uplink)} smaller){clock}{late}{rejected}"

@@ -37,6 +37,7 @@ OPTIONS = (
     opt.DEADLINE,
     opt.OVER_SELECTION,
     *opt.TRAINING_AND_COMPRESSION,
+    *opt.PRIVACY,
     opt.ADDRESS,
     opt.CERTS,
     opt.INSECURE,

@@ -36,6 +36,7 @@ OPTIONS = (
     opt.RAY_ADDRESS,
     opt.SAMPLES_PER_DEVICE,
     *opt.TRAINING_AND_COMPRESSION,
+    *opt.PRIVACY,
     opt.STRATEGY,
     opt.ASSIGNMENTS,
     opt.SWEEP,

@@ -32,7 +32,7 @@ def run_simulation_command(
     """
     interrupted: KeyboardInterrupt | None = None
     fed = config.federation
-    local = fed.backend is Backend.LOCAL
+    local = fed.backend is not Backend.FLOWER_RAY  # Stamen's grid: tiers and a clock
     console.print(
         f"[bold]Stamen[/] · preset [bold]{config.preset.value}[/] · {config.data.dataset} · "
         f"{config.training.model.value} · {fed.num_devices} devices, {fed.devices_per_round}"

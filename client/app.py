@@ -22,6 +22,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from stamen.client import secure_aggregation
 from stamen.client.local_data import FleetData, LocalData, device_data
 from stamen.client.residual import load_residual, store_residual
 from stamen.client.trainer import TrainResult, evaluate, train_epochs
@@ -73,6 +74,16 @@ def client_app(fleet: FleetData | None = None) -> ClientApp:
     @app.evaluate()
     def evaluate_global(message: Message, context: Context) -> Message:
         return handle_evaluate(message, context, fleet or fleet_from_context(context))
+
+    # Secure aggregation's four exchanges (stamen.contract.secure, docs/privacy.md).
+    app.query("secagg_advertise")(secure_aggregation.handle_advertise)
+    app.query("secagg_share")(secure_aggregation.handle_share)
+    app.query("secagg_unmask")(secure_aggregation.handle_unmask)
+
+    @app.train("secagg")
+    def secure_train(message: Message, context: Context) -> Message:
+        job = start_training(message, context, fleet or fleet_from_context(context))
+        return secure_aggregation.secure_upload(job, train_alone(job))
 
     return app
 

@@ -3,11 +3,15 @@
 A real device brings its own files; a simulated one takes partition
 ``partition-id`` of a shared dataset, split the same way on every process
 because the split depends only on the dataset, the scheme and the seed.
+Nothing is held per device: a split is two index arrays for the whole fleet
+(:class:`~stamen.data.partition.Partition`), and with ``samples_per_device`` a
+device's rows are drawn from its id and the seed when it is asked for them.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +64,7 @@ def dataset_of(fleet: FleetData) -> Dataset:
 
 
 @functools.lru_cache(maxsize=8)
-def _partitions(fleet: FleetData) -> list[np.ndarray]:
+def _partitions(fleet: FleetData) -> Sequence[np.ndarray]:
     return partition_dataset(dataset_of(fleet), fleet.partition_config())
 
 

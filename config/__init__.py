@@ -21,6 +21,7 @@ from stamen.config.loading import (
     parse_assignment,
     to_run_config,
 )
+from stamen.config.privacy_settings import PrivacyMode, PrivacySettings
 from stamen.config.settings import (
     AttackKind,
     AttackSettings,
@@ -48,6 +49,8 @@ __all__ = [
     "FleetPreset",
     "FleetSettings",
     "Preset",
+    "PrivacyMode",
+    "PrivacySettings",
     "QATSettings",
     "StamenConfig",
     "StrategyName",

@@ -38,6 +38,13 @@ PRESETS: dict[Preset, dict[str, dict[str, Any]]] = {
         },
         "downlink": {"values": "q8", "lossless": "zlib"},
     },
+    Preset.PRIVATE_EDGE: {
+        "qat": {"enabled": True, "weight_bits": 8, "activation_bits": 8},
+        "pruning": {"target_sparsity": 0.5, "method": "global"},
+        "uplink": {"error_feedback": True},
+        "downlink": {"values": "q8", "lossless": "zlib"},
+        "privacy": {"secure_aggregation": True, "modulus_bits": 11, "coordinate_ratio": 0.25},
+    },
     Preset.FP32: {
         "qat": {"enabled": False},
         "pruning": {"target_sparsity": 0.0},

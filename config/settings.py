@@ -27,6 +27,7 @@ from stamen.config.checks import is_host_port, require, require_member
 from stamen.config.defense_settings import DefenseSettings
 from stamen.config.distill_settings import DistillSettings
 from stamen.config.fleet_settings import FleetSettings
+from stamen.config.privacy_settings import PrivacySettings
 from stamen.core.errors import ConfigError
 from stamen.data import PartitionScheme
 from stamen.models import ModelName
@@ -39,15 +40,19 @@ class Preset(enum.StrEnum):
     """QAT int8, sparsity ramp to 50%, top-k + 4-bit + error feedback up, int8 down."""
     FP32 = "fp32"
     """Plain FedAvg: no QAT, no pruning, dense float32 both ways. The baseline."""
+    PRIVATE_EDGE = "private-edge"
+    """The edge preset under secure aggregation: the server learns only each round's sum."""
 
 
 class Backend(enum.StrEnum):
     """Where the virtual devices of a simulation run."""
 
     LOCAL = "local"
-    """In this process, one device after another; no Ray, no start-up cost."""
+    """Stamen's simulation grid on worker processes forked on this machine."""
     RAY = "ray"
-    """Flower's Simulation Engine on Ray actors."""
+    """Stamen's simulation grid on Ray actors: a private Ray, or a cluster's nodes."""
+    FLOWER_RAY = "flower-ray"
+    """Flower's Simulation Engine on Ray actors: the apps as plain Flower apps."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,9 @@ class FederationSettings:
     """Worker processes of the local simulation backend; 0: one per CPU core."""
     device_batch: int = 16
     """Devices a local-backend worker trains together where the maths allows; 1: one by one."""
+    state_memory_mb: int = 256
+    """MiB of device state (error-feedback residuals) the simulation grid keeps in memory; the
+    states of the devices that trained longest ago spill to a temporary file beyond it."""
     eval_every: int = 1
     """Evaluate the global model centrally every this many rounds (and after the last)."""
     ray_address: str = ""
@@ -143,6 +151,9 @@ class FederationSettings:
         )
         require(self.workers >= 0, "federation.workers", ">= 0", self.workers)
         require(self.device_batch >= 1, "federation.device_batch", ">= 1", self.device_batch)
+        require(
+            self.state_memory_mb >= 0, "federation.state_memory_mb", ">= 0", self.state_memory_mb
+        )
         require(self.eval_every >= 1, "federation.eval_every", ">= 1", self.eval_every)
 
     @property
@@ -336,9 +347,16 @@ class StamenConfig:
     attack: AttackSettings = field(default_factory=AttackSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     def __post_init__(self) -> None:
         require_member(self, "preset", Preset, "preset")
+        private = self.privacy.secure_aggregation or self.privacy.dp
+        if private and (self.strategy.name is not StrategyName.FEDAVG or self.distill.enabled):
+            raise ConfigError(
+                "privacy (secure aggregation or DP) runs with strategy fedavg and no "
+                "distillation: other rules need each device's update"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready values (enums as strings), in TOML's section layout."""
@@ -360,5 +378,6 @@ SECTION_TYPES: dict[str, type] = {
     "attack": AttackSettings,
     "fleet": FleetSettings,
     "distill": DistillSettings,
+    "privacy": PrivacySettings,
 }
 """The TOML sections of :class:`StamenConfig` and the dataclass each builds."""

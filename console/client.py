@@ -7,7 +7,7 @@ line: why the server refused, or that it cannot be reached.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,16 +62,50 @@ class ConnectionSettings:
             raise ConfigError(f"TLS CA file not found: {self.tls_ca}")
 
 
-def _describe(error: grpc.RpcError, server: str) -> MonitorError:
+UNREACHABLE_CAUSES = (
+    ("Connection refused", "connection refused (is the server running, on this port?)"),
+    ("Domain name not found", "the host name does not resolve"),
+    ("resolving", "the host name does not resolve"),
+    ("Hostname Verification", "TLS: the certificate does not name this host (--tls-server-name)"),
+    ("No match found for server name", "TLS: the certificate does not name this host"),
+    ("CERTIFICATE_VERIFY_FAILED", "TLS: the server's certificate is not signed by --tls-ca"),
+    ("WRONG_VERSION_NUMBER", "TLS on this side only: the server is plain text (drop --tls-ca)"),
+    ("handshake", "TLS handshake failed"),
+    ("Deadline Exceeded", "no answer in time"),
+)
+"""Substrings of gRPC's connection errors, and what they mean in plain words."""
+
+
+def unreachable_cause(details: str, tls: bool) -> str:
+    """gRPC's connection error text as a few plain words (never the raw C-core text).
+
+    Examples:
+        >>> unreachable_cause("failed to connect to all addresses; last error: UNKNOWN: "
+        ...     "ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused", False)
+        'connection refused (is the server running, on this port?)'
+        >>> unreachable_cause("last error: UNAVAILABLE: ipv4:127.0.0.1:1: Socket closed", False)
+        'the connection was closed (a TLS server? pass --tls-ca)'
+    """
+    for needle, cause in UNREACHABLE_CAUSES:
+        if needle.lower() in details.lower():
+            return cause
+    if "Socket closed" in details and not tls:
+        return "the connection was closed (a TLS server? pass --tls-ca)"
+    return "the connection was closed"
+
+
+def _describe(error: grpc.RpcError, settings: ConnectionSettings) -> MonitorError:
     code = error.code() if hasattr(error, "code") else None
-    details = error.details() if hasattr(error, "details") else str(error)
-    if code is grpc.StatusCode.UNAVAILABLE:
-        return MonitorError(f"cannot reach the monitor at {server}: {details}", code)
+    details = (error.details() if hasattr(error, "details") else None) or str(error)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        cause = unreachable_cause(details, tls=settings.tls_ca is not None)
+        return MonitorError(f"cannot reach the monitor at {settings.server}: {cause}", code)
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return MonitorError(f"refused: {details}", code)
     if code is grpc.StatusCode.PERMISSION_DENIED:
         return MonitorError(f"not allowed: {details}", code)
-    return MonitorError(f"{details}", code)
+    # The monitor's own refusals (FAILED_PRECONDITION, UNIMPLEMENTED) are plain words already.
+    return MonitorError(details.splitlines()[0] if details else str(code), code)
 
 
 class MonitorClient:
@@ -112,17 +146,34 @@ class MonitorClient:
         )
         return self._call(self.stub.Control, request)
 
+    def watch_devices(
+        self, table_id: str = "", after_version: int = 0, *, interval: float = 0.0
+    ) -> Generator[Any, None, None]:
+        """``DeviceChanges``: a snapshot, then the devices that change as they change.
+
+        With the ``table_id`` and ``after_version`` of an earlier message, the
+        first message holds only what changed since. ``interval`` is the least
+        time between two messages (0: the server's default).
+        """
+        request = pb.WatchDevicesRequest(
+            table_id=table_id, after_version=after_version, min_interval_ms=int(interval * 1000)
+        )
+        yield from self._stream(self.stub.WatchDevices, request)
+
     def watch(self, after_sequence: int = 0) -> Iterator[Any]:
         """Round events: the history after ``after_sequence``, then live ones."""
-        stream = self.stub.WatchRounds(
-            pb.WatchRequest(after_sequence=after_sequence), metadata=self.metadata
+        yield from self._stream(
+            self.stub.WatchRounds, pb.WatchRequest(after_sequence=after_sequence)
         )
+
+    def _stream(self, method: Any, request: Any) -> Iterator[Any]:
+        stream = method(request, metadata=self.metadata)
         try:
             yield from stream
         except grpc.RpcError as error:
             if error.code() is grpc.StatusCode.CANCELLED:
                 return
-            raise _describe(error, self.settings.server) from None
+            raise _describe(error, self.settings) from None
         finally:
             stream.cancel()
 
@@ -130,7 +181,7 @@ class MonitorClient:
         try:
             return method(request, metadata=self.metadata, timeout=self.timeout)
         except grpc.RpcError as error:
-            raise _describe(error, self.settings.server) from None
+            raise _describe(error, self.settings) from None
 
 
 def snapshot(client: MonitorClient, with_devices: bool = False) -> dict[str, Any]:

@@ -20,15 +20,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from stamen.console.devices import DEVICE_STATE_NAMES
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 
 STATE_NAMES = {
     value: name.removeprefix("RUN_STATE_").lower() for name, value in pb.RunState.items()
 }
-DEVICE_STATE_NAMES = {
-    value: name.removeprefix("DEVICE_STATE_").lower() for name, value in pb.DeviceState.items()
-}
 HEALTH_NAMES = {value: name.removeprefix("HEALTH_").lower() for name, value in pb.Health.items()}
+ENDED_STATES = frozenset({"finished", "stopped", "failed"})
 
 
 def human_bytes(count: float) -> str:
@@ -59,6 +58,17 @@ class RunView:
     rounds_done: int = 0
     last_sequence: int = 0
     state: str = "unknown"
+    stragglers: int = 0
+    """Stragglers over the rounds so far, as the run's summary counts them."""
+    dropouts: int = 0
+    """Dropouts over the rounds so far, as the run's summary counts them."""
+    state_message: str = ""
+    """The latest state change in words (the run's end, once it has ended)."""
+
+    @property
+    def ended(self) -> bool:
+        """Whether the run has finished, stopped or failed."""
+        return self.state in ENDED_STATES
 
     def reset(self) -> None:
         """Forget everything (a new connection replays the history)."""
@@ -80,10 +90,14 @@ class RunView:
                 f" · initial acc {100 * event.accuracy:.1f}%" if event.HasField("accuracy") else ""
             )
             return [f"{event.message}{accuracy}"]
+        if kind == pb.EVENT_KIND_STATE_CHANGED:
+            self.state_message = str(event.message)
         return [str(event.message)] if event.message else []
 
     def _round_ended(self, event: Any) -> list[str]:
         self.rounds_done = max(self.rounds_done, int(event.round))
+        self.stragglers += int(event.num_stragglers)
+        self.dropouts += int(event.num_dropouts)
         if event.HasField("accuracy"):
             self.accuracy.append(100 * event.accuracy)
         if event.HasField("loss"):
@@ -100,9 +114,9 @@ class RunView:
         ]
         lines = [f"round {event.round}/{event.total_rounds} done: " + " · ".join(parts)]
         if event.num_stragglers:
-            lines.append(f"  {event.num_stragglers} stragglers {_ids(event.stragglers)}")
+            lines.append(f"  {event.num_stragglers} stragglers {_ids(event.stragglers)}".rstrip())
         if event.num_dropouts:
-            lines.append(f"  {event.num_dropouts} dropouts {_ids(event.dropouts)}")
+            lines.append(f"  {event.num_dropouts} dropouts {_ids(event.dropouts)}".rstrip())
         lines += [f"  rejected node {r.node_id}: {r.reason}" for r in event.rejections]
         if event.tier_accuracy:
             tiers = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sorted(event.tier_accuracy.items()))
@@ -110,6 +124,9 @@ class RunView:
         if event.distillation:
             values = ", ".join(f"{k} {v:.3g}" for k, v in sorted(event.distillation.items()))
             lines.append(f"  distillation: {values}")
+        if event.privacy:
+            values = ", ".join(f"{k} {v:.3g}" for k, v in sorted(event.privacy.items()))
+            lines.append(f"  privacy: {values}")
         return lines
 
 
@@ -119,12 +136,22 @@ def _ids(ids: Any) -> str:
 
 
 def header_text(status: Any, view: RunView) -> str:
-    """The first header line: round, state, accuracy, elapsed, devices per round, role."""
+    """The first header line: round, state, accuracy, elapsed, devices per round, role.
+
+    The accuracy is the latest round's as the event stream tells it (the log's
+    latest line), or the status's when no round has ended yet on this stream.
+    """
     round_text = f"round {max(status.round, view.round)}/{status.total_rounds or view.total_rounds}"
-    accuracy = f"acc {100 * status.accuracy:.1f}%" if status.HasField("accuracy") else "acc -"
+    if view.accuracy and view.rounds_done >= status.last_round.round:
+        accuracy = f"acc {view.accuracy[-1]:.1f}%"
+    elif status.HasField("accuracy"):
+        accuracy = f"acc {100 * status.accuracy:.1f}%"
+    else:
+        accuracy = "acc -"
     parts = [
         round_text,
-        STATE_NAMES.get(status.state, "unknown"),
+        # The event stream tells a change before the next status poll does.
+        view.state if view.state != "unknown" else STATE_NAMES.get(status.state, "unknown"),
         accuracy,
         clock(status.elapsed_seconds),
         f"{status.devices_per_round}/{status.num_devices} dev/round",
@@ -136,23 +163,25 @@ def header_text(status: Any, view: RunView) -> str:
     return " · ".join(parts)
 
 
-DEVICE_COLUMNS = ("node", "tier", "state", "rounds", "up", "down", "rej", "seen")
-"""The device table's columns; each sorts by its own key."""
-
-
-def device_sort_key(column: str) -> Any:
-    """A sort key for ``column`` over ``Device`` messages."""
-    keys: dict[str, Any] = {
-        "node": lambda d: d.node_id,
-        "tier": lambda d: (d.tier, d.node_id),
-        "state": lambda d: (DEVICE_STATE_NAMES.get(d.state, ""), d.node_id),
-        "rounds": lambda d: (d.rounds, d.node_id),
-        "up": lambda d: (d.uplink_bytes, d.node_id),
-        "down": lambda d: (d.downlink_bytes, d.node_id),
-        "rej": lambda d: (d.rejected, d.node_id),
-        "seen": lambda d: (d.last_seen_unix, d.node_id),
-    }
-    return keys[column]
+def connection_line(
+    server: str, connection: str, problem: str, attempts: int, view: RunView, health: str
+) -> str:
+    """The second header line: the connection (or why it is down, and the attempt), the
+    stragglers and dropouts so far, and the run's health or how it ended."""
+    if connection == "closed":
+        return f"monitor closed (q quits) · {view.state_message}"
+    if problem:
+        attempt = f" (attempt {attempts + 1})" if attempts else ""
+        return f"{connection}{attempt}: {problem}"
+    line = f"{server} · {connection}"
+    if view.stragglers or view.dropouts:
+        line += f" · {view.stragglers} stragglers, {view.dropouts} dropouts in all"
+    if view.ended:
+        line += f" · {view.state_message}"
+    elif health and "stragglers" not in health:
+        # A round's stragglers and dropouts are in the log; the totals are on this line.
+        line += f" · {health}"
+    return line
 
 
 def device_row(device: Any, now: float | None = None) -> tuple[str, ...]:
@@ -162,7 +191,7 @@ def device_row(device: Any, now: float | None = None) -> tuple[str, ...]:
     return (
         str(device.node_id),
         device.tier or "-",
-        DEVICE_STATE_NAMES.get(device.state, "?"),
+        DEVICE_STATE_NAMES.get(device.state, "?").replace("_", " "),
         str(device.rounds),
         human_bytes(device.uplink_bytes),
         human_bytes(device.downlink_bytes),

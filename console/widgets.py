@@ -1,16 +1,20 @@
-"""The console's small widgets: a chart with its label, the device table, the stop dialog."""
+"""The console's widgets: a chart with its label, the paged device table, the stop dialog."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import time
+from collections.abc import Callable
+from typing import ClassVar
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Label, Sparkline
 
-from stamen.console.view import DEVICE_COLUMNS, device_row, device_sort_key
+from stamen.console.devices import DEVICE_COLUMNS, DevicePages
+from stamen.console.view import device_row
 
 
 class Chart(Vertical):
@@ -40,49 +44,121 @@ class Chart(Vertical):
 
 
 class DeviceTable(DataTable[str]):
-    """Every device; ``o`` or a click on a column header changes the sort."""
+    """One page of the device table: only the rows on screen exist as rows.
+
+    The devices themselves live in :attr:`pages` (:class:`DevicePages`).
+    ``o`` or a click on a column header sorts, PgUp/PgDn, Home/End and the
+    arrows move through the pages, and :meth:`show_page` redraws after a change.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("o", "cycle_sort", "Sort")]
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
-        self.sort_column = "node"
-        self.sort_reverse = False
-        self.devices: list[Any] = []
+        self.pages = DevicePages()
+
+    @property
+    def sort_column(self) -> str:
+        """The column the rows are sorted by."""
+        return self.pages.sort_column
 
     def on_mount(self) -> None:
         """Add the columns."""
         for column in DEVICE_COLUMNS:
             self.add_column(column, key=column)
 
-    def show(self, devices: list[Any]) -> None:
-        """Replace the rows with ``devices``, sorted."""
-        self.devices = list(devices)
-        ordered = sorted(
-            self.devices, key=device_sort_key(self.sort_column), reverse=self.sort_reverse
-        )
+    def on_resize(self) -> None:
+        """Fit the page to the rows on screen."""
+        self.show_page()
+
+    def show_page(self) -> None:
+        """Redraw the page from :attr:`pages` (after new data, a sort, a filter or a move)."""
+        pages = self.pages
+        header = self.header_height if self.show_header else 0
+        pages.resize(self.scrollable_content_region.height - header)
+        cursor = self.cursor_row
         self.clear()
-        for device in ordered:
-            self.add_row(*device_row(device), key=str(device.node_id))
-        arrow = "▼" if self.sort_reverse else "▲"
-        self.border_subtitle = f"{len(ordered)} devices · sorted by {self.sort_column} {arrow}"
+        now = time.time()
+        for device in pages.page():
+            self.add_row(*device_row(device, now), key=str(device.node_id))
+        if self.row_count:
+            self.move_cursor(row=min(max(cursor, 0), self.row_count - 1), scroll=False)
+        self.border_title = self.caption()
+
+    def caption(self) -> str:
+        """Rows on screen, devices passing the filter, the filter and the sort."""
+        pages = self.pages
+        first, last, shown = pages.position()
+        arrow = "▼" if pages.sort_reverse else "▲"
+        where = f"{first}-{last} of {shown:,}"
+        if pages.filter:
+            where += f" ({pages.filter.describe()}; {len(pages.devices):,} in all)"
+        return f"{where} · by {pages.sort_column} {arrow}"
 
     def sort_by(self, column: str) -> None:
         """Sort by ``column``; the same column again flips the order."""
-        if column == self.sort_column:
-            self.sort_reverse = not self.sort_reverse
-        else:
-            self.sort_column, self.sort_reverse = column, column not in ("node", "tier", "state")
-        self.show(self.devices)
+        self.pages.sort_by(column)
+        self.show_page()
 
     def action_cycle_sort(self) -> None:
         """Sort by the next column."""
-        index = DEVICE_COLUMNS.index(self.sort_column)
-        self.sort_by(DEVICE_COLUMNS[(index + 1) % len(DEVICE_COLUMNS)])
+        self.pages.next_sort()
+        self.show_page()
 
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
         """A click on a header sorts by that column."""
         self.sort_by(str(event.column_key.value))
+
+    # -- moving through the pages (DataTable's own actions, for its own keys) ------------
+
+    def _move(self, change: Callable[[], None], cursor: int | None = None) -> None:
+        change()
+        self.show_page()
+        if cursor is not None and self.row_count:
+            self.move_cursor(row=cursor, scroll=False)
+
+    def action_page_down(self) -> None:
+        """The next page."""
+        self._move(self.pages.page_down)
+
+    def action_page_up(self) -> None:
+        """The previous page."""
+        self._move(self.pages.page_up)
+
+    def action_scroll_home(self) -> None:
+        """The first page, at its first row."""
+        self._move(self.pages.home, cursor=0)
+
+    def action_scroll_end(self) -> None:
+        """The last page, at its last row."""
+        self._move(self.pages.end, cursor=self.pages.page_size - 1)
+
+    action_scroll_top = action_scroll_home
+    action_scroll_bottom = action_scroll_end
+
+    def action_cursor_down(self) -> None:
+        """The next row; past the page's last row, the page moves by one."""
+        if self.cursor_row < self.row_count - 1:
+            super().action_cursor_down()
+        else:
+            self._move(lambda: self.pages.scroll(1))
+
+    def action_cursor_up(self) -> None:
+        """The previous row; above the page's first row, the page moves by one."""
+        if self.cursor_row > 0:
+            super().action_cursor_up()
+        else:
+            self._move(lambda: self.pages.scroll(-1))
+
+    def _on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        event.stop()
+        event.prevent_default()
+        self._move(lambda: self.pages.scroll(3))
+
+    def _on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        event.stop()
+        event.prevent_default()
+        self._move(lambda: self.pages.scroll(-3))
 
 
 class ConfirmStop(ModalScreen[bool]):

@@ -66,6 +66,10 @@ class RoundTiming:
     """Duration of the exchange on the grid's clock (simulated seconds on a simulation)."""
     clock: float = 0.0
     """The grid's clock when the exchange closed."""
+    straggler_ids: tuple[int, ...] = ()
+    """Which devices were the stragglers, where the grid tells (the monitor shows them)."""
+    dropout_ids: tuple[int, ...] = ()
+    """Which devices dropped out, where the grid tells."""
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ from stamen.data.dataset import Dataset, Normalization
 from stamen.data.facts import DatasetFacts
 from stamen.data.loaders import dataset_facts, dataset_names, load_dataset
 from stamen.data.partition import (
+    Partition,
     PartitionConfig,
     PartitionScheme,
     label_histogram,
@@ -28,6 +29,7 @@ __all__ = [
     "Dataset",
     "DatasetFacts",
     "Normalization",
+    "Partition",
     "PartitionConfig",
     "PartitionScheme",
     "dataset_facts",

@@ -3,7 +3,10 @@
 Every scheme returns one sorted ``int64`` index array per device, never an
 empty one, and is a pure function of the labels (or client ids) and the
 :class:`PartitionConfig`: the same config gives identical partitions in every
-process, so a simulation's workers agree on who holds what.
+process, so a simulation's workers agree on who holds what. The arrays are views
+into one :class:`Partition` (all rows grouped by device, and where each device's
+group starts): 8 bytes per row and per device, with no Python object per device
+until one is looked up.
 
 - ``iid``: shuffle, then cut into ``num_devices`` near-equal parts.
 - ``dirichlet``: for each class, draw device shares from
@@ -27,7 +30,9 @@ import enum
 import functools
 import heapq
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -92,9 +97,54 @@ def _require_int(value: object, field: str, minimum: int) -> None:
         raise ConfigError(f"{field} must be an integer >= {minimum}; got {value!r}")
 
 
+class Partition(Sequence[np.ndarray]):
+    """Every device's row indices, held as two arrays rather than an array per device.
+
+    ``rows`` lists the rows grouped by device, each group sorted; device ``i`` holds
+    ``rows[bounds[i]:bounds[i + 1]]``, a read-only view made when it is looked up.
+
+    Examples:
+        >>> parts = Partition(np.array([4, 0, 2, 3]), np.array([0, 1, 4]))
+        >>> len(parts), parts[1].tolist(), [len(p) for p in parts]
+        (2, [0, 2, 3], [1, 3])
+    """
+
+    def __init__(self, rows: np.ndarray, bounds: np.ndarray) -> None:
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.bounds = np.asarray(bounds, dtype=np.int64)
+        self.rows.flags.writeable = False
+        self.bounds.flags.writeable = False
+
+    def __len__(self) -> int:
+        return int(self.bounds.shape[0]) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        devices = len(self)
+        if not -devices <= index < devices:
+            raise IndexError(f"device {index} out of range for {devices} devices")
+        index %= devices
+        return self.rows[self.bounds[index] : self.bounds[index + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the two index arrays hold."""
+        return int(self.rows.nbytes + self.bounds.nbytes)
+
+
 def partition(
     labels: np.ndarray, config: PartitionConfig, client_ids: np.ndarray | None = None
-) -> list[np.ndarray]:
+) -> Partition:
     """Return one sorted index array per device into ``labels``.
 
     ``client_ids`` (one per row) is required by the ``natural`` scheme and
@@ -121,35 +171,35 @@ def partition(
         if devices > len(labels):
             raise DataError(
                 f"cannot give each of {devices} devices a sample: "
-                f"there are only {len(labels)} training rows"
+                f"there are only {len(labels)} training rows; to simulate more devices than "
+                "rows, give each its own draw of rows with data.samples_per_device "
+                "(--samples-per-device)"
             )
         if config.scheme is PartitionScheme.IID:
-            return _sorted_parts(np.array_split(rng.permutation(len(labels)), devices))
-        if config.scheme is PartitionScheme.SHARDS:
-            return _shards(labels, devices, config.shards_per_device, rng)
-        owner = _dirichlet_owner(labels, devices, config.alpha, rng)
+            owner = _iid_owner(len(labels), devices, rng)
+        elif config.scheme is PartitionScheme.SHARDS:
+            owner = _shards_owner(labels, devices, config.shards_per_device, rng)
+        else:
+            owner = _dirichlet_owner(labels, devices, config.alpha, rng)
     return _group_by_owner(owner, devices)
 
 
 @functools.lru_cache(maxsize=32)
-def _partition_dataset_cached(dataset: Dataset, config: PartitionConfig) -> tuple[np.ndarray, ...]:
+def _partition_dataset_cached(dataset: Dataset, config: PartitionConfig) -> Partition:
     client_ids = dataset.client_train if config.scheme is PartitionScheme.NATURAL else None
     if config.scheme is PartitionScheme.NATURAL and client_ids is None:
         raise DataError(
             f"the natural partition needs client ids, but dataset {dataset.name!r} "
             "has no client_train; use iid, dirichlet or shards"
         )
-    parts = partition(dataset.y_train, config, client_ids)
-    for part in parts:
-        part.flags.writeable = False
-    return tuple(parts)
+    return partition(dataset.y_train, config, client_ids)
 
 
-def partition_dataset(dataset: Dataset, config: PartitionConfig) -> list[np.ndarray]:
+def partition_dataset(dataset: Dataset, config: PartitionConfig) -> Partition:
     """Partition ``dataset``'s training rows, cached per dataset and config.
 
     Uses ``dataset.client_train`` for the ``natural`` scheme. The returned
-    index arrays are shared between callers and therefore read-only.
+    partition is shared between callers, so its index arrays are read-only.
 
     Examples:
         >>> from stamen.data import load_dataset
@@ -158,10 +208,12 @@ def partition_dataset(dataset: Dataset, config: PartitionConfig) -> list[np.ndar
         >>> sum(len(p) for p in parts) == ds.num_train
         True
     """
-    return list(_partition_dataset_cached(dataset, config))
+    return _partition_dataset_cached(dataset, config)
 
 
-def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+def label_histogram(
+    labels: np.ndarray, parts: Sequence[np.ndarray], num_classes: int
+) -> np.ndarray:
     """Return a ``(devices, classes)`` array counting each device's labels.
 
     Examples:
@@ -175,22 +227,29 @@ def label_histogram(labels: np.ndarray, parts: list[np.ndarray], num_classes: in
     ).astype(np.int64)
 
 
-def _sorted_parts(parts: list[np.ndarray]) -> list[np.ndarray]:
-    return [np.sort(part).astype(np.int64) for part in parts]
-
-
-def _group_by_owner(owner: np.ndarray, devices: int) -> list[np.ndarray]:
+def _group_by_owner(owner: np.ndarray, devices: int) -> Partition:
     """Turn a device id per row into sorted row indices per device."""
     # A stable sort keeps row indices ascending within each device, and avoids
     # a devices x rows scan that would be slow for 10,000 devices.
     order = np.argsort(owner, kind="stable").astype(np.int64)
-    sizes = np.bincount(owner, minlength=devices)
-    return np.split(order, np.cumsum(sizes)[:-1])
+    bounds = np.zeros(devices + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=devices), out=bounds[1:])
+    return Partition(order, bounds)
 
 
-def _shards(
+def _iid_owner(rows: int, devices: int, rng: np.random.Generator) -> np.ndarray:
+    """Shuffle, then cut into near-equal parts: the first ``rows % devices`` one row longer."""
+    size, longer = divmod(rows, devices)
+    owner = np.empty(rows, dtype=np.int64)
+    owner[rng.permutation(rows)] = np.repeat(
+        np.arange(devices), np.where(np.arange(devices) < longer, size + 1, size)
+    )
+    return owner
+
+
+def _shards_owner(
     labels: np.ndarray, devices: int, per_device: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+) -> np.ndarray:
     num_shards = devices * per_device
     if num_shards > len(labels):
         raise DataError(
@@ -201,9 +260,14 @@ def _shards(
     # which shard depends on the seed.
     shuffled = rng.permutation(len(labels))
     by_label = shuffled[np.argsort(labels[shuffled], kind="stable")]
-    shards = np.array_split(by_label, num_shards)
+    size, longer = divmod(len(labels), num_shards)
+    shard_sizes = np.where(np.arange(num_shards) < longer, size + 1, size)
     dealt = rng.permutation(num_shards).reshape(devices, per_device)
-    return _sorted_parts([np.concatenate([shards[s] for s in row]) for row in dealt])
+    device_of_shard = np.empty(num_shards, dtype=np.int64)
+    device_of_shard[dealt] = np.arange(devices)[:, None]
+    owner = np.empty(len(labels), dtype=np.int64)
+    owner[by_label] = np.repeat(device_of_shard, shard_sizes)
+    return owner
 
 
 def _dirichlet_owner(

@@ -1,9 +1,10 @@
 """Run a whole simulated federation on the chosen backend.
 
 ``local`` runs the virtual devices on :class:`SimulationGrid`: a pool of
-worker processes, device tiers and a simulated clock. ``ray`` hands the same
-ServerApp and ClientApp to Flower's Simulation Engine, on a private Ray
-instance or, with ``federation.ray_address``, on an existing cluster.
+worker processes, device tiers and a simulated clock. ``ray`` runs the same grid
+with Ray actors for workers, on a private Ray instance or, with
+``federation.ray_address``, across an existing cluster. ``flower-ray`` hands the
+same ServerApp and ClientApp to Flower's Simulation Engine instead.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from stamen.server.control import RunControl
 from stamen.server.federation import model_spec
 from stamen.simulations.attacks import with_attack
 from stamen.simulations.profiles import Fleet, build_fleet
-from stamen.simulations.sim_grid import SimulationGrid
-from stamen.simulations.workers import ReplyHook, default_workers
+from stamen.simulations.ray_workers import RayWorkerPool
+from stamen.simulations.sim_grid import PoolFactory, SimulationGrid
+from stamen.simulations.workers import ReplyHook, WorkerPool, default_workers
 
 LOG = logging.getLogger("stamen.simulations")
 
@@ -76,7 +78,7 @@ def simulate(
     preflight(config)
     collector = CollectingReporter()
     reporters = Reporters(reporter, collector)
-    if config.federation.backend is Backend.LOCAL:
+    if config.federation.backend is not Backend.FLOWER_RAY:
         with simulation_grid(config, on_reply) as grid:
             context = Context(
                 run_id=grid.run.run_id,
@@ -86,11 +88,15 @@ def simulate(
                 run_config={},
             )
             server_app(config, reporters, control)(grid, context)
+            where = grid.worker_locations
     else:
         run_on_ray(config, reporters, control)
+        where = []
     if collector.summary is None:
         raise RuntimeError("the federation ended without a summary; see the log above")
     collector.summary["backend"] = config.federation.backend.value
+    if where:
+        collector.summary.update(workers=len(where), worker_nodes=len(set(where)))
     return collector.summary
 
 
@@ -105,13 +111,26 @@ def device_fleet(config: StamenConfig) -> Fleet:
 
 
 def simulation_grid(config: StamenConfig, on_reply: ReplyHook | None = None) -> SimulationGrid:
-    """The local backend's grid for ``config``: the fleet, its clock and a worker pool."""
+    """The grid of the local and ray backends: the fleet, its clock and a worker pool
+    (forked processes, or Ray actors)."""
+    fed = config.federation
     spec = model_spec(config, load_dataset(config.data.dataset))
+    pool: PoolFactory = WorkerPool
+    workers = fed.workers or default_workers()
+    if fed.backend is Backend.RAY:
+        if fed.ray_address:
+            check_ray_address(fed.ray_address)
+        pool = functools.partial(
+            RayWorkerPool, address=fed.ray_address, log_to_driver=LOG.isEnabledFor(logging.INFO)
+        )
+        workers = fed.workers  # 0: one actor per CPU of the cluster
     return SimulationGrid(
         fleet_app(config),
         device_fleet(config),
         flops_per_sample=training_flops_per_sample(build_model(spec), spec.input_shape),
-        workers=config.federation.workers or default_workers(),
+        workers=workers,
+        pool=pool,
+        state_memory=fed.state_memory_mb * 2**20,
         run_config=to_run_config(config),
         on_reply=on_reply,
         # An attack wraps the ClientApp's replies, so attacked runs train one device at a time.
@@ -142,7 +161,7 @@ def run_on_ray(
         from flwr.simulation import run_simulation
     except ImportError:
         raise ConfigError(
-            "backend 'ray' needs the simulation extra: pip install 'stamen[simulation]'"
+            "backend 'flower-ray' needs the simulation extra: pip install 'stamen[simulation]'"
         ) from None
     cpus = os.cpu_count() or 1
     init_args: dict[str, Any] = {

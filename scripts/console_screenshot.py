@@ -58,7 +58,9 @@ async def capture(rounds_before: int, svg_path: Path, size: tuple[int, int]) -> 
             await pilot.press("p")
             await until(lambda: run.control.state is RunState.PAUSED, "the pause")
             await until(lambda: "paused" in app.header_lines()[0], "the console to show it")
-            await until(lambda: app.table.row_count == len(run.state.devices()), "the devices")
+            await until(
+                lambda: len(app.table.pages.devices) == len(run.state.devices()), "the devices"
+            )
             await pilot.pause(0.5)
             app.save_screenshot(filename=svg_path.name, path=str(svg_path.parent))
 

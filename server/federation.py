@@ -37,7 +37,7 @@ from stamen.server.control import RunControl, RunState, apply_settings
 from stamen.server.distillation import build_feddf, edge_metrics, final_models
 from stamen.server.reporting import RoundRecord, RoundReporter
 from stamen.server.round_hooks import FederationHooks
-from stamen.strategies import CompressedFedAvg, FedBuff
+from stamen.strategies import CompressedFedAvg, FedBuff, build_private_strategy
 from stamen.strategies import build_strategy as build_named_strategy
 from stamen.transport.deltas import to_array_record, to_numpy
 
@@ -78,7 +78,10 @@ def train_task(config: StamenConfig) -> TrainTask:
 
 
 def build_strategy(config: StamenConfig, spec: ModelSpec) -> CompressedFedAvg:
-    """The strategy this config describes (``strategy.name``), over compressed updates."""
+    """The strategy this config describes (``strategy.name``), over compressed updates;
+    ``[privacy]`` turns FedAvg into its secure-aggregation or central-DP form."""
+    if config.privacy.secure_aggregation or config.privacy.dp:
+        return build_private_strategy(config, compressed_fedavg_args(config, spec))
     return build_named_strategy(config.strategy, **compressed_fedavg_args(config, spec))
 
 
@@ -250,8 +253,17 @@ def summarize(
         "participants": sum(r.participants for r in records),
         "stragglers": sum(r.stragglers for r in records),
         "dropouts": sum(r.dropouts for r in records),
+        **privacy_summary(records),
         "config": config.to_dict(),
     }
+
+
+def privacy_summary(records: list[RoundRecord]) -> dict[str, Any]:
+    """Epsilon spent by the run (at its delta), where DP was on; nothing otherwise."""
+    spent = [r.extra for r in records if "epsilon" in r.extra]
+    if not spent:
+        return {}
+    return {"dp": {"epsilon": spent[-1]["epsilon"], "delta": spent[-1].get("dp_delta")}}
 
 
 ACCURACY_TARGETS = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)

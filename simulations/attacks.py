@@ -59,22 +59,33 @@ and within the bound a server accepts, so that only a server-side cap stops it."
 
 def attacked_partitions(num_devices: int, fraction: float, seed: int) -> frozenset[int]:
     """The partition ids that attack: ``round(fraction * num_devices)`` of them, by seed."""
+    return frozenset(attackers_of(num_devices, fraction, seed).tolist())
+
+
+def attackers_of(num_devices: int, fraction: float, seed: int) -> np.ndarray:
+    """:func:`attacked_partitions` as one sorted array: 8 bytes an attacker, not a Python int
+    in a set (a fifth of a million devices would be 200,000 of them)."""
     count = round(fraction * num_devices)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA77AC]))
-    return frozenset(int(i) for i in rng.choice(num_devices, size=count, replace=False))
+    return np.sort(rng.choice(num_devices, size=count, replace=False)).astype(np.int64)
 
 
 def with_attack(app: ClientApp, settings: AttackSettings, num_devices: int, seed: int) -> ClientApp:
     """``app`` with its attacking devices' training replies replaced; unchanged if no attack."""
     if not settings.active:
         return app
-    attackers = attacked_partitions(num_devices, settings.fraction, seed)
+    attackers = attackers_of(num_devices, settings.fraction, seed)
+
+    def attacks(partition_id: int) -> bool:
+        at = int(np.searchsorted(attackers, partition_id))
+        return at < len(attackers) and int(attackers[at]) == partition_id
+
     wrapped = ClientApp()
 
     @wrapped.train()
     def train(message: Message, context: Context) -> Message:
         reply = app(message, context)
-        if int(context.node_config.get("partition-id", -1)) not in attackers or reply.has_error():
+        if not attacks(int(context.node_config.get("partition-id", -1))) or reply.has_error():
             return reply
         if UPDATE_KEY not in reply.content.array_records:
             return reply

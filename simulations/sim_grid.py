@@ -2,7 +2,8 @@
 
 It is a Flower :class:`~flwr.serverapp.Grid`, so the unchanged ServerApp and
 strategies drive it; the unchanged ClientApp runs each device's task in a pool
-of worker processes (:mod:`stamen.simulations.workers`). Wall time is only the
+of workers: forked processes (:mod:`stamen.simulations.workers`) or Ray actors
+across a cluster (:mod:`stamen.simulations.ray_workers`). Wall time is only the
 devices' compute. The *simulated* clock instead says how long the round would
 take on the real fleet: each device finishes at
 
@@ -23,8 +24,9 @@ completion, which is what an asynchronous strategy such as FedBuff needs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 from flwr.app import ConfigRecord, Error, Message, MetricRecord
@@ -33,6 +35,8 @@ from flwr.clientapp import ClientApp
 from stamen.contract import CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES, message_nbytes, records_of
 from stamen.core.fleet import RoundTiming
 from stamen.core.grid import RoundPolicyGrid, assign_message_id
+from stamen.simulations.device_states import DEFAULT_MEMORY_BUDGET, DeviceStates
+from stamen.simulations.pool import DevicePool
 from stamen.simulations.profiles import Fleet
 from stamen.simulations.workers import (
     DeviceRunner,
@@ -41,6 +45,9 @@ from stamen.simulations.workers import (
     TrainBatch,
     WorkerPool,
 )
+
+PoolFactory = Callable[[DeviceRunner, int, DeviceStates], DevicePool]
+"""Starts ``workers`` workers for a runner, keeping device states in the given store."""
 
 LOG = logging.getLogger("stamen.simulations")
 
@@ -69,6 +76,9 @@ class SimulationGrid(RoundPolicyGrid):
         train_batch: trains several devices' tasks together (the Stamen client's
             ``handle_train_batch``); ``None``: every task goes through ``client_app``.
         device_batch: how many training tasks a worker hands ``train_batch`` at a time.
+        state_memory: bytes of device state kept in memory; the rest spills to disk.
+        pool: starts the workers (default: forked processes, :class:`WorkerPool`; Ray actors
+            across a cluster: :class:`~stamen.simulations.ray_workers.RayWorkerPool`).
 
     Examples:
         >>> from stamen.client import FleetData, client_app
@@ -93,6 +103,8 @@ class SimulationGrid(RoundPolicyGrid):
         on_reply: ReplyHook | None = None,
         train_batch: TrainBatch | None = None,
         device_batch: int = 1,
+        state_memory: int = DEFAULT_MEMORY_BUDGET,
+        pool: PoolFactory = WorkerPool,
     ) -> None:
         super().__init__()
         self.fleet = fleet
@@ -110,15 +122,15 @@ class SimulationGrid(RoundPolicyGrid):
             train_batch=train_batch,
             device_batch=device_batch,
         )
-        self._pool = WorkerPool(runner, workers)
+        self._pool = pool(runner, workers, DeviceStates(state_memory))
         self.simulated_clock = True
         """Marks a grid whose device set and time are simulated (no waiting for devices)."""
 
     # -- Grid ------------------------------------------------------------------
 
-    def get_node_ids(self) -> Iterable[int]:
-        """Ids of the devices online now on the simulated clock."""
-        return [int(pid) + 1 for pid in self.fleet.online(self._now)]
+    def get_node_ids(self) -> NodeIds:
+        """Ids of the devices online now on the simulated clock, ascending."""
+        return NodeIds(self.fleet.online(self._now) + 1)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Dispatch ``messages`` now; each completes at its own simulated time."""
@@ -152,14 +164,16 @@ class SimulationGrid(RoundPolicyGrid):
         policy = self.round_policy
         order = sorted(range(len(batch)), key=lambda i: results[i][0].finished)
         accepted: list[Message] = []
-        stragglers = surplus = dropouts = 0
+        surplus = 0
+        stragglers: list[int] = []
+        dropouts: list[int] = []
         closed_at = start
         for i in order:
             completion, reply = results[i]
             if completion.dropped:
-                dropouts += 1
+                dropouts.append(batch[i].metadata.dst_node_id)
             elif policy.deadline is not None and completion.finished - start > policy.deadline:
-                stragglers += 1
+                stragglers.append(batch[i].metadata.dst_node_id)
             elif policy.quorum is not None and len(accepted) >= policy.quorum:
                 surplus += 1
             else:
@@ -175,11 +189,13 @@ class SimulationGrid(RoundPolicyGrid):
             RoundTiming(
                 dispatched=len(batch),
                 participants=len(accepted),
-                stragglers=stragglers,
-                dropouts=dropouts,
+                stragglers=len(stragglers),
+                dropouts=len(dropouts),
                 surplus=surplus,
                 seconds=closed_at - start,
                 clock=closed_at,
+                straggler_ids=tuple(stragglers),
+                dropout_ids=tuple(dropouts),
             ),
         )
         return accepted
@@ -201,8 +217,18 @@ class SimulationGrid(RoundPolicyGrid):
             return None
         return self.fleet.tier(node_id - 1).name
 
+    @property
+    def worker_locations(self) -> list[str]:
+        """Where each worker runs: this machine, or a Ray node."""
+        return list(self._pool.locations)
+
+    @property
+    def device_states(self) -> DeviceStates:
+        """The state each device that trained keeps between its tasks."""
+        return self._pool.states
+
     def close(self) -> None:
-        """Stop the worker processes."""
+        """Stop the workers."""
         self._pool.close()
 
     def __enter__(self) -> SimulationGrid:
@@ -262,6 +288,42 @@ class SimulationGrid(RoundPolicyGrid):
             )
             seconds += tier.upload_seconds(message_nbytes(reply))
         return Completion(self._now + seconds, dropped=reply is None)
+
+
+class NodeIds(Sequence[int]):
+    """Node ids held in one numpy array: a million cost 8 MB, not 36 MB of Python ints.
+
+    It reads as a sequence of ``int``; ``numpy.asarray`` gets the array itself, which is how
+    the transport samples from it without a Python object per device.
+
+    Examples:
+        >>> ids = NodeIds(np.array([2, 5, 9]))
+        >>> len(ids), ids[1], list(ids), np.asarray(ids).dtype
+        (3, 5, [2, 5, 9], dtype('int64'))
+    """
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self._ids = np.asarray(ids, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._ids.shape[0])
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> NodeIds: ...
+
+    def __getitem__(self, index: int | slice) -> int | NodeIds:
+        if isinstance(index, slice):
+            return NodeIds(self._ids[index])
+        return int(self._ids[index])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids.tolist())
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return self._ids if dtype is None else self._ids.astype(dtype)
 
 
 def local_epochs(message: Message) -> int:

@@ -1,7 +1,9 @@
-"""What a forked simulation worker sets up for itself before it runs devices.
+"""What a simulation worker sets up for itself before it runs devices.
 
 Apart from the pool's protocol: signals, its parent's death, threads, malloc
 and priority are properties of the process, set once, whatever it then runs.
+A Ray actor (:mod:`~stamen.simulations.ray_workers`) sets up the same training
+process; its signals and lifetime are Ray's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def become_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()
+    set_up_training()
+
+
+def set_up_training() -> None:
+    """What any process that trains devices sets up, forked worker or Ray actor."""
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
     keep_freed_memory()

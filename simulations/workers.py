@@ -1,15 +1,11 @@
 """A pool of forked worker processes that run virtual devices' ``ClientApp``.
 
 The parent keeps each device's state between rounds (its ``Context.state``:
-the error-feedback residual, counters) and sends it along with the device's
-task; the worker that runs the task sends the new state back with the reply.
-Any worker can then run any device, so a round is handed out in chunks of
-consecutive devices to whichever worker runs short of work first, and the
-workers finish a round together. A chunk is one training group
-(``device_batch``), so which devices train together depends only on the order
-of the round's messages, not on timing or the number of workers. A device
-without state costs nothing between rounds: a 10,000-device fleet costs
-nothing until it trains.
+the error-feedback residual, counters), pickled, and sends it along with the
+device's task; the worker that runs the task sends the new state back with the
+reply. How a round is shared out is :mod:`stamen.simulations.pool`'s: chunks of
+one training group to whichever worker runs short first. A device without state
+costs nothing between rounds: a million-device fleet costs nothing until it trains.
 
 Workers are forked after the dataset is loaded, so they share its pages with
 the parent, and each runs torch on one thread: a device's arithmetic is then
@@ -23,10 +19,10 @@ import gc
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import threading
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
@@ -36,6 +32,8 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from stamen.core.errors import StamenError
+from stamen.simulations.device_states import DeviceStates
+from stamen.simulations.pool import Chunk, DevicePool, Outcome, node_of
 from stamen.simulations.worker_process import become_worker
 
 LOG = logging.getLogger("stamen.simulations")
@@ -165,14 +163,22 @@ def failed(message: Message, error: Exception) -> Message:
     )
 
 
+def run_chunk(runner: DeviceRunner, messages: Sequence[Message], chunk: Chunk) -> Iterator[Outcome]:
+    """A worker's side of one chunk: give each device its state, run the chunk's messages,
+    and yield each reply with the device's new state, pickled (``None``: it keeps none)."""
+    nodes = {}
+    for index, state in chunk:
+        nodes[index] = node_of(messages[index])
+        runner.adopt(nodes[index], None if state is None else pickle.loads(state))
+    for index, reply in runner.run_all([(index, messages[index]) for index, _ in chunk]):
+        kept = runner.release(nodes[index])
+        yield index, reply, None if kept is None else pickle.dumps(kept, pickle.HIGHEST_PROTOCOL)
+
+
 _ROUND, _CHUNK = "round", "chunk"
 
-PREFETCH_CHUNKS = 3
-"""Chunks a worker is given ahead: enough to keep it training while the server is busy
-checking replies."""
 
-
-class WorkerPool:
+class WorkerPool(DevicePool):
     """``workers`` forked processes that share out each round's devices.
 
     Use as a context manager, or call :meth:`close`; leaving the context on an
@@ -180,16 +186,15 @@ class WorkerPool:
     also die with the parent, however it ends (:mod:`~stamen.simulations.worker_process`).
     """
 
-    def __init__(self, runner: DeviceRunner, workers: int) -> None:
+    def __init__(
+        self, runner: DeviceRunner, workers: int, states: DeviceStates | None = None
+    ) -> None:
         if workers < 1:
             raise StamenError(f"a worker pool needs at least one worker; got {workers}")
+        super().__init__(runner.device_batch, states)
         context = multiprocessing.get_context("fork")
-        self.chunk = runner.device_batch
-        """Devices handed to a worker at a time: one training group."""
         self.connections: list[Connection] = []
         self.processes: list[Any] = []
-        self.states: dict[int, RecordDict] = {}
-        """Each device's state between its tasks, for the devices that keep any."""
         # What exists now (modules, the dataset, the apps) lives as long as the run. Frozen,
         # the collector stops walking it: a full collection cost about 150 ms of a round,
         # and in a worker it would write to pages it otherwise shares with the parent.
@@ -203,88 +208,52 @@ class WorkerPool:
             child_end.close()
             self.connections.append(parent_end)
             self.processes.append(process)
+        self.locations = ["this machine"] * workers
 
     @property
     def size(self) -> int:
         """How many workers the pool has."""
         return len(self.connections)
 
-    def run(self, messages: Sequence[Message]) -> Iterator[tuple[int, Message]]:
-        """Run ``messages`` across the pool; yields ``(index, reply)`` as replies arrive.
-
-        Every worker receives the round's messages once (a round's devices share one model
-        record, pickled once); then chunks of ``chunk`` consecutive message indices, with
-        their devices' states, go to whichever worker runs short of work first, and each
-        reply brings its device's state back.
-        """
+    def _start_round(self, messages: Sequence[Message]) -> None:
         pickled = bytes(ForkingPickler.dumps((_ROUND, list(messages))))
         for worker, connection in enumerate(self.connections):
             with _reporting_death(worker):
                 connection.send_bytes(pickled)
-        chunks = deque(
-            range(start, min(start + self.chunk, len(messages)))
-            for start in range(0, len(messages), self.chunk)
-        )
-        outstanding = [0] * self.size
 
-        def top_up(worker: int) -> None:
-            while chunks and outstanding[worker] < self.chunk * PREFETCH_CHUNKS:
-                indices = chunks.popleft()
-                states = [(i, self.states.pop(_node(messages[i]), None)) for i in indices]
-                with _reporting_death(worker):
-                    self.connections[worker].send((_CHUNK, states))
-                outstanding[worker] += len(indices)
+    def _send_chunk(self, worker: int, chunk: Chunk) -> None:
+        with _reporting_death(worker):
+            self.connections[worker].send((_CHUNK, chunk))
 
-        for worker in range(self.size):
-            top_up(worker)
-        while any(outstanding):
-            busy = [self.connections[w] for w in range(self.size) if outstanding[w]]
-            for ready in wait(busy):
-                connection = pending_connection(ready)
-                worker = self.connections.index(connection)
-                with _reporting_death(worker):
-                    index, reply, state = connection.recv()
-                if state is not None:
-                    self.states[_node(messages[index])] = state
-                outstanding[worker] -= 1
-                top_up(worker)
-                yield index, reply
+    def _outcomes(self, busy: list[int]) -> Iterator[tuple[int, Outcome]]:
+        for ready in wait([self.connections[worker] for worker in busy]):
+            connection = pending_connection(ready)
+            worker = self.connections.index(connection)
+            with _reporting_death(worker):
+                outcome: Outcome = connection.recv()
+            yield worker, outcome
 
-    def close(self) -> None:
-        """Stop the workers and wait for them."""
-        for connection in self.connections:
-            with contextlib.suppress(OSError):
-                connection.send(None)
-            connection.close()
-        for process in self.processes:
-            process.join(timeout=5)
-            if process.is_alive():
+    def _stop(self, *, kill: bool) -> None:
+        if kill:
+            for process in self.processes:
                 process.kill()
+            for process in self.processes:
                 process.join()
-        self.connections.clear()
-        self.processes.clear()
-        gc.unfreeze()
-
-    def terminate(self) -> None:
-        """Kill the workers now: the run is being abandoned, so their work is not wanted."""
-        for process in self.processes:
-            process.kill()
-        for process in self.processes:
-            process.join()
-        for connection in self.connections:
-            connection.close()
-        self.connections.clear()
-        self.processes.clear()
-        gc.unfreeze()
-
-    def __enter__(self) -> WorkerPool:
-        return self
-
-    def __exit__(self, error_type: type[BaseException] | None, *rest: object) -> None:
-        if error_type is None:
-            self.close()
+            for connection in self.connections:
+                connection.close()
         else:
-            self.terminate()  # an abandoned run: its workers' work is not wanted
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.send(None)
+                connection.close()
+            for process in self.processes:
+                process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        self.connections.clear()
+        self.processes.clear()
+        gc.unfreeze()
 
 
 @contextlib.contextmanager
@@ -321,13 +290,8 @@ def _serve(runner: DeviceRunner, connection: Connection) -> None:
         if kind == _ROUND:
             messages = payload
             continue
-        nodes = {}
-        for index, state in payload:
-            nodes[index] = _node(messages[index])
-            runner.adopt(nodes[index], state)
-        for index, reply in runner.run_all([(index, messages[index]) for index, _ in payload]):
-            state = runner.release(nodes[index])
-            outbox.put(bytes(ForkingPickler.dumps((index, reply, state))))
+        for outcome in run_chunk(runner, messages, payload):
+            outbox.put(bytes(ForkingPickler.dumps(outcome)))
 
 
 def _receive(connection: Connection, inbox: queue.SimpleQueue[Any]) -> None:
@@ -347,10 +311,6 @@ def _send(connection: Connection, outbox: queue.SimpleQueue[bytes | None]) -> No
             connection.send_bytes(item)
         except OSError:  # the parent is gone; the reader thread ends the worker
             return
-
-
-def _node(message: Message) -> int:
-    return message.metadata.dst_node_id
 
 
 def pending_connection(ready: object) -> Connection:

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stamen.config import StrategyName, StrategySettings
+from stamen.config import PrivacyMode, StamenConfig, StrategyName, StrategySettings
+from stamen.privacy import DpMechanism
 from stamen.strategies.compressed_fedavg import CompressedFedAvg
+from stamen.strategies.dp_fedavg import DPFedAvg
 from stamen.strategies.fedadam import FedAdam
 from stamen.strategies.fedbuff import FedBuff
 from stamen.strategies.fedprox import FedProx
@@ -29,6 +31,7 @@ from stamen.strategies.fedyogi import FedYogi
 from stamen.strategies.krum import Krum
 from stamen.strategies.median import CoordinateMedian
 from stamen.strategies.norm_bounding import NormBoundedAvg
+from stamen.strategies.secure_fedavg import SecureFedAvg
 from stamen.strategies.trimmed_mean import TrimmedMean
 
 Builder = Callable[[StrategySettings, dict[str, Any]], CompressedFedAvg]
@@ -128,3 +131,34 @@ STRATEGIES: dict[StrategyName, StrategyEntry] = {
 def build_strategy(settings: StrategySettings, **common: Any) -> CompressedFedAvg:
     """Build the strategy ``settings`` names; ``common`` goes to :class:`CompressedFedAvg`."""
     return STRATEGIES[StrategyName(settings.name)].build(settings, common)
+
+
+def build_private_strategy(config: StamenConfig, common: dict[str, Any]) -> CompressedFedAvg:
+    """FedAvg in the form ``config.privacy`` asks for: under secure aggregation (with central,
+    distributed or no DP), or with central DP over plain compressed updates."""
+    privacy, federation = config.privacy, config.federation
+    dp: dict[str, Any] = {
+        "noise_multiplier": privacy.noise_multiplier,
+        "target_epsilon": privacy.target_epsilon,
+        "delta": privacy.delta,
+        "num_devices": federation.num_devices,
+        "rounds": federation.rounds,
+        "clip": privacy.clip,
+    }
+    if not privacy.secure_aggregation:
+        return DPFedAvg(**dp, **common)
+    mechanism = {
+        PrivacyMode.OFF: None,
+        PrivacyMode.CENTRAL: DpMechanism.GAUSSIAN,
+        PrivacyMode.DISTRIBUTED: DpMechanism.SKELLAM,
+    }[privacy.mode]
+    return SecureFedAvg(
+        modulus_bits=privacy.modulus_bits,
+        coordinate_ratio=privacy.coordinate_ratio,
+        coordinate_rule=privacy.coordinates.value,
+        threshold_fraction=privacy.threshold_fraction,
+        dropout_tolerance=privacy.dropout_tolerance,
+        dp=mechanism,
+        **dp,
+        **common,
+    )

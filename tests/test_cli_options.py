@@ -42,6 +42,11 @@ SAMPLES: dict[str, tuple[list[str], Any]] = {
     "uplink_values": (["--uplink-values", "q8"], "q8"),
     "error_feedback": (["--no-error-feedback"], False),
     "downlink_values": (["--downlink-values", "fp16"], "fp16"),
+    "secure_aggregation": (["--secure-aggregation"], True),
+    "dp": (["--secure-aggregation", "--dp", "distributed"], "distributed"),
+    "target_epsilon": (["--target-epsilon", "4"], 4.0),
+    "dp_delta": (["--dp-delta", "1e-6"], 1e-6),
+    "dp_clip": (["--dp-clip", "0.2"], 0.2),
 }
 """A valid value for each config flag both commands take, and what the config then holds."""
 

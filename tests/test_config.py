@@ -71,7 +71,7 @@ def test_pruning_ramp_defaults_to_half_the_rounds() -> None:
             {"data.partition": "random"},
             "data.partition must be one of iid, dirichlet, shards, natural; got 'random'",
         ),
-        ({"preset": "tiny"}, "preset must be one of edge, fp32; got 'tiny'"),
+        ({"preset": "tiny"}, "preset must be one of edge, fp32, private-edge; got 'tiny'"),
         ({"uplink.values": "q3"}, "uplink.values must be one of fp32, fp16, q8, q4, q2"),
         ({"federation.devices_per_round": 500}, "federation.devices_per_round must be between"),
         ({"training.lr": -1.0}, "training.lr must be > 0"),

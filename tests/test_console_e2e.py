@@ -125,6 +125,12 @@ def test_console_in_tmux_follows_and_stops_a_simulation(tmp_path: Path) -> None:
         simulation.wait(timeout=120)
         assert simulation.returncode == 0
         wait_for(lambda: "stopped" in screen(), 60, "the console to show the stop")
+        # The simulation has exited and its monitor with it: the console says so, once,
+        # and does not try to reconnect.
+        wait_for(lambda: "monitor closed" in screen(), 60, "the console to see it")
+        time.sleep(3)
+        assert "reconnect" not in screen() and "connection lost" not in screen()
+        assert "final accuracy" in screen()
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True, check=False)
         if simulation.poll() is None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from test_simulation_grid import three_tier_fleet
 from textual.pilot import Pilot
 
-from stamen.config import load_config
+from stamen.config import StamenConfig, load_config
 from stamen.console import ConnectionSettings, ConsoleApp
 from stamen.launch import simulate
+from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.server.control import RunState
 from stamen.server.monitor import MonitorSettings, MonitorState, Role, TokenStore, start_monitor
 from stamen.server.monitor.session import MonitoredRun
@@ -186,7 +189,16 @@ def test_the_console_reconnects_when_the_server_restarts() -> None:
             await wait_for(pilot, lambda: app.connection == "connected")
             server.stop()
             await wait_for(pilot, lambda: app.connection == "reconnecting")
-            assert app.header_lines()[1].startswith("reconnecting: ")
+            await wait_for(pilot, lambda: app.attempts >= 3)
+            # One plain line for the outage, whatever the number of attempts; the header
+            # counts them. No raw gRPC text anywhere.
+            lost = [line for line in app.log_lines if line.startswith("connection lost")]
+            assert lost == [
+                f"connection lost: cannot reach the monitor at {server.address}: "
+                "connection refused (is the server running, on this port?); reconnecting"
+            ] or lost == ["connection lost: the monitor closed the stream; reconnecting"]
+            assert app.header_lines()[1].startswith("reconnecting (attempt ")
+            assert not any("ipv4:" in line or "failed to connect" in line for line in app.log_lines)
             restarted = MonitorState()
             restarted.on_start(total_rounds=9, initial_accuracy=0.2)
             server = start_monitor(MonitorSettings(port=port, tokens=TOKENS), restarted)
@@ -203,3 +215,94 @@ def test_the_console_reconnects_when_the_server_restarts() -> None:
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def run_to_the_end(config: StamenConfig) -> tuple[ConsoleApp, MonitoredRun, tuple[str, str]]:
+    """A real federation watched by a console until it ends and its monitor closes.
+
+    Returns the console (as it was when the test let it go), the finished run, and
+    the header as it was when the end arrived, before the monitor closed.
+    """
+    run = MonitoredRun(config, MonitorSettings(tokens=TOKENS)).start()
+    app = ConsoleApp(
+        ConnectionSettings(run.server.address, READ_ONLY), poll_interval=0.2, reconnect_delay=0.2
+    )
+
+    header: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: app.connection == "connected")
+            run.run_in_background(simulate)
+            await wait_for(pilot, lambda: run.summary is not None or run.error is not None)
+            await wait_for(pilot, lambda: app.view.ended)
+            header.append(app.header_lines())
+            # What `stamen simulate` does once the run is over: the monitor goes.
+            await asyncio.to_thread(run.stop)
+            await wait_for(pilot, lambda: app.connection == "closed")
+            await pilot.pause(0.6)  # three reconnect delays: no attempt may follow
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        run.stop()
+    assert run.error is None and run.summary is not None
+    return app, run, header[0]
+
+
+@pytest.fixture(scope="module")
+def ended() -> tuple[ConsoleApp, MonitoredRun, tuple[str, str]]:
+    """A run with stragglers and dropouts, watched to its end by a read-only console.
+
+    The simulation grid's three-tier fleet (a deadline that microcontrollers miss,
+    every tier dropping out of one task in five), with over-selection.
+    """
+    config = three_tier_fleet(
+        **{
+            "num-devices": 30,
+            "devices-per-round": 10,
+            "rounds": 3,
+            "federation.over_selection": 0.5,
+        }
+    )
+    return run_to_the_end(config)  # type: ignore[arg-type]
+
+
+def test_the_end_of_a_run_is_shown_once_and_the_console_stops_reconnecting(
+    ended: tuple[ConsoleApp, MonitoredRun, tuple[str, str]],
+) -> None:
+    app, run, _ = ended
+    assert run.summary is not None
+    final = 100 * run.summary["final_accuracy"]
+    end = f"finished 3 rounds · final accuracy {final:.1f}%"
+    first, second = app.header_lines()
+    assert first.startswith("round 3/3 · finished · acc ") and f"acc {final:.1f}%" in first
+    assert second == f"monitor closed (q quits) · {end}"
+    assert app.log_lines[-1] == end and app.log_lines.count(end) == 1
+    # No reconnecting, no gRPC text: the monitor closing after the end is not a lost link.
+    assert not any("connection lost" in line or "reconnect" in line for line in app.log_lines)
+    assert not any("UNAVAILABLE" in line or "ipv4:" in line for line in app.log_lines)
+    assert app.attempts == 0
+
+
+def test_stragglers_and_dropouts_are_counted_as_the_summary_counts_them(
+    ended: tuple[ConsoleApp, MonitoredRun, tuple[str, str]],
+) -> None:
+    app, run, header = ended
+    summary = run.summary
+    assert summary is not None
+    assert summary["stragglers"] > 0 and summary["dropouts"] > 0
+    assert (app.view.stragglers, app.view.dropouts) == (summary["stragglers"], summary["dropouts"])
+    in_all = f"{summary['stragglers']} stragglers, {summary['dropouts']} dropouts in all"
+    assert in_all in header[1]
+    per_round = [re.match(r"  (\d+) (stragglers|dropouts)", line) for line in app.log_lines]
+    logged = {"stragglers": 0, "dropouts": 0}
+    for found in filter(None, per_round):
+        logged[found.group(2)] += int(found.group(1))
+    assert logged == {"stragglers": summary["stragglers"], "dropouts": summary["dropouts"]}
+    # The device table shows who they were in the last round, as the grid named them.
+    last = [e for e in run.state.events_after(0) if e.kind == pb.EVENT_KIND_ROUND_ENDED][-1]
+    assert len(last.stragglers) == last.num_stragglers and len(last.dropouts) == last.num_dropouts
+    states = {d.node_id: d.state for d in app.table.pages.devices.values()}
+    assert all(states[n] == pb.DEVICE_STATE_STRAGGLING for n in last.stragglers)
+    assert all(states[n] == pb.DEVICE_STATE_DROPPED_OUT for n in last.dropouts)

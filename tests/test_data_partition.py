@@ -98,9 +98,23 @@ def test_natural_partition_of_watch_gives_one_device_per_subject() -> None:
 
     assert sorted(int(np.unique(ds.client_train[p]).item()) for p in parts) == list(range(1, 11))
     assert sum(len(p) for p in parts) == ds.num_train
-    assert partition_dataset(ds, PartitionConfig(scheme="natural", num_devices=10))[0] is parts[0]
+    assert partition_dataset(ds, PartitionConfig(scheme="natural", num_devices=10)) is parts
     with pytest.raises(ValueError, match="read-only"):
         parts[0][0] = 1
+
+
+def test_a_partition_of_many_devices_holds_two_arrays_not_an_array_per_device() -> None:
+    labels = np.random.default_rng(0).integers(0, 10, 200_000)
+    parts = partition(labels, PartitionConfig(num_devices=100_000, alpha=0.3))
+    # 8 bytes a row and a device: a list of 100,000 arrays would add about 10 MB of objects.
+    assert parts.nbytes == 8 * (200_000 + 100_001)
+    assert len(parts) == 100_000 and len(parts[-1]) >= 1 and parts[-1] is not parts[-1]
+    assert sum(len(p) for p in parts[:10]) == int(parts.bounds[10])
+
+
+def test_more_devices_than_rows_says_how_to_give_each_its_own_draw() -> None:
+    with pytest.raises(DataError, match="--samples-per-device"):
+        partition(LABELS, PartitionConfig("iid", num_devices=1_000_000))
 
 
 def test_natural_partition_with_the_wrong_device_count_says_how_many_clients() -> None:

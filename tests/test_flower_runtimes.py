@@ -1,4 +1,5 @@
-"""Stamen on Flower's own runtimes: the Ray Simulation Engine and ``flwr run``.
+"""Stamen on Flower's own runtimes: the Ray Simulation Engine (``--backend flower-ray``)
+and ``flwr run``.
 
 Both tests start real processes (Ray, a local SuperLink), so they are marked
 slow and run with ``pytest -m slow tests/test_flower_runtimes.py``. They stay on
@@ -97,7 +98,7 @@ def summary_of(out_dir: Path) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(300)
-def test_stamen_simulate_runs_on_the_ray_engine(tmp_path: Path) -> None:
+def test_stamen_simulate_runs_on_flowers_ray_engine(tmp_path: Path) -> None:
     out = tmp_path / "results"
     fleet = "--dataset digits --num-devices 6 --devices-per-round 3 --rounds 2 --partition iid"
     # The edge preset keeps QAT, pruning and the q4 uplink codec on; these make it learn
@@ -107,7 +108,7 @@ def test_stamen_simulate_runs_on_the_ray_engine(tmp_path: Path) -> None:
         tool("stamen"),
         "simulate",
         "--backend",
-        "ray",
+        "flower-ray",
         *fleet.split(),
         *training.split(),
         "--out",
@@ -125,7 +126,7 @@ def test_stamen_simulate_runs_on_the_ray_engine(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = summary_of(out)
     assert summary["rounds"] == 2
-    assert summary["config"]["federation"]["backend"] == "ray"
+    assert summary["config"]["federation"]["backend"] == "flower-ray"
     assert summary["final_accuracy"] > 3 * CHANCE, summary["final_accuracy"]
     assert summary["uplink_compression"] > 5, summary["uplink_compression"]
     assert len((out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 2
@@ -330,7 +331,7 @@ def descendants(roots: list[int], marker: str) -> list[int]:
 
 
 @pytest.mark.timeout(420)
-def test_stamen_simulate_joins_a_running_ray_cluster(tmp_path: Path) -> None:
+def test_flowers_ray_engine_joins_a_running_ray_cluster(tmp_path: Path) -> None:
     # Ray's socket paths must stay short, so its temp dir is not pytest's deep one.
     ray_dir = Path(tempfile.mkdtemp(prefix="stray", dir="/tmp"))
     port = free_port()
@@ -357,7 +358,7 @@ def test_stamen_simulate_joins_a_running_ray_cluster(tmp_path: Path) -> None:
             tool("stamen"),
             "simulate",
             "--backend",
-            "ray",
+            "flower-ray",
             "--ray-address",
             f"127.0.0.1:{port}",
             *("--dataset", "digits", "--model", "mlp", "--partition", "iid", "--preset", "fp32"),

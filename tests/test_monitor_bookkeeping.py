@@ -9,13 +9,15 @@ from typing import Any
 
 import pytest
 
-from stamen.console.view import RunView, device_row, device_sort_key, header_text
+from stamen.console.devices import DeviceFilter, DevicePages, device_sort_key
+from stamen.console.view import RunView, device_row, header_text
 from stamen.contract.monitor import bearer, token_from_metadata
 from stamen.core.errors import ConfigError
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.server.control import ControlRefused, RunControl, RunState, StopRequested
 from stamen.server.monitor import DeviceStatus, MonitorState, Role, TokenStore, load_tokens
 from stamen.server.monitor.auth import OPERATOR_ENV, READ_ONLY_ENV, parse_token_lines
+from stamen.server.monitor.state import RUN_STATES
 from stamen.server.reporting import RoundRecord
 
 
@@ -76,7 +78,8 @@ def test_a_round_becomes_start_and_end_events_with_device_outcomes() -> None:
     assert [e.sequence for e in events] == [1, 2, 3]
     started, ended = events[1], events[2]
     assert list(started.participants) == [1, 2, 3]
-    assert list(ended.dropouts) == [3] and ended.num_dropouts == 1
+    # Device 3 answered (with an error): a failure, not a dropout, as the summary counts it.
+    assert list(ended.dropouts) == [] and ended.num_dropouts == 0
     assert ended.num_stragglers == 0
     assert [(r.node_id, r.reason) for r in ended.rejections] == [(2, "norm too large")]
     assert ended.uplink_compression == pytest.approx(10.0)
@@ -96,17 +99,55 @@ def test_a_round_becomes_start_and_end_events_with_device_outcomes() -> None:
     assert status.last_round.sequence == 3
 
 
-def test_devices_that_never_answer_are_stragglers() -> None:
+@pytest.mark.parametrize(
+    ("counts", "stragglers", "dropouts", "state"),
+    [
+        ({}, [], [], DeviceStatus.NO_REPLY),
+        ({"stragglers": 1}, [2], [], DeviceStatus.STRAGGLING),
+        ({"dropouts": 1}, [], [2], DeviceStatus.DROPPED_OUT),
+    ],
+)
+def test_a_device_that_never_answers_is_counted_as_the_grid_counted_it(
+    counts: dict[str, int], stragglers: list[int], dropouts: list[int], state: DeviceStatus
+) -> None:
+    # The summary sums the records' counts; the monitor shows the same numbers.
+    state_ = MonitorState()
+    state_.round_started(1, [1, 2])
+    state_.device_replied(1, 1, uplink_bytes=10)
+    state_.round_closed(1)  # as the grid wrapper says after a synchronous round
+    state_.on_round(record(1, accepted=1, **counts))
+    ended = state_.events_after(0)[-1]
+    assert (list(ended.stragglers), list(ended.dropouts)) == (stragglers, dropouts)
+    assert ended.num_stragglers == counts.get("stragglers", 0)
+    assert ended.num_dropouts == counts.get("dropouts", 0)
+    assert state_.devices()[1].state is state
+    status = state_.status()
+    assert (status.stragglers, status.dropouts) == (len(stragglers), len(dropouts))
+    if counts:
+        assert status.health == pb.HEALTH_DEGRADED
+        assert status.health_detail == (
+            f"round 1: {len(dropouts)} dropouts, {len(stragglers)} stragglers"
+        )
+    else:
+        assert status.health == pb.HEALTH_OK
+
+
+def test_the_grid_names_its_stragglers_and_dropouts() -> None:
     state = MonitorState()
-    state.round_started(1, [1, 2])
+    state.round_started(1, [1, 2, 3, 4])
     state.device_replied(1, 1, uplink_bytes=10)
-    state.on_round(record(1, accepted=1))
+    state.device_replied(1, 4, uplink_bytes=10)  # answered after the quorum: surplus
+    state.round_closed(1, stragglers=[3], dropouts=[2])
+    state.on_round(record(1, accepted=1, stragglers=1, dropouts=1, surplus=1))
     ended = state.events_after(0)[-1]
-    assert list(ended.stragglers) == [2] and ended.num_stragglers == 1
-    assert state.devices()[1].state is DeviceStatus.STRAGGLING
-    status = state.status()
-    assert status.health == pb.HEALTH_DEGRADED
-    assert status.health_detail == "round 1: 0 dropouts, 1 stragglers"
+    assert (list(ended.stragglers), list(ended.dropouts)) == ([3], [2])
+    states = {d.node_id: d.state for d in state.devices()}
+    assert states == {
+        1: DeviceStatus.IDLE,
+        2: DeviceStatus.DROPPED_OUT,
+        3: DeviceStatus.STRAGGLING,
+        4: DeviceStatus.IDLE,
+    }
 
 
 def test_fields_a_richer_round_record_carries_are_passed_on() -> None:
@@ -114,6 +155,7 @@ def test_fields_a_richer_round_record_carries_are_passed_on() -> None:
     state.round_started(2, [1, 2, 3])
     state.device_replied(2, 1, uplink_bytes=100)
     state.device_replied(2, 2, uplink_bytes=100)
+    state.round_closed(2)
     state.on_round(
         TieredRecord(
             **dataclasses.asdict(record(2, stragglers=1, dropouts=1)),
@@ -122,9 +164,11 @@ def test_fields_a_richer_round_record_carries_are_passed_on() -> None:
         )
     )
     ended = state.events_after(0)[-1]
-    # Device 3 never answered, and the grid counted one straggler: that is device 3.
-    assert list(ended.stragglers) == [3] and ended.num_stragglers == 1
+    # Device 3 never answered; the grid counted a straggler and a dropout without naming
+    # them: the counts are the grid's, and no id is guessed.
+    assert ended.num_stragglers == 1 and list(ended.stragglers) == []
     assert ended.num_dropouts == 1 and list(ended.dropouts) == []
+    assert state.devices()[2].state is DeviceStatus.NO_REPLY
     assert dict(ended.tier_accuracy) == {"phone": 0.9, "mcu": 0.7}
     assert dict(ended.distillation) == {"kl": 0.25}
 
@@ -163,6 +207,107 @@ def test_control_changes_become_events_and_status() -> None:
     assert events[1].state == pb.RUN_STATE_PAUSING
     assert state.status().devices_per_round == 5
     assert state.status().strategy == "Strategy"
+
+
+@pytest.mark.parametrize(
+    ("state", "message", "said"),
+    [
+        (RunState.FINISHED, "finished 2 rounds", "finished 2 rounds · final accuracy 50.0%"),
+        (
+            RunState.STOPPED,
+            "stopped by an operator after round 2",
+            "stopped by an operator after round 2 · final accuracy 50.0%",
+        ),
+        (
+            RunState.FAILED,
+            "failed: RuntimeError: boom",
+            "failed: RuntimeError: boom · final accuracy 50.0%",
+        ),
+    ],
+)
+def test_the_end_of_a_run_carries_its_final_accuracy(
+    state: RunState, message: str, said: str
+) -> None:
+    control = RunControl()
+    monitor = MonitorState(control=control)
+    control.bind(object(), grid=None)  # type: ignore[arg-type]
+    monitor.on_round(record(2, stragglers=1, dropouts=2))
+    monitor.round_started(3, [4])  # a task still in flight when the run ends
+    control.finished(state, message)
+    assert monitor.devices()[0].state is DeviceStatus.IDLE
+    end = monitor.events_after(0)[-1]
+    assert end.kind == pb.EVENT_KIND_STATE_CHANGED and end.message == said
+    assert end.accuracy == 0.5 and end.state == RUN_STATES[state]
+    status = monitor.status()
+    assert status.state_message == said and status.accuracy == 0.5
+    assert (status.stragglers, status.dropouts) == (1, 2)
+    view = RunView()
+    lines = [line for event in monitor.events_after(0) for line in view.apply(event)]
+    assert view.ended and lines[-1] == said and view.state_message == said
+    assert (view.stragglers, view.dropouts) == (1, 2)
+
+
+def test_the_device_table_hands_out_only_what_changed_since_a_version() -> None:
+    state = MonitorState()
+    state.round_started(1, range(1, 1001))
+    version = state.device_version
+    assert version == 1000
+    state.device_replied(1, 7, uplink_bytes=10)
+    state.device_replied(1, 3, uplink_bytes=10)
+    now, changed, count = state.device_changes(version)
+    assert now == version + 2 and count == 1000
+    assert [(d.node_id, d.state) for d in changed] == [
+        (7, pb.DEVICE_STATE_IDLE),
+        (3, pb.DEVICE_STATE_IDLE),
+    ]
+    assert state.device_changes(now)[1] == []
+    assert state.wait_for_device_changes(now, timeout=0.01) is False
+    assert state.table_id != MonitorState().table_id
+
+
+def device(node_id: int, **fields: Any) -> Any:
+    return pb.Device(node_id=node_id, **fields)
+
+
+def test_device_pages_sort_filter_and_page_a_large_table() -> None:
+    pages = DevicePages(page_size=10)
+    tiers = ("mcu", "iot", "phone")
+    pages.apply(
+        pb.DeviceChanges(
+            table_id="t",
+            version=1,
+            snapshot=True,
+            devices=[
+                device(n, tier=tiers[n % 3], uplink_bytes=n * 7 % 1000, state=pb.DEVICE_STATE_IDLE)
+                for n in range(1, 10_001)
+            ],
+        )
+    )
+    assert [d.node_id for d in pages.page()] == list(range(1, 11))
+    pages.page_down()
+    assert pages.position() == (11, 20, 10_000)
+    pages.end()
+    assert pages.position() == (9_991, 10_000, 10_000)
+    pages.sort_by("up")  # the largest first
+    assert pages.sort_reverse and pages.offset == 9_990
+    pages.home()
+    ups = [d.uplink_bytes for d in pages.page()]
+    assert ups == sorted(ups, reverse=True) and ups[0] == 999
+    pages.apply(
+        pb.DeviceChanges(
+            table_id="t",
+            version=2,
+            devices=[device(5, tier="mcu", uplink_bytes=10**6, state=pb.DEVICE_STATE_STRAGGLING)],
+        )
+    )
+    assert pages.page()[0].node_id == 5 and pages.version == 2
+    pages.set_filter(DeviceFilter.parse("straggling"))
+    assert [d.node_id for d in pages.page()] == [5] and pages.position() == (1, 1, 1)
+    pages.set_filter(DeviceFilter.parse("tier:phone 99"))
+    kept = pages.ordered()
+    assert kept and all(d.tier == "phone" and "99" in str(d.node_id) for d in kept)
+    pages.apply(pb.DeviceChanges(table_id="u", version=1, snapshot=True, devices=[device(1)]))
+    assert pages.table_id == "u" and list(pages.devices) == [1]
 
 
 def test_pause_blocks_between_rounds_until_resumed_and_applies_new_settings() -> None:
@@ -314,9 +459,23 @@ def test_header_and_device_rows() -> None:
     assert header_text(status, RunView()) == (
         "round 3/10 · paused · acc 87.5% · 01:15 · 5/20 dev/round · read-only"
     )
+    # The event stream is ahead of the last status poll: the header follows the stream.
+    view = RunView()
+    view.apply(
+        pb.RoundEvent(
+            sequence=1,
+            kind=pb.EVENT_KIND_ROUND_ENDED,
+            round=4,
+            accuracy=0.9,
+            state=pb.RUN_STATE_RUNNING,
+        )
+    )
+    assert header_text(status, view).startswith("round 4/10 · running · acc 90.0% · ")
     devices = [
         pb.Device(node_id=1, uplink_bytes=10, state=pb.DEVICE_STATE_IDLE),
         pb.Device(node_id=2, uplink_bytes=500, state=pb.DEVICE_STATE_REJECTED, rejected=2),
     ]
     assert [d.node_id for d in sorted(devices, key=device_sort_key("up"), reverse=True)] == [2, 1]
     assert device_row(devices[1], now=0.0)[2:] == ("rejected", "0", "500 B", "0 B", "2", "-")
+    dropped = pb.Device(node_id=3, state=pb.DEVICE_STATE_DROPPED_OUT)
+    assert device_row(dropped, now=0.0)[2] == "dropped out"

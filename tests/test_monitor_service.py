@@ -138,6 +138,7 @@ def test_prometheus_endpoint_serves_the_run(run: MonitoredRun) -> None:
     uplink = next(line for line in lines if line.startswith("stamen_uplink_bytes_total "))
     assert float(uplink.split()[1]) == run.state.status().uplink_bytes > 0
     assert any(line.startswith("stamen_accuracy ") for line in lines)
+    assert {"stamen_stragglers_total 0.0", "stamen_dropouts_total 0.0"} <= lines
 
 
 def test_stamen_status_prints_one_json_snapshot(run: MonitoredRun) -> None:

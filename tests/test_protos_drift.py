@@ -71,6 +71,7 @@ def test_monitor_service_stubs_are_generated() -> None:
     assert [m.name for m in service.methods] == [
         "WatchRounds",
         "ListDevices",
+        "WatchDevices",
         "GetStatus",
         "Control",
     ]

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from stamen.core.fleet import PolicyGrid, RoundPolicy
 from stamen.transport.reply_validation import SentModel, ValidUpdate
 from stamen.transport.stats import RoundStats
-from stamen.transport.transport import CompressedTransport
+from stamen.transport.transport import CompressedTransport, sorted_node_ids
 
 
 class AsyncDispatch:
@@ -86,11 +86,12 @@ class AsyncDispatch:
         if wanted <= 0:
             return
         busy = {node for node, _ in self.in_flight.values()}
-        idle = [node for node in sorted(self.grid.get_node_ids()) if node not in busy]
-        if not idle:
+        node_ids = sorted_node_ids(self.grid)
+        idle = node_ids[~np.isin(node_ids, list(busy))] if busy else node_ids
+        if not len(idle):
             return
         chosen = transport.rng.choice(len(idle), size=min(wanted, len(idle)), replace=False)
-        nodes = [idle[int(i)] for i in sorted(chosen)]
+        nodes = [int(idle[i]) for i in sorted(chosen)]
         stats = transport.stats[self.version]
         task = transport.task.replace(round_num=self.version)
         sent = self.sent[self.version]

@@ -164,10 +164,10 @@ class CompressedTransport:
         # A simulated fleet is all there: its offline devices will not connect meanwhile.
         wait = self._waited_for_devices or getattr(grid, "simulated_clock", False)
         deadline = time.monotonic() + (0.0 if wait else self.min_available_wait)
-        node_ids = sorted(grid.get_node_ids())
+        node_ids = sorted_node_ids(grid)
         while len(node_ids) < count and time.monotonic() < deadline:
             time.sleep(0.05)
-            node_ids = sorted(grid.get_node_ids())
+            node_ids = sorted_node_ids(grid)
         if len(node_ids) < count and not self._waited_for_devices:
             LOG.warning(
                 "only %d of the %d requested devices are connected; sampling all of them",
@@ -175,10 +175,10 @@ class CompressedTransport:
                 count,
             )
         self._waited_for_devices = True
-        if not node_ids:
+        if not len(node_ids):
             return []
         chosen = self.rng.choice(len(node_ids), size=min(count, len(node_ids)), replace=False)
-        return [node_ids[int(i)] for i in sorted(chosen)]
+        return [int(node_ids[i]) for i in sorted(chosen)]
 
     def _prune(self, server_round: int, dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sparsity = self.schedule.sparsity_at(server_round)
@@ -348,3 +348,16 @@ class CompressedTransport:
         except InvalidUpdate as error:
             outcome = error
         self._checked[reply.metadata.reply_to_message_id] = CheckedReply(sent, outcome)
+
+
+def sorted_node_ids(grid: Grid) -> np.ndarray:
+    """The grid's node ids, ascending, as one array.
+
+    A grid that hands its ids as an array (the simulation grid's million devices) is
+    sorted without a Python object per device.
+    """
+    ids = grid.get_node_ids()
+    if hasattr(ids, "__array__"):
+        return np.sort(np.asarray(ids))
+    # Flower's node ids are unsigned 64-bit: its own grids draw them at random.
+    return np.array(sorted(ids), dtype=np.uint64)

@@ -7,14 +7,16 @@ The Prometheus endpoint (``start_metrics``) needs ``prometheus-client``
 from typing import Any
 
 from stamen.server.monitor.auth import Role, TokenStore, generate_token, load_tokens
+from stamen.server.monitor.devices import DeviceRecord, DeviceStatus, DeviceTable
 from stamen.server.monitor.grid import ObservedGrid
 from stamen.server.monitor.service import MonitorServer, MonitorSettings, start_monitor
 from stamen.server.monitor.session import MonitoredRun
-from stamen.server.monitor.state import DeviceRecord, DeviceStatus, MonitorState
+from stamen.server.monitor.state import MonitorState
 
 __all__ = [
     "DeviceRecord",
     "DeviceStatus",
+    "DeviceTable",
     "MetricsServer",
     "MonitorServer",
     "MonitorSettings",

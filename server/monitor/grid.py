@@ -27,6 +27,7 @@ class ObservedGrid(Grid):
     def __init__(self, inner: Grid, state: MonitorState) -> None:
         self.inner = inner
         self.state = state
+        self._hook: Callable[[Message], None] | None = None
 
     @property
     def run(self) -> Run:
@@ -70,8 +71,18 @@ class ObservedGrid(Grid):
         """Report the round start, forward, then report each reply."""
         messages = list(messages)
         self._started(messages)
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        streaming = self.inner if isinstance(self.inner, StreamingGrid) else None
+        if streaming is not None:
+            # Each reply is shown as it arrives, not only when the round closes. Only
+            # here: an asynchronous pull decides itself when a reply has arrived.
+            streaming.on_each_reply(self._arrived)
+        try:
+            replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        finally:
+            if streaming is not None:
+                streaming.on_each_reply(self._hook)
         self._replied(replies)
+        self._closed(messages)
         return replies
 
     # -- the stamen.core.fleet extensions of the inner grid, where it has them ---------------
@@ -97,6 +108,7 @@ class ObservedGrid(Grid):
 
     def on_each_reply(self, hook: Callable[[Message], None] | None) -> None:
         """Forward the reply hook, if the inner grid streams replies."""
+        self._hook = hook
         if isinstance(self.inner, StreamingGrid):
             self.inner.on_each_reply(hook)
 
@@ -122,6 +134,11 @@ class ObservedGrid(Grid):
             tiers={n: str(self.tier_of(n)) for n in nodes} if tiered else None,
         )
 
+    def _arrived(self, reply: Message) -> None:
+        self._replied([reply])
+        if self._hook is not None:
+            self._hook(reply)
+
     def _replied(self, replies: list[Message]) -> None:
         for reply in replies:
             if reply.metadata.message_type != MessageType.TRAIN:
@@ -133,6 +150,22 @@ class ObservedGrid(Grid):
                 uplink_bytes=message_nbytes(reply),
                 error=error,
             )
+
+    def _closed(self, messages: list[Message]) -> None:
+        """The round is closed: pass on which devices the grid counted as stragglers and
+        dropouts, where it says."""
+        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        if not train:
+            return
+        timing = self.last_timing()
+        named = timing is not None and bool(
+            timing.straggler_ids or timing.dropout_ids or not (timing.stragglers or timing.dropouts)
+        )
+        self.state.round_closed(
+            _round_of(train[0]),
+            stragglers=timing.straggler_ids if timing is not None and named else None,
+            dropouts=timing.dropout_ids if timing is not None and named else None,
+        )
 
 
 def _round_of(message: Message) -> int:

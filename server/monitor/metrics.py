@@ -48,6 +48,12 @@ class StateCollector(Collector):
             yield _gauge(
                 "stamen_round_duration_seconds", "Wall time of the last round.", record.seconds
             )
+            if "epsilon" in record.extra:  # a DP run: the privacy spent so far
+                yield _gauge(
+                    "stamen_dp_epsilon",
+                    f"Epsilon spent so far, at delta {record.extra.get('dp_delta')}.",
+                    record.extra["epsilon"],
+                )
         uplink = CounterMetricFamily("stamen_uplink_bytes", "Update bytes received from devices.")
         uplink.add_metric([], status.uplink_bytes)
         yield uplink
@@ -57,6 +63,13 @@ class StateCollector(Collector):
         rejected = CounterMetricFamily("stamen_rejected_updates", "Updates the server rejected.")
         rejected.add_metric([], status.rejected_updates)
         yield rejected
+        for name, value, text in (
+            ("stamen_stragglers", status.stragglers, "Devices that answered after the deadline."),
+            ("stamen_dropouts", status.dropouts, "Devices that went away during a round."),
+        ):
+            counter = CounterMetricFamily(name, text)
+            counter.add_metric([], value)
+            yield counter
         current = self.state.state
         states = GaugeMetricFamily("stamen_run_state", "1 for the run's state.", labels=["state"])
         for state in RunState:

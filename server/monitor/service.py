@@ -26,15 +26,11 @@ from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.protos.monitor.v1 import monitor_pb2_grpc as pb_grpc
 from stamen.server.control import ControlRefused, RunControl
 from stamen.server.monitor.auth import Role, TokenStore
-from stamen.server.monitor.state import DeviceRecord, MonitorState
+from stamen.server.monitor.devices import device_message
+from stamen.server.monitor.state import MonitorState
 
-DEVICE_STATES = {
-    "idle": pb.DEVICE_STATE_IDLE,
-    "training": pb.DEVICE_STATE_TRAINING,
-    "rejected": pb.DEVICE_STATE_REJECTED,
-    "failed": pb.DEVICE_STATE_FAILED,
-    "straggling": pb.DEVICE_STATE_STRAGGLING,
-}
+DEVICE_INTERVAL = (0.05, 0.5, 10.0)
+"""Seconds between two device-table messages: the least, the default, the most."""
 
 
 @dataclass(frozen=True)
@@ -84,13 +80,55 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         self.closing = threading.Event()
 
     def WatchRounds(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        """Replay the history after ``after_sequence``, then stream new events."""
+        """Replay the history after ``after_sequence``, then stream new events.
+
+        When the service stops, the events not sent yet (the run's end) go out
+        before the stream ends.
+        """
         self._authorize(context)
         sequence = int(request.after_sequence)
-        while context.is_active() and not self.closing.is_set():
-            for event in self.state.wait_for_events(sequence, timeout=0.25):
+        while context.is_active():
+            closing = self.closing.is_set()
+            for event in self.state.wait_for_events(sequence, timeout=0 if closing else 0.25):
                 yield event
                 sequence = int(event.sequence)
+            if closing:
+                return
+
+    def WatchDevices(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        """The device table (or what changed since the client's version), then its changes.
+
+        Changes are merged into one message per interval, so a round that
+        touches a thousand devices costs a few messages, not a thousand.
+        """
+        self._authorize(context)
+        least, default, most = DEVICE_INTERVAL
+        interval = request.min_interval_ms / 1000 or default
+        interval = min(max(interval, least), most)
+        table_id = self.state.table_id
+        version = int(request.after_version)
+        snapshot = request.table_id != table_id or version > self.state.device_version
+        if snapshot:
+            version = 0
+        first = True
+        while context.is_active():
+            closing = self.closing.is_set()
+            if not first and not closing:
+                self.state.wait_for_device_changes(version, timeout=0.25)
+            new_version, changed, count = self.state.device_changes(version)
+            if first or changed:
+                yield pb.DeviceChanges(
+                    table_id=table_id,
+                    version=new_version,
+                    snapshot=snapshot,
+                    devices=changed,
+                    num_devices=count,
+                )
+                version, first, snapshot = new_version, False, False
+                # Changes that come in the meantime go out together in the next message.
+                self.closing.wait(interval)
+            if closing:
+                return
 
     def ListDevices(self, request: Any, context: grpc.ServicerContext) -> Any:
         """Every device seen so far."""
@@ -153,21 +191,6 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         return role
 
 
-def device_message(device: DeviceRecord) -> Any:
-    """A device record as a ``Device`` message."""
-    return pb.Device(
-        node_id=device.node_id,
-        tier=device.tier,
-        state=DEVICE_STATES[device.state.value],
-        last_seen_unix=device.last_seen,
-        rounds=device.rounds,
-        uplink_bytes=device.uplink_bytes,
-        downlink_bytes=device.downlink_bytes,
-        rejected=device.rejected,
-        last_error=device.last_error,
-    )
-
-
 class MonitorServer:
     """A running monitor service; :meth:`stop` ends its streams and frees the port."""
 
@@ -193,7 +216,8 @@ def start_monitor(
 ) -> MonitorServer:
     """Serve ``state`` (and ``control``) on ``settings.host:settings.port``."""
     servicer = MonitorServicer(state, settings.tokens, control or state.control)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="monitor"))
+    # Each console holds two streams (rounds, devices) and polls the status.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="monitor"))
     pb_grpc.add_MonitorServicer_to_server(servicer, server)
     address = f"{settings.host}:{settings.port}"
     try:

@@ -14,13 +14,14 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from stamen.config import StamenConfig
 from stamen.core.errors import ConfigError
-from stamen.server.control import ControlRefused, RunControl
+from stamen.server.control import ControlRefused, RunControl, RunState
 from stamen.server.monitor.service import MonitorServer, MonitorSettings, start_monitor
 from stamen.server.monitor.state import MonitorState
 
@@ -104,13 +105,25 @@ class MonitoredRun:
         return self.thread
 
     def stop(self) -> None:
-        """Stop the endpoints (idempotent); a background run is stopped and joined."""
+        """Stop the endpoints (idempotent); a background run is stopped and joined.
+
+        Consoles are told how the run ended before the service goes: a run that
+        never said (it failed before its first round, or its thread was lost) is
+        marked failed or stopped here. Called from a ``finally`` block while an
+        exception propagates, that exception is the reason given.
+        """
         if self.thread is not None:
             if not self.control.state.ended:
                 with contextlib.suppress(ControlRefused):
                     self.control.stop()
             self.thread.join(timeout=120)
             self.thread = None
+        if not self.control.state.ended:
+            error = self.error or sys.exception()
+            if error is None or isinstance(error, KeyboardInterrupt):
+                self.control.finished(RunState.STOPPED, "the server stopped before the run ended")
+            else:
+                self.control.finished(RunState.FAILED, f"failed: {type(error).__name__}: {error}")
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None

@@ -16,57 +16,28 @@ Examples:
     [1, 2]
     >>> state.devices()[1].state
     <DeviceStatus.FAILED: 'failed'>
+
+Stragglers and dropouts are counted as the run's summary counts them: the
+round record's counts (the grid's), summed over the rounds. Which devices
+they were comes from the grid where it says (``RoundTiming.straggler_ids``
+and ``dropout_ids``), else from what the monitor saw where that is
+unambiguous; a sampled device whose reply never came and that the grid
+counted neither way is shown as ``no_reply``.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from stamen.config import StamenConfig
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 from stamen.server.control import RunControl, RunState
+from stamen.server.monitor.devices import DeviceRecord, DeviceStatus, DeviceTable, RoundSeen
 from stamen.server.reporting import RoundRecord
-
-
-class DeviceStatus(enum.StrEnum):
-    """What a device did last, as the server saw it."""
-
-    IDLE = "idle"
-    TRAINING = "training"
-    REJECTED = "rejected"
-    FAILED = "failed"
-    STRAGGLING = "straggling"
-
-
-@dataclass
-class DeviceRecord:
-    """One device's history in this run."""
-
-    node_id: int
-    tier: str = ""
-    state: DeviceStatus = DeviceStatus.IDLE
-    last_seen: float = 0.0
-    rounds: int = 0
-    uplink_bytes: int = 0
-    downlink_bytes: int = 0
-    rejected: int = 0
-    last_error: str = ""
-
-
-@dataclass
-class _RoundSeen:
-    """What the grid showed of one round in flight."""
-
-    participants: list[int]
-    replied: set[int]
-    failed: dict[int, str]
-
 
 RUN_STATES = {state: getattr(pb, f"RUN_STATE_{state.name}") for state in RunState}
 """Python run states to their wire values."""
@@ -93,17 +64,20 @@ class MonitorState:
         self.config = config
         self.control = control
         self._events: list[Any] = []
-        self._devices: dict[int, DeviceRecord] = {}
-        self._rounds: dict[int, _RoundSeen] = {}
+        self._table = DeviceTable()
+        self._rounds: dict[int, RoundSeen] = {}
         self.total_rounds = config.federation.rounds if config else 0
         self.round = 0
         self.last_record: RoundRecord | None = None
         self.state = control.state if control else RunState.STARTING
+        self.state_message = ""
         self.started = clock()
         self.ended: float | None = None
         self.uplink_bytes = 0
         self.downlink_bytes = 0
         self.rejected_updates = 0
+        self.stragglers = 0
+        self.dropouts = 0
         self.summary: dict[str, Any] | None = None
         if control is not None:
             control.add_listener(self.on_state)
@@ -129,16 +103,9 @@ class MonitorState:
         """A round ended and was evaluated."""
         now = self._clock()
         with self._cond:
-            seen = self._rounds.pop(record.round, None) or _RoundSeen([], set(), {})
-            missing = [n for n in seen.participants if n not in seen.replied]
-            stragglers, num_stragglers = _ids_and_count(
-                getattr(record, "stragglers", None), missing
-            )
-            dropouts, num_dropouts = _ids_and_count(
-                getattr(record, "dropouts", None), sorted(seen.failed)
-            )
-            for node_id in stragglers:
-                self._device(node_id).state = DeviceStatus.STRAGGLING
+            seen = self._rounds.pop(record.round, None) or RoundSeen([])
+            stragglers, dropouts = self._table.close_round(seen, record.stragglers, record.dropouts)
+            self._cond.notify_all()
             for rejection in record.rejections:
                 device = self._device(int(rejection["node_id"]))
                 device.rejected += 1
@@ -149,6 +116,8 @@ class MonitorState:
             self.uplink_bytes += record.uplink_bytes
             self.downlink_bytes += record.downlink_bytes
             self.rejected_updates += record.rejected
+            self.stragglers += record.stragglers
+            self.dropouts += record.dropouts
             participants, _ = _ids_and_count(
                 getattr(record, "participants", None), seen.participants
             )
@@ -158,9 +127,9 @@ class MonitorState:
                 round=record.round,
                 participants=participants,
                 stragglers=stragglers,
-                num_stragglers=num_stragglers,
+                num_stragglers=record.stragglers,
                 dropouts=dropouts,
-                num_dropouts=num_dropouts,
+                num_dropouts=record.dropouts,
                 accepted=record.accepted,
                 rejections=[
                     pb.Rejection(node_id=int(r["node_id"]), reason=str(r["reason"]))
@@ -182,6 +151,7 @@ class MonitorState:
                 duration_seconds=record.seconds,
                 sparsity=record.sparsity,
                 distillation=_floats(getattr(record, "distillation", None)),
+                privacy=_floats({k: v for k, v in record.extra.items() if k in PRIVACY_KEYS}),
             )
 
     def on_finish(self, summary: dict[str, Any]) -> None:
@@ -205,7 +175,11 @@ class MonitorState:
         """The server sent round ``server_round``'s task to ``node_ids``."""
         with self._cond:
             nodes = sorted(int(n) for n in node_ids)
-            self._rounds[server_round] = _RoundSeen(nodes, set(), {})
+            seen = self._rounds.get(server_round)
+            if seen is None:
+                self._rounds[server_round] = RoundSeen(nodes)
+            else:  # an asynchronous strategy dispatches one model version several times
+                seen.participants = sorted({*seen.participants, *nodes})
             self.round = max(self.round, server_round)
             for node_id in nodes:
                 device = self._device(node_id)
@@ -219,19 +193,41 @@ class MonitorState:
     def device_replied(
         self, server_round: int, node_id: int, *, uplink_bytes: int, error: str | None = None
     ) -> None:
-        """A device answered round ``server_round`` (with an update, or an error)."""
+        """A device answered round ``server_round`` (with an update, or an error).
+
+        A reply seen twice (as it arrives, and again when the grid hands it back)
+        counts once.
+        """
         with self._cond:
+            seen = self._rounds.get(server_round)
+            if seen is not None:
+                if node_id in seen.replied:
+                    return
+                seen.replied.add(node_id)
+                if error:
+                    seen.failed[node_id] = error
             device = self._device(node_id)
             device.last_seen = self._clock()
             device.uplink_bytes += uplink_bytes
             device.state = DeviceStatus.FAILED if error else DeviceStatus.IDLE
             if error:
                 device.last_error = error
+
+    def round_closed(
+        self,
+        server_round: int,
+        *,
+        stragglers: Sequence[int] | None = None,
+        dropouts: Sequence[int] | None = None,
+    ) -> None:
+        """The grid closed round ``server_round``, and said which devices it counted how
+        (``None``: it did not say)."""
+        with self._cond:
             seen = self._rounds.get(server_round)
             if seen is not None:
-                seen.replied.add(node_id)
-                if error:
-                    seen.failed[node_id] = error
+                seen.closed = True
+                seen.stragglers = None if stragglers is None else sorted(map(int, stragglers))
+                seen.dropouts = None if dropouts is None else sorted(map(int, dropouts))
 
     # -- RunControl listener -------------------------------------------------------------
 
@@ -259,7 +255,30 @@ class MonitorState:
     def devices(self) -> list[DeviceRecord]:
         """Copies of every device record, by node id."""
         with self._cond:
-            return [replace(self._devices[n]) for n in sorted(self._devices)]
+            return self._table.all()
+
+    @property
+    def table_id(self) -> str:
+        """The device table's id: a client holding another table needs a snapshot."""
+        return self._table.table_id
+
+    @property
+    def device_version(self) -> int:
+        """The device table's version: it goes up by one with every device change."""
+        with self._cond:
+            return self._table.version
+
+    def device_changes(self, after_version: int) -> tuple[int, list[Any], int]:
+        """The table's version, the devices changed after ``after_version`` (``Device``
+        messages), and the table's size."""
+        with self._cond:
+            table = self._table
+            return table.version, table.changes_after(after_version), len(table)
+
+    def wait_for_device_changes(self, after_version: int, timeout: float) -> bool:
+        """Whether the table changed after ``after_version``, waiting up to ``timeout`` s."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._table.version > after_version, timeout)
 
     def status(self) -> Any:
         """The run status as a ``RunStatus`` message (without the caller's role)."""
@@ -284,10 +303,13 @@ class MonitorState:
                 started_unix=self.started,
                 elapsed_seconds=(self.ended or self._clock()) - self.started,
                 devices_per_round=devices_per_round or 0,
-                num_devices=config.federation.num_devices if config else len(self._devices),
+                num_devices=config.federation.num_devices if config else len(self._table),
                 uplink_bytes=self.uplink_bytes,
                 downlink_bytes=self.downlink_bytes,
                 rejected_updates=self.rejected_updates,
+                state_message=self.state_message,
+                stragglers=self.stragglers,
+                dropouts=self.dropouts,
             )
             if deadline is not None:
                 status.deadline_seconds = deadline
@@ -304,38 +326,34 @@ class MonitorState:
 
     def _health(self) -> tuple[pb.Health, str]:
         if self.state is RunState.FAILED:
-            return pb.HEALTH_FAILED, self._last_message() or "the run failed"
+            return pb.HEALTH_FAILED, self.state_message or "the run failed"
         record = self.last_record
         if record is not None and record.sampled and record.accepted == 0:
             return pb.HEALTH_DEGRADED, f"round {record.round}: no update was accepted"
         if record is not None and record.rejected:
             return pb.HEALTH_DEGRADED, f"round {record.round}: {record.rejected} updates rejected"
-        ended = next(
-            (e for e in reversed(self._events) if e.kind == pb.EVENT_KIND_ROUND_ENDED), None
-        )
-        if ended is not None and (ended.num_dropouts or ended.num_stragglers):
+        if record is not None and (record.dropouts or record.stragglers):
             return pb.HEALTH_DEGRADED, (
-                f"round {ended.round}: {ended.num_dropouts} dropouts, "
-                f"{ended.num_stragglers} stragglers"
+                f"round {record.round}: {record.dropouts} dropouts, {record.stragglers} stragglers"
             )
         return pb.HEALTH_OK, ""
 
-    def _last_message(self) -> str:
-        for event in reversed(self._events):
-            if event.kind == pb.EVENT_KIND_STATE_CHANGED:
-                return str(event.message)
-        return ""
-
     def _change_state(self, state: RunState, message: str) -> None:
         self.state = state
+        accuracy = None
         if state.ended:
             self.ended = self._clock()
-        self._emit(kind=pb.EVENT_KIND_STATE_CHANGED, message=message)
+            self._table.end_tasks()
+            if self.last_record is not None:
+                accuracy = self.last_record.accuracy
+                message = f"{message} · final accuracy {100 * accuracy:.1f}%"
+        self.state_message = message
+        self._emit(kind=pb.EVENT_KIND_STATE_CHANGED, message=message, accuracy=accuracy)
 
     def _device(self, node_id: int) -> DeviceRecord:
-        device = self._devices.get(node_id)
-        if device is None:
-            device = self._devices[node_id] = DeviceRecord(node_id)
+        """``node_id``'s record, marked as changed (the lock is held)."""
+        device = self._table.touch(node_id)
+        self._cond.notify_all()
         return device
 
     def _emit(self, **fields: Any) -> None:
@@ -353,8 +371,8 @@ class MonitorState:
         self._cond.notify_all()
 
 
-def _ids(values: Any) -> list[int]:
-    return [int(v) for v in values]
+PRIVACY_KEYS = ("epsilon", "dp_delta", "noise_multiplier")
+"""The round record's DP figures the console shows."""
 
 
 def _ids_and_count(value: Any, observed: list[int]) -> tuple[list[int], int]:
@@ -366,7 +384,7 @@ def _ids_and_count(value: Any, observed: list[int]) -> tuple[list[int], int]:
             # Grids without a clock report none; what the monitor saw is the better answer.
             return observed, len(observed)
         return (observed if len(observed) == value else []), value
-    ids = _ids(value)
+    ids = [int(v) for v in value]
     return ids, len(ids)
 
 

@@ -43,6 +43,8 @@ class DeviceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEVICE_STATE_REJECTED: _ClassVar[DeviceState]
     DEVICE_STATE_FAILED: _ClassVar[DeviceState]
     DEVICE_STATE_STRAGGLING: _ClassVar[DeviceState]
+    DEVICE_STATE_DROPPED_OUT: _ClassVar[DeviceState]
+    DEVICE_STATE_NO_REPLY: _ClassVar[DeviceState]
 
 class ControlAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -77,6 +79,8 @@ DEVICE_STATE_TRAINING: DeviceState
 DEVICE_STATE_REJECTED: DeviceState
 DEVICE_STATE_FAILED: DeviceState
 DEVICE_STATE_STRAGGLING: DeviceState
+DEVICE_STATE_DROPPED_OUT: DeviceState
+DEVICE_STATE_NO_REPLY: DeviceState
 CONTROL_ACTION_UNSPECIFIED: ControlAction
 CONTROL_ACTION_PAUSE: ControlAction
 CONTROL_ACTION_RESUME: ControlAction
@@ -93,7 +97,7 @@ class Rejection(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RoundEvent(_message.Message):
-    __slots__ = ("sequence", "kind", "round", "total_rounds", "time_unix", "state", "message", "participants", "stragglers", "dropouts", "num_stragglers", "num_dropouts", "accepted", "rejections", "accuracy", "loss", "train_loss", "tier_accuracy", "uplink_bytes", "downlink_bytes", "uplink_bytes_fp32", "downlink_bytes_fp32", "uplink_compression", "downlink_compression", "duration_seconds", "sparsity", "distillation")
+    __slots__ = ("sequence", "kind", "round", "total_rounds", "time_unix", "state", "message", "participants", "stragglers", "dropouts", "num_stragglers", "num_dropouts", "accepted", "rejections", "accuracy", "loss", "train_loss", "tier_accuracy", "uplink_bytes", "downlink_bytes", "uplink_bytes_fp32", "downlink_bytes_fp32", "uplink_compression", "downlink_compression", "duration_seconds", "sparsity", "distillation", "privacy")
     class TierAccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +106,13 @@ class RoundEvent(_message.Message):
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     class DistillationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PrivacyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +146,7 @@ class RoundEvent(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SPARSITY_FIELD_NUMBER: _ClassVar[int]
     DISTILLATION_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     kind: EventKind
     round: int
@@ -162,7 +174,8 @@ class RoundEvent(_message.Message):
     duration_seconds: float
     sparsity: float
     distillation: _containers.ScalarMap[str, float]
-    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., time_unix: _Optional[float] = ..., state: _Optional[_Union[RunState, str]] = ..., message: _Optional[str] = ..., participants: _Optional[_Iterable[int]] = ..., stragglers: _Optional[_Iterable[int]] = ..., dropouts: _Optional[_Iterable[int]] = ..., num_stragglers: _Optional[int] = ..., num_dropouts: _Optional[int] = ..., accepted: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., tier_accuracy: _Optional[_Mapping[str, float]] = ..., uplink_bytes: _Optional[int] = ..., downlink_bytes: _Optional[int] = ..., uplink_bytes_fp32: _Optional[int] = ..., downlink_bytes_fp32: _Optional[int] = ..., uplink_compression: _Optional[float] = ..., downlink_compression: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., sparsity: _Optional[float] = ..., distillation: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    privacy: _containers.ScalarMap[str, float]
+    def __init__(self, sequence: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., time_unix: _Optional[float] = ..., state: _Optional[_Union[RunState, str]] = ..., message: _Optional[str] = ..., participants: _Optional[_Iterable[int]] = ..., stragglers: _Optional[_Iterable[int]] = ..., dropouts: _Optional[_Iterable[int]] = ..., num_stragglers: _Optional[int] = ..., num_dropouts: _Optional[int] = ..., accepted: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., train_loss: _Optional[float] = ..., tier_accuracy: _Optional[_Mapping[str, float]] = ..., uplink_bytes: _Optional[int] = ..., downlink_bytes: _Optional[int] = ..., uplink_bytes_fp32: _Optional[int] = ..., downlink_bytes_fp32: _Optional[int] = ..., uplink_compression: _Optional[float] = ..., downlink_compression: _Optional[float] = ..., duration_seconds: _Optional[float] = ..., sparsity: _Optional[float] = ..., distillation: _Optional[_Mapping[str, float]] = ..., privacy: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("after_sequence",)
@@ -202,12 +215,36 @@ class DeviceList(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
+class WatchDevicesRequest(_message.Message):
+    __slots__ = ("table_id", "after_version", "min_interval_ms")
+    TABLE_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MIN_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    table_id: str
+    after_version: int
+    min_interval_ms: int
+    def __init__(self, table_id: _Optional[str] = ..., after_version: _Optional[int] = ..., min_interval_ms: _Optional[int] = ...) -> None: ...
+
+class DeviceChanges(_message.Message):
+    __slots__ = ("table_id", "version", "snapshot", "devices", "num_devices")
+    TABLE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    NUM_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    table_id: str
+    version: int
+    snapshot: bool
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    num_devices: int
+    def __init__(self, table_id: _Optional[str] = ..., version: _Optional[int] = ..., snapshot: _Optional[bool] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., num_devices: _Optional[int] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class RunStatus(_message.Message):
-    __slots__ = ("strategy", "config_json", "round", "total_rounds", "state", "health", "health_detail", "started_unix", "elapsed_seconds", "devices_per_round", "num_devices", "deadline_seconds", "accuracy", "loss", "uplink_bytes", "downlink_bytes", "rejected_updates", "role", "last_round")
+    __slots__ = ("strategy", "config_json", "round", "total_rounds", "state", "health", "health_detail", "started_unix", "elapsed_seconds", "devices_per_round", "num_devices", "deadline_seconds", "accuracy", "loss", "uplink_bytes", "downlink_bytes", "rejected_updates", "role", "last_round", "state_message", "stragglers", "dropouts")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +264,9 @@ class RunStatus(_message.Message):
     REJECTED_UPDATES_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LAST_ROUND_FIELD_NUMBER: _ClassVar[int]
+    STATE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STRAGGLERS_FIELD_NUMBER: _ClassVar[int]
+    DROPOUTS_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     config_json: str
     round: int
@@ -246,7 +286,10 @@ class RunStatus(_message.Message):
     rejected_updates: int
     role: str
     last_round: RoundEvent
-    def __init__(self, strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., state: _Optional[_Union[RunState, str]] = ..., health: _Optional[_Union[Health, str]] = ..., health_detail: _Optional[str] = ..., started_unix: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., devices_per_round: _Optional[int] = ..., num_devices: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., uplink_bytes: _Optional[int] = ..., downlink_bytes: _Optional[int] = ..., rejected_updates: _Optional[int] = ..., role: _Optional[str] = ..., last_round: _Optional[_Union[RoundEvent, _Mapping]] = ...) -> None: ...
+    state_message: str
+    stragglers: int
+    dropouts: int
+    def __init__(self, strategy: _Optional[str] = ..., config_json: _Optional[str] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., state: _Optional[_Union[RunState, str]] = ..., health: _Optional[_Union[Health, str]] = ..., health_detail: _Optional[str] = ..., started_unix: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., devices_per_round: _Optional[int] = ..., num_devices: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., uplink_bytes: _Optional[int] = ..., downlink_bytes: _Optional[int] = ..., rejected_updates: _Optional[int] = ..., role: _Optional[str] = ..., last_round: _Optional[_Union[RoundEvent, _Mapping]] = ..., state_message: _Optional[str] = ..., stragglers: _Optional[int] = ..., dropouts: _Optional[int] = ...) -> None: ...
 
 class ControlRequest(_message.Message):
     __slots__ = ("action", "devices_per_round", "deadline_seconds")

@@ -44,6 +44,11 @@ class MonitorStub:
                 request_serializer=stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.DeviceList.FromString,
                 _registered_method=True)
+        self.WatchDevices = channel.unary_stream(
+                '/stamen.monitor.v1.Monitor/WatchDevices',
+                request_serializer=stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.WatchDevicesRequest.SerializeToString,
+                response_deserializer=stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.DeviceChanges.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/stamen.monitor.v1.Monitor/GetStatus',
                 request_serializer=stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.StatusRequest.SerializeToString,
@@ -68,6 +73,14 @@ class MonitorServicer:
 
     def ListDevices(self, request, context):
         """Every device the server has seen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchDevices(self, request, context):
+        """The device table as it changes: a full snapshot first (or only what changed
+        since the client's version of the same table), then the devices that changed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +112,11 @@ def add_MonitorServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.ListDevicesRequest.FromString,
                     response_serializer=stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.DeviceList.SerializeToString,
+            ),
+            'WatchDevices': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDevices,
+                    request_deserializer=stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.WatchDevicesRequest.FromString,
+                    response_serializer=stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.DeviceChanges.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -165,6 +183,33 @@ class Monitor:
             '/stamen.monitor.v1.Monitor/ListDevices',
             stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.ListDevicesRequest.SerializeToString,
             stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.DeviceList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/stamen.monitor.v1.Monitor/WatchDevices',
+            stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.WatchDevicesRequest.SerializeToString,
+            stamen_dot_protos_dot_monitor_dot_v1_dot_monitor__pb2.DeviceChanges.FromString,
             options,
             channel_credentials,
             insecure,
