@@ -352,6 +352,7 @@ def test_a_device_released_mid_round_is_a_dropout_and_the_round_does_not_wait_fo
     assert stats.problems() == "round 1: 2/3 answered · revoked 1"
     timing = grid.last_timing()
     assert timing is not None and (timing.participants, timing.dropouts) == (2, 1)
+    assert timing.dropout_ids == (3,) and timing.straggler_ids == ()  # the monitor names them
     assert grid.release(3, "revoked", "again") == 0  # nothing left to release
 
 

@@ -94,6 +94,8 @@ class EdgeRoundStats:
             surplus=self.cancelled + self.surplus_dropped,
             seconds=self.seconds,
             clock=clock,
+            straggler_ids=tuple(self.timed_out_nodes),
+            dropout_ids=tuple(self.dropout_nodes),
         )
 
     def problems(self) -> str | None:
