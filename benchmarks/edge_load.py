@@ -1,23 +1,36 @@
-"""Load test: many emulated agents against one ``stamen server`` process, over TLS.
+"""Load test: thousands of emulated agents, all connected at once, against one edge server.
 
-Starts a real ``stamen server`` (TLS, device registry, checkpoints) and, in
-this process, ``--agents`` agents: each has its own Ed25519 key, its own gRPC
-connection (a local subchannel pool per channel) and runs the real agent loop
-with the real Stamen ClientApp on its own partition of ``digits``. Every agent
-is sampled in every round. Reports updates accepted, lost updates, round wall
-times, and the server process's resident memory (psutil) sampled through the
-run, and writes ``results.json`` into ``--out``.
+For each ``--agents`` size, starts the real edge server (``edge_load_server.py``:
+``stamen server``'s own pieces, TLS, registry, checkpoints, digits and the MLP,
+with only the per-address Join budget raised, since every emulated device is on
+127.0.0.1), then the agents over ``--processes`` processes
+(``edge_load_fleet.py``). Each agent has its own Ed25519 key, registered, and
+its own TLS channel, and speaks the real protocol (join, authenticate, task
+stream, heartbeats, signed chunked uploads, the run-ended notice); only its
+training is replaced by a cheap valid update. The server waits for every agent
+to connect, then samples ``--per-round`` of them in each of ``--rounds`` rounds.
 
-    python benchmarks/edge_load.py --agents 200 --rounds 5 --out runs/edge-load
+Reports, per size: lost updates (sampled minus accepted: must be 0), the
+server's RSS (started, all connected, peak; psutil every 0.25 s), and the
+coordination overhead of each round: its wall time on the server (dispatch to
+close, ``edge-rounds.jsonl``) minus the slowest device's compute in that round
+(the agents time their cheap update). Writes ``edge_load.json`` and
+``edge_load.md`` into ``--results``.
+
+    python benchmarks/edge_load.py --agents 1000 3000 10000 --rounds 5 --per-round 1000
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
-import logging
+import math
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -28,161 +41,274 @@ from typing import Any
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
 STAMEN = str(Path(sys.executable).parent / "stamen")
+ENV = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+AGENTS_PER_PROCESS = 2500
 
 
-def sh(*args: str, cwd: Path) -> None:
-    """Run a short ``stamen`` command, failing loudly."""
-    subprocess.run([STAMEN, *args], cwd=cwd, check=True, capture_output=True, timeout=120)
+def prepare(root: Path, agents: int) -> None:
+    """Certificates, one key per agent (registered), and the model-signing key in hex."""
+    from cryptography.hazmat.primitives import serialization
 
-
-def run_load(agents: int, rounds: int, out: Path, deadline: float = 300.0) -> dict[str, Any]:
-    """Run the load test; returns the figures."""
-    import grpc
-    import psutil
-    import torch
-
-    from stamen.client import FleetData, client_app
-    from stamen.client.agent import Agent, AgentSettings, AgentStateStore
-    from stamen.config import load_config
-    from stamen.contract.edge import load_public_key
+    from stamen.contract.edge import generate_key, load_public_key, public_bytes
     from stamen.server.edge import DeviceRegistry
 
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING)
-    # Once the server finishes, every agent would log its reconnect attempts.
-    logging.getLogger("stamen.agent").setLevel(logging.ERROR)
-    out.mkdir(parents=True, exist_ok=True)
-    sh("certs", "init", str(out / "certs"), "--host", "127.0.0.1", "--force", cwd=out)
-    registry = DeviceRegistry(out / "devices.json")
-    stores = []
-    for i in range(agents):
-        store = AgentStateStore(out / "agents" / f"a{i}")
-        store.create_key(overwrite=True)
-        registry.register(load_public_key(store.public_key_path), name=f"a{i}")
-        stores.append(store)
-    log = (out / "server.log").open("wb")
-    server = subprocess.Popen(
-        [
-            STAMEN,
-            "server",
-            "--dataset",
-            "digits",
-            "--model",
-            "mlp",
-            "--set",
-            "data.partition='iid'",
-            "--num-devices",
-            str(agents),
-            "--devices-per-round",
-            str(agents),
-            "--rounds",
-            str(rounds),
-            "--address",
-            "127.0.0.1:0",
-            "--certs",
-            str(out / "certs"),
-            "--registry",
-            str(out / "devices.json"),
-            "--state-dir",
-            str(out / "server-state"),
-            "--out",
-            str(out / "results"),
-            "--deadline",
-            str(deadline),
-            "--wait",
-            "600",
-        ],
-        cwd=out,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200"},
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    subprocess.run(
+        [STAMEN, "certs", "init", "certs", "--host", "127.0.0.1"],
+        cwd=root,
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
-    port = 0
-    for _ in range(600):
-        found = re.search(r"on port (\d+)", (out / "server.log").read_text(errors="replace"))
-        if found:
-            port = int(found.group(1))
-            break
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited early; see {out / 'server.log'}")
-        time.sleep(0.2)
-    process = psutil.Process(server.pid)
-    samples: list[tuple[float, int]] = []
-    sampling = threading.Event()
-
-    def sample() -> None:
-        while not sampling.wait(0.25):
-            try:
-                samples.append((time.monotonic(), process.memory_info().rss))
-            except psutil.Error:
-                return
-
-    threading.Thread(target=sample, daemon=True).start()
-    config = load_config(overrides={"dataset": "digits", "partition": "iid"})
-    fleet = FleetData(config.data, num_devices=agents, seed=0)
-    model_key = load_public_key(out / "certs" / "model-signing.pub")
-    runners = []
-    started = time.monotonic()
-    for i, store in enumerate(stores):
-        settings = AgentSettings(
-            server=f"127.0.0.1:{port}",
-            state_dir=store.directory,
-            ca_cert=out / "certs" / "ca.pem",
-            model_key=model_key,
-            node_config={"partition-id": i, "num-partitions": agents},
-            give_up_after=5.0,
+    keys = [generate_key() for _ in range(agents)]
+    DeviceRegistry(root / "devices.json").register_many(
+        [(public_bytes(key.public_key()), f"a{i}") for i, key in enumerate(keys)]
+    )
+    raw = [
+        key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
         )
-        agent = Agent(settings, client_app(fleet), store.load_key())
-        thread = threading.Thread(target=agent.run, daemon=True)
-        thread.start()
-        runners.append((agent, thread))
-    code = server.wait(timeout=3600)
-    elapsed = time.monotonic() - started
-    sampling.set()
-    for agent, _ in runners:
-        agent.stop_event.set()
-    for _, thread in runners:
-        thread.join(timeout=30)
-    summary = json.loads((out / "results" / "summary.json").read_text())
-    metrics = [json.loads(x) for x in (out / "results" / "metrics.jsonl").read_text().splitlines()]
+        for key in keys
+    ]
+    processes = max(2, math.ceil(agents / AGENTS_PER_PROCESS))
+    for p in range(processes):
+        (root / f"keys-{p}.bin").write_bytes(b"".join(raw[p::processes]))
+    model_key = load_public_key(root / "certs" / "model-signing.pub")
+    (root / "model-signing.hex").write_text(model_key.hex())
+
+
+def run_size(root: Path, agents: int, per_round: int, rounds: int) -> dict[str, Any]:
+    """One load run; returns its figures."""
+    import psutil
+
+    prepare(root, agents)
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *argv: str) -> subprocess.Popen[bytes]:
+        with (root / f"{name}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [PYTHON, *argv], cwd=root, env=ENV, stdout=log, stderr=subprocess.STDOUT
+            )
+        processes.append(process)
+        return process
+
+    server = start(
+        "server",
+        str(HERE / "edge_load_server.py"),
+        "--agents",
+        str(agents),
+        "--per-round",
+        str(per_round),
+        "--rounds",
+        str(rounds),
+        "--deadline",
+        "600",
+        "--root",
+        str(root),
+    )
+    log = root / "server.log"
+    try:
+        port = wait_for(
+            lambda: re.search(r"on port (\d+)", log.read_text(errors="replace")), server
+        )
+        memory = psutil.Process(server.pid)
+        started_rss = memory.memory_info().rss
+        samples: list[int] = []
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(0.25):
+                with contextlib.suppress(psutil.Error):
+                    samples.append(memory.memory_info().rss)
+
+        threading.Thread(target=sample, daemon=True).start()
+        began = time.monotonic()
+        fleets = []
+        count = len(list(root.glob("keys-*.bin")))
+        for p in range(count):
+            fleets.append(
+                start(
+                    f"fleet-{p}",
+                    str(HERE / "edge_load_fleet.py"),
+                    "--address",
+                    f"127.0.0.1:{port.group(1)}",
+                    "--ca",
+                    "certs/ca.pem",
+                    "--model-key",
+                    "model-signing.hex",
+                    "--keys",
+                    f"keys-{p}.bin",
+                    "--first-index",
+                    str(p * agents),
+                    "--ramp",
+                    str(max(50.0, 600.0 / count)),
+                    "--out",
+                    f"fleet-{p}.json",
+                )
+            )
+        wanted = f"devices connected: {agents}/{agents}"
+        wait_for(lambda: wanted in log.read_text(errors="replace"), server, timeout=1800)
+        connected_after = time.monotonic() - began
+        connected_rss = memory.memory_info().rss
+        fleet_cpu = [cpu_seconds(fleet.pid) for fleet in fleets]
+        code = server.wait(timeout=3600)
+        fleet_cpu = [cpu_seconds(f.pid) - c for f, c in zip(fleets, fleet_cpu, strict=True)]
+        sampling.set()
+        for fleet in fleets:
+            fleet.wait(timeout=300)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    run = figures(root, agents, per_round, rounds, code, connected_after, samples)
+    run["server_rss_all_connected_mib"] = round(connected_rss / 2**20, 1)
+    run["server_rss_per_idle_device_kib"] = round((connected_rss - started_rss) / agents / 1024, 1)
+    run["emulator_cpu_seconds_per_round"] = round(sum(fleet_cpu) / max(1, run["rounds"]), 2)
+    return run
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (0 once it is gone)."""
+    import psutil
+
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def wait_for(found: Any, process: subprocess.Popen[bytes], timeout: float = 300.0) -> Any:
+    limit = time.monotonic() + timeout
+    while time.monotonic() < limit:
+        value = found()
+        if value:
+            return value
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}; see its log")
+        time.sleep(0.2)
+    raise SystemExit(f"timed out after {timeout:.0f} s")
+
+
+def figures(
+    root: Path,
+    agents: int,
+    per_round: int,
+    rounds: int,
+    code: int,
+    connected_after: float,
+    samples: list[int],
+) -> dict[str, Any]:
+    results = root / "results"
+    metrics = [json.loads(x) for x in (results / "metrics.jsonl").read_text().splitlines()]
+    edge = [json.loads(x) for x in (results / "edge-rounds.jsonl").read_text().splitlines()]
+    train = [r for r in edge if r["message_type"] == "train"]
+    fleets = [json.loads(p.read_text()) for p in sorted(root.glob("fleet-*.json"))]
+    slowest: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    ended: dict[str, int] = {}
+    for fleet in fleets:
+        for group, compute in fleet["compute"].items():
+            slowest[group] = max(slowest.get(group, 0.0), compute["max"])
+        for name, value in fleet["counts"].items():
+            counts[name] = counts.get(name, 0) + value
+        for name, value in fleet["run_ended"].items():
+            ended[name] = ended.get(name, 0) + value
+    trace = [json.loads(x) for x in (root / "server-rounds.jsonl").read_text().splitlines()]
+    trace = [t for t in trace if t["type"] == "train"]
+    server_cpu = [b["cpu"] - a["cpu"] for a, b in itertools.pairwise(trace)]
+    in_round = [json.loads(x) for x in (root / "server-round-cpu.jsonl").read_text().splitlines()]
+    walls = [r["seconds"] for r in train]
+    computes = [slowest.get(r["group_id"], 0.0) for r in train]
+    overheads = [w - c for w, c in zip(walls, computes, strict=True)]
+    sampled = sum(r["sampled"] for r in metrics)
     accepted = sum(r["accepted"] for r in metrics)
-    rss = [value for _, value in samples]
-    figures = {
+    mib = 2**20
+    return {
         "agents": agents,
+        "per_round": per_round,
         "rounds": len(metrics),
         "server_exit_code": code,
-        "updates_expected": agents * rounds,
+        "connected_all_after_s": round(connected_after, 1),
+        "updates_sampled": sampled,
         "updates_accepted": accepted,
-        "lost_updates": agents * rounds - accepted,
+        "lost_updates": sampled - accepted + (rounds - len(metrics)) * per_round,
         "rejected": sum(r["rejected"] for r in metrics),
-        "timed_out": summary["edge"]["timed_out"],
-        "late_dropped": summary["edge"]["late_dropped"],
-        "round_seconds": summary["edge"]["round_seconds"],
-        "final_accuracy": summary["final_accuracy"],
-        "server_rss_peak_mb": max(rss) / 2**20 if rss else None,
-        "server_rss_first_quarter_peak_mb": _peak(rss[: max(1, len(rss) // 4)]),
-        "server_rss_last_quarter_peak_mb": _peak(rss[-max(1, len(rss) // 4) :]),
-        "wall_seconds": elapsed,
-        "grpc_version": grpc.__version__,
+        "timed_out": sum(r["timed_out"] for r in train),
+        "dropouts": sum(r["dropouts"] for r in train),
+        "server_rss_peak_mib": round(max(samples, default=0) / mib, 1),
+        "server_rss_after_each_round_mib": [round(t["rss"] / mib, 1) for t in trace],
+        "server_cpu_seconds_between_rounds": [round(c, 2) for c in server_cpu],
+        "server_cpu_seconds_in_round": [round(c["cpu"], 2) for c in in_round],
+        "server_io_thread_cpu_seconds_in_round": [round(c["io"], 2) for c in in_round],
+        "round_seconds": [round(w, 3) for w in walls],
+        "dispatch_seconds": [round(r["dispatch_seconds"], 3) for r in train],
+        "slowest_device_compute_seconds": [round(c, 4) for c in computes],
+        "overhead_seconds": [round(o, 3) for o in overheads],
+        "overhead_mean_s": round(statistics.fmean(overheads), 3) if overheads else None,
+        "overhead_max_s": round(max(overheads), 3) if overheads else None,
+        "agent_counts": counts,
+        "run_ended_notices": ended,
+        "final_accuracy": json.loads((results / "summary.json").read_text())["final_accuracy"],
     }
-    (out / "results.json").write_text(json.dumps(figures, indent=2) + "\n")
-    return figures
 
 
-def _peak(values: list[int]) -> float | None:
-    return max(values) / 2**20 if values else None
+def write_results(directory: Path, runs: list[dict[str, Any]], command: str) -> None:
+    import grpc
+
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "command": command,
+        "grpc_version": grpc.__version__,
+        "cpus": os.cpu_count(),
+        "runs": runs,
+    }
+    (directory / "edge_load.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [
+        f"Command: `{command}` (grpcio {grpc.__version__}, {os.cpu_count()} CPUs, agents and "
+        "server on the same machine).",
+        "",
+        "| agents connected | per round × rounds | lost updates | server RSS peak | "
+        "RSS per idle device | overhead per round (mean / max) | all connected after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        lines.append(
+            f"| {run['agents']:,} | {run['per_round']:,} × {run['rounds']} | "
+            f"{run['lost_updates']} | {run['server_rss_peak_mib']:,.0f} MiB | "
+            f"{run['server_rss_per_idle_device_kib']:.0f} KiB | "
+            f"{run['overhead_mean_s']:.2f} s / {run['overhead_max_s']:.2f} s | "
+            f"{run['connected_all_after_s']:.0f} s |"
+        )
+    (directory / "edge_load.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--agents", type=int, nargs="+", default=[1000, 3000, 10000])
+    parser.add_argument("--per-round", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("runs/edge-load"))
+    parser.add_argument("--work", type=Path, default=Path("runs/edge-load"))
+    parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
-    figures = run_load(args.agents, args.rounds, args.out.resolve())
-    print(json.dumps(figures, indent=2))
-    if figures["lost_updates"] or figures["server_exit_code"]:
+    runs = []
+    for agents in args.agents:
+        figures_ = run_size(
+            args.work.resolve() / f"{agents}", agents, min(args.per_round, agents), args.rounds
+        )
+        print(json.dumps(figures_, indent=2), flush=True)
+        runs.append(figures_)
+    command = "python benchmarks/edge_load.py " + " ".join(sys.argv[1:])
+    write_results(args.results, runs, command.strip())
+    if any(run["lost_updates"] or run["server_exit_code"] for run in runs):
         raise SystemExit(1)
 
 

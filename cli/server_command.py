@@ -71,7 +71,7 @@ def server(values: OptionValues) -> None:
 
     Example: [bold]stamen server --dataset mnist --rounds 20 --devices-per-round 10[/]
     """
-    from stamen.server.edge import EdgeServer, EdgeServerSettings
+    from stamen.server.edge import EdgeServer, EdgeServerSettings, RunEnd
     from stamen.server.edge.certs import CertPaths
 
     certs, insecure = values[opt.CERTS], values[opt.INSECURE]
@@ -125,17 +125,20 @@ def server(values: OptionValues) -> None:
         f"{f'deadline {seconds:g} s' if seconds else 'no deadline'}",
         highlight=False,
     )
+    ended = RunEnd.failed()  # the agents are told how the run ended
     try:
         with one_line_errors():
             wait_for_devices(console, edge, config.federation.devices_per_round, values[opt.WAIT])
-            run_edge_federation(
+            summary = run_edge_federation(
                 console, edge, config, out_dir, values[opt.STATE_DIR], edge_log, monitor
             )
+            ended = RunEnd.of_summary(summary)
     except KeyboardInterrupt:
+        ended = RunEnd.interrupted()
         err_console.print("[yellow]interrupted; the last finished round is checkpointed[/]")
         raise typer.Exit(code=130) from None
     finally:
-        edge.stop()
+        edge.stop(ended=ended)
 
 
 def insecure_warning(session_ttl: float, monitor: Any = None) -> list[str]:
@@ -187,8 +190,9 @@ def run_edge_federation(
     state_dir: Path,
     edge_log: EdgeRoundLog,
     monitor: Any = None,
-) -> None:
-    """Run the unchanged Stamen ServerApp on the edge grid, with checkpoints (and a monitor)."""
+) -> dict[str, Any] | None:
+    """Run the unchanged Stamen ServerApp on the edge grid, with checkpoints (and a monitor);
+    returns the run's summary."""
     from flwr.app import Context, RecordDict
 
     from stamen.cli.monitor_setup import start_monitored_run
@@ -226,6 +230,7 @@ def run_edge_federation(
         for line in summary_lines(collector.summary):
             console.print(line)
     console.print(f"results: {out_dir}/ (metrics.jsonl, {EDGE_ROUNDS_FILE}, summary.json)")
+    return collector.summary
 
 
 class EdgeRoundLog:
@@ -243,12 +248,9 @@ class EdgeRoundLog:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(stats.to_dict()) + "\n")
-        if stats.timed_out or stats.refused_uploads:
-            self.console.print(
-                f"[yellow]round {stats.group_id}: {stats.timed_out} missed the deadline, "
-                f"{stats.refused_uploads} uploads refused[/]",
-                highlight=False,
-            )
+        line = stats.problems()  # the same counts as the jsonl line
+        if line is not None:
+            self.console.print(f"[yellow]{line}[/]", highlight=False, markup=True)
 
     def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
         """Nothing to do."""

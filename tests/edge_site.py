@@ -1,6 +1,7 @@
 """The harness of the edge process tests: a throw-away deployment of real ``stamen`` processes.
 
-``test_edge_processes.py`` (a federation's lifecycle) and
+``test_edge_processes.py`` (a federation's lifecycle), ``test_edge_processes_agents.py``
+(how agents come and go: the run's end, revocation, FedBuff on two speeds) and
 ``test_edge_processes_security.py`` (who and what the server refuses) share it.
 Each process is bounded in time and stopped by its PID.
 """
@@ -215,3 +216,38 @@ def digits_server(rounds: int, per_round: int, fleet: int) -> list[str]:
         "--devices-per-round",
         str(per_round),
     ]
+
+
+def big_npz(root: Path, rows: int = 200_000) -> Path:
+    """A large random data set (``npz:`` for ``--dataset``): a device holding it trains
+    for many seconds per round, so that something can happen to it mid-training."""
+    import numpy as np
+
+    path = root / f"big-{rows}.npz"
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    labels = np.arange(rows) % 10
+    np.savez(
+        path,
+        x_train=rng.random((rows, 64), dtype=np.float32),
+        y_train=labels,
+        x_test=rng.random((100, 64), dtype=np.float32),
+        y_test=labels[:100],
+    )
+    return path
+
+
+def a_round_with_a_slow_device(
+    site: Site, tmp_path: Path, deadline: float
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Two rounds of three devices with ``deadline``: two quick agents on digits, and
+    ``dev2`` on a large data set. Returns the server and ``dev2`` once it is training
+    round 1, so that something can happen to it mid-round."""
+    states = [site.device(f"dev{i}") for i in range(3)]
+    server, port = site.server(*digits_server(2, 3, 3), "--deadline", str(deadline))
+    for pid in range(2):
+        site.agent(f"dev{pid}", states[pid], port, *digits_agent(pid, 3))
+    slow = site.agent("dev2", states[2], port, "--dataset", f"npz:{big_npz(tmp_path)}", "-v")
+    wait_for(lambda: "round 1: train" in site.text("dev2"), 120, slow)
+    return server, slow

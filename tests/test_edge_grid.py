@@ -6,7 +6,9 @@ processes are in ``test_edge_processes.py``.
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from stamen.client import FleetData, client_app
 from stamen.client.agent import (
@@ -25,15 +27,25 @@ from stamen.client.agent import (
     EdgeProtocolError,
     open_channel,
 )
+from stamen.client.agent.run_end import run_end_line
 from stamen.config import StamenConfig, load_config
 from stamen.contract import PAYLOAD, UPDATE_KEY, payload_bytes
 from stamen.contract.edge import generate_key, load_public_key, task_signing_bytes, verify_signature
 from stamen.core.fleet import PolicyGrid, RoundPolicy
 from stamen.data import load_dataset
 from stamen.models import build_model, exchanged_state
+from stamen.protos.edge.v1 import edge_pb2
 from stamen.server import CollectingReporter, server_app
 from stamen.server.checkpoint import CheckpointStore
-from stamen.server.edge import EdgeGrid, EdgeServer, EdgeServerSettings, init_certs
+from stamen.server.edge import (
+    EdgeGrid,
+    EdgeServer,
+    EdgeServerSettings,
+    RunEnd,
+    RunEndReason,
+    init_certs,
+)
+from stamen.server.edge.grid import DEVICE_LOST, TASK_EXPIRED
 from stamen.server.federation import build_strategy, model_spec
 from stamen.transport.deltas import to_array_record
 
@@ -247,45 +259,65 @@ def test_a_tampered_task_is_refused_and_a_sound_one_is_trained(make_fleet: objec
     assert any(np.any(a != b) for a, b in zip(after, before, strict=True))  # the model moved
 
 
+class Devices:
+    """Task streams as the servicer opens them, without gRPC: each node's inbox."""
+
+    def __init__(self, grid: EdgeGrid, nodes: tuple[int, ...]) -> None:
+        self.grid = grid
+        self.inboxes: dict[int, queue.Queue[object]] = {n: queue.Queue() for n in nodes}
+        for node, inbox in self.inboxes.items():
+            grid.connect(node, f"device-{node}", inbox.put)
+
+    def task(self, node: int) -> edge_pb2.Task:
+        item = self.inboxes[node].get(timeout=5)
+        assert isinstance(item, edge_pb2.Task)
+        return item
+
+    def answer(self, node: int, error: bool = False) -> None:
+        task = self.task(node)
+        instruction = self.grid.instruction(task.task_id, node)
+        assert instruction is not None
+        content = RecordDict({"m": MetricRecord({"x": 1})})
+        reply = (
+            Message(Error(code=11, reason="skipped"), reply_to=instruction)
+            if error
+            else Message(content, reply_to=instruction)
+        )
+        assert self.grid.deliver(task.task_id, reply)
+
+    def answer_later(self, node: int) -> threading.Thread:
+        helper = threading.Thread(target=self.answer, args=(node,))
+        helper.start()
+        return helper
+
+
 def test_the_round_policy_closes_an_edge_round_at_its_quorum_or_its_deadline() -> None:
     key = generate_key()
     grid = EdgeGrid(key)
     assert isinstance(grid, PolicyGrid)
-    channels = [grid.connect(node, f"device-{node}") for node in (1, 2, 3)]
-
-    def answer(channel: object, count: int) -> None:
-        for _ in range(count):
-            task = channel.tasks.get(timeout=5)  # type: ignore[attr-defined]
-            instruction = grid.instruction(task.task_id, channel.node_id)  # type: ignore[attr-defined]
-            assert instruction is not None
-            grid.deliver(
-                task.task_id,
-                Message(RecordDict({"m": MetricRecord({"x": 1})}), reply_to=instruction),
-            )
+    devices = Devices(grid, (1, 2, 3))
 
     # Over-selection: four devices asked (one not connected), the first two good replies close it.
     grid.set_round_policy(RoundPolicy(quorum=2))
-    helpers = [threading.Thread(target=answer, args=(c, 1)) for c in channels[:2]]
-    for helper in helpers:
-        helper.start()
+    helpers = [devices.answer_later(node) for node in (1, 2)]
     messages = [grid.create_message(RecordDict(), "train", node, "1") for node in (1, 2, 3, 9)]
     replies = list(grid.send_and_receive(messages))
     for helper in helpers:
         helper.join(timeout=5)
     stats = grid.history[-1]
-    good = [r for r in replies if not r.has_error()]
-    assert len(good) == 2 and stats.over_selected == 2 and stats.not_connected == 1
-    assert stats.cancelled == 1 and stats.timed_out == 0
+    assert len(replies) == 2 and not any(r.has_error() for r in replies)  # no made-up reply
+    assert stats.over_selected == 2 and stats.not_connected == 1 and stats.dropout_nodes == [9]
+    assert stats.cancelled == 1 and stats.timed_out == 0 and stats.participants == 2
     timing = grid.last_timing()
     assert timing is not None and (timing.dispatched, timing.participants) == (4, 2)
     assert (timing.dropouts, timing.surplus) == (1, 1)
 
     # Deadline: a connected device that never answers is a straggler once it passes.
-    channels[2].tasks.get(timeout=5)  # the cancelled task of the round above
+    devices.task(3)  # the cancelled task of the round above
     grid.set_round_policy(RoundPolicy(deadline=0.3))
     (message,) = [grid.create_message(RecordDict(), "train", 3, "2")]
     assert list(grid.send_and_receive([message], timeout=60)) == []
-    task = channels[2].tasks.get(timeout=5)
+    task = devices.task(3)
     assert task.deadline_unix > 0  # signed into the task, so the agent knows it too
     assert verify_signature(
         key.public_key().public_bytes_raw(), task.signature, task_signing_bytes(task, 3)
@@ -295,6 +327,73 @@ def test_the_round_policy_closes_an_edge_round_at_its_quorum_or_its_deadline() -
     timing = grid.last_timing()
     assert timing is not None and timing.stragglers == 1 and timing.participants == 0
     grid.close()
+
+
+def test_a_device_released_mid_round_is_a_dropout_and_the_round_does_not_wait_for_it() -> None:
+    grid = EdgeGrid(generate_key())
+    devices = Devices(grid, (1, 2, 3))
+    grid.set_round_policy(RoundPolicy(deadline=60.0))
+    messages = [grid.create_message(RecordDict(), "train", node, "1") for node in (1, 2, 3)]
+
+    def meanwhile() -> None:
+        devices.answer(1)
+        devices.answer(2, error=True)  # a device's own error reply is an answer
+        devices.task(3)
+        assert grid.release(3, "revoked", "device 3 was revoked") == 1
+
+    helper = threading.Thread(target=meanwhile)
+    helper.start()
+    started = time.monotonic()
+    replies = list(grid.send_and_receive(messages))
+    helper.join(timeout=5)
+    assert time.monotonic() - started < 10  # not the 60 s deadline
+    stats = grid.history[-1]
+    assert len(replies) == 2 and stats.participants == 2
+    assert (stats.revoked, stats.dropouts, stats.timed_out) == (1, 1, 0)
+    assert stats.problems() == "round 1: 2/3 answered · revoked 1"
+    timing = grid.last_timing()
+    assert timing is not None and (timing.participants, timing.dropouts) == (2, 1)
+    assert timing.dropout_ids == (3,) and timing.straggler_ids == ()  # the monitor names them
+    assert grid.release(3, "revoked", "again") == 0  # nothing left to release
+
+
+def test_an_asynchronous_pull_says_no_reply_yet_and_frees_gone_and_expired_tasks() -> None:
+    grid = EdgeGrid(generate_key())
+    devices = Devices(grid, (1, 2, 3))
+    grid.set_round_policy(RoundPolicy(deadline=0.5))
+    ids = list(
+        grid.push_messages(
+            [grid.create_message(RecordDict(), "train", node, "1") for node in (1, 2, 3, 9)]
+        )
+    )
+    (absent,) = grid.pull_messages(ids)  # node 9 is not connected: answered at once
+    assert absent.has_error() and absent.error.code == DEVICE_LOST
+    assert list(grid.pull_messages(ids)) == []  # no reply yet from the others
+    devices.answer(1)
+    grid.release(2, "vanished", "node 2 is gone")
+    replies = {r.metadata.src_node_id: r for r in grid.pull_messages(ids)}
+    assert not replies[1].has_error() and replies[2].error.code == DEVICE_LOST
+    assert "gone" in replies[2].error.reason and 3 not in replies
+    time.sleep(0.6)
+    (expired,) = grid.pull_messages(ids)
+    assert expired.metadata.src_node_id == 3 and expired.error.code == TASK_EXPIRED
+    assert list(grid.pull_messages(ids)) == []  # every task answered once
+
+
+def test_the_run_ended_notice_is_signed_for_its_node_and_session() -> None:
+    key = generate_key()
+    grid = EdgeGrid(key)
+    devices = Devices(grid, (1,))
+    grid.end_run(RunEnd(RunEndReason.STOPPED, "stopped by an operator after 3 rounds"))
+    end = devices.inboxes[1].get(timeout=5)
+    assert end == grid.run_end
+    notice = grid.run_ended_task(end, 1, "token-1")  # type: ignore[arg-type]
+    public = key.public_key().public_bytes_raw()
+    assert run_end_line(notice, 1, "token-1", public) == (
+        "the run has ended on the server (stopped): stopped by an operator after 3 rounds"
+    )
+    assert run_end_line(notice, 2, "token-1", public) is None  # another node's
+    assert run_end_line(notice, 1, "token-2", public) is None  # another session's
 
 
 def test_a_task_a_restarted_server_sends_again_is_trained_from_the_same_residual(

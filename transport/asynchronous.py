@@ -15,6 +15,7 @@ import numpy as np
 from flwr.app import MessageType
 from flwr.serverapp import Grid
 
+from stamen.core.fleet import PolicyGrid, RoundPolicy
 from stamen.transport.reply_validation import SentModel, ValidUpdate
 from stamen.transport.stats import RoundStats
 from stamen.transport.transport import CompressedTransport, sorted_node_ids
@@ -65,6 +66,10 @@ class AsyncDispatch:
     def publish(self, version: int) -> None:
         """Make ``version`` the model handed to devices from now on."""
         transport = self.transport
+        if isinstance(self.grid, PolicyGrid):
+            # No quorum: every reply counts. A task unanswered at the deadline (the
+            # strategy's, which an operator may change) expires.
+            self.grid.set_round_policy(RoundPolicy(deadline=transport.deadline))
         stats = transport.stats.setdefault(version, RoundStats(version))
         dense = transport._prune(version, self.model)
         self.model = dense

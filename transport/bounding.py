@@ -110,19 +110,26 @@ def _cosines(updates: list[ValidUpdate]) -> list[float]:
     """
     names = list(updates[0].delta)
     norms = [l2_norm(update.delta) for update in updates]
-    units = [
-        {name: update.delta[name].astype(np.float64) / norm for name in names} if norm > 0 else None
-        for update, norm in zip(updates, norms, strict=True)
-    ]
-    total = {name: sum(unit[name] for unit in units if unit is not None) for name in names}
+
+    def unit(update: ValidUpdate, norm: float, name: str) -> np.ndarray:
+        return update.delta[name].astype(np.float64) / norm
+
+    # Units are made again where needed rather than kept: a round's float64 copies of
+    # every delta would cost more memory than everything else the round holds.
+    total: dict[str, np.ndarray | int] = dict.fromkeys(names, 0)
+    for update, norm in zip(updates, norms, strict=True):
+        if norm > 0:
+            for name in names:
+                total[name] = total[name] + unit(update, norm, name)
     cosines = []
-    for unit in units:
-        if unit is None:
+    for update, norm in zip(updates, norms, strict=True):
+        if not norm > 0:
             cosines.append(0.0)
             continue
-        along = sum(float(np.vdot(unit[name], total[name])) for name in names)
+        own = {name: unit(update, norm, name) for name in names}
+        along = sum(float(np.vdot(own[name], total[name])) for name in names)
         others_sq = sum(
-            float(np.vdot(total[name] - unit[name], total[name] - unit[name])) for name in names
+            float(np.vdot(total[name] - own[name], total[name] - own[name])) for name in names
         )
         cosines.append((along - 1.0) / math.sqrt(others_sq) if others_sq > 0 else 0.0)
     return cosines

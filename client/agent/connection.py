@@ -22,12 +22,10 @@ from stamen.contract.edge import (
     PROTOCOL_VERSION,
     EdgeProtocolError,
     challenge_message,
-    chunks,
     device_id,
     edge_error_of,
     public_bytes,
-    sha256,
-    upload_signing_bytes,
+    upload_chunks,
 )
 from stamen.core.errors import ConfigError
 from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
@@ -151,28 +149,19 @@ class EdgeConnection:
         self, session: SessionInfo, task: edge_pb2.Task, data: bytes, *, is_error: bool = False
     ) -> edge_pb2.UploadAck:
         """Send the reply to ``task`` in chunks, signed with this device's key."""
-        digest = sha256(data)
-        header = edge_pb2.UploadHeader(
-            session=session.token,
-            task_id=task.task_id,
-            total_bytes=len(data),
-            sha256=digest,
-            is_error=is_error,
-            signature=self.key.sign(
-                upload_signing_bytes(task.task_id, task.group_id, digest, is_error)
-            ),
+        requests = upload_chunks(
+            self.key, session.token, task, data, session.chunk_bytes, is_error=is_error
         )
-
-        def requests() -> Iterator[edge_pb2.UploadChunk]:
-            for index, piece in enumerate(chunks(data, session.chunk_bytes)):
-                yield edge_pb2.UploadChunk(header=header if index == 0 else None, data=piece)
-
-        ack: edge_pb2.UploadAck = _call(self.stub.Upload, requests(), timeout=120.0)
+        ack: edge_pb2.UploadAck = _call(self.stub.Upload, requests, timeout=120.0)
         return ack
 
-    def heartbeat(self, session: SessionInfo) -> None:
-        """Tell the server this device is alive."""
-        _call(self.stub.Heartbeat, edge_pb2.HeartbeatRequest(session=session.token), timeout=5.0)
+    def heartbeat(self, session: SessionInfo) -> float:
+        """Tell the server this device is alive; returns the seconds until the next heartbeat
+        the server asks for (0: it did not say)."""
+        reply = _call(
+            self.stub.Heartbeat, edge_pb2.HeartbeatRequest(session=session.token), timeout=5.0
+        )
+        return float(reply.heartbeat_seconds)
 
     def close(self) -> None:
         """Close the channel."""

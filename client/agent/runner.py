@@ -30,6 +30,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from stamen.client.agent.connection import Backoff, EdgeConnection, SessionInfo, is_fatal
 from stamen.client.agent.connection import open_channel as _open_channel
 from stamen.client.agent.guards import GuardSettings, skip_reason
+from stamen.client.agent.run_end import is_run_end, run_end_line
 from stamen.client.agent.session import SessionKeeper, is_expired
 from stamen.client.agent.state import AgentState, AgentStateStore
 from stamen.client.kept_model import kept_payload, restore_kept
@@ -118,6 +119,8 @@ class Agent:
         self._trained_in: int | None = None
         """The epoch of the last training task (None: not this process)."""
         self.stop_event = threading.Event()
+        self.run_ended: str | None = None
+        """Why the server ended the run, once it said so (the agent then stops)."""
         self._backoff = Backoff(settings.backoff_base, settings.backoff_cap, random.Random())
 
     @property
@@ -185,6 +188,10 @@ class Agent:
     def _stream(self, keeper: SessionKeeper, opened: SessionInfo) -> bool:
         """Handle the tasks of one task stream; True when the agent should stop."""
         for task in keeper.connection.tasks(opened):
+            if is_run_end(task):
+                if self._run_has_ended(task, opened):
+                    return True
+                continue
             data, is_error = self.handle(task, opened.node_id)
             if data is None:
                 continue
@@ -195,6 +202,16 @@ class Agent:
             if self.stop_event.is_set():
                 return True
         return self.stop_event.is_set()
+
+    def _run_has_ended(self, task: edge_pb2.Task, opened: SessionInfo) -> bool:
+        """Stop for a genuine run-ended notice (say why in one line); ignore a forged one."""
+        line = run_end_line(task, opened.node_id, opened.token, self.settings.model_key)
+        if line is None:
+            LOG.error("ignored a run-ended notice whose signature does not verify")
+            return False
+        self.run_ended = line
+        LOG.info("%s; exiting", line)
+        return True
 
     def handle(self, task: edge_pb2.Task, node_id: int) -> tuple[bytes | None, bool]:
         """Verify and run one task; returns (reply bytes or None for no reply, is_error)."""
@@ -310,11 +327,17 @@ class Agent:
             LOG.warning("round %s: upload refused: %s", task.group_id, error)
             if error.code == edge_pb2.ERROR_CODE_BAD_SESSION:
                 raise
+        except grpc.RpcError as error:
+            # The task stream may still hold what came before the server went (the
+            # run-ended notice): read it before reconnecting.
+            LOG.warning("round %s: upload failed (%s)", task.group_id, _status(error))
 
     def _heartbeats(self, keeper: SessionKeeper, done: threading.Event) -> None:
-        while not done.wait(keeper.current.heartbeat_seconds):
+        period = keeper.current.heartbeat_seconds
+        while not done.wait(period):
             try:
-                keeper.call(keeper.connection.heartbeat)
+                # The server spaces heartbeats out as its fleet grows.
+                period = keeper.call(keeper.connection.heartbeat) or period
             except (grpc.RpcError, EdgeProtocolError):
                 return
 

@@ -32,6 +32,8 @@ TASK_PREFIX = b"stamen-edge-v1-task"
 """Domain separation for task (model) signatures."""
 UPLOAD_PREFIX = b"stamen-edge-v1-upload"
 """Domain separation for upload signatures (by the device key)."""
+RUN_ENDED_PREFIX = b"stamen-edge-v1-run-ended"
+"""Domain separation for the run-ended notice's signature (by the model-signing key)."""
 
 
 def generate_key() -> Ed25519PrivateKey:

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import NoReturn
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from google.protobuf.message import DecodeError
 
-from stamen.contract.edge.identity import TASK_PREFIX, UPLOAD_PREFIX
+from stamen.contract.edge.identity import RUN_ENDED_PREFIX, TASK_PREFIX, UPLOAD_PREFIX
 from stamen.core.errors import StamenError
 from stamen.protos.edge.v1 import edge_pb2
 
@@ -96,6 +96,45 @@ def upload_signing_bytes(
     return UPLOAD_PREFIX + signed.SerializeToString(deterministic=True)
 
 
+def run_ended_signing_bytes(task: edge_pb2.Task, node_id: int, session: str) -> bytes:
+    """The exact bytes the server signs for the run-ended notice ``task`` carries to
+    ``node_id`` on the task stream opened with ``session``."""
+    notice = task.run_ended
+    signed = edge_pb2.RunEndedSigningInput(
+        reason=notice.reason,
+        message=notice.message,
+        run_id=task.run_id,
+        ended_unix=notice.ended_unix,
+        node_id=node_id,
+        session=session,
+    )
+    return RUN_ENDED_PREFIX + signed.SerializeToString(deterministic=True)
+
+
+def upload_chunks(
+    key: Ed25519PrivateKey,
+    session: str,
+    task: edge_pb2.Task,
+    data: bytes,
+    chunk_bytes: int,
+    *,
+    is_error: bool = False,
+) -> Iterator[edge_pb2.UploadChunk]:
+    """One upload of ``data`` answering ``task``: its header (in the first chunk) signed
+    with the device's ``key``, then the data in chunks of ``chunk_bytes``."""
+    digest = sha256(data)
+    header = edge_pb2.UploadHeader(
+        session=session,
+        task_id=task.task_id,
+        total_bytes=len(data),
+        sha256=digest,
+        is_error=is_error,
+        signature=key.sign(upload_signing_bytes(task.task_id, task.group_id, digest, is_error)),
+    )
+    for index, piece in enumerate(chunks(data, chunk_bytes)):
+        yield edge_pb2.UploadChunk(header=header if index == 0 else None, data=piece)
+
+
 def chunks(data: bytes, size: int) -> Iterator[bytes]:
     """``data`` in pieces of at most ``size`` bytes (one empty piece for empty data)."""
     if not data:
@@ -105,23 +144,14 @@ def chunks(data: bytes, size: int) -> Iterator[bytes]:
         yield data[start : start + size]
 
 
-def abort(
-    context: grpc.ServicerContext,
-    status: grpc.StatusCode,
-    code: int,
-    message: str,
-    *,
-    retry_after: float = 0.0,
-) -> NoReturn:
-    """End an RPC with ``status`` and a typed ``EdgeError`` in the trailers."""
+def error_trailers(code: int, message: str, retry_after: float = 0.0) -> tuple[tuple[str, bytes]]:
+    """The trailing metadata that carries a typed ``EdgeError`` with a refusal."""
     error = edge_pb2.EdgeError(
         code=code,  # type: ignore[arg-type]
         message=message,
         retry_after_seconds=retry_after,
     )
-    context.set_trailing_metadata(((ERROR_METADATA_KEY, error.SerializeToString()),))
-    context.abort(status, message)
-    raise RuntimeError("grpc's abort returned")  # it always raises
+    return ((ERROR_METADATA_KEY, error.SerializeToString()),)
 
 
 def edge_error_of(error: grpc.RpcError) -> EdgeProtocolError | None:

@@ -1,9 +1,10 @@
 """The edge server: Flower's Grid over real devices on Stamen's gRPC edge protocol."""
 
 from stamen.server.edge.certs import CertPaths, init_certs
-from stamen.server.edge.grid import EdgeGrid, EdgeRoundStats
+from stamen.server.edge.grid import EdgeGrid
 from stamen.server.edge.limits import JoinLimits, RateLimit
 from stamen.server.edge.registry import DeviceEntry, DeviceRegistry, DeviceStatus
+from stamen.server.edge.rounds import EdgeRoundStats, RunEnd, RunEndReason
 from stamen.server.edge.server import EdgeServer, EdgeServerSettings
 from stamen.server.edge.servicer import EdgeServicer
 
@@ -19,5 +20,7 @@ __all__ = [
     "EdgeServicer",
     "JoinLimits",
     "RateLimit",
+    "RunEnd",
+    "RunEndReason",
     "init_certs",
 ]

@@ -1,87 +1,93 @@
 """``EdgeGrid``: Flower's ``Grid`` over real devices connected with the edge protocol.
 
-The ServerApp and its strategy see an ordinary Grid: node ids, messages out,
-replies in. Behind it, each message becomes a signed :class:`Task` on the
-device's task stream, and each reply arrives as a chunked upload (see
-:mod:`stamen.server.edge.servicer`).
+The ServerApp and its strategy see an ordinary Grid, synchronous, in their
+own thread: node ids, messages out, replies in. Behind it, each message
+becomes a signed :class:`Task` handed to the device's task stream through the
+stream's ``send`` (thread-safe: the edge server's event loop writes it out),
+and each reply arrives as a chunked upload (see
+:mod:`stamen.server.edge.servicer`). The grid's state sits behind one lock,
+taken briefly from both sides.
 
 A round closes by the strategy's :class:`~stamen.core.fleet.RoundPolicy`, as on
 the simulation grid, but on the real clock: ``send_and_receive`` returns when
-every device has answered, when ``quorum`` devices have sent a good reply
-(over-selection: the strategy sampled more), or at the ``deadline`` (seconds
-after dispatch; the strategy's ``timeout`` bounds it too), whichever is first.
-Replies that arrive after their round returned are refused and counted as
-late; each round's counts go to the log and to ``on_round`` (see
-:class:`EdgeRoundStats`).
+every task is resolved (answered, or its device dropped out), when ``quorum``
+devices have sent a good reply (over-selection: the strategy sampled more),
+or at the ``deadline`` (seconds after dispatch; the strategy's ``timeout``
+bounds it too), whichever is first. It counts stragglers, dropouts and
+surplus as the simulation grid does (:class:`EdgeRoundStats`). A device that
+vanishes or is revoked mid-round is released at once (:meth:`EdgeGrid.release`),
+so its round does not wait for its deadline.
+
+``push_messages``/``pull_messages`` are the asynchronous side (FedBuff): a
+pull returns the replies in so far (nothing, while every device still works),
+and a reply for each task that will get none: its device dropped out, or the
+deadline passed (the task expired). So no task holds a device's slot forever.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
-import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Error, Message
 
-from stamen.contract.edge import serialize_records, sha256, task_signing_bytes
-from stamen.core.fleet import RoundTiming
 from stamen.core.grid import RoundPolicyGrid, assign_message_id
 from stamen.protos.edge.v1 import edge_pb2
+from stamen.server.edge.rounds import EdgeRoundStats, RunEnd
+from stamen.server.edge.sealing import TaskSealer, seal_run_end
 
 LOG = logging.getLogger("stamen.server.edge")
 
-NOT_CONNECTED = 2
-"""Error code of a reply the grid makes for a device that is not connected."""
+DEVICE_LOST = 2
+"""Error code of the reply a pull gets for a task whose device is gone (as in simulation)."""
+TASK_EXPIRED = 3
+"""Error code of the reply a pull gets for a task that passed its deadline unanswered."""
+CLOSED_TASKS_KEPT = 100_000
+"""Closed tasks remembered, to count their late uploads against their round."""
+
+StreamItem = edge_pb2.Task | RunEnd | None
+"""What goes down a task stream: a task, the end of the run, or ``None`` (close it)."""
 
 
 @dataclass
-class EdgeRoundStats:
-    """What happened to one batch of messages (one round's training, usually)."""
+class NodeLink:
+    """A device's open task stream, as the grid holds it."""
 
-    group_id: str
-    message_type: str
-    sent: int = 0
-    over_selected: int = 0
-    """Devices sent the task beyond the round policy's quorum."""
-    not_connected: int = 0
-    """Devices whose task stream was closed when the task was sent."""
-    replies: int = 0
-    timed_out: int = 0
-    """Devices that had not replied when the deadline passed."""
-    cancelled: int = 0
-    """Devices still working when the quorum of good replies was in."""
-    late_dropped: int = 0
-    """Replies that arrived after the round returned, refused."""
-    surplus_dropped: int = 0
-    """Replies beyond the quorum that came in the same instant, dropped."""
-    refused_uploads: int = 0
-    """Uploads refused as oversized or corrupt."""
-    seconds: float = 0.0
-    timed_out_nodes: list[int] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values."""
-        return asdict(self)
-
-
-@dataclass
-class _NodeChannel:
     node_id: int
     device_id: str
-    tasks: queue.Queue[edge_pb2.Task | None] = field(default_factory=queue.Queue)
-    busy: int = 0
+    send: Callable[[StreamItem], None]
+    """Queue an item on the stream; callable from any thread."""
+
+
+@dataclass
+class _Round:
+    stats: EdgeRoundStats
+    size: int
+    quorum: int
+    answered: int = 0
+    good: int = 0
+    """Replies that are not errors, of ``answered``."""
+    lost: int = 0
+    """Tasks that will get no reply: their device dropped out."""
+
+    @property
+    def done(self) -> bool:
+        """Every task resolved, or the quorum of good replies in: the round may close."""
+        return self.answered + self.lost >= self.size or self.good >= self.quorum
 
 
 @dataclass
 class _Pending:
     message: Message
     node_id: int
-    stats: EdgeRoundStats
+    round: _Round | None
+    """``None``: pushed, for an asynchronous pull."""
 
 
 class EdgeGrid(RoundPolicyGrid):
@@ -103,14 +109,20 @@ class EdgeGrid(RoundPolicyGrid):
     ) -> None:
         super().__init__()
         self._signing_key = signing_key
+        self._sealer = TaskSealer(signing_key)
         self._on_round = on_round
         self._started = time.monotonic()
         self._cond = threading.Condition()
-        self._nodes: dict[int, _NodeChannel] = {}
+        self._links: dict[int, NodeLink] = {}
         self._pending: dict[str, _Pending] = {}
+        self._by_node: dict[int, set[str]] = {}
         self._replies: dict[str, Message] = {}
-        self._closed: dict[str, EdgeRoundStats] = {}
+        self._expiries: list[tuple[float, str]] = []
+        """(deadline, task id) of pushed tasks, soonest first."""
+        self._closed: OrderedDict[str, EdgeRoundStats | None] = OrderedDict()
         self._closing = False
+        self.run_end: RunEnd | None = None
+        """Set once the run has ended; every stream, open or opened later, is told."""
         self.history: list[EdgeRoundStats] = []
 
     @property
@@ -123,19 +135,31 @@ class EdgeGrid(RoundPolicyGrid):
     def get_node_ids(self) -> Iterable[int]:
         """Ids of the devices whose task stream is open now."""
         with self._cond:
-            return list(self._nodes)
+            return list(self._links)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Send each message to its device as a signed task; returns message ids."""
+        """Send each message to its device as a signed task; returns message ids.
+
+        Each task expires at the round policy's deadline: a pull then answers it
+        with an error reply, as it does at once for a device that is not connected.
+        """
         batch = list(messages)
-        deadline = self.round_policy.deadline
-        return self._push(
-            batch, time.time() + deadline if deadline else 0.0, self._new_stats(batch)
-        )
+        seconds = self.round_policy.deadline
+        deadline = time.time() + seconds if seconds else 0.0
+        ids = self._push(batch, deadline, None)
+        if deadline:
+            with self._cond:
+                for task_id in ids:
+                    if task_id in self._pending:
+                        heapq.heappush(self._expiries, (deadline, task_id))
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """The replies received so far for ``message_ids`` (each returned once)."""
+        """The replies in so far for ``message_ids`` (each returned once): the devices'
+        own, and an error reply for each task whose device is gone or whose deadline
+        passed. An empty list means no reply yet."""
         with self._cond:
+            self._expire_pushed(time.time())
             return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
 
     def send_and_receive(
@@ -149,55 +173,75 @@ class EdgeGrid(RoundPolicyGrid):
         limits = [t for t in (self.round_policy.deadline, timeout) if t is not None]
         deadline = time.time() + min(limits) if limits else 0.0
         quorum = min(self.round_policy.quorum or len(batch), len(batch))
-        stats = self._new_stats(batch)
-        stats.over_selected = len(batch) - quorum
-        ids = self._push(batch, deadline, stats)
+        round_ = _Round(self._new_stats(batch), size=len(batch), quorum=quorum)
+        round_.stats.over_selected = len(batch) - quorum
+        ids = self._push(batch, deadline, round_)
+        round_.stats.dispatch_seconds = time.monotonic() - started
         with self._cond:
-            while not self._closing:
-                answered = [mid for mid in ids if mid in self._replies]
-                successes = sum(not self._replies[mid].has_error() for mid in answered)
+            # Woken only when the round may close (see deliver and release), or each second.
+            while not self._closing and not round_.done:
                 remaining = deadline - time.time() if deadline else 1.0
-                if len(answered) == len(ids) or successes >= quorum or remaining <= 0:
+                if remaining <= 0:
                     break
                 self._cond.wait(timeout=min(remaining, 1.0))
             expired = bool(deadline) and time.time() >= deadline
-            replies = self._collect(ids, quorum, stats, expired=expired)
+            replies = self._collect(ids, quorum, round_.stats, expired=expired)
+        stats = round_.stats
         stats.seconds = time.monotonic() - started
-        self.record_timing(
-            stats.message_type,
-            RoundTiming(
-                dispatched=stats.sent,
-                participants=len(replies) - stats.not_connected,
-                stragglers=stats.timed_out,
-                dropouts=stats.not_connected,
-                surplus=stats.cancelled + stats.surplus_dropped,
-                seconds=stats.seconds,
-                clock=self.now,
-            ),
-        )
+        stats.close()
+        self.record_timing(stats.message_type, stats.timing(self.now))
         self._report(stats)
         return replies
 
-    # -- called by the servicer -----------------------------------------------------
+    # -- called by the servicer (on the event loop) ------------------------------------
 
-    def connect(self, node_id: int, device_id: str) -> _NodeChannel:
+    def connect(self, node_id: int, device_id: str, send: Callable[[StreamItem], None]) -> NodeLink:
         """Open a device's task stream, closing an older stream of the same device."""
+        link = NodeLink(node_id, device_id, send)
         with self._cond:
-            old = self._nodes.get(node_id)
-            if old is not None:
-                old.tasks.put(None)
-            channel = _NodeChannel(node_id, device_id)
-            self._nodes[node_id] = channel
+            old = self._links.get(node_id)
+            self._links[node_id] = link
             self._cond.notify_all()
+        if old is not None:
+            old.send(None)
         LOG.info("device %s connected as node %d", device_id[:12], node_id)
-        return channel
+        return link
 
-    def disconnect(self, channel: _NodeChannel) -> None:
-        """Forget a closed task stream (its pending tasks still count until their round closes)."""
+    def disconnect(self, link: NodeLink) -> None:
+        """Forget a closed task stream. Its pending tasks still wait for their reply: a
+        device whose stream broke while it trains may still upload, until it is
+        :meth:`release`\\ d as gone."""
         with self._cond:
-            if self._nodes.get(channel.node_id) is channel:
-                del self._nodes[channel.node_id]
-        LOG.info("node %d disconnected", channel.node_id)
+            if self._links.get(link.node_id) is link:
+                del self._links[link.node_id]
+        LOG.info("node %d disconnected", link.node_id)
+
+    def release(self, node_id: int, kind: str, reason: str) -> int:
+        """Give up on ``node_id``'s pending tasks: it ``kind`` (``vanished``, ``revoked``).
+
+        Each task's round counts a dropout and stops waiting for it; a pushed task
+        gets an error reply for the next pull. Returns how many tasks were released.
+        """
+        with self._cond:
+            task_ids = self._by_node.pop(node_id, set())
+            for task_id in task_ids:
+                pending = self._pending.pop(task_id)
+                round_ = pending.round
+                if round_ is None:
+                    self._replies[task_id] = Message(
+                        Error(code=DEVICE_LOST, reason=reason), reply_to=pending.message
+                    )
+                    self._remember(task_id, None)
+                    continue
+                round_.lost += 1
+                setattr(round_.stats, kind, getattr(round_.stats, kind) + 1)
+                round_.stats.dropout_nodes.append(node_id)
+                self._remember(task_id, round_.stats)
+            if task_ids:
+                self._cond.notify_all()  # a round may close, a pull has replies
+        if task_ids:
+            LOG.warning("node %d %s: %d task(s) released: %s", node_id, kind, len(task_ids), reason)
+        return len(task_ids)
 
     def instruction(self, task_id: str, node_id: int) -> Message | None:
         """The message a pending task carries, if ``node_id`` may still answer it."""
@@ -212,12 +256,16 @@ class EdgeGrid(RoundPolicyGrid):
             if pending is None:
                 self._count_late(task_id, reply.metadata.src_node_id)
                 return False
-            channel = self._nodes.get(pending.node_id)
-            if channel is not None:
-                channel.busy = max(0, channel.busy - 1)
+            self._unbind(task_id, pending.node_id)
             self._replies[task_id] = reply
-            pending.stats.replies += 1
-            self._cond.notify_all()
+            round_ = pending.round
+            if round_ is None:
+                return True
+            round_.stats.replies += 1
+            round_.answered += 1
+            round_.good += not reply.has_error()
+            if round_.done:
+                self._cond.notify_all()
         return True
 
     def note_late(self, task_id: str, node_id: int) -> None:
@@ -225,27 +273,37 @@ class EdgeGrid(RoundPolicyGrid):
         with self._cond:
             self._count_late(task_id, node_id)
 
-    def _count_late(self, task_id: str, node_id: int) -> None:
-        closed = self._closed.get(task_id)
-        if closed is not None:
-            closed.late_dropped += 1
-            LOG.warning("round %s: dropped a late reply from node %d", closed.group_id, node_id)
-
     def refused_upload(self, task_id: str) -> None:
-        """Count an upload refused as oversized or corrupt against its round."""
+        """Count an upload refused as oversized, corrupt or unsigned against its round."""
         with self._cond:
             pending = self._pending.get(task_id)
-            stats = pending.stats if pending else self._closed.get(task_id)
+            stats = pending.round.stats if pending and pending.round else self._closed.get(task_id)
             if stats is not None:
                 stats.refused_uploads += 1
+
+    def end_run(self, end: RunEnd) -> None:
+        """Tell every connected device that the run has ended (devices that connect later
+        are told as soon as they open their stream), and wake any waiting round."""
+        with self._cond:
+            self.run_end = end
+            self._closing = True
+            links = list(self._links.values())
+            self._cond.notify_all()
+        for link in links:
+            link.send(end)
+
+    def run_ended_task(self, end: RunEnd, node_id: int, session: str) -> edge_pb2.Task:
+        """The signed notice of ``end`` for ``node_id``'s stream opened with ``session``."""
+        return seal_run_end(self._signing_key, end, self._run.run_id, node_id, session)
 
     def close(self) -> None:
         """End every task stream and wake any waiting round."""
         with self._cond:
             self._closing = True
-            for channel in self._nodes.values():
-                channel.tasks.put(None)
+            links = list(self._links.values())
             self._cond.notify_all()
+        for link in links:
+            link.send(None)
 
     # -- internals --------------------------------------------------------------------
 
@@ -256,44 +314,54 @@ class EdgeGrid(RoundPolicyGrid):
             message_type=first.message_type if first else "",
         )
 
-    def _push(self, batch: list[Message], deadline: float, stats: EdgeRoundStats) -> list[str]:
-        ids: list[str] = []
+    def _push(self, batch: list[Message], deadline: float, round_: _Round | None) -> list[str]:
+        """Seal every task outside the lock, then register and send them."""
+        sealed = []
         for message in batch:
             task_id = assign_message_id(message)
-            node_id = message.metadata.dst_node_id
-            task = self._seal(message, task_id, deadline)
-            with self._cond:
-                channel = self._nodes.get(node_id)
-                stats.sent += 1
-                if channel is None:
-                    stats.not_connected += 1
+            sealed.append((message, task_id, self._seal(message, task_id, deadline)))
+        sends: list[tuple[NodeLink, edge_pb2.Task]] = []
+        with self._cond:
+            for message, task_id, task in sealed:
+                node_id = message.metadata.dst_node_id
+                link = self._links.get(node_id)
+                if round_ is not None:
+                    round_.stats.sent += 1
+                if link is not None:
+                    self._pending[task_id] = _Pending(message, node_id, round_)
+                    self._by_node.setdefault(node_id, set()).add(task_id)
+                    sends.append((link, task))
+                elif round_ is not None:
+                    round_.lost += 1
+                    round_.stats.not_connected += 1
+                    round_.stats.dropout_nodes.append(node_id)
+                    self._remember(task_id, round_.stats)
+                else:
                     self._replies[task_id] = Message(
-                        Error(code=NOT_CONNECTED, reason=f"node {node_id} is not connected"),
+                        Error(code=DEVICE_LOST, reason=f"node {node_id} is not connected"),
                         reply_to=message,
                     )
-                else:
-                    self._pending[task_id] = _Pending(message, node_id, stats)
-                    channel.busy += 1
-                    channel.tasks.put(task)
-            ids.append(task_id)
-        return ids
+        for link, task in sends:
+            link.send(task)
+        return [task_id for _, task_id, _ in sealed]
 
     def _seal(self, message: Message, task_id: str, deadline: float) -> edge_pb2.Task:
         """The signed task carrying ``message`` to its device (``deadline`` 0: none)."""
-        content = serialize_records(message.content)
-        task = edge_pb2.Task(
-            task_id=task_id,
-            message_type=message.metadata.message_type,
-            group_id=message.metadata.group_id,
-            run_id=self._run.run_id,
-            content=content,
-            content_sha256=sha256(content),
-            deadline_unix=deadline,
-        )
-        task.signature = self._signing_key.sign(
-            task_signing_bytes(task, message.metadata.dst_node_id)
-        )
-        return task
+        return self._sealer.seal(message, task_id, self._run.run_id, deadline)
+
+    def _expire_pushed(self, now: float) -> None:
+        """Answer each pushed task past its deadline with an error reply (lock held)."""
+        while self._expiries and self._expiries[0][0] <= now:
+            _, task_id = heapq.heappop(self._expiries)
+            pending = self._pending.pop(task_id, None)
+            if pending is None:
+                continue  # answered or released meanwhile
+            self._unbind(task_id, pending.node_id)
+            self._replies[task_id] = Message(
+                Error(code=TASK_EXPIRED, reason="no reply before the task's deadline"),
+                reply_to=pending.message,
+            )
+            self._remember(task_id, None)
 
     def _collect(
         self, ids: list[str], quorum: int, stats: EdgeRoundStats, *, expired: bool
@@ -305,16 +373,15 @@ class EdgeGrid(RoundPolicyGrid):
             reply = self._replies.pop(mid, None)
             if reply is None:
                 pending = self._pending.pop(mid, None)
-                if pending is not None and expired:
+                if pending is None:
+                    continue  # a dropout, counted when it was released
+                self._unbind(mid, pending.node_id)
+                if expired:
                     stats.timed_out += 1
                     stats.timed_out_nodes.append(pending.node_id)
-                elif pending is not None:
+                else:
                     stats.cancelled += 1
-                if pending is not None:
-                    channel = self._nodes.get(pending.node_id)
-                    if channel is not None:
-                        channel.busy = max(0, channel.busy - 1)
-                self._closed[mid] = stats
+                self._remember(mid, stats)
                 continue
             if not reply.has_error():
                 if successes >= quorum:
@@ -322,10 +389,27 @@ class EdgeGrid(RoundPolicyGrid):
                     continue
                 successes += 1
             replies.append(reply)
-        if len(self._closed) > 100_000:  # bounded memory on very long runs
-            for key in list(self._closed)[:50_000]:
-                del self._closed[key]
+        stats.participants = len(replies)
         return replies
+
+    def _unbind(self, task_id: str, node_id: int) -> None:
+        tasks = self._by_node.get(node_id)
+        if tasks is not None:
+            tasks.discard(task_id)
+            if not tasks:
+                del self._by_node[node_id]
+
+    def _remember(self, task_id: str, stats: EdgeRoundStats | None) -> None:
+        """Keep a closed task's round, so that a late upload is counted against it."""
+        self._closed[task_id] = stats
+        while len(self._closed) > CLOSED_TASKS_KEPT:
+            self._closed.popitem(last=False)
+
+    def _count_late(self, task_id: str, node_id: int) -> None:
+        closed = self._closed.get(task_id)
+        if closed is not None:
+            closed.late_dropped += 1
+            LOG.warning("round %s: dropped a late reply from node %d", closed.group_id, node_id)
 
     def _report(self, stats: EdgeRoundStats) -> None:
         self.history.append(stats)

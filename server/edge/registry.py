@@ -79,24 +79,32 @@ class DeviceRegistry:
 
     def register(self, public_key: bytes, *, name: str | None = None) -> DeviceEntry:
         """Admit ``public_key`` (again, if it was revoked)."""
-        if len(public_key) != 32:
-            raise ConfigError("a device public key must be a 32-byte Ed25519 key")
-        ident = device_id(public_key)
+        return self.register_many([(public_key, name)])[0]
+
+    def register_many(self, keys: list[tuple[bytes, str | None]]) -> list[DeviceEntry]:
+        """Admit each ``(public key, name)`` (again, if revoked), in one write of the file."""
         with self._lock:
             entries = dict(self._load())
-            label = name or ident[:12]
-            clash = [e for e in entries.values() if e.name == label and e.device_id != ident]
-            if clash:
-                raise ConfigError(f"a different device is already registered as {label!r}")
-            entry = DeviceEntry(
-                device_id=ident,
-                name=label,
-                public_key_b64=base64.b64encode(public_key).decode(),
-                registered_unix=time.time(),
-            )
-            entries[ident] = entry
+            names = {e.name: e.device_id for e in entries.values()}
+            added = []
+            for public_key, name in keys:
+                if len(public_key) != 32:
+                    raise ConfigError("a device public key must be a 32-byte Ed25519 key")
+                ident = device_id(public_key)
+                label = name or ident[:12]
+                if names.get(label, ident) != ident:
+                    raise ConfigError(f"a different device is already registered as {label!r}")
+                entry = DeviceEntry(
+                    device_id=ident,
+                    name=label,
+                    public_key_b64=base64.b64encode(public_key).decode(),
+                    registered_unix=time.time(),
+                )
+                entries[ident] = entry
+                names[label] = ident
+                added.append(entry)
             self._save(entries)
-        return entry
+        return added
 
     def revoke(self, name_or_id: str) -> DeviceEntry:
         """Refuse a device from now on; it is matched by name or (a prefix of) its id."""
@@ -107,6 +115,11 @@ class DeviceRegistry:
             entries[entry.device_id] = revoked
             self._save(entries)
         return revoked
+
+    def revision(self) -> tuple[int, int] | None:
+        """A stamp that changes whenever the registry file does (``None``: no file yet)."""
+        self._load()
+        return self._stamp
 
     def find(self, name_or_id: str, entries: dict[str, DeviceEntry] | None = None) -> DeviceEntry:
         """The one entry whose name is ``name_or_id`` or whose id starts with it."""
@@ -123,6 +136,7 @@ class DeviceRegistry:
         try:
             stat = os.stat(self.path)
         except FileNotFoundError:
+            self._cache, self._stamp = {}, None
             return {}
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:

@@ -44,6 +44,8 @@ class Session:
     expires: float
     last_seen: float
     renewals: int = 0
+    heartbeat_seconds: float = 5.0
+    """The heartbeat period this device was last told; its silence is measured in it."""
 
     def expired(self, now: float) -> bool:
         """Whether the session's time is up."""
@@ -97,15 +99,13 @@ class SessionTable:
         """The device's session, expired or not."""
         return self._by_node.get(node_id)
 
+    def sessions(self) -> list[Session]:
+        """Every device's session, expired or not."""
+        return list(self._by_node.values())
+
     def is_current(self, session: Session) -> bool:
         """Whether ``session`` is still its device's session (renewals included)."""
         return self._by_node.get(session.node_id) is session
-
-    def drop(self, session: Session) -> None:
-        """Forget ``session`` (its device was revoked)."""
-        if self._by_node.get(session.node_id) is session:
-            del self._by_node[session.node_id]
-            self._by_token.pop(session.token, None)
 
 
 @dataclass(frozen=True)

@@ -6,22 +6,18 @@ key's signature over the header); these checks are about the bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 from flwr.app import Error, Message
 
 from stamen.contract.edge import CorruptRecords, parse_records, sha256
 from stamen.protos.edge.v1 import edge_pb2
+from stamen.server.edge.refusal import Refusal
 
 
-class UploadRefused(Exception):
-    """An upload the server refuses: the gRPC status, the edge error code and why."""
-
-    def __init__(self, status: grpc.StatusCode, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
+class UploadRefused(Refusal):
+    """An upload the server refuses for its bytes (counted in ``refused_uploads``)."""
 
 
 def _corrupt(message: str) -> UploadRefused:
@@ -30,13 +26,23 @@ def _corrupt(message: str) -> UploadRefused:
     )
 
 
-def receive(
-    first: edge_pb2.UploadChunk, rest: Iterator[edge_pb2.UploadChunk], header: edge_pb2.UploadHeader
+async def first_chunk(chunks: AsyncIterator[edge_pb2.UploadChunk]) -> edge_pb2.UploadChunk | None:
+    """The upload's first chunk, or ``None`` when it sent none."""
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        return None
+
+
+async def receive(
+    first: edge_pb2.UploadChunk,
+    rest: AsyncIterator[edge_pb2.UploadChunk],
+    header: edge_pb2.UploadHeader,
 ) -> bytes:
     """The whole upload, read no further than the size its header declares."""
     parts = [bytes(first.data)]
     size = len(first.data)
-    for chunk in rest:
+    async for chunk in rest:
         size += len(chunk.data)
         if size > header.total_bytes:
             raise _corrupt(

@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n stamen/protos/edge/v1/edge.proto\x12\x0estamen.edge.v1\"b\n\tEdgeError\x12\'\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x19.stamen.edge.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x03 \x01(\x01\"N\n\x0bJoinRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"J\n\rJoinChallenge\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x14\n\x0c\x65xpires_unix\x18\x03 \x01(\x01\"a\n\x13\x41uthenticateRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x0e\n\x06renews\x18\x04 \x01(\t\"\x8a\x01\n\x07Session\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\x12\x19\n\x11max_payload_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\r\x12\x14\n\x0c\x65xpires_unix\x18\x06 \x01(\x01\"$\n\x11TaskStreamRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"\xa2\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cmessage_type\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\x04\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\x0c\x12\x16\n\x0e\x63ontent_sha256\x18\x06 \x01(\x0c\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"\x9b\x01\n\x10TaskSigningInput\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cmessage_type\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\x0c\x12\x15\n\rdeadline_unix\x18\x06 \x01(\x01\x12\x0f\n\x07node_id\x18\x07 \x01(\x04\"I\n\x0bUploadChunk\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.stamen.edge.v1.UploadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"z\n\x0cUploadHeader\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x10\n\x08is_error\x18\x05 \x01(\x08\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"a\n\x12UploadSigningInput\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x03 \x01(\x0c\x12\x10\n\x08is_error\x18\x04 \x01(\x08\"*\n\nReplyError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\tUploadAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0ereceived_bytes\x18\x02 \x01(\x04\"#\n\x10HeartbeatRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"%\n\x0eHeartbeatReply\x12\x13\n\x0bserver_unix\x18\x01 \x01(\x01*\xe7\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45RROR_CODE_UNKNOWN_DEVICE\x10\x01\x12\x1d\n\x19\x45RROR_CODE_REVOKED_DEVICE\x10\x02\x12\x1c\n\x18\x45RROR_CODE_BAD_SIGNATURE\x10\x03\x12\x1a\n\x16\x45RROR_CODE_BAD_SESSION\x10\x04\x12 \n\x1c\x45RROR_CODE_PAYLOAD_TOO_LARGE\x10\x05\x12\x1d\n\x19\x45RROR_CODE_CORRUPT_UPLOAD\x10\x06\x12\x13\n\x0f\x45RROR_CODE_LATE\x10\x07\x12\x1a\n\x16\x45RROR_CODE_BAD_REQUEST\x10\x08\x12\x17\n\x13\x45RROR_CODE_REPLACED\x10\t\x12\x1b\n\x17\x45RROR_CODE_RATE_LIMITED\x10\n\x12\x1e\n\x1a\x45RROR_CODE_SESSION_EXPIRED\x10\x0b\x32\xf6\x02\n\x0b\x45\x64geService\x12\x42\n\x04Join\x12\x1b.stamen.edge.v1.JoinRequest\x1a\x1d.stamen.edge.v1.JoinChallenge\x12L\n\x0c\x41uthenticate\x12#.stamen.edge.v1.AuthenticateRequest\x1a\x17.stamen.edge.v1.Session\x12\x42\n\x05Tasks\x12!.stamen.edge.v1.TaskStreamRequest\x1a\x14.stamen.edge.v1.Task0\x01\x12\x42\n\x06Upload\x12\x1b.stamen.edge.v1.UploadChunk\x1a\x19.stamen.edge.v1.UploadAck(\x01\x12M\n\tHeartbeat\x12 .stamen.edge.v1.HeartbeatRequest\x1a\x1e.stamen.edge.v1.HeartbeatReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n stamen/protos/edge/v1/edge.proto\x12\x0estamen.edge.v1\"b\n\tEdgeError\x12\'\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x19.stamen.edge.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13retry_after_seconds\x18\x03 \x01(\x01\"N\n\x0bJoinRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"J\n\rJoinChallenge\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x14\n\x0c\x65xpires_unix\x18\x03 \x01(\x01\"a\n\x13\x41uthenticateRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x0e\n\x06renews\x18\x04 \x01(\t\"\x8a\x01\n\x07Session\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\x12\x19\n\x11max_payload_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\r\x12\x14\n\x0c\x65xpires_unix\x18\x06 \x01(\x01\"$\n\x11TaskStreamRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"\xcf\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cmessage_type\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\x04\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\x0c\x12\x16\n\x0e\x63ontent_sha256\x18\x06 \x01(\x0c\x12\x15\n\rdeadline_unix\x18\x07 \x01(\x01\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x12+\n\trun_ended\x18\t \x01(\x0b\x32\x18.stamen.edge.v1.RunEnded\"p\n\x08RunEnded\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.stamen.edge.v1.RunEndReason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nended_unix\x18\x03 \x01(\x01\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x9b\x01\n\x14RunEndedSigningInput\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.stamen.edge.v1.RunEndReason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\x04\x12\x12\n\nended_unix\x18\x04 \x01(\x01\x12\x0f\n\x07node_id\x18\x05 \x01(\x04\x12\x0f\n\x07session\x18\x06 \x01(\t\"\x9b\x01\n\x10TaskSigningInput\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x14\n\x0cmessage_type\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\x0c\x12\x15\n\rdeadline_unix\x18\x06 \x01(\x01\x12\x0f\n\x07node_id\x18\x07 \x01(\x04\"I\n\x0bUploadChunk\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1c.stamen.edge.v1.UploadHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"z\n\x0cUploadHeader\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x10\n\x08is_error\x18\x05 \x01(\x08\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"a\n\x12UploadSigningInput\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontent_sha256\x18\x03 \x01(\x0c\x12\x10\n\x08is_error\x18\x04 \x01(\x08\"*\n\nReplyError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\tUploadAck\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0ereceived_bytes\x18\x02 \x01(\x04\"#\n\x10HeartbeatRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\"@\n\x0eHeartbeatReply\x12\x13\n\x0bserver_unix\x18\x01 \x01(\x01\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01*\xe7\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45RROR_CODE_UNKNOWN_DEVICE\x10\x01\x12\x1d\n\x19\x45RROR_CODE_REVOKED_DEVICE\x10\x02\x12\x1c\n\x18\x45RROR_CODE_BAD_SIGNATURE\x10\x03\x12\x1a\n\x16\x45RROR_CODE_BAD_SESSION\x10\x04\x12 \n\x1c\x45RROR_CODE_PAYLOAD_TOO_LARGE\x10\x05\x12\x1d\n\x19\x45RROR_CODE_CORRUPT_UPLOAD\x10\x06\x12\x13\n\x0f\x45RROR_CODE_LATE\x10\x07\x12\x1a\n\x16\x45RROR_CODE_BAD_REQUEST\x10\x08\x12\x17\n\x13\x45RROR_CODE_REPLACED\x10\t\x12\x1b\n\x17\x45RROR_CODE_RATE_LIMITED\x10\n\x12\x1e\n\x1a\x45RROR_CODE_SESSION_EXPIRED\x10\x0b*\x82\x01\n\x0cRunEndReason\x12\x1e\n\x1aRUN_END_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17RUN_END_REASON_FINISHED\x10\x01\x12\x1a\n\x16RUN_END_REASON_STOPPED\x10\x02\x12\x19\n\x15RUN_END_REASON_FAILED\x10\x03\x32\xf6\x02\n\x0b\x45\x64geService\x12\x42\n\x04Join\x12\x1b.stamen.edge.v1.JoinRequest\x1a\x1d.stamen.edge.v1.JoinChallenge\x12L\n\x0c\x41uthenticate\x12#.stamen.edge.v1.AuthenticateRequest\x1a\x17.stamen.edge.v1.Session\x12\x42\n\x05Tasks\x12!.stamen.edge.v1.TaskStreamRequest\x1a\x14.stamen.edge.v1.Task0\x01\x12\x42\n\x06Upload\x12\x1b.stamen.edge.v1.UploadChunk\x1a\x19.stamen.edge.v1.UploadAck(\x01\x12M\n\tHeartbeat\x12 .stamen.edge.v1.HeartbeatRequest\x1a\x1e.stamen.edge.v1.HeartbeatReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stamen.protos.edge.v1.edge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=1382
-  _globals['_ERRORCODE']._serialized_end=1741
+  _globals['_ERRORCODE']._serialized_start=1726
+  _globals['_ERRORCODE']._serialized_end=2085
+  _globals['_RUNENDREASON']._serialized_start=2088
+  _globals['_RUNENDREASON']._serialized_end=2218
   _globals['_EDGEERROR']._serialized_start=52
   _globals['_EDGEERROR']._serialized_end=150
   _globals['_JOINREQUEST']._serialized_start=152
@@ -46,23 +48,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSTREAMREQUEST']._serialized_start=548
   _globals['_TASKSTREAMREQUEST']._serialized_end=584
   _globals['_TASK']._serialized_start=587
-  _globals['_TASK']._serialized_end=749
-  _globals['_TASKSIGNINGINPUT']._serialized_start=752
-  _globals['_TASKSIGNINGINPUT']._serialized_end=907
-  _globals['_UPLOADCHUNK']._serialized_start=909
-  _globals['_UPLOADCHUNK']._serialized_end=982
-  _globals['_UPLOADHEADER']._serialized_start=984
-  _globals['_UPLOADHEADER']._serialized_end=1106
-  _globals['_UPLOADSIGNINGINPUT']._serialized_start=1108
-  _globals['_UPLOADSIGNINGINPUT']._serialized_end=1205
-  _globals['_REPLYERROR']._serialized_start=1207
-  _globals['_REPLYERROR']._serialized_end=1249
-  _globals['_UPLOADACK']._serialized_start=1251
-  _globals['_UPLOADACK']._serialized_end=1303
-  _globals['_HEARTBEATREQUEST']._serialized_start=1305
-  _globals['_HEARTBEATREQUEST']._serialized_end=1340
-  _globals['_HEARTBEATREPLY']._serialized_start=1342
-  _globals['_HEARTBEATREPLY']._serialized_end=1379
-  _globals['_EDGESERVICE']._serialized_start=1744
-  _globals['_EDGESERVICE']._serialized_end=2118
+  _globals['_TASK']._serialized_end=794
+  _globals['_RUNENDED']._serialized_start=796
+  _globals['_RUNENDED']._serialized_end=908
+  _globals['_RUNENDEDSIGNINGINPUT']._serialized_start=911
+  _globals['_RUNENDEDSIGNINGINPUT']._serialized_end=1066
+  _globals['_TASKSIGNINGINPUT']._serialized_start=1069
+  _globals['_TASKSIGNINGINPUT']._serialized_end=1224
+  _globals['_UPLOADCHUNK']._serialized_start=1226
+  _globals['_UPLOADCHUNK']._serialized_end=1299
+  _globals['_UPLOADHEADER']._serialized_start=1301
+  _globals['_UPLOADHEADER']._serialized_end=1423
+  _globals['_UPLOADSIGNINGINPUT']._serialized_start=1425
+  _globals['_UPLOADSIGNINGINPUT']._serialized_end=1522
+  _globals['_REPLYERROR']._serialized_start=1524
+  _globals['_REPLYERROR']._serialized_end=1566
+  _globals['_UPLOADACK']._serialized_start=1568
+  _globals['_UPLOADACK']._serialized_end=1620
+  _globals['_HEARTBEATREQUEST']._serialized_start=1622
+  _globals['_HEARTBEATREQUEST']._serialized_end=1657
+  _globals['_HEARTBEATREPLY']._serialized_start=1659
+  _globals['_HEARTBEATREPLY']._serialized_end=1723
+  _globals['_EDGESERVICE']._serialized_start=2221
+  _globals['_EDGESERVICE']._serialized_end=2595
 # @@protoc_insertion_point(module_scope)

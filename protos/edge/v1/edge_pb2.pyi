@@ -20,6 +20,13 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_REPLACED: _ClassVar[ErrorCode]
     ERROR_CODE_RATE_LIMITED: _ClassVar[ErrorCode]
     ERROR_CODE_SESSION_EXPIRED: _ClassVar[ErrorCode]
+
+class RunEndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_END_REASON_UNSPECIFIED: _ClassVar[RunEndReason]
+    RUN_END_REASON_FINISHED: _ClassVar[RunEndReason]
+    RUN_END_REASON_STOPPED: _ClassVar[RunEndReason]
+    RUN_END_REASON_FAILED: _ClassVar[RunEndReason]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_UNKNOWN_DEVICE: ErrorCode
 ERROR_CODE_REVOKED_DEVICE: ErrorCode
@@ -32,6 +39,10 @@ ERROR_CODE_BAD_REQUEST: ErrorCode
 ERROR_CODE_REPLACED: ErrorCode
 ERROR_CODE_RATE_LIMITED: ErrorCode
 ERROR_CODE_SESSION_EXPIRED: ErrorCode
+RUN_END_REASON_UNSPECIFIED: RunEndReason
+RUN_END_REASON_FINISHED: RunEndReason
+RUN_END_REASON_STOPPED: RunEndReason
+RUN_END_REASON_FAILED: RunEndReason
 
 class EdgeError(_message.Message):
     __slots__ = ("code", "message", "retry_after_seconds")
@@ -98,7 +109,7 @@ class TaskStreamRequest(_message.Message):
     def __init__(self, session: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "message_type", "group_id", "run_id", "content", "content_sha256", "deadline_unix", "signature")
+    __slots__ = ("task_id", "message_type", "group_id", "run_id", "content", "content_sha256", "deadline_unix", "signature", "run_ended")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +118,7 @@ class Task(_message.Message):
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    RUN_ENDED_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     message_type: str
     group_id: str
@@ -115,7 +127,36 @@ class Task(_message.Message):
     content_sha256: bytes
     deadline_unix: float
     signature: bytes
-    def __init__(self, task_id: _Optional[str] = ..., message_type: _Optional[str] = ..., group_id: _Optional[str] = ..., run_id: _Optional[int] = ..., content: _Optional[bytes] = ..., content_sha256: _Optional[bytes] = ..., deadline_unix: _Optional[float] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    run_ended: RunEnded
+    def __init__(self, task_id: _Optional[str] = ..., message_type: _Optional[str] = ..., group_id: _Optional[str] = ..., run_id: _Optional[int] = ..., content: _Optional[bytes] = ..., content_sha256: _Optional[bytes] = ..., deadline_unix: _Optional[float] = ..., signature: _Optional[bytes] = ..., run_ended: _Optional[_Union[RunEnded, _Mapping]] = ...) -> None: ...
+
+class RunEnded(_message.Message):
+    __slots__ = ("reason", "message", "ended_unix", "signature")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ENDED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    reason: RunEndReason
+    message: str
+    ended_unix: float
+    signature: bytes
+    def __init__(self, reason: _Optional[_Union[RunEndReason, str]] = ..., message: _Optional[str] = ..., ended_unix: _Optional[float] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class RunEndedSigningInput(_message.Message):
+    __slots__ = ("reason", "message", "run_id", "ended_unix", "node_id", "session")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    reason: RunEndReason
+    message: str
+    run_id: int
+    ended_unix: float
+    node_id: int
+    session: str
+    def __init__(self, reason: _Optional[_Union[RunEndReason, str]] = ..., message: _Optional[str] = ..., run_id: _Optional[int] = ..., ended_unix: _Optional[float] = ..., node_id: _Optional[int] = ..., session: _Optional[str] = ...) -> None: ...
 
 class TaskSigningInput(_message.Message):
     __slots__ = ("task_id", "message_type", "group_id", "run_id", "content_sha256", "deadline_unix", "node_id")
@@ -194,7 +235,9 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, session: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("server_unix",)
+    __slots__ = ("server_unix", "heartbeat_seconds")
     SERVER_UNIX_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     server_unix: float
-    def __init__(self, server_unix: _Optional[float] = ...) -> None: ...
+    heartbeat_seconds: float
+    def __init__(self, server_unix: _Optional[float] = ..., heartbeat_seconds: _Optional[float] = ...) -> None: ...
