@@ -196,7 +196,7 @@ CASES: dict[str, Case] = {
     ),
     "shapes that differ from the metadata": Case(
         lambda m, c, h: lying_shapes(m, h),
-        "holds shape",
+        "expected shape",
         overrides={"federation.plain_client_compat": True},
     ),
     "nan": Case(attacked(AttackKind.NAN), "not all finite"),

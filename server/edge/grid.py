@@ -68,6 +68,19 @@ class EdgeRoundStats:
         """JSON-ready values."""
         return asdict(self)
 
+    def timing(self, clock: float) -> RoundTiming:
+        """The round as every grid reports it (the round table, ``metrics.jsonl``); the
+        edge outputs (``edge-rounds.jsonl``, ``summary.json``) count answers from it too."""
+        return RoundTiming(
+            dispatched=self.sent,
+            participants=self.replies - self.surplus_dropped,
+            stragglers=self.timed_out,
+            dropouts=self.not_connected,
+            surplus=self.cancelled + self.surplus_dropped,
+            seconds=self.seconds,
+            clock=clock,
+        )
+
 
 @dataclass
 class _NodeChannel:
@@ -163,18 +176,7 @@ class EdgeGrid(RoundPolicyGrid):
             expired = bool(deadline) and time.time() >= deadline
             replies = self._collect(ids, quorum, stats, expired=expired)
         stats.seconds = time.monotonic() - started
-        self.record_timing(
-            stats.message_type,
-            RoundTiming(
-                dispatched=stats.sent,
-                participants=len(replies) - stats.not_connected,
-                stragglers=stats.timed_out,
-                dropouts=stats.not_connected,
-                surplus=stats.cancelled + stats.surplus_dropped,
-                seconds=stats.seconds,
-                clock=self.now,
-            ),
-        )
+        self.record_timing(stats.message_type, stats.timing(self.now))
         self._report(stats)
         return replies
 
