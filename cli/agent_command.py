@@ -175,14 +175,16 @@ def agent(
         runner.run()
     except AgentStopped as stopped:
         # Refused, gave up, or TLS: one line saying what and the fix, and its own status.
-        err_console.print(f"[bold red]error:[/] {escape(str(stopped))}", highlight=False)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(stopped))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(code=stopped.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("agent stopped")
     except StamenError as error:
         fail(str(error))
     if runner.ended is not None:
-        err_console.print(f"the run ended: {escape(runner.ended)}", highlight=False)
+        err_console.print(f"the run ended: {escape(runner.ended)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=AgentExit.RUN_ENDED)
 
 

@@ -314,8 +314,7 @@ REGISTRY = Option(
 STATE_DIR = Option(
     "state_dir",
     Path,
-    "Checkpoints. An unfinished run found here resumes; a finished one needs --resume or "
-    "--fresh.",
+    "Checkpoints. An unfinished run found here resumes; a finished one needs --resume or --fresh.",
     EDGE,
     default=Path("server-state"),
 )

@@ -20,7 +20,7 @@ from stamen.cli.output import console, err_console, one_line_errors, setup_loggi
 from stamen.cli.render import print_config
 from stamen.config import StamenConfig, load_config
 from stamen.core.errors import ConfigError
-from stamen.server.checkpoint import PREVIOUS_DIR, CheckpointStore, same_setup
+from stamen.server.checkpoint import PREVIOUS_DIR, CheckpointStore, setup_differences
 
 OPTIONS = (
     opt.CONFIG_FILE,
@@ -87,6 +87,15 @@ def server(values: OptionValues) -> None:
         config = load_config(
             values[opt.CONFIG_FILE], overrides, defaults={"federation.deadline": EDGE_DEADLINE}
         )
+        paths = CertPaths(certs)
+        monitor = monitor_options(
+            values[opt.MONITOR_PORT],
+            values[opt.METRICS_PORT],
+            values[opt.MONITOR_HOST],
+            values[opt.MONITOR_TOKEN_FILE],
+            None if insecure else paths.server_cert,
+            None if insecure else paths.server_key,
+        )
         if values[opt.DRY_RUN]:
             print_config(console, config)
             return
@@ -97,15 +106,6 @@ def server(values: OptionValues) -> None:
             registry=values[opt.REGISTRY],
             max_payload_bytes=int(values[opt.MAX_PAYLOAD_MB] * 2**20),
             session_ttl_seconds=values[opt.SESSION_TTL],
-        )
-        paths = CertPaths(certs)
-        monitor = monitor_options(
-            values[opt.MONITOR_PORT],
-            values[opt.METRICS_PORT],
-            values[opt.MONITOR_HOST],
-            values[opt.MONITOR_TOKEN_FILE],
-            None if insecure else paths.server_cert,
-            None if insecure else paths.server_key,
         )
         checkpoints = CheckpointStore(values[opt.STATE_DIR])
         start_note = plan_start(checkpoints, config, values[opt.RESUME], values[opt.FRESH])
@@ -187,11 +187,11 @@ def plan_start(store: CheckpointStore, config: StamenConfig, resume: bool, fresh
     held = f"{where}/ holds {stored.describe()}"
     if fresh:
         return f"state: {held}; --fresh: moved it to {store.archive()}/, starting a new run"
-    if not same_setup(stored.config, config.to_dict()):
+    if differences := setup_differences(stored.config, config.to_dict()):
         raise ConfigError(
-            f"{held}, made with a different data, model or compression config; use that "
-            f"config to go on with it, or --fresh to start a new run (the old one moves "
-            f"to {where}/{PREVIOUS_DIR}/)"
+            f"{held}, made with another data, model or compression config "
+            f"({'; '.join(differences[:3])}); use that config (--set) to go on with it, or "
+            f"--fresh to start a new run (the old one moves to {where}/{PREVIOUS_DIR}/)"
         )
     rounds = config.federation.rounds
     if stored.finished and not resume:

@@ -105,11 +105,21 @@ class StoredRun:
         )
 
 
-def same_setup(saved: dict[str, Any], current: dict[str, Any]) -> bool:
-    """Whether a checkpoint's config and ``current`` agree on all but the federation
-    (data, model, compression): only then can a run go on from it."""
-    saved = {k: v for k, v in saved.items() if k != "federation"}
-    return not saved or saved == {k: v for k, v in current.items() if k != "federation"}
+def setup_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Where a checkpoint's config and ``current`` differ outside ``federation`` (data, model,
+    compression), as ``section.key: saved -> current``; a run goes on only when none do."""
+    differences = []
+    for section in sorted(set(saved) - {"federation"}):
+        was, now = saved[section], current.get(section)
+        if isinstance(was, dict) and isinstance(now, dict):
+            differences += [
+                f"{section}.{key}: {was.get(key)!r} -> {now.get(key)!r}"
+                for key in sorted(set(was) | set(now))
+                if was.get(key) != now.get(key)
+            ]
+        elif was != now:
+            differences.append(f"{section}: {was!r} -> {now!r}")
+    return differences
 
 
 class CheckpointStore:
