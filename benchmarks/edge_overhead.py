@@ -28,10 +28,9 @@ Flower's round is then taken apart, measured on the same machine in the same run
 Round 1 includes each device's first-call warm-up and is left out of the means.
 Each Flower run is bounded (``--flower-round-limit``, ``--min-available-gib``):
 a run cut short says so in its ``status``. Writes ``edge_overhead.json`` and
-``edge_overhead.md`` into ``--out``.
+``edge_overhead.md`` into ``--out`` (the processes' files go to ``--work``).
 
-    nice -n 10 python benchmarks/edge_overhead.py --agents 4 10 50 --rounds 3 \\
-        --out benchmarks/results
+    nice -n 10 python benchmarks/edge_overhead.py --agents 4 10 50 --rounds 3
     python benchmarks/edge_overhead.py --agents 4 --rounds 3 --skip-flower   # Stamen only
 """
 
@@ -327,7 +326,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--agents", type=int, nargs="+", default=[4, 10, 50])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("runs/edge-overhead"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--work", type=Path, default=Path("runs/edge-overhead"), help="Processes' files and logs."
+    )
     parser.add_argument("--skip-flower", action="store_true")
     parser.add_argument(
         "--flower-round-limit",
@@ -343,7 +345,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     out = args.out.resolve()
-    work = out / "edge-overhead-work"
+    work = args.work.resolve()
+    out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "command": "python benchmarks/edge_overhead.py " + " ".join(sys.argv[1:]),
         "config": CONFIG,

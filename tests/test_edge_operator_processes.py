@@ -182,8 +182,8 @@ def test_refusals_an_agent_cannot_fix_exit_3_and_a_finished_run_is_not_resumed_s
     (record,) = metrics(site)
     reasons = sorted(r["reason"] for r in record["rejections"])
     assert reasons == [
-        f"device reported an error: {fits}",
         "device reported an error: refused: the model's signature or hash does not verify",
+        f"device reported an error: {fits}",
     ]
 
     # The same recipe again in the same folder: the finished run is reported, not resumed.
