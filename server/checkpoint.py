@@ -155,17 +155,17 @@ class CheckpointStore:
             with np.load(self.path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data[_META]).decode())
             ended = json.loads(self.ended_path.read_text()) if self.ended_path.exists() else {}
-        except (OSError, ValueError, KeyError) as error:
+            config = meta.get("config", {})
+            return StoredRun(
+                round=int(meta["round"]),
+                rounds=int(config.get("federation", {}).get("rounds", 0)),
+                ended=ended.get("ended"),
+                saved_unix=self.path.stat().st_mtime,
+                results=ended.get("results"),
+                config=config,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"checkpoint {self.path} cannot be read: {error}") from None
-        config = meta.get("config", {})
-        return StoredRun(
-            round=int(meta["round"]),
-            rounds=int(config.get("federation", {}).get("rounds", 0)),
-            ended=ended.get("ended"),
-            saved_unix=self.path.stat().st_mtime,
-            results=ended.get("results"),
-            config=config,
-        )
 
     def mark_ended(self, how: str, results: Path | None = None) -> None:
         """Note that the run ended (``finished`` or ``stopped``), and where its results are."""

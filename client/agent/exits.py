@@ -63,7 +63,7 @@ class TlsFailure(AgentStopped):
     exit_code = AgentExit.TLS
 
 
-REFUSAL_FIXES = {
+REFUSAL_FIXES: dict[int, str] = {
     edge_pb2.ERROR_CODE_REVOKED_DEVICE: "the server's operator can register its key again",
     edge_pb2.ERROR_CODE_BAD_SIGNATURE: "the device key in --state-dir is not the one "
     "registered: register its device.pub",
