@@ -156,9 +156,17 @@ class FlowerSite:
                 run_config,
                 "--format",
                 "json",
-            ]
+            ],
+            check=False,
         )
-        run_id = str(json.loads(started.stdout)["run-id"])
+        try:
+            answer = json.loads(started.stdout)
+        except ValueError:
+            answer = {}
+        if "run-id" not in answer:
+            said = answer.get("error-message") or started.stderr.strip()[-300:]
+            return {"status": f"flwr run did not start: {said}", "seconds": 0.0}
+        run_id = str(answer["run-id"])
         before = self.process_counts()
         began = last_progress = time.monotonic()
         done = 0
