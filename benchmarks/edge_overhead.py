@@ -313,12 +313,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"{entry['flower'].get('clientapp_processes_started')} / "
             f"{entry['flower'].get('messages_received')} |"
         )
-    machine = report["machine"]
-    lines += [
-        "",
-        f"Machine: {machine['cpus']} cores, load average {machine['load_before']} before and "
-        f"{machine['load_after']} after (shared with other jobs). Command: `{report['command']}`",
-    ]
+    lines += ["", f"Machine: {report['machine']['cpus']} cores, shared with other jobs.", ""]
+    lines += ["| devices | nice | load average before / after (1, 5, 15 min) | command |"]
+    lines += ["|---:|---:|---|---|"]
+    for entry in report["fleets"]:
+        lines.append(
+            f"| {entry['agents']} | {entry.get('nice', '?')} | {entry.get('load_before')} / "
+            f"{entry.get('load_after')} | `{entry.get('command', report['command'])}` |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -331,6 +333,11 @@ def main() -> None:
         "--work", type=Path, default=Path("runs/edge-overhead"), help="Processes' files and logs."
     )
     parser.add_argument("--skip-flower", action="store_true")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="Keep the other fleet sizes already in --out/edge_overhead.json.",
+    )
     parser.add_argument(
         "--flower-round-limit",
         type=float,
@@ -354,10 +361,22 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_before": [round(x, 1) for x in os.getloadavg()]},
         "fleets": [],
     }
+    earlier = out / "edge_overhead.json"
+    if args.append and earlier.exists():  # keep the other fleet sizes of an earlier run
+        kept = json.loads(earlier.read_text())["fleets"]
+        report["fleets"] = [f for f in kept if f["agents"] not in args.agents]
     for agents in args.agents:
         started = time.monotonic()
-        report["fleets"].append(measure(args, agents, work))
-        report["fleets"][-1]["seconds"] = round(time.monotonic() - started, 1)
+        load_before = [round(x, 1) for x in os.getloadavg()]
+        entry = measure(args, agents, work)
+        entry |= {
+            "seconds": round(time.monotonic() - started, 1),
+            "nice": os.nice(0),
+            "load_before": load_before,
+            "load_after": [round(x, 1) for x in os.getloadavg()],
+            "command": report["command"],
+        }
+        report["fleets"] = sorted([*report["fleets"], entry], key=lambda f: f["agents"])
         report["machine"]["load_after"] = [round(x, 1) for x in os.getloadavg()]
         (out / "edge_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
         (out / "edge_overhead.md").write_text(markdown(report))

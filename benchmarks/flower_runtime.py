@@ -179,9 +179,12 @@ class FlowerSite:
             if now_done > done:
                 done, last_progress = now_done, time.monotonic()
             listed = self._run(
-                [str(BIN / "flwr"), "ls", "bench", "--run-id", run_id, "--format", "json"]
+                [str(BIN / "flwr"), "ls", "bench", "--run-id", run_id, "--format", "json"],
+                check=False,
             )
-            status = json.loads(listed.stdout)["runs"][0]["status"]
+            # A SuperLink too busy to answer in time says nothing: ask again next time.
+            with contextlib.suppress(ValueError, KeyError, IndexError):
+                status = json.loads(listed.stdout)["runs"][0]["status"]
             if status.startswith("finished"):
                 break
             cut = None
