@@ -9,6 +9,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from stamen.cli.output import console, err_console, fail, setup_logging
 
@@ -101,7 +102,8 @@ def agent(
     give_up_after: Annotated[
         float | None,
         typer.Option(
-            help="Exit after this many seconds without a server. [default: retry forever]",
+            help="Exit (status 4) after this many seconds without a server. "
+            "[default: retry forever]",
             rich_help_panel=CONN,
             show_default=False,
         ),
@@ -110,12 +112,17 @@ def agent(
 ) -> None:
     """Join SERVER, verify and run each task with the Stamen ClientApp, upload the update.
 
+    Exit status: 0 the run ended (or the agent was stopped), 2 bad options or files,
+    3 refused for good (unregistered, revoked, protocol, model key, data that does not
+    fit the model), 4 --give-up-after passed, 5 TLS failure (wrong CA, name, TLS on one
+    side only).
+
     Example: [bold]stamen agent --server edge.example:9443 --certs certs --dataset mnist
     --partition-id 3 --num-partitions 10[/]
     """
     if ctx.invoked_subcommand is not None:
         return
-    from stamen.client.agent import Agent, AgentRefused, AgentSettings, GuardSettings
+    from stamen.client.agent import Agent, AgentExit, AgentSettings, AgentStopped, GuardSettings
     from stamen.client.agent.state import AgentStateStore
     from stamen.contract.edge import load_public_key
     from stamen.core.errors import StamenError
@@ -166,12 +173,19 @@ def agent(
     signal.signal(signal.SIGTERM, stop)
     try:
         runner.run()
-    except AgentRefused as error:
-        fail(str(error))
+    except AgentStopped as stopped:
+        # Refused, gave up, or TLS: one line saying what and the fix, and its own status.
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(stopped))}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(code=stopped.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("agent stopped")
     except StamenError as error:
         fail(str(error))
+    if runner.run_ended is not None:
+        err_console.print(escape(runner.run_ended), highlight=False, soft_wrap=True)
+    raise typer.Exit(code=AgentExit.RUN_ENDED)
 
 
 def _client_app(

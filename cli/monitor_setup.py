@@ -51,6 +51,8 @@ def monitor_options(
         if metrics_port is not None:
             raise ConfigError("--metrics-port needs --monitor-port")
         return None
+    if token_file is not None:
+        load_tokens(token_file=token_file)  # a bad line fails now, not after the first round
     return MonitorOptions(port, metrics_port, host, token_file, tls_cert, tls_key)
 
 

@@ -317,9 +317,25 @@ REGISTRY = Option(
 STATE_DIR = Option(
     "state_dir",
     Path,
-    "Checkpoints; a restart resumes from here.",
+    "Checkpoints. An unfinished run found here resumes; a finished one needs --resume or --fresh.",
     EDGE,
     default=Path("server-state"),
+)
+RESUME = Option(
+    "resume",
+    bool,
+    "Go on with the run in --state-dir, even a finished one (raise --rounds to train more).",
+    EDGE,
+    default=False,
+    flags=("--resume",),
+)
+FRESH = Option(
+    "fresh",
+    bool,
+    "Start a new run; the run in --state-dir moves to --state-dir/previous/.",
+    EDGE,
+    default=False,
+    flags=("--fresh",),
 )
 MAX_PAYLOAD_MB = Option(
     "max_payload_mb", float, "Largest upload accepted, in MiB.", EDGE, default=16.0

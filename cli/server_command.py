@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -14,13 +13,14 @@ import typer
 from rich.console import Console
 
 from stamen.cli import option_table as opt
+from stamen.cli.edge_rounds import EDGE_ROUNDS_FILE, EdgeRoundLog
 from stamen.cli.monitor_setup import monitor_options
 from stamen.cli.options import OptionValues, takes
 from stamen.cli.output import console, err_console, one_line_errors, setup_logging
 from stamen.cli.render import print_config
-from stamen.config import load_config
-
-EDGE_ROUNDS_FILE = "edge-rounds.jsonl"
+from stamen.config import StamenConfig, load_config
+from stamen.core.errors import ConfigError
+from stamen.server.checkpoint import PREVIOUS_DIR, CheckpointStore, setup_differences
 
 OPTIONS = (
     opt.CONFIG_FILE,
@@ -43,6 +43,8 @@ OPTIONS = (
     opt.INSECURE,
     opt.REGISTRY,
     opt.STATE_DIR,
+    opt.RESUME,
+    opt.FRESH,
     opt.MAX_PAYLOAD_MB,
     opt.WAIT,
     opt.SESSION_TTL,
@@ -65,7 +67,9 @@ def server(values: OptionValues) -> None:
     """Serve a federation to [bold]stamen agent[/] devices over gRPC (TLS by default).
 
     Settings come from the preset, the --config file, then flags, as for simulate.
-    Each round is checkpointed in --state-dir; a restarted server resumes there.
+    Each round is checkpointed in --state-dir. At start the server says what that
+    folder holds: an unfinished run resumes, a finished one needs --resume (go on,
+    with more --rounds) or --fresh (start over; the old run moves to previous/).
     The monitor (--monitor-port) uses the server's TLS and binds 127.0.0.1
     unless --monitor-host names another address.
 
@@ -84,6 +88,15 @@ def server(values: OptionValues) -> None:
         config = load_config(
             values[opt.CONFIG_FILE], overrides, defaults={"federation.deadline": EDGE_DEADLINE}
         )
+        paths = CertPaths(certs)
+        monitor = monitor_options(
+            values[opt.MONITOR_PORT],
+            values[opt.METRICS_PORT],
+            values[opt.MONITOR_HOST],
+            values[opt.MONITOR_TOKEN_FILE],
+            None if insecure else paths.server_cert,
+            None if insecure else paths.server_key,
+        )
         if values[opt.DRY_RUN]:
             print_config(console, config)
             return
@@ -95,15 +108,8 @@ def server(values: OptionValues) -> None:
             max_payload_bytes=int(values[opt.MAX_PAYLOAD_MB] * 2**20),
             session_ttl_seconds=values[opt.SESSION_TTL],
         )
-        paths = CertPaths(certs)
-        monitor = monitor_options(
-            values[opt.MONITOR_PORT],
-            values[opt.METRICS_PORT],
-            values[opt.MONITOR_HOST],
-            values[opt.MONITOR_TOKEN_FILE],
-            None if insecure else paths.server_cert,
-            None if insecure else paths.server_key,
-        )
+        checkpoints = CheckpointStore(values[opt.STATE_DIR])
+        start_note = plan_start(checkpoints, config, values[opt.RESUME], values[opt.FRESH])
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     verbose = values[opt.VERBOSE]
     setup_logging(verbose)
@@ -125,12 +131,13 @@ def server(values: OptionValues) -> None:
         f"{f'deadline {seconds:g} s' if seconds else 'no deadline'}",
         highlight=False,
     )
+    console.print(start_note, highlight=False)
     ended = RunEnd.failed()  # the agents are told how the run ended
     try:
         with one_line_errors():
             wait_for_devices(console, edge, config.federation.devices_per_round, values[opt.WAIT])
             summary = run_edge_federation(
-                console, edge, config, out_dir, values[opt.STATE_DIR], edge_log, monitor
+                console, edge, config, out_dir, checkpoints, edge_log, monitor
             )
             ended = RunEnd.of_summary(summary)
     except KeyboardInterrupt:
@@ -167,6 +174,46 @@ def insecure_warning(session_ttl: float, monitor: Any = None) -> list[str]:
     return lines
 
 
+def plan_start(store: CheckpointStore, config: StamenConfig, resume: bool, fresh: bool) -> str:
+    """What ``--state-dir`` holds and what this start does with it, decided before any
+    device connects; a :class:`ConfigError` when the operator has to choose.
+
+    An unfinished run (a server killed or restarted mid-run) resumes unless ``fresh``:
+    that loses nothing, and a supervisor's restart needs no flag. A finished (or
+    operator-stopped) run is not silently resumed: ``resume`` goes on with it, which
+    trains only with more ``--rounds``, and ``fresh`` moves it to ``previous/``.
+    """
+    where = store.directory
+    if resume and fresh:
+        raise ConfigError("--resume and --fresh contradict each other; give one of them")
+    stored = store.inspect()
+    if stored is None:
+        note = " (--resume: nothing to resume)" if resume else ""
+        return f"state: {where}/ holds no run; starting a new one{note}"
+    held = f"{where}/ holds {stored.describe()}"
+    if fresh:
+        return f"state: {held}; --fresh: moved it to {store.archive()}/, starting a new run"
+    if differences := setup_differences(stored.config, config.to_dict()):
+        raise ConfigError(
+            f"{held}, made with another data, model or compression config "
+            f"({'; '.join(differences[:3])}); use that config (--set) to go on with it, or "
+            f"--fresh to start a new run (the old one moves to {where}/{PREVIOUS_DIR}/)"
+        )
+    rounds = config.federation.rounds
+    if stored.finished and not resume:
+        raise ConfigError(
+            f"{held}; pass --resume to go on with it (with --rounds above {stored.round}) or "
+            f"--fresh to start a new run (the old one moves to {where}/{PREVIOUS_DIR}/)"
+        )
+    if rounds <= stored.round:
+        raise ConfigError(
+            f"{held}, and --rounds {rounds} leaves nothing to train; raise --rounds above "
+            f"{stored.round} to go on with it, or pass --fresh to start a new run"
+        )
+    how = "--resume: going on" if resume else "resuming it (--fresh starts over instead)"
+    return f"state: {held}; {how} with rounds {stored.round + 1}-{rounds}"
+
+
 def wait_for_devices(console: Console, edge: Any, wanted: int, timeout: float) -> None:
     """Block until ``wanted`` devices are connected, or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
@@ -187,7 +234,7 @@ def run_edge_federation(
     edge: Any,
     config: Any,
     out_dir: Path,
-    state_dir: Path,
+    checkpoints: CheckpointStore,
     edge_log: EdgeRoundLog,
     monitor: Any = None,
 ) -> dict[str, Any] | None:
@@ -198,7 +245,6 @@ def run_edge_federation(
     from stamen.cli.monitor_setup import start_monitored_run
     from stamen.cli.render import ProgressReporter, results_table, summary_lines
     from stamen.server import CollectingReporter, Reporters, ResultsWriter, server_app
-    from stamen.server.checkpoint import CheckpointStore
 
     monitored = start_monitored_run(monitor, config, out_dir, console) if monitor else None
     collector = CollectingReporter()
@@ -214,7 +260,7 @@ def run_edge_federation(
         config,
         reporters,
         monitored.control if monitored else None,
-        checkpoints=CheckpointStore(state_dir),
+        checkpoints=checkpoints,
     )
     context = Context(
         run_id=edge.grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
@@ -225,48 +271,11 @@ def run_edge_federation(
         progress.stop()
         if monitored is not None:
             monitored.stop()
+    summary = collector.summary or {}
+    checkpoints.mark_ended("stopped" if summary.get("stopped") else "finished", out_dir)
     console.print(results_table(collector.records))
-    if collector.summary is not None:
-        for line in summary_lines(collector.summary):
-            console.print(line)
+    console.print(edge_log.table())
+    for line in summary_lines(summary) if summary else []:
+        console.print(line)
     console.print(f"results: {out_dir}/ (metrics.jsonl, {EDGE_ROUNDS_FILE}, summary.json)")
-    return collector.summary
-
-
-class EdgeRoundLog:
-    """Writes each round's edge counts (deadline misses, late and refused uploads)."""
-
-    def __init__(self, console: Console, out_dir: Path) -> None:
-        self.console = console
-        self.out_dir = out_dir
-        self.path = out_dir / EDGE_ROUNDS_FILE
-        self.rounds: list[Any] = []
-
-    def on_edge_round(self, stats: Any) -> None:
-        """One line per round to edge-rounds.jsonl, and a console note on misses."""
-        self.rounds.append(stats)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as stream:
-            stream.write(json.dumps(stats.to_dict()) + "\n")
-        line = stats.problems()  # the same counts as the jsonl line
-        if line is not None:
-            self.console.print(f"[yellow]{line}[/]", highlight=False, markup=True)
-
-    def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
-        """Nothing to do."""
-
-    def on_round(self, record: Any) -> None:
-        """Nothing to do: edge counts arrive through :meth:`on_edge_round`."""
-
-    def on_finish(self, summary: dict[str, Any]) -> None:
-        """Add the edge totals to the summary (late replies arrive after their round)."""
-        summary["backend"] = "edge"
-        summary["edge"] = {
-            "timed_out": sum(s.timed_out for s in self.rounds),
-            "late_dropped": sum(s.late_dropped for s in self.rounds),
-            "surplus_dropped": sum(s.surplus_dropped for s in self.rounds),
-            "refused_uploads": sum(s.refused_uploads for s in self.rounds),
-            "over_selected": sum(s.over_selected for s in self.rounds),
-            "round_seconds": [round(s.seconds, 4) for s in self.rounds],
-            "rounds": [s.to_dict() for s in self.rounds],
-        }
+    return summary or None

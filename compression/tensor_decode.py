@@ -26,7 +26,7 @@ from stamen.compression.bitpack import (
     unpack_bits,
 )
 from stamen.compression.hadamard import segments, unrotate
-from stamen.core.errors import InvalidUpdate
+from stamen.core.errors import InvalidUpdate, ShapeMismatch
 from stamen.protos.update.v1 import update_pb2 as pb
 
 MAX_ELEMENTS = 2**28
@@ -163,7 +163,7 @@ def checked_shape(
     if expected is not None:
         # The receiver's own model fixes the shape, so no cap is needed beyond equality.
         if shape != tuple(expected):
-            raise InvalidUpdate(f"{_label(message)}: shape {shape}, expected {tuple(expected)}")
+            raise ShapeMismatch(_name(message), tuple(expected), shape)
         return shape, math.prod(shape)
     size = 1
     for dim in shape:
@@ -337,8 +337,11 @@ def decode_checked(
 
 
 def _label(message: pb.CompressedTensor) -> str:
-    name = message.name if len(message.name) <= 80 else message.name[:77] + "..."
-    return f"tensor {name!r}"
+    return f"tensor {_name(message)!r}"
+
+
+def _name(message: pb.CompressedTensor) -> str:
+    return message.name if len(message.name) <= 80 else message.name[:77] + "..."
 
 
 def _unsqueeze(

@@ -12,6 +12,12 @@ the engine goes on with the next round.
 The file is an ``.npz`` without pickles: every numpy array in the state is
 stored as its own entry, and the rest as one JSON document that names them.
 
+Before a server serves anyone it asks :meth:`CheckpointStore.inspect` what the
+directory holds (:class:`StoredRun`: how far the run got, whether it ended),
+reading only that JSON document. A run that ends leaves a ``run-ended.json``
+beside its checkpoint (:meth:`CheckpointStore.mark_ended`); the next saved round
+removes it, and :meth:`CheckpointStore.archive` moves both aside for a fresh run.
+
 Examples:
     >>> import tempfile
     >>> import numpy as np
@@ -28,7 +34,9 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,10 @@ from stamen.core import write_atomic
 from stamen.core.errors import ConfigError
 
 CHECKPOINT_FILE = "checkpoint.npz"
+ENDED_FILE = "run-ended.json"
+"""Written when a run ends (finished or stopped by the operator), removed by the next round."""
+PREVIOUS_DIR = "previous"
+"""Where :meth:`CheckpointStore.archive` moves an old run, one folder per move."""
 _META = "__meta__"
 _MODEL = "model/"
 _STATE = "state/"
@@ -60,12 +72,63 @@ class Checkpoint:
     """What the engine's hooks carry over (the last central evaluation)."""
 
 
+@dataclass(frozen=True)
+class StoredRun:
+    """What a state directory holds, read before the server serves anyone."""
+
+    round: int
+    """The last round checkpointed."""
+    rounds: int
+    """The rounds the run was started (or last resumed) for; 0 when the config does not say."""
+    ended: str | None
+    """``finished`` or ``stopped`` once the run ended; ``None`` while it is unfinished."""
+    saved_unix: float
+    results: str | None = None
+    """The results folder of the run that ended there."""
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run ended (or ran all its rounds), as opposed to being cut short."""
+        return self.ended is not None or (self.rounds > 0 and self.round >= self.rounds)
+
+    def describe(self) -> str:
+        """``a finished run (5 of 5 rounds, saved 2026-01-02 10:00 UTC, results in runs/x)``."""
+        state = self.ended or ("finished" if self.finished else "unfinished")
+        of = f" of {self.rounds}" if self.rounds else ""
+        saved = datetime.fromtimestamp(self.saved_unix, UTC)
+        where = f", results in {self.results}" if self.results else ""
+        article = "an" if state == "unfinished" else "a"
+        return (
+            f"{article} {state} run ({self.round}{of} rounds, "
+            f"saved {saved:%Y-%m-%d %H:%M} UTC{where})"
+        )
+
+
+def setup_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Where a checkpoint's config and ``current`` differ outside ``federation`` (data, model,
+    compression), as ``section.key: saved -> current``; a run goes on only when none do."""
+    differences = []
+    for section in sorted(set(saved) - {"federation"}):
+        was, now = saved[section], current.get(section)
+        if isinstance(was, dict) and isinstance(now, dict):
+            differences += [
+                f"{section}.{key}: {was.get(key)!r} -> {now.get(key)!r}"
+                for key in sorted(set(was) | set(now))
+                if was.get(key) != now.get(key)
+            ]
+        elif was != now:
+            differences.append(f"{section}: {was!r} -> {now!r}")
+    return differences
+
+
 class CheckpointStore:
     """A directory holding the latest checkpoint."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / CHECKPOINT_FILE
+        self.ended_path = directory / ENDED_FILE
 
     def save(self, checkpoint: Checkpoint) -> None:
         """Replace the stored checkpoint with ``checkpoint``, atomically."""
@@ -82,6 +145,45 @@ class CheckpointStore:
         buffer = io.BytesIO()
         np.savez(buffer, allow_pickle=False, **arrays)
         write_atomic(self.path, buffer.getvalue())
+        self.ended_path.unlink(missing_ok=True)  # a new round: the run is live again
+
+    def inspect(self) -> StoredRun | None:
+        """What the directory holds (None: no checkpoint), from the checkpoint's JSON alone."""
+        if not self.path.exists():
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                meta = json.loads(bytes(data[_META]).decode())
+            ended = json.loads(self.ended_path.read_text()) if self.ended_path.exists() else {}
+            config = meta.get("config", {})
+            return StoredRun(
+                round=int(meta["round"]),
+                rounds=int(config.get("federation", {}).get("rounds", 0)),
+                ended=ended.get("ended"),
+                saved_unix=self.path.stat().st_mtime,
+                results=ended.get("results"),
+                config=config,
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(f"checkpoint {self.path} cannot be read: {error}") from None
+
+    def mark_ended(self, how: str, results: Path | None = None) -> None:
+        """Note that the run ended (``finished`` or ``stopped``), and where its results are."""
+        record = {"ended": how, "unix": time.time(), "results": str(results) if results else None}
+        write_atomic(self.ended_path, (json.dumps(record) + "\n").encode())
+
+    def archive(self) -> Path:
+        """Move the checkpoint (and its end note) to ``previous/<UTC time>/``; returns it."""
+        target = self.directory / PREVIOUS_DIR / f"{datetime.now(UTC):%Y%m%d-%H%M%S}"
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
+        target.mkdir(parents=True)
+        for path in (self.path, self.ended_path):
+            if path.exists():
+                path.replace(target / path.name)
+        return target
 
     def load(self) -> Checkpoint | None:
         """The stored checkpoint, or None when there is none."""

@@ -32,7 +32,7 @@ from stamen.models import (
     exchanged_state,
     to_channels_last,
 )
-from stamen.server.checkpoint import Checkpoint, CheckpointStore
+from stamen.server.checkpoint import Checkpoint, CheckpointStore, setup_differences
 from stamen.server.control import RunControl, RunState, apply_settings
 from stamen.server.distillation import build_feddf, edge_metrics, final_models
 from stamen.server.reporting import RoundRecord, RoundReporter
@@ -197,12 +197,10 @@ def run_federation(
 
 def resume(checkpoint: Checkpoint, strategy: CompressedFedAvg, config: StamenConfig) -> int:
     """Restore the strategy from ``checkpoint``; returns the round to go on after."""
-    saved = {k: v for k, v in checkpoint.config.items() if k != "federation"}
-    current = {k: v for k, v in config.to_dict().items() if k != "federation"}
-    if saved and saved != current:
+    if differences := setup_differences(checkpoint.config, config.to_dict()):
         raise ConfigError(
-            "the checkpoint was made with a different data, model or compression config; "
-            "use the same config or a fresh state directory"
+            "the checkpoint was made with a different data, model or compression config "
+            f"({'; '.join(differences[:3])}); use the same config or a fresh state directory"
         )
     try:
         strategy.load_state_dict(checkpoint.strategy)

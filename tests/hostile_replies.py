@@ -206,7 +206,7 @@ CASES: dict[str, Case] = {
     "dense while compatibility is off": Case(dense_weights, "dense (plain Flower) reply refused"),
     "shapes that differ from the metadata": Case(
         lying_shapes,
-        "holds shape",
+        "expected shape",
         overrides={"federation.plain_client_compat": True},
     ),
     "nan": Case(attacked(AttackKind.NAN), "not all finite"),

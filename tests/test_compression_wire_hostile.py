@@ -102,7 +102,7 @@ def test_shape_must_match_exactly() -> None:
         del weight(envelope).shape[:]
         weight(envelope).shape.extend([10, 16])
 
-    rejects(edited_update(reshape), r"shape \(10, 16\), expected \(16, 10\)")
+    rejects(edited_update(reshape), r"expected shape \(16, 10\), got \(10, 16\)")
 
 
 def test_huge_shape_is_refused_without_allocating() -> None:
@@ -112,7 +112,7 @@ def test_huge_shape_is_refused_without_allocating() -> None:
     tracemalloc.start()
     try:
         with pytest.raises(
-            InvalidUpdate, match=r"shape \(1099511627776, 1099511627776\), expected \(10,\)"
+            InvalidUpdate, match=r"expected shape \(10,\), got \(1099511627776, 1099511627776\)"
         ):
             decode_model(envelope.SerializeToString(), expected_shapes=SHAPES)
         peak = tracemalloc.get_traced_memory()[1]

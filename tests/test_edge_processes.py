@@ -7,6 +7,7 @@ Who and what the server refuses is in ``test_edge_processes_security.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -140,6 +141,38 @@ def test_an_agent_killed_mid_round_frees_its_slot_within_the_heartbeat_timeout(
     assert records[0]["dropouts"] == 1 and records[0]["stragglers"] == 0
     assert records[1]["sampled"] == 2 and records[1]["accepted"] == 2  # the dead one is gone
     assert "node" in site.text("server") and "is gone" in site.text("server")
+    assert_tables_agree(site)
+
+
+def table_rows(log: str, title: str) -> list[list[str]]:
+    """The rows of a table the server printed, each as its cells."""
+    rows, inside = [], False
+    for line in log.splitlines():
+        if line.strip() == title:
+            inside = True
+        elif inside and re.match(r"\s*\d+\s", line):
+            rows.append(line.split())
+        elif inside and rows and not line.strip():
+            break
+    return rows
+
+
+def assert_tables_agree(site: Site) -> None:
+    """The printed tables, edge-rounds.jsonl and summary.json tell the same counts."""
+    lines = [json.loads(x) for x in (site.root / "results" / "edge-rounds.jsonl").open()]
+    assert lines == site.summary()["edge"]["rounds"]
+    log = site.text("server")
+    keys = ["sent", "participants", "timed_out", "dropouts", "cancelled", "late_dropped"]
+    keys += ["surplus_dropped", "refused_uploads"]
+    edge_rows = table_rows(log, "Edge rounds")
+    assert [[int(x) for x in row[1:]] for row in edge_rows] == [
+        [line[key] for key in keys] for line in lines
+    ]
+    # "answered" (participants/sampled) is the first n/n cell; "late/lost" comes after it.
+    answered = [
+        next(c for c in row if re.fullmatch(r"\d+/\d+", c)) for row in table_rows(log, "Rounds")
+    ]
+    assert answered == [f"{line['participants']}/{line['sent']}" for line in lines]
 
 
 @pytest.mark.timeout(400)

@@ -66,7 +66,7 @@ def test_a_device_revoked_mid_round_is_cut_off_and_its_round_closes_at_once(
     revoked_at = time.monotonic()
     wait_for(lambda: "round 1: 2/3 answered" in site.text("server"), 60, server)
     closed_after = time.monotonic() - revoked_at
-    assert victim.wait(timeout=180) == 2  # refused for good, and told why
+    assert victim.wait(timeout=180) == 3  # refused for good (AgentExit.REFUSED), and told why
     assert "was revoked on this server" in site.text("dev2")
     assert "unknown session" not in site.text("dev2")
     assert server.wait(timeout=200) == 0, site.text("server")[-3000:]

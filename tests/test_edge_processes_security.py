@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from edge_site import Site, deployment, digits_agent, digits_server, metrics, run, wait_for
 
+from stamen.client.agent import AgentExit
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals"),
@@ -42,8 +44,8 @@ def test_unregistered_and_revoked_devices_are_refused_without_touching_the_round
     server, port = site.server(*digits_server(2, 1, 1), "--deadline", "60")
     refused = site.agent("stranger", stranger, port, *digits_agent(0, 1))
     banned = site.agent("revoked", revoked, port, *digits_agent(0, 1))
-    assert refused.wait(timeout=120) == 2
-    assert banned.wait(timeout=120) == 2
+    assert refused.wait(timeout=120) == AgentExit.REFUSED
+    assert banned.wait(timeout=120) == AgentExit.REFUSED
     assert "is not registered on this server" in site.text("stranger")
     assert "was revoked on this server" in site.text("revoked")
     assert "Traceback" not in site.text("stranger") + site.text("revoked")

@@ -116,7 +116,7 @@ HOSTILE = {
     "zlib bomb claiming 2^28 elements": (
         HUGE_BOMB,
         _decode_model(HUGE_BOMB),
-        r"tensor 'layer0.weight': shape \(268435456,\), expected \(128, 256\)",
+        r"tensor 'layer0.weight': expected shape \(128, 256\), got \(268435456,\)",
     ),
     "10^6 empty tensors in an update": (
         MANY_UPDATE,
@@ -265,7 +265,7 @@ def test_negative_dimension_reads_as_huge_and_is_refused() -> None:
         del envelope.tensors[1].shape[:]
         envelope.tensors[1].shape.append(2**64 - 1)  # -1 as a protobuf int64 writes it
 
-    rejects(edited_update(negative), r"shape \(18446744073709551615,\), expected \(10,\)")
+    rejects(edited_update(negative), r"expected shape \(10,\), got \(18446744073709551615,\)")
 
 
 def test_index_past_the_tensor_is_refused() -> None:

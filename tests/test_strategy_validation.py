@@ -119,7 +119,7 @@ def test_dense_replies_are_refused_unless_the_device_was_admitted_as_plain() -> 
 
 def test_dense_replies_are_checked_for_shape_and_values() -> None:
     wrong_shape = {"w": Array(np.zeros((4, 3), np.float32)), "b": Array(np.zeros(3, np.float32))}
-    with pytest.raises(InvalidUpdate, match=r"'w' holds shape \(4, 3\); the model's is \(3, 4\)"):
+    with pytest.raises(InvalidUpdate, match=r"'w': expected shape \(3, 4\), got \(4, 3\)"):
         check(dense_reply(wrong_shape), allow_dense=True)
     with pytest.raises(InvalidUpdate, match=r"missing \['b'\]"):
         check(dense_reply({"w": Array(MODEL["w"])}), allow_dense=True)
@@ -139,7 +139,7 @@ def lying(actual: np.ndarray, declared: tuple[int, ...]) -> Array:
 
 def test_dense_shapes_are_read_from_the_parsed_array_not_the_metadata() -> None:
     big = lying(np.ones((300, 400), np.float32), declared=(3, 4))
-    with pytest.raises(InvalidUpdate, match=r"'w' holds shape \(300, 400\)"):
+    with pytest.raises(InvalidUpdate, match=r"'w': expected shape \(3, 4\), got \(300, 400\)"):
         check(dense_reply({"w": big, "b": Array(MODEL["b"])}), allow_dense=True)
 
 
@@ -148,7 +148,7 @@ def test_byte_counts_never_exceed_what_the_device_sent() -> None:
     message = dense_reply({"w": claims_a_gigabyte, "b": Array(MODEL["b"])})
     sent = len(claims_a_gigabyte.data) + len(Array(MODEL["b"]).data)
     assert message_nbytes(message) <= sent
-    with pytest.raises(InvalidUpdate, match=r"'w' holds shape \(4,\)"):
+    with pytest.raises(InvalidUpdate, match=r"'w': expected shape \(3, 4\), got \(4,\)"):
         check(message, allow_dense=True)
 
 

@@ -35,7 +35,7 @@ from stamen.contract import (
     payload_bytes,
     records_of,
 )
-from stamen.core.errors import InvalidUpdate
+from stamen.core.errors import InvalidUpdate, ShapeMismatch
 
 MAX_NUM_EXAMPLES = 10**9
 _FLOAT_DTYPES = frozenset(np.dtype(name) for name in ("float16", "float32", "float64"))
@@ -216,9 +216,7 @@ def _dense_weights(
             raise InvalidUpdate(f"tensor {name!r} cannot be read: {detail}") from None
         # The parsed array, not the declared metadata: that is what would be aggregated.
         if tuple(array.shape) != expected:
-            raise InvalidUpdate(
-                f"tensor {name!r} holds shape {tuple(array.shape)}; the model's is {expected}"
-            )
+            raise ShapeMismatch(name, tuple(expected), tuple(array.shape))
         if array.dtype not in _FLOAT_DTYPES:
             raise InvalidUpdate(
                 f"tensor {name!r} must be float16, float32 or float64; got {array.dtype}"

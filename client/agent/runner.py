@@ -7,7 +7,9 @@ and uploads the reply in chunks, signed with the device key. When the server
 goes away it reconnects with exponential backoff and jitter (at least as long
 as a rate limit asks); when its session expires it renews it in place
 (:mod:`stamen.client.agent.session`) and keeps its round; a refusal no retry
-can fix (an unregistered or revoked key) ends it with :class:`AgentRefused`.
+can fix ends it with :class:`AgentRefused`, a TLS handshake that keeps failing
+the same way with :class:`TlsFailure`, and ``give_up_after`` seconds without a
+server with :class:`AgentGaveUp` (their exit statuses: :mod:`stamen.client.agent.exits`).
 """
 
 from __future__ import annotations
@@ -29,10 +31,19 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 
 from stamen.client.agent.connection import Backoff, EdgeConnection, SessionInfo, is_fatal
 from stamen.client.agent.connection import open_channel as _open_channel
+from stamen.client.agent.exits import (
+    AgentGaveUp,
+    AgentRefused,
+    AgentStopped,
+    TlsFailure,
+    does_not_fit,
+    refusal_line,
+)
 from stamen.client.agent.guards import GuardSettings, skip_reason
 from stamen.client.agent.run_end import is_run_end, run_end_line
 from stamen.client.agent.session import SessionKeeper, is_expired
 from stamen.client.agent.state import AgentState, AgentStateStore
+from stamen.client.agent.tls_diagnosis import details_of, diagnose, last_error
 from stamen.client.kept_model import kept_payload, restore_kept
 from stamen.config import require
 from stamen.contract import MODEL_KEY, PAYLOAD, RESIDUAL_KEY, payload_bytes
@@ -45,7 +56,7 @@ from stamen.contract.edge import (
     task_signing_bytes,
     verify_signature,
 )
-from stamen.core.errors import StamenError
+from stamen.core.errors import ShapeMismatch
 from stamen.protos.edge.v1 import edge_pb2
 
 LOG = logging.getLogger("stamen.agent")
@@ -56,10 +67,12 @@ SKIPPED = 11
 """Reply error code: a resource guard skipped the round."""
 CLIENT_APP_FAILED = 12
 """Reply error code: the ClientApp raised."""
+DATA_DOES_NOT_FIT = 13
+"""Reply error code: this device's data does not fit the server's model."""
 
-
-class AgentRefused(StamenError):
-    """The server refused this device for good (unregistered or revoked key)."""
+TLS_ATTEMPTS = 3
+"""Handshakes that fail the same TLS way in a row before the agent stops: a wrong CA
+or a one-sided --insecure does not fix itself, but a server mid-restart gets a retry."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,8 @@ class AgentSettings:
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     give_up_after: float | None = None
-    """Stop (exit 0) after this many seconds without a server; None retries forever."""
+    """Stop (:class:`AgentGaveUp`) after this many seconds without a server; None retries
+    forever."""
     max_tasks: int | None = None
     """Stop after handling this many tasks (tests, benchmarks)."""
 
@@ -121,6 +135,9 @@ class Agent:
         self.stop_event = threading.Event()
         self.run_ended: str | None = None
         """Why the server ended the run, once it said so (the agent then stops)."""
+        self._verified_a_task = False
+        self._stopping: AgentStopped | None = None
+        """Set by a task this device can never handle: raised once its reply is uploaded."""
         self._backoff = Backoff(settings.backoff_base, settings.backoff_cap, random.Random())
 
     @property
@@ -130,8 +147,11 @@ class Agent:
         return self._renewed + (keeper.renewals if keeper is not None else 0)
 
     def run(self) -> None:
-        """Serve until stopped, given up, or refused for good."""
+        """Serve until the run ends or the agent is stopped; raises :class:`AgentStopped`
+        (refused, gave up, TLS) when it must stop for another reason."""
         offline_since: float | None = None
+        tls_failures = 0
+        last_failure = ""
         while not self.stop_event.is_set():
             connection = EdgeConnection(
                 _open_channel(self.settings.server, self.settings.ca_cert), self.key
@@ -139,7 +159,7 @@ class Agent:
             wait = 0.0
             try:
                 session = connection.join()
-                offline_since = None
+                offline_since, tls_failures = None, 0
                 self._backoff.reset()
                 LOG.info("joined %s as node %d", self.settings.server, session.node_id)
                 if self._serve(connection, session):
@@ -147,18 +167,26 @@ class Agent:
                 continue  # the server closed the stream: join again at once
             except EdgeProtocolError as error:
                 if is_fatal(error):
-                    raise AgentRefused(f"the server refused this device: {error}") from None
+                    raise AgentRefused(refusal_line(error)) from None
                 LOG.warning("server said %s: %s", error.code_name, error)
                 wait = error.retry_after
+                last_failure = error.code_name
             except grpc.RpcError as error:
-                LOG.warning("server unreachable (%s); retrying", _status(error))
+                diagnosis = diagnose(error, self.settings.server, self.settings.ca_cert)
+                tls_failures = tls_failures + 1 if diagnosis is not None else 0
+                if diagnosis is not None and tls_failures >= TLS_ATTEMPTS:
+                    raise TlsFailure(diagnosis.line) from None
+                last_failure = diagnosis.cause if diagnosis else last_error(details_of(error))
+                LOG.warning("server unreachable (%s); retrying", last_failure)
             finally:
                 connection.close()
             offline_since = offline_since or time.monotonic()
             give_up = self.settings.give_up_after
             if give_up is not None and time.monotonic() - offline_since > give_up:
-                LOG.warning("no server for %.0f s; giving up", give_up)
-                return
+                raise AgentGaveUp(
+                    f"no server at {self.settings.server} for {give_up:g} s "
+                    f"(last: {last_failure}); giving up"
+                )
             delay = max(self._backoff.next_delay(), wait)
             LOG.info("reconnecting in %.1f s", delay)
             self.stop_event.wait(delay)
@@ -197,6 +225,8 @@ class Agent:
                 continue
             self._upload(keeper, task, data, is_error)
             self.handled += 1
+            if self._stopping is not None:
+                raise self._stopping  # the server has this device's reason; now stop
             if self.settings.max_tasks is not None and self.handled >= self.settings.max_tasks:
                 return True
             if self.stop_event.is_set():
@@ -216,14 +246,23 @@ class Agent:
     def handle(self, task: edge_pb2.Task, node_id: int) -> tuple[bytes | None, bool]:
         """Verify and run one task; returns (reply bytes or None for no reply, is_error)."""
         round_label = task.group_id or "?"
-        if sha256(task.content) != bytes(task.content_sha256) or not verify_signature(
+        intact = sha256(task.content) == bytes(task.content_sha256)
+        if not intact or not verify_signature(
             self.settings.model_key, bytes(task.signature), task_signing_bytes(task, node_id)
         ):
             LOG.error(
                 "round %s: refused the task: its model's signature or hash does not verify",
                 round_label,
             )
+            if intact and not self._verified_a_task:
+                # Intact content under a signature that never once verified: this agent
+                # holds another server's model-signing key, and every task will fail.
+                self._stopping = AgentRefused(
+                    "the server's models are not signed by this agent's model-signing key; "
+                    "copy model-signing.pub from the server's certs folder into --certs"
+                )
             return _error(REFUSED_TASK, "refused: the model's signature or hash does not verify")
+        self._verified_a_task = True
         if task.deadline_unix and time.time() > task.deadline_unix:
             LOG.warning("round %s: the task arrived after its deadline; skipped", round_label)
             return None, False
@@ -258,8 +297,19 @@ class Agent:
         started = time.perf_counter()
         try:
             reply = self.app(message, self.context)
+        except ShapeMismatch as error:  # the server's model: nothing this device can train
+            reason = does_not_fit(error)
+            LOG.error("round %s: %s", round_label, reason)
+            self._stopping = AgentRefused(
+                f"{reason}; start the agent with data of the server's dataset "
+                "(the same features and classes)"
+            )
+            return _error(DATA_DOES_NOT_FIT, reason)
         except Exception as error:  # the device's failure is reported, the agent goes on
-            LOG.exception("round %s: the ClientApp failed", round_label)
+            LOG.error(
+                "round %s: the ClientApp failed: %s: %s", round_label, type(error).__name__, error
+            )
+            LOG.debug("the ClientApp's traceback", exc_info=True)
             return _error(CLIENT_APP_FAILED, f"{type(error).__name__}: {error}")
         self.last_compute_seconds = time.perf_counter() - started
         LOG.info("round %s: done in %.2f s", round_label, self.last_compute_seconds)

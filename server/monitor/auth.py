@@ -15,6 +15,8 @@ Examples:
     True
     >>> parse_token_lines(["# role token", "read-only watch-only-token-123"])
     {'watch-only-token-123': <Role.READ_ONLY: 'read-only'>}
+    >>> parse_token_lines(["readonly watch-only-token-123"])  # the env variable's spelling
+    {'watch-only-token-123': <Role.READ_ONLY: 'read-only'>}
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ class Role(enum.StrEnum):
 
     READ_ONLY = "read-only"
     OPERATOR = "operator"
+
+
+ROLE_SPELLINGS = {
+    "read-only": Role.READ_ONLY,
+    "readonly": Role.READ_ONLY,  # as in STAMEN_MONITOR_READONLY_TOKEN
+    "read_only": Role.READ_ONLY,
+    "operator": Role.OPERATOR,
+}
+"""How a token file may name each role: ``read-only`` as documented, and its other spellings."""
 
 
 @dataclass(frozen=True)
@@ -91,13 +102,14 @@ def parse_token_lines(lines: Iterable[str], source: str = "token file") -> dict[
         if not line:
             continue
         parts = line.split()
-        if len(parts) != 2 or parts[0] not in {r.value for r in Role}:
+        role = ROLE_SPELLINGS.get(parts[0].lower()) if parts else None
+        if len(parts) != 2 or role is None:
             raise ConfigError(
                 f"{source} line {number}: expected '<role> <token>' with role read-only or "
                 f"operator; got {parts[0] if parts else line!r}"
             )
         check_token(parts[1])
-        tokens[parts[1]] = Role(parts[0])
+        tokens[parts[1]] = role
     return tokens
 
 
