@@ -32,6 +32,7 @@ from stamen.config.settings import (
     StamenConfig,
     StrategyName,
     StrategySettings,
+    TorchDevice,
     TrainingSettings,
 )
 from stamen.config.tiers import FleetMix, FleetPreset, TierProfile, fleet_mix
@@ -53,6 +54,7 @@ __all__ = [
     "StrategyName",
     "StrategySettings",
     "TierProfile",
+    "TorchDevice",
     "TrainingSettings",
     "UnlabelledSource",
     "canonical_key",

@@ -50,6 +50,14 @@ class Backend(enum.StrEnum):
     """Flower's Simulation Engine on Ray actors."""
 
 
+class TorchDevice(enum.StrEnum):
+    """Where the local backend's workers train devices together."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    """A CUDA GPU (one per machine, shared by the workers); never required."""
+
+
 @dataclass(frozen=True)
 class DataSettings:
     """Which dataset the devices hold and how it is split among them."""
@@ -108,6 +116,9 @@ class FederationSettings:
     """Worker processes of the local simulation backend; 0: one per CPU core."""
     device_batch: int = 16
     """Devices a local-backend worker trains together where the maths allows; 1: one by one."""
+    device: TorchDevice = TorchDevice.CPU
+    """Where devices trained together compute (``cuda``: a GPU); devices that train alone
+    always use the CPU."""
     eval_every: int = 1
     """Evaluate the global model centrally every this many rounds (and after the last)."""
     ray_address: str = ""
@@ -115,6 +126,7 @@ class FederationSettings:
 
     def __post_init__(self) -> None:
         require_member(self, "backend", Backend, "federation.backend")
+        require_member(self, "device", TorchDevice, "federation.device")
         require(
             self.ray_address in ("", "auto") or is_host_port(self.ray_address),
             "federation.ray_address",
