@@ -7,8 +7,13 @@ and per device exactly as the layer computes it alone:
   BatchNorm folded in for ``QATConvBn2d``, then fake-quantized per output channel: the
   stacked output channels are each device's own;
 - the layer input is fake-quantized per tensor *per device*, over a range each device's
-  own observer tracks (first batch, then a moving average), with torch's per-channel
-  fake-quantize op along the device axis.
+  own observer tracks (first batch, then a moving average).
+
+Both go through :class:`FakeQuantize`: the same values and straight-through gradients as
+torch's fake-quantize ops, bit for bit (a test holds it to them), computed by vectorised
+elementwise ops. Torch's per-channel op runs one element at a time: on the stacked
+activations of 16 W1 LeNets it took 1.7-2.7 ms a forward and backward pass where this
+takes 0.2-1.0 ms, a fifth of an edge update.
 
 Results match one-device-at-a-time QAT to float rounding: rarely, a value on a rounding
 boundary of the grid lands on the other side.
@@ -22,11 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stamen.compression.fake_quant import (
-    ActivationFakeQuantizer,
-    affine_qparams,
-    fake_quantize_weight,
-)
+from stamen.compression.fake_quant import ActivationFakeQuantizer, affine_qparams, weight_scale
 from stamen.compression.qat import FoldedBatchNorm2d, QATConv2d, QATConvBn2d, QATLinear
 from stamen.models.stacked_layers import StackedBatchNorm2d, StackedConv2d, StackedLinear
 from stamen.models.stacking import (
@@ -38,6 +39,50 @@ from stamen.models.stacking import (
     StackedLayer,
     StackedTensor,
 )
+
+
+class FakeQuantize(torch.autograd.Function):
+    """``torch.fake_quantize_per_channel_affine`` for scales and zero points that broadcast
+    against ``x``: ``(clamp(round(x / s) + z, qmin, qmax) - z) * s``, the gradient passed
+    where ``round(x / s) + z`` is inside ``[qmin, qmax]``. The same float operations as
+    torch's kernel (a reciprocal scale, round half to even), so the same bits."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        quant_min: int,
+        quant_max: int,
+    ) -> torch.Tensor:
+        levels = torch.round(x * torch.reciprocal(scale)).add_(zero_point)
+        clamped = levels.clamp(quant_min, quant_max)
+        ctx.save_for_backward(clamped == levels)
+        return clamped.sub_(zero_point).mul_(scale)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None, None]:
+        (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * inside, None, None, None, None
+
+
+def fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int, quant_max: int
+) -> torch.Tensor:
+    """:class:`FakeQuantize` (``scale`` and ``zero_point`` broadcast against ``x``)."""
+    result: torch.Tensor = FakeQuantize.apply(x, scale, zero_point, quant_min, quant_max)
+    return result
+
+
+def fake_quantize_rows(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """``fake_quantize_weight``: each row (output channel) on its symmetric ``bits`` grid."""
+    bound = 2 ** (bits - 1) - 1
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    scale = weight_scale(weight, bits).view(shape)
+    return fake_quantize(weight, scale, torch.zeros_like(scale), -bound, bound)
 
 
 class _Quantized:
@@ -71,7 +116,7 @@ class StackedQATConv2d(_Quantized, StackedConv2d):
         self._quantized_setup(layers, context)
 
     def layer_weight(self) -> torch.Tensor:
-        return fake_quantize_weight(self.effective_weight(), self.weight_bits)
+        return fake_quantize_rows(self.effective_weight(), self.weight_bits)
 
     def layer_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantized_input(x)
@@ -88,7 +133,7 @@ class StackedQATLinear(_Quantized, StackedLinear):
         weight = self.effective_weight()
         count, out_features, in_features = weight.shape
         flat = weight.reshape(count * out_features, in_features)
-        return fake_quantize_weight(flat, self.weight_bits).view(weight.shape)
+        return fake_quantize_rows(flat, self.weight_bits).view(weight.shape)
 
     def layer_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.quantized_input(x)
@@ -122,7 +167,7 @@ class StackedQATConvBn2d(StackedQATConv2d):
             raise NotStackable(f"{self.name}: a convolution of a feature vector")
         bn_scale = self._bn_scale()
         folded = self.effective_weight() * bn_scale.reshape(-1, 1, 1, 1)
-        weight = fake_quantize_weight(folded, self.weight_bits)
+        weight = fake_quantize_rows(folded, self.weight_bits)
         y = F.conv2d(
             self.quantized_input(x.tensor),
             weight.to(memory_format=torch.channels_last),
@@ -188,11 +233,11 @@ class _StackedObserver:
                 self.running_min, self.running_max, self.quant_min, self.quant_max
             )
             per_slice = x.shape[axis] // groups
-            scale = scale.repeat_interleave(per_slice)
-            zero_point = zero_point.repeat_interleave(per_slice)
-        return torch.fake_quantize_per_channel_affine(
-            x, scale, zero_point, axis, self.quant_min, self.quant_max
-        )
+            shape = [1] * x.dim()
+            shape[axis] = x.shape[axis]
+            scale = scale.repeat_interleave(per_slice).view(shape)
+            zero_point = zero_point.repeat_interleave(per_slice).view(shape).to(scale.dtype)
+        return fake_quantize(x, scale, zero_point, self.quant_min, self.quant_max)
 
 
 def _extrema_along(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -282,3 +282,28 @@ def test_a_model_that_branches_on_values_stacks_in_no_form() -> None:
     assert stacking_for(BranchingNet(), (1, 8, 8)) is None
     assert stacking_for(UserNet(), (1, 8, 8)) is not None
     assert stacking_for(build_model(MOBILENET), (1, 8, 8)) is not None
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_stacked_fake_quantization_is_torchs_bit_for_bit(axis: int) -> None:
+    from stamen.compression.stacked_qat import fake_quantize
+
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, 7, 7, generator=generator) * 3
+    x[0, 0, 0, 0] = 0.5 * 0.02  # exactly halfway between two levels: rounds to even
+    channels = x.shape[axis]
+    scale = torch.rand(channels, generator=generator) * 0.05 + 0.01
+    scale[0] = 0.02
+    zero_point = torch.randint(-20, 20, (channels,), generator=generator, dtype=torch.int32)
+    shape = [1] * 4
+    shape[axis] = channels
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = fake_quantize(ours, scale.view(shape), zero_point.view(shape).float(), -128, 127)
+    expected = torch.fake_quantize_per_channel_affine(theirs, scale, zero_point, axis, -128, 127)
+    assert torch.equal(got, expected)
+    grad = torch.randn_like(x)
+    got.backward(grad)
+    expected.backward(grad)
+    assert ours.grad is not None and theirs.grad is not None
+    assert torch.equal(ours.grad, theirs.grad)  # zero outside the grid's range, as torch's
+    assert bool((theirs.grad == 0).any())
