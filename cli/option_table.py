@@ -159,7 +159,7 @@ WORKERS = Option(
 DEVICE_BATCH = Option(
     "device_batch",
     int | None,
-    "Devices a local-backend worker trains together (1: one by one).  \\[default: 16]",
+    "Devices a local-backend worker trains together (1: one by one).  \\[default: by model]",
     FED,
     key="federation.device_batch",
 )

@@ -114,8 +114,11 @@ class FederationSettings:
     ``devices_per_round`` good replies close the round and later ones are surplus."""
     workers: int = 0
     """Worker processes of the local simulation backend; 0: one per CPU core."""
-    device_batch: int = 16
-    """Devices a local-backend worker trains together where the maths allows; 1: one by one."""
+    device_batch: int = 0
+    """Devices a local-backend worker trains together where the maths allows; 1: one by one;
+    0: by the model's activation size and the fleet
+    (:func:`stamen.client.batched.auto_device_batch`: 32 for LeNet and the MLP, 8 for
+    MobileNet on 28x28 images)."""
     device: TorchDevice = TorchDevice.CPU
     """Where devices trained together compute (``cuda``: a GPU); devices that train alone
     always use the CPU."""
@@ -154,7 +157,9 @@ class FederationSettings:
             self.over_selection,
         )
         require(self.workers >= 0, "federation.workers", ">= 0", self.workers)
-        require(self.device_batch >= 1, "federation.device_batch", ">= 1", self.device_batch)
+        require(
+            self.device_batch >= 0, "federation.device_batch", ">= 0 (0: auto)", self.device_batch
+        )
         require(self.eval_every >= 1, "federation.eval_every", ">= 1", self.eval_every)
 
     @property

@@ -19,7 +19,7 @@ from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 
 from stamen.client import FleetData, client_app, device_data
-from stamen.client.batched import handle_train_batch
+from stamen.client.batched import auto_device_batch, handle_train_batch
 from stamen.config import Backend, StamenConfig, TorchDevice, fleet_mix, to_run_config
 from stamen.core.errors import ConfigError
 from stamen.data import load_dataset
@@ -108,11 +108,18 @@ def device_fleet(config: StamenConfig) -> Fleet:
 def simulation_grid(config: StamenConfig, on_reply: ReplyHook | None = None) -> SimulationGrid:
     """The local backend's grid for ``config``: the fleet, its clock and a worker pool."""
     spec = model_spec(config, load_dataset(config.data.dataset))
+    workers = config.federation.workers or default_workers()
+    device_batch = config.federation.device_batch or auto_device_batch(
+        build_model(spec),
+        spec.input_shape,
+        config.training.batch_size,
+        config.federation.devices_sampled,
+    )
     return SimulationGrid(
         fleet_app(config),
         device_fleet(config),
         flops_per_sample=training_flops_per_sample(build_model(spec), spec.input_shape),
-        workers=config.federation.workers or default_workers(),
+        workers=workers,
         run_config=to_run_config(config),
         on_reply=on_reply,
         # An attack wraps the ClientApp's replies, so attacked runs train one device at a time.
@@ -121,7 +128,7 @@ def simulation_grid(config: StamenConfig, on_reply: ReplyHook | None = None) -> 
         else functools.partial(
             handle_train_batch, fleet=fleet_of(config), device=config.federation.device.value
         ),
-        device_batch=config.federation.device_batch,
+        device_batch=device_batch,
     )
 
 
