@@ -7,9 +7,11 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -198,3 +200,35 @@ def test_the_client_app_replies_as_if_each_device_had_trained_alone(
     for node, delta in alone.items():
         for name, value in delta.items():
             np.testing.assert_allclose(together[node][name], value, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_device_cuda_without_a_gpu_is_one_line_and_a_failed_exit(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from stamen.cli.main import app
+
+    args = ["simulate", "--dataset", "digits", "--rounds", "1", "--device", "cuda"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no CUDA GPU" in errors[0] and "--device cpu" in errors[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_devices_trained_together_compute_where_they_are_told() -> None:
+    from stamen.client.trainer import train_stacked
+
+    model = build_model(SPEC, seed=0)
+    xs = [torch.randn(20, 1, 28, 28) for _ in range(2)]
+    ys = [torch.randint(0, 10, (20,)) for _ in range(2)]
+    states = []
+    for device in ("cpu", torch.device("cpu")):
+        stack = GroupedStack.replicate(model, 2, device)
+        assert all(p.device.type == "cpu" for p in stack.parameters())
+        generators = [torch.Generator().manual_seed(k) for k in range(2)]
+        train_stacked(stack, xs, ys, epochs=1, batch_size=10, lr=0.05, generators=generators)
+        states.append(stack.device_states())
+    for name, value in states[0][1].items():
+        assert np.array_equal(states[1][1][name], value), name
