@@ -94,6 +94,7 @@ def auto_device_batch(
     on ``model`` with a batch of ``batch_size``), and that still cuts a round's ``devices``
     into four groups or more, so that the workers share a round evenly. It does not depend
     on the number of workers: which devices train together, and so the results, do not.
+    ``model`` is the float architecture (a copy of it runs one batch).
     Per-device training time fell until then and rose after, measured at 4 to 64 devices
     (one thread, batches of 20 MNIST images): W1's LeNet (1.3 MiB a device: 32) 2.5 ms at
     16 and 2.2 at 32; the MLP (0.1 MiB: 32) 1.5 and 1.4; MobileNet (11 MiB: 8) 11.5 ms at
