@@ -7,13 +7,22 @@ machine and in the same invocation, so the figures compare as ratios:
 - ``stamen-ray``: Stamen's apps (``--preset fp32``) on Flower's Simulation Engine;
 - ``stamen-local-fp32`` and ``stamen-local-edge``: Stamen's simulation grid.
 
+Then W1 with its LeNet swapped for MobileNet and for the MLP (``--preset fp32``, 10,000
+devices, 1,000 a round), each trained four ways on the simulation grid:
+
+- ``together``: as configured (grouped layers, ``stamen.models.GroupedStack``);
+- ``vmap``: the generic path for models without grouped layers (``VmapStack``);
+- ``fallback``: a model that stacks in no form: probed, then trained one at a time;
+- ``alone``: ``--device-batch 1``, one device at a time through the plain ClientApp.
+
 For each it reports steady-state device-updates per second (rounds 2 to R-1:
 no start-up, no final central evaluation), the time from the start of the run
 to the start of round 1, and the peak memory summed over the whole process
-tree (PSS, so pages shared after a fork count once). Writes ``results.json``
-and ``results.md`` into ``--out``.
+tree (PSS, so pages shared after a fork count once). Writes
+``fleet_throughput.json`` and ``fleet_throughput.md`` into ``--out``
+(``benchmarks/results``).
 
-    python benchmarks/fleet_throughput.py --out runs/benchmark-throughput
+    python benchmarks/fleet_throughput.py
 
 ``--before DIR`` also runs the Stamen local paths on an earlier build installed
 in ``DIR`` (``pip install --no-deps --target DIR CHECKOUT``), right after this
@@ -29,6 +38,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -43,8 +53,13 @@ MEMORY_SAMPLE_SECONDS = 1.0
 """Reading a process's PSS walks its page tables, about 10 ms of CPU per process: sampled
 more often, the harness would take a noticeable share of the two cores it measures."""
 
-PATHS = ("flower-ray", "stamen-ray", "stamen-local-fp32", "stamen-local-edge")
-SCALES = ((1_000, 100), (10_000, 1_000))
+W1_PATHS = ("flower-ray", "stamen-ray", "stamen-local-fp32", "stamen-local-edge")
+MODEL_PATHS = tuple(
+    f"{model}-{form}"
+    for model in ("mobilenet", "mlp")
+    for form in ("together", "vmap", "fallback", "alone")
+)
+PATHS = W1_PATHS + MODEL_PATHS
 
 
 # -- one path, in a child process ----------------------------------------------------
@@ -119,12 +134,16 @@ def run_stamen(
         def on_finish(self, summary: dict[str, Any]) -> None:
             pass
 
+    model, _, form = path.partition("-") if path in MODEL_PATHS else ("lenet", "", "")
+    if form in ("vmap", "fallback"):
+        force_stacking(form)
     config = load_config(
         overrides={
             "preset": "edge" if path.endswith("edge") else "fp32",
             "backend": "ray" if path == "stamen-ray" else "local",
             "dataset": "mnist",
-            "model": "lenet",
+            "model": model,
+            "federation.device_batch": 1 if form == "alone" else 0,
             "partition": "iid",
             "data.samples_per_device": 60,
             "num-devices": devices,
@@ -140,18 +159,32 @@ def run_stamen(
     simulate(config, Marks())
 
 
+def force_stacking(form: str) -> None:
+    """Train with the generic vmap form (``vmap``), or with none (``fallback``), whatever the
+    model: the paths a model without grouped layers, or one that no form can run, takes."""
+    from stamen.client import batched
+    from stamen.models import VmapStack
+
+    def stacking_for(model: Any, sample_shape: tuple[int, ...]) -> Any:
+        if form == "fallback":
+            return None
+        return batched.StackPlan(VmapStack.replicate, VmapStack.batch_coupled)
+
+    batched.stacking_for = stacking_for  # type: ignore[assignment]
+
+
 # -- the harness -----------------------------------------------------------------------
 
 
 def measure(
-    path: str, devices: int, per_round: int, rounds: int, out: Path, before: Path | None = None
+    path: str, devices: int, per_round: int, rounds: int, scratch: Path, before: Path | None = None
 ) -> dict[str, Any]:
     """Run ``path`` in a fresh process, sampling the memory of its process tree.
 
     With ``before``, the child imports the build installed there instead of this one.
     """
     build = build_label(before)
-    result_file = out / f"{path}-{devices}-{build}.json"
+    result_file = scratch / f"{path}-{devices}-{build}.json"
     command = [
         sys.executable,
         __file__,
@@ -225,12 +258,15 @@ def tree_pss(pid: int) -> int:
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    """The README table, with ratios against stock Flower at the same scale."""
+    """The README table, with ratios against stock Flower at the same scale, then the
+    models' table, with ratios against the same model trained one device at a time."""
     lines = [
         "| devices (per round) | path | updates/s | vs stock Flower | first round | peak memory |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:
+        if row["path"] in MODEL_PATHS:
+            continue
         scale = f"{row['devices']:,} ({row.get('per_round', '?'):,})"
         label = row["path"] + (" (before)" if row.get("build") == "before" else "")
         if "error" in row:
@@ -254,7 +290,47 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             f"{row['first_round_seconds']:.1f} s | {row['peak_memory_mib']:.0f} MiB |"
         )
     lines += before_and_after(rows)
+    lines += models_table(rows)
     return "\n".join(lines) + "\n"
+
+
+def models_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Each model's forms against the same model trained one device at a time."""
+    found = [row for row in rows if row["path"] in MODEL_PATHS]
+    if not found:
+        return []
+    lines = [
+        "",
+        "| model | devices (per round) | form | updates/s | vs one at a time | first round "
+        "| peak memory |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in found:
+        model, _, form = row["path"].partition("-")
+        scale = f"{row['devices']:,} ({row.get('per_round', '?'):,})"
+        if "error" in row:
+            lines.append(f"| {model} | {scale} | {form} | failed: {row['error']} | | | |")
+            continue
+        alone = next(
+            (
+                r
+                for r in found
+                if r["path"] == f"{model}-alone"
+                and r["devices"] == row["devices"]
+                and "error" not in r
+            ),
+            None,
+        )
+        ratio = (
+            f"{row['updates_per_second'] / alone['updates_per_second']:.1f}x"
+            if alone and alone["updates_per_second"] and row["updates_per_second"]
+            else "-"
+        )
+        lines.append(
+            f"| {model} | {scale} | {form} | {row['updates_per_second']:.0f} | {ratio} | "
+            f"{row['first_round_seconds']:.1f} s | {row['peak_memory_mib']:.0f} MiB |"
+        )
+    return lines
 
 
 def before_and_after(rows: list[dict[str, Any]]) -> list[str]:
@@ -288,9 +364,12 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     parser.add_argument("--scales", nargs="+", default=["1000:100", "10000:1000"])
     parser.add_argument(
+        "--model-scale", default="10000:1000", help="devices:per-round of the model rows"
+    )
+    parser.add_argument(
         "--rounds", type=int, default=6, help="rounds per run; the first and last are not timed"
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/benchmark-throughput"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
         "--before",
         type=Path,
@@ -307,22 +386,25 @@ def main() -> None:
         args.result.write_text(json.dumps(result))
         return
     args.out.mkdir(parents=True, exist_ok=True)
+    runs = [(path, scale) for scale in args.scales for path in args.paths if path in W1_PATHS] + [
+        (path, args.model_scale) for path in args.paths if path in MODEL_PATHS
+    ]
     rows = []
-    for scale in args.scales:
-        devices, per_round = (int(v) for v in scale.split(":"))
-        for path in args.paths:
+    with tempfile.TemporaryDirectory(prefix="fleet-throughput-") as scratch:
+        for path, scale in runs:
+            devices, per_round = (int(v) for v in scale.split(":"))
             builds = [None]
             if args.before is not None and path.startswith("stamen-local"):
                 builds.append(args.before)
             for before in builds:
                 label = "the earlier build" if before else "this build"
                 print(f"== {path} at {devices} devices, {per_round} per round, {label}", flush=True)
-                row = measure(path, devices, per_round, args.rounds, args.out, before)
+                row = measure(path, devices, per_round, args.rounds, Path(scratch), before)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-                (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+                (args.out / "fleet_throughput.json").write_text(json.dumps(rows, indent=2) + "\n")
     markdown = to_markdown(rows)
-    (args.out / "results.md").write_text(markdown)
+    (args.out / "fleet_throughput.md").write_text(markdown)
     print(markdown)
 
 

@@ -162,9 +162,16 @@ WORKERS = Option(
 DEVICE_BATCH = Option(
     "device_batch",
     int | None,
-    "Devices a local-backend worker trains together (LeNets; 1: one by one).  \\[default: 16]",
+    "Devices a local-backend worker trains together (1: one by one).  \\[default: by model]",
     FED,
     key="federation.device_batch",
+)
+TORCH_DEVICE = Option(
+    "device",
+    str | None,
+    "Where the local backend trains devices together: cpu or cuda (a GPU).  \\[default: cpu]",
+    FED,
+    key="federation.device",
 )
 RAY_ADDRESS = Option(
     "ray_address",

@@ -33,6 +33,7 @@ OPTIONS = (
     opt.OVER_SELECTION,
     opt.WORKERS,
     opt.DEVICE_BATCH,
+    opt.TORCH_DEVICE,
     opt.RAY_ADDRESS,
     opt.SAMPLES_PER_DEVICE,
     *opt.TRAINING_AND_COMPRESSION,

@@ -43,7 +43,7 @@ from stamen.compression.pruning import (
     remove_masks,
 )
 from stamen.compression.qat import QATConfig, prepare_qat
-from stamen.compression.stacked_qat import StackedQATLeNet
+from stamen.compression.stacked_qat import StackedQATConv2d, StackedQATConvBn2d, StackedQATLinear
 from stamen.compression.uplink import (
     DecodedUpdate,
     EncodedUpdate,
@@ -71,7 +71,9 @@ __all__ = [
     "Published",
     "QATConfig",
     "SparsitySchedule",
-    "StackedQATLeNet",
+    "StackedQATConv2d",
+    "StackedQATConvBn2d",
+    "StackedQATLinear",
     "UplinkCodec",
     "UplinkCodecConfig",
     "ValueFormat",

@@ -33,6 +33,7 @@ from stamen.config.settings import (
     StamenConfig,
     StrategyName,
     StrategySettings,
+    TorchDevice,
     TrainingSettings,
 )
 from stamen.config.tiers import FleetMix, FleetPreset, TierProfile, fleet_mix
@@ -56,6 +57,7 @@ __all__ = [
     "StrategyName",
     "StrategySettings",
     "TierProfile",
+    "TorchDevice",
     "TrainingSettings",
     "UnlabelledSource",
     "canonical_key",

@@ -56,6 +56,14 @@ class Backend(enum.StrEnum):
     """Flower's Simulation Engine on Ray actors: the apps as plain Flower apps."""
 
 
+class TorchDevice(enum.StrEnum):
+    """Where the local backend's workers train devices together."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    """A CUDA GPU (one per machine, shared by the workers); never required."""
+
+
 @dataclass(frozen=True)
 class DataSettings:
     """Which dataset the devices hold and how it is split among them."""
@@ -112,8 +120,14 @@ class FederationSettings:
     ``devices_per_round`` good replies close the round and later ones are surplus."""
     workers: int = 0
     """Worker processes of the local simulation backend; 0: one per CPU core."""
-    device_batch: int = 16
-    """Devices a local-backend worker trains together where the maths allows; 1: one by one."""
+    device_batch: int = 0
+    """Devices a local-backend worker trains together where the maths allows; 1: one by one;
+    0: by the model's activation size and the fleet
+    (:func:`stamen.client.batched.auto_device_batch`: 32 for LeNet and the MLP, 8 for
+    MobileNet on 28x28 images)."""
+    device: TorchDevice = TorchDevice.CPU
+    """Where devices trained together compute (``cuda``: a GPU); devices that train alone
+    always use the CPU."""
     state_memory_mb: int = 256
     """MiB of device state (error-feedback residuals) the simulation grid keeps in memory; the
     states of the devices that trained longest ago spill to a temporary file beyond it."""
@@ -124,6 +138,7 @@ class FederationSettings:
 
     def __post_init__(self) -> None:
         require_member(self, "backend", Backend, "federation.backend")
+        require_member(self, "device", TorchDevice, "federation.device")
         require(
             self.ray_address in ("", "auto") or is_host_port(self.ray_address),
             "federation.ray_address",
@@ -151,7 +166,9 @@ class FederationSettings:
             self.over_selection,
         )
         require(self.workers >= 0, "federation.workers", ">= 0", self.workers)
-        require(self.device_batch >= 1, "federation.device_batch", ">= 1", self.device_batch)
+        require(
+            self.device_batch >= 0, "federation.device_batch", ">= 0 (0: auto)", self.device_batch
+        )
         require(
             self.state_memory_mb >= 0, "federation.state_memory_mb", ">= 0", self.state_memory_mb
         )

@@ -15,12 +15,13 @@ import os
 import socket
 from typing import Any
 
+import torch
 from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 
 from stamen.client import FleetData, client_app, device_data
-from stamen.client.batched import handle_train_batch
-from stamen.config import Backend, StamenConfig, fleet_mix, to_run_config
+from stamen.client.batched import auto_device_batch, handle_train_batch
+from stamen.config import Backend, StamenConfig, TorchDevice, fleet_mix, to_run_config
 from stamen.core.errors import ConfigError
 from stamen.data import load_dataset
 from stamen.models import build_model, training_flops_per_sample
@@ -124,6 +125,9 @@ def simulation_grid(config: StamenConfig, on_reply: ReplyHook | None = None) -> 
             RayWorkerPool, address=fed.ray_address, log_to_driver=LOG.isEnabledFor(logging.INFO)
         )
         workers = fed.workers  # 0: one actor per CPU of the cluster
+    device_batch = fed.device_batch or auto_device_batch(
+        build_model(spec), spec.input_shape, config.training.batch_size, fed.devices_sampled
+    )
     return SimulationGrid(
         fleet_app(config),
         device_fleet(config),
@@ -136,8 +140,10 @@ def simulation_grid(config: StamenConfig, on_reply: ReplyHook | None = None) -> 
         # An attack wraps the ClientApp's replies, so attacked runs train one device at a time.
         train_batch=None
         if config.attack.active
-        else functools.partial(handle_train_batch, fleet=fleet_of(config)),
-        device_batch=config.federation.device_batch,
+        else functools.partial(
+            handle_train_batch, fleet=fleet_of(config), device=config.federation.device.value
+        ),
+        device_batch=device_batch,
     )
 
 
@@ -150,6 +156,21 @@ def preflight(config: StamenConfig) -> None:
     fleet = fleet_of(config)
     model_spec(config, load_dataset(config.data.dataset))
     device_data(fleet, 0)
+    check_torch_device(config)
+
+
+def check_torch_device(config: StamenConfig) -> None:
+    """``--device cuda`` needs a GPU torch can use, and the local backend that uses it."""
+    if config.federation.device is not TorchDevice.CUDA:
+        return
+    if config.federation.backend is not Backend.LOCAL:
+        raise ConfigError("federation.device = cuda applies to the local backend only")
+    # is_available() does not initialise CUDA, so the workers can still be forked after it.
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "federation.device = cuda, but torch finds no CUDA GPU here "
+            "(a CPU-only torch build, or no driver); use --device cpu"
+        )
 
 
 def run_on_ray(

@@ -17,7 +17,8 @@ from stamen.models.checkpoint import (
 )
 from stamen.models.cost import training_flops_per_sample
 from stamen.models.spec import WEIGHT_BITS, ModelName, ModelSpec
-from stamen.models.stacked import StackedLeNet
+from stamen.models.stacked_layers import StackedBatchNorm2d, StackedConv2d, StackedLinear
+from stamen.models.stacking import DeviceStack, GroupedStack, NotStackable
 from stamen.models.state import (
     DEVICE_LOCAL_ATTRIBUTE,
     count_parameters,
@@ -25,18 +26,25 @@ from stamen.models.state import (
     load_exchanged_state,
 )
 from stamen.models.students import StudentSpec, parse_students, student_spec
+from stamen.models.vmap_stack import VmapStack
 
 __all__ = [
     "DEVICE_LOCAL_ATTRIBUTE",
     "GLOBAL_MODEL_FILE",
     "WEIGHT_BITS",
+    "DeviceStack",
+    "GroupedStack",
     "LeNet",
     "ModelFileError",
     "ModelName",
     "ModelSpec",
+    "NotStackable",
     "SavedModel",
-    "StackedLeNet",
+    "StackedBatchNorm2d",
+    "StackedConv2d",
+    "StackedLinear",
     "StudentSpec",
+    "VmapStack",
     "build_model",
     "count_parameters",
     "exchanged_state",

@@ -107,32 +107,54 @@ def _cosines(updates: list[ValidUpdate]) -> list[float]:
     Directions only: each delta as a unit vector, so the reference is a vote of
     devices, not of norms, and a few long deltas cannot turn it against the rest.
     A zero delta, or a round whose other deltas cancel out, scores 0.
+
+    With ``u`` a unit delta and ``T`` the sum of all of them, the others' sum is
+    ``T - u``: the cosine is ``(u.T - u.u) / |T - u|``, and ``|T - u|^2 = T.T - 2 u.T + u.u``.
+    Two passes over the deltas, a block of rows at a time in float64 (one for ``T``, one for
+    the dot products), keep a round of 1,000 LeNet deltas at a few tens of milliseconds
+    without holding them all as one matrix. The products are ``einsum``'s, not BLAS's: the
+    server shares the cores with busy workers, and OpenBLAS's threads then wait for a core
+    (a 20,000-element dot product took 6 ms instead of 5 us).
     """
     names = list(updates[0].delta)
-    norms = [l2_norm(update.delta) for update in updates]
-
-    def unit(update: ValidUpdate, norm: float, name: str) -> np.ndarray:
-        return update.delta[name].astype(np.float64) / norm
-
-    # Units are made again where needed rather than kept: a round's float64 copies of
-    # every delta would cost more memory than everything else the round holds.
-    total: dict[str, np.ndarray | int] = dict.fromkeys(names, 0)
-    for update, norm in zip(updates, norms, strict=True):
-        if norm > 0:
-            for name in names:
-                total[name] = total[name] + unit(update, norm, name)
+    sizes = [int(np.size(updates[0].delta[name])) for name in names]
+    block = np.empty((min(_BLOCK_ROWS, len(updates)), sum(sizes)))
+    total = np.zeros(block.shape[1])
+    for start in range(0, len(updates), _BLOCK_ROWS):
+        rows = _unit_rows(updates[start : start + _BLOCK_ROWS], names, sizes, block)
+        total += rows.sum(axis=0)
+    total_sq = float(np.einsum("i,i->", total, total))
     cosines = []
-    for update, norm in zip(updates, norms, strict=True):
-        if not norm > 0:
-            cosines.append(0.0)
-            continue
-        own = {name: unit(update, norm, name) for name in names}
-        along = sum(float(np.vdot(own[name], total[name])) for name in names)
-        others_sq = sum(
-            float(np.vdot(total[name] - own[name], total[name] - own[name])) for name in names
-        )
-        cosines.append((along - 1.0) / math.sqrt(others_sq) if others_sq > 0 else 0.0)
+    for start in range(0, len(updates), _BLOCK_ROWS):
+        rows = _unit_rows(updates[start : start + _BLOCK_ROWS], names, sizes, block)
+        along = np.einsum("ij,j->i", rows, total)
+        unit_sq = np.einsum("ij,ij->i", rows, rows)
+        for dot, square in zip(along.tolist(), unit_sq.tolist(), strict=True):
+            others_sq = total_sq - 2.0 * dot + square
+            live = square > 0 and others_sq > 0
+            cosines.append((dot - square) / math.sqrt(others_sq) if live else 0.0)
     return cosines
+
+
+_BLOCK_ROWS = 64
+"""Deltas per block in :func:`_cosines`: 64 LeNet deltas in float64 are 10 MB."""
+
+
+def _unit_rows(
+    updates: list[ValidUpdate], names: list[str], sizes: list[int], block: np.ndarray
+) -> np.ndarray:
+    """The deltas as unit vectors in float64, one row each (zero rows for zero deltas),
+    written into the first rows of ``block``."""
+    rows = block[: len(updates)]
+    for row, update in zip(rows, updates, strict=True):
+        offset = 0
+        for name, size in zip(names, sizes, strict=True):
+            row[offset : offset + size] = np.ravel(update.delta[name])
+            offset += size
+        norm = math.sqrt(float(np.einsum("i,i->", row, row)))
+        if norm > 0:
+            row /= norm
+    return rows
 
 
 def _against_the_round(cosines: list[float], defense: DefenseSettings) -> dict[int, str]:
