@@ -113,6 +113,9 @@ class RayWorkerPool(DevicePool):
             raise
         self._pending: dict[Any, int] = {}
         """Each chunk in flight, to the actor running it."""
+        self._starting: dict[Any, int] = {}
+        """Each round start not yet confirmed, to its actor: an actor that gets no chunk
+        (a round smaller than the pool) is still found dead through these."""
         self._signals = _SignalsThroughRay()
         LOG.info("%d Ray actors on nodes %s", self.size, ", ".join(sorted(set(self.locations))))
 
@@ -123,8 +126,9 @@ class RayWorkerPool(DevicePool):
 
     def _start_round(self, messages: Sequence[Message]) -> None:
         pickled = self._ray.put(pickle.dumps(list(messages), pickle.HIGHEST_PROTOCOL))
-        for actor in self.actors:
-            actor.start_round.remote(pickled)  # an actor runs its calls in the order sent
+        for worker, actor in enumerate(self.actors):
+            # An actor runs its calls in the order sent: the chunks wait for this.
+            self._starting[actor.start_round.remote(pickled)] = worker
 
     def _send_chunk(self, worker: int, chunk: Chunk) -> None:
         self._pending[self.actors[worker].run_chunk.remote(chunk)] = worker
@@ -133,18 +137,25 @@ class RayWorkerPool(DevicePool):
         ready: list[Any] = []
         while not ready:
             with self._signals:
-                ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=WAIT_SECONDS)
+                waiting = [*self._pending, *self._starting]
+                ready, _ = self._ray.wait(waiting, num_returns=1, timeout=WAIT_SECONDS)
         for ref in ready:
+            if ref in self._starting:
+                self._result(ref, self._starting.pop(ref))
+                continue
             worker = self._pending.pop(ref)
-            try:
-                outcomes: list[Outcome] = pickle.loads(self._ray.get(ref))
-            except self._ray.exceptions.RayError as error:
-                raise StamenError(
-                    f"simulation worker {worker} (a Ray actor on {self.locations[worker]}) died "
-                    f"({type(error).__name__}); the run stops here"
-                ) from None
+            outcomes: list[Outcome] = pickle.loads(self._result(ref, worker))
             for outcome in outcomes:
                 yield worker, outcome
+
+    def _result(self, ref: Any, worker: int) -> Any:
+        try:
+            return self._ray.get(ref)
+        except self._ray.exceptions.RayError as error:
+            raise StamenError(
+                f"simulation worker {worker} (a Ray actor on {self.locations[worker]}) died "
+                f"({type(error).__name__}); the run stops here"
+            ) from None
 
     def _wait_until_started(self) -> list[str]:
         refs = [actor.where.remote() for actor in self.actors]
@@ -165,6 +176,7 @@ class RayWorkerPool(DevicePool):
                 self._ray.kill(actor, no_restart=True)
         self.actors = []
         self._pending = {}
+        self._starting = {}
         if self._owns_ray:
             self._owns_ray = False
             self._ray.shutdown()
