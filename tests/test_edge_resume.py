@@ -8,8 +8,9 @@ and state directory. Both runs use the same device keys, so the devices get the
 same node ids, the same sampling and the same aggregation order.
 
 The kill is placed so that the round the server loses had really been trained: one
-device is held with SIGSTOP as soon as round ``k`` is checkpointed, the two others
-train round ``k + 1``, then the server dies. The restarted server resumes after
+device, which holds a larger data set and so trains for a second or so, is held with
+SIGSTOP as soon as it starts round ``k + 1``, the two others train that round, then the
+server dies. The restarted server resumes after
 round ``k`` (model, masks, sampling RNG from its checkpoint) and sends round
 ``k + 1`` again. Why the result is still bit-exact:
 
@@ -35,7 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_site import Site, deployment, digits_agent, digits_server, metrics, wait_for
+from edge_site import (
+    Site,
+    big_npz,
+    deployment,
+    digits_agent,
+    digits_server,
+    metrics,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,6 +55,8 @@ FLEET = 3
 ROUNDS = 5
 KILL_AFTER = 2
 """The first round after which the server is killed (a later one if the race is lost)."""
+HELD_ROWS = 30_000
+"""Rows of the held device's data: enough for it to train a round for about a second."""
 LOST_ROUND = "the server lost this round; training it again"
 
 
@@ -83,12 +94,14 @@ def server_args(preset: str) -> list[str]:
 
 
 def start_agents(site: Site, port: int) -> list[Any]:
+    """The fleet; the last device holds a larger data set, so that it can be held mid-round."""
+    held = ["--dataset", f"npz:{big_npz(site.root.parent, HELD_ROWS)}"]
     return [
         site.agent(
             f"dev{i}",
             site.root / "agents" / f"dev{i}",
             port,
-            *digits_agent(i, FLEET),
+            *(held if i == FLEET - 1 else digits_agent(i, FLEET)),
             "--give-up-after",
             "120",
         )
