@@ -170,7 +170,7 @@ def force_stacking(form: str) -> None:
             return None
         return batched.StackPlan(VmapStack.replicate, VmapStack.batch_coupled)
 
-    batched.stacking_for = stacking_for  # type: ignore[assignment]
+    batched.stacking_for = stacking_for
 
 
 # -- the harness -----------------------------------------------------------------------

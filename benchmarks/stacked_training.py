@@ -36,7 +36,14 @@ from torch import nn
 from stamen.client.batched import auto_device_batch, stacking_for
 from stamen.client.trainer import train_epochs, train_stacked
 from stamen.compression import QATConfig, apply_masks, compute_masks, prepare_qat
-from stamen.models import GroupedStack, ModelSpec, VmapStack, build_model, to_channels_last
+from stamen.models import (
+    GroupedStack,
+    ModelName,
+    ModelSpec,
+    VmapStack,
+    build_model,
+    to_channels_last,
+)
 from stamen.simulations.worker_process import keep_freed_memory
 
 ROWS, BATCH, LR = 60, 20, 0.05
@@ -44,7 +51,7 @@ SHAPE = (1, 28, 28)
 
 
 def float_model(name: str) -> nn.Module:
-    return to_channels_last(build_model(ModelSpec(name, SHAPE, num_classes=10), seed=0))
+    return to_channels_last(build_model(ModelSpec(ModelName(name), SHAPE, num_classes=10), seed=0))
 
 
 def starting_model(template: nn.Module, edge: bool, masks: Any) -> nn.Module:
@@ -57,7 +64,7 @@ def starting_model(template: nn.Module, edge: bool, masks: Any) -> nn.Module:
     return model
 
 
-def cpu_ms_per_device(run: Callable[[], None], devices: int, repeats: int) -> float:
+def cpu_ms_per_device(run: Callable[[], object], devices: int, repeats: int) -> float:
     run()  # warm-up: allocator, oneDNN primitives
     times = []
     for _ in range(repeats):

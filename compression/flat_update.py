@@ -99,8 +99,9 @@ def encode_tensors(
 ) -> EncodedTensors:
     """Encode ``tensors`` one by one, or as a flat update (``flat``), and compute exactly
     what a receiver decodes from the messages (per tensor)."""
+    messages: list[pb.CompressedTensor] = []
+    decoded: dict[str, np.ndarray] = {}
     if not flat:
-        messages, decoded = [], {}
         for name, value in tensors.items():
             message, decoded[name] = pipeline.encode_and_reconstruct(name, value, rng)
             messages.append(message)
@@ -111,7 +112,7 @@ def encode_tensors(
         ({n: v for (n, v), w in zip(tensors.items(), whole, strict=True) if not w}, False),
         ({n: v for (n, v), w in zip(tensors.items(), whole, strict=True) if w}, True),
     ]
-    messages, decoded, scales = [], {}, {}
+    scales: dict[str, np.float16] = {}
     for part, dense in groups:
         if dense and not part:
             continue

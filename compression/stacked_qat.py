@@ -62,7 +62,7 @@ class FakeQuantize(torch.autograd.Function):
         return clamped.sub_(zero_point).mul_(scale)
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor, None, None, None, None]:
         (inside,) = ctx.saved_tensors  # type: ignore[attr-defined]

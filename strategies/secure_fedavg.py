@@ -319,7 +319,9 @@ class SecureFedAvg(CompressedFedAvg):
     def _upload(
         self, node: int, sent: Any, secure: SecureRound, params: UploadParams, stats: RoundStats
     ) -> Message:
-        outgoing = self._outgoing_records(sent, self.task.replace(round_num=params.round_num))
+        # The whole model: a secure round's replies do not show which model each device holds.
+        task = self.task.replace(round_num=params.round_num)
+        outgoing = self._outgoing_records(sent, task, sent.payload)
         stats.downlink_bytes_fp32 += outgoing.dense_bytes
         return Message(
             content=RecordDict(
