@@ -235,7 +235,7 @@ def test_hostile_flat_updates_are_refused() -> None:
         del envelope.tensors[0].shape[:]
         envelope.tensors[0].shape.append(171)
 
-    rejects(_flat_update(reshape), r"shape \(171,\), expected \(170,\)")
+    rejects(_flat_update(reshape), r"expected shape \(170,\), got \(171,\)")
     rejects(_flat_update(lambda e: setattr(e, "flat", False)), "a tensor has an empty name")
     rejects(
         edited_update(lambda e: setattr(e, "dense", b"\x40"), values=ValueFormat.SIGN),
