@@ -140,7 +140,7 @@ def run_stamen(
     config = load_config(
         overrides={
             "preset": "edge" if path.endswith("edge") else "fp32",
-            "backend": "ray" if path == "stamen-ray" else "local",
+            "backend": "flower-ray" if path == "stamen-ray" else "local",
             "dataset": "mnist",
             "model": model,
             "federation.device_batch": 1 if form == "alone" else 0,

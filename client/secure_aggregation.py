@@ -11,6 +11,7 @@ reply with the reason, and the device keeps no secret it did not mean to share.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,6 +54,8 @@ from stamen.privacy import (
 
 if TYPE_CHECKING:
     from stamen.client.app import Trained, TrainJob
+
+LOG = logging.getLogger("stamen.client")
 
 REFUSED = 3
 """Error code of a secure-aggregation request the device refuses."""
@@ -232,6 +235,11 @@ def _masked_update(
         load_residual(context, delta, decoded.masks) if job.task.uplink.error_feedback else None
     )
     corrected = {k: v + residual[k] if residual is not None else v for k, v in delta.items()}
+    if not all(np.isfinite(value).all() for value in corrected.values()):
+        # Training diverged (a noisy global model can do that): this device adds nothing to
+        # the sum this round and starts its error feedback afresh, so the sum stays finite.
+        LOG.warning("round %d: the local update is not finite; sending zeros", params.round_num)
+        corrected = {name: np.zeros_like(value) for name, value in corrected.items()}
     shapes = {name: tuple(value.shape) for name, value in corrected.items()}
     if params.coordinates:  # announced by the server: checked against the pruning masks
         eligible = eligible_mask(shapes, decoded.masks)

@@ -183,6 +183,11 @@ def test_the_agent_reports_the_servers_model_as_the_one_it_got() -> None:
         "this device's data does not fit the server's model: tensor 'hidden.1.weight' is "
         "(128, 784) in the server's model, and this device's data needs (128, 64)"
     )
+    flat = ShapeMismatch("", expected=(10_314,), got=(17_226,))
+    assert does_not_fit(flat) == (
+        "this device's data does not fit the server's model: it has 17,226 parameters, and "
+        "this device's data needs a model of 10,314"
+    )
 
 
 # -- monitor token roles: the documented form runs ------------------------------------------

@@ -163,9 +163,9 @@ def test_refusals_an_agent_cannot_fix_exit_3_and_a_finished_run_is_not_resumed_s
     assert other.wait(timeout=400) == AgentExit.REFUSED, site.text("wrong-key")[-2000:]
     assert server.wait(timeout=200) == 0, site.text("server")[-3000:]
 
-    fits = (
-        "this device's data does not fit the server's model: tensor 'hidden.1.weight' is "
-        "(128, 64) in the server's model, and this device's data needs (128, 10)"
+    fits = (  # the edge preset sends the model as one flat vector: its sizes are compared
+        "this device's data does not fit the server's model: it has 17,226 parameters, and "
+        "this device's data needs a model of 10,314"
     )
     assert last_line(site, "unfit") == (
         f"error: {fits}; start the agent with data of the server's dataset (the same features "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 
+from stamen.compression.wire import FLAT_NAME
 from stamen.contract.edge import EdgeProtocolError
 from stamen.core.errors import ShapeMismatch, StamenError
 from stamen.protos.edge.v1 import edge_pb2
@@ -83,7 +84,15 @@ def refusal_line(error: EdgeProtocolError) -> str:
 def does_not_fit(error: ShapeMismatch) -> str:
     """A decoding error of the server's model, told from the server's side: the model the
     server sent is what this device got, and this device's data decides what it expected."""
+    head = "this device's data does not fit the server's model"
+    if error.tensor == FLAT_NAME and len(error.got) == len(error.expected) == 1:
+        # A flat model (every tensor in one vector, as the edge preset sends): only the
+        # sizes are known, not which tensor differs.
+        return (
+            f"{head}: it has {error.got[0]:,} parameters, and this device's data needs a "
+            f"model of {error.expected[0]:,}"
+        )
     return (
-        f"this device's data does not fit the server's model: tensor {error.tensor!r} is "
-        f"{error.got} in the server's model, and this device's data needs {error.expected}"
+        f"{head}: tensor {error.tensor!r} is {error.got} in the server's model, and this "
+        f"device's data needs {error.expected}"
     )
