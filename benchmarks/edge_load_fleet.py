@@ -60,6 +60,7 @@ from stamen.contract.edge import (
     upload_chunks,
     verify_signature,
 )
+from stamen.core.errors import InvalidUpdate
 from stamen.models import ModelSpec, build_model, exchanged_state
 from stamen.protos.edge.v1 import edge_pb2, edge_pb2_grpc
 
@@ -85,6 +86,9 @@ class Fleet:
         self.compute: dict[str, list[float]] = {}
         self.ended: Counter[str] = Counter()
         self.updates: dict[bytes, bytes] = {}
+        self.models: dict[str, DecodedModel] = {}
+        """The last models decoded, by hash: the server sends a device that kept one the
+        change since it (a downlink delta), which only that model decodes."""
 
     async def device(self, key: Ed25519PrivateKey, index: int) -> None:
         channel = aio.secure_channel(
@@ -220,7 +224,16 @@ class Fleet:
         return serialize_records(reply)
 
     def decoded(self, payload: bytes) -> DecodedModel:
-        return decode_model(payload, expected_shapes=self.shapes)
+        for base in [None, *reversed(self.models.values())]:
+            try:
+                decoded = decode_model(payload, expected_shapes=self.shapes, base=base)
+            except InvalidUpdate:
+                continue
+            self.models[decoded.model_hash] = decoded
+            while len(self.models) > 4:
+                del self.models[next(iter(self.models))]
+            return decoded
+        raise InvalidUpdate("a delta against no model this emulator kept")
 
     async def upload(
         self,

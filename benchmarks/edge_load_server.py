@@ -32,6 +32,7 @@ def main() -> None:
         wait_for_devices,
     )
     from stamen.config import load_config
+    from stamen.server.checkpoint import CheckpointStore
     from stamen.server.edge import (
         EdgeRoundStats,
         EdgeServer,
@@ -120,7 +121,8 @@ def main() -> None:
     ended = RunEnd.failed()
     try:
         wait_for_devices(console, edge, args.agents, timeout=1800)
-        summary = run_edge_federation(console, edge, config, out, root / "server-state", edge_log)
+        checkpoints = CheckpointStore(root / "server-state")
+        summary = run_edge_federation(console, edge, config, out, checkpoints, edge_log)
         ended = RunEnd.of_summary(summary)
     finally:
         edge.stop(grace=10.0, ended=ended)
