@@ -239,6 +239,12 @@ class EdgeServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.grpc_server.stop(grace)
+        # What gRPC left running (streams of devices that never read their last message)
+        # ends here, not as "Task was destroyed but it is pending" when the loop closes.
+        leftover = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
 
     def _on_loop(self, work: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         """Run ``work`` on the server's event loop and wait for its result."""
