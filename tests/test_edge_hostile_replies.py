@@ -20,12 +20,11 @@ from __future__ import annotations
 import math
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from edge_site import Site, deployment, digits_agent, digits_server, metrics
+from edge_site import Site, digits_agent, digits_server, metrics
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from hostile_replies import CASES, Case, honest_payload, task_of, with_payload
@@ -137,12 +136,6 @@ def _status_bytes(proc: Path, name: str) -> int:
         if line.startswith(name + ":"):
             return int(line.split()[1]) * 1024  # /proc says kB
     raise LookupError(name)  # a zombie: its memory is gone
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    with deployment(tmp_path) as made:
-        yield made
 
 
 @pytest.mark.timeout(300)

@@ -13,14 +13,12 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from edge_site import (
     Site,
     a_round_with_a_slow_device,
-    deployment,
     digits_agent,
     digits_server,
     metrics,
@@ -31,12 +29,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals"),
 ]
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    with deployment(tmp_path) as made:
-        yield made
 
 
 FLEET = 10

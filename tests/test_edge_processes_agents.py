@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from edge_site import (
     Site,
     a_round_with_a_slow_device,
     big_npz,
-    deployment,
     digits_agent,
     digits_server,
     metrics,
@@ -30,12 +28,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals"),
 ]
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    with deployment(tmp_path) as made:
-        yield made
 
 
 @pytest.mark.timeout(300)

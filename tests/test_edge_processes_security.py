@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from edge_site import Site, deployment, digits_agent, digits_server, metrics, run, wait_for
+from edge_site import Site, digits_agent, digits_server, metrics, run, wait_for
 
 from stamen.client.agent import AgentExit
 
@@ -21,12 +19,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals"),
 ]
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    with deployment(tmp_path) as made:
-        yield made
 
 
 @pytest.mark.timeout(300)

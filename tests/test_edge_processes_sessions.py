@@ -13,24 +13,17 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from edge_site import Site, deployment, digits_agent, digits_server, metrics, wait_for
+from edge_site import Site, digits_agent, digits_server, metrics, wait_for
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals"),
 ]
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    with deployment(tmp_path) as made:
-        yield made
 
 
 def key_of(state: Path) -> Any:

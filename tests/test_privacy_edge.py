@@ -8,11 +8,9 @@ the edge grid forwards secure aggregation's four message types as it forwards an
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from edge_site import Site, deployment, metrics
+from edge_site import Site, metrics
 
 pytestmark = [
     pytest.mark.slow,
@@ -20,12 +18,6 @@ pytestmark = [
 ]
 
 FLEET = 6
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    with deployment(tmp_path) as made:
-        yield made
 
 
 @pytest.mark.timeout(600)
