@@ -1,6 +1,7 @@
 """Run one ``stamen.launch.simulate`` in a fresh child process and measure it.
 
-Shared by ``population.py`` and ``ray_cluster.py``. The child reports when each round
+Shared by ``population.py`` and ``ray_cluster.py`` (``fleet_throughput.py`` takes its
+:func:`tree_pss`). The child reports when each round
 ended (:class:`RoundMarks`) and the summary; the parent samples the peak memory of the
 child's whole process tree (PSS, so pages shared after a fork count once).
 """

@@ -44,8 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from builds import QUIET, build_env, build_label, check_build
+from federation_runs import tree_pss
 
 os.environ.update(QUIET)
 
@@ -239,22 +239,6 @@ def measure(
         "peak_memory_mib": peak[0] / 2**20,
         "wall_seconds": time.perf_counter() - launched,
     }
-
-
-def tree_pss(pid: int) -> int:
-    """Proportional set size of a process and all its descendants, in bytes."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for process in processes:
-        try:
-            total += process.memory_full_info().pss
-        except psutil.Error:
-            continue
-    return total
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:

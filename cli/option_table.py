@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from stamen.cli.options import Option, OptionValues
+from stamen.cli.privacy_options import (  # noqa: F401 (the commands read them from here)
+    DP,
+    DP_CLIP,
+    DP_DELTA,
+    PRIVACY,
+    SECURE_AGGREGATION,
+    TARGET_EPSILON,
+)
 from stamen.config import Backend, FleetPreset, Preset, parse_assignment
 
 DATA = "Data and model"
@@ -22,7 +30,6 @@ RUN = "Run"
 CONF = "Config"
 MON = "Monitor"
 EDGE = "Edge server"
-PRIV = "Privacy"
 
 # Config: where settings come from.
 CONFIG_FILE = Option(
@@ -355,48 +362,6 @@ SESSION_TTL = Option(
     EDGE,
     default=3600.0,
 )
-
-# Privacy: secure aggregation and differential privacy (docs/privacy.md).
-SECURE_AGGREGATION = Option(
-    "secure_aggregation",
-    bool | None,
-    "The server learns only each round's sum (SecAgg+), still compressed.",
-    PRIV,
-    key="privacy.secure_aggregation",
-    flags=("--secure-aggregation/--no-secure-aggregation",),
-)
-DP = Option(
-    "dp",
-    str | None,
-    "Client-level DP: off, central (the server adds noise) or distributed (devices add "
-    "noise under secure aggregation).  \\[default: off]",
-    PRIV,
-    key="privacy.mode",
-)
-TARGET_EPSILON = Option(
-    "target_epsilon",
-    float | None,
-    "Set the DP noise to spend this epsilon over the run (at --dp-delta).",
-    PRIV,
-    key="privacy.target_epsilon",
-)
-DP_DELTA = Option(
-    "dp_delta",
-    float | None,
-    "The delta epsilon is stated at.  \\[default: 1e-5]",
-    PRIV,
-    key="privacy.delta",
-)
-DP_CLIP = Option(
-    "dp_clip",
-    float | None,
-    "L2 bound on one device's update.  \\[default: 0.5]",
-    PRIV,
-    key="privacy.clip",
-)
-
-PRIVACY = (SECURE_AGGREGATION, DP, TARGET_EPSILON, DP_DELTA, DP_CLIP)
-"""Privacy flags, wherever a command runs a federation."""
 
 
 TRAINING_AND_COMPRESSION = (

@@ -24,13 +24,12 @@ import torch
 
 from stamen.compression.bitpack import pack_bits
 from stamen.compression.hadamard import rotate_and_sign, unrotate
+from stamen.compression.levels import pack_levels, zigzag
 from stamen.compression.tensor_decode import (
     LEVEL_BITS,
     decode_signs,
     dequantize,
     is_power_of_two,
-    pack_levels,
-    zigzag,
 )
 from stamen.core.errors import ConfigError
 from stamen.protos.update.v1 import update_pb2 as pb

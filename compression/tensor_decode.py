@@ -21,11 +21,11 @@ from stamen.compression.bitpack import (
     MAX_VARINT_BYTES,
     decode_rice,
     decode_varints,
-    pack_bits,
     packed_size,
     unpack_bits,
 )
 from stamen.compression.hadamard import segments, unrotate
+from stamen.compression.levels import unpack_levels, unzigzag
 from stamen.core.errors import InvalidUpdate, ShapeMismatch
 from stamen.protos.update.v1 import update_pb2 as pb
 
@@ -70,51 +70,6 @@ def is_power_of_two(value: float) -> bool:
         (True, False, False)
     """
     return math.isfinite(value) and value > 0 and math.frexp(value)[0] == 0.5
-
-
-def zigzag(levels: np.ndarray) -> np.ndarray:
-    """Signed integers as unsigned codes, small magnitudes first: 0, -1, 1, -2 -> 0, 1, 2, 3.
-
-    Examples:
-        >>> zigzag(np.array([0, -1, 1, -2, 2])).tolist()
-        [0, 1, 2, 3, 4]
-        >>> unzigzag(zigzag(np.array([-7, 5]))).tolist()
-        [-7, 5]
-    """
-    signed = np.asarray(levels, dtype=np.int64)
-    return np.where(signed >= 0, 2 * signed, -2 * signed - 1).astype(np.uint64)
-
-
-def unzigzag(codes: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`zigzag`, as int64."""
-    unsigned = np.asarray(codes, dtype=np.int64)
-    return np.where(unsigned % 2 == 0, unsigned // 2, -(unsigned + 1) // 2)
-
-
-def pack_levels(codes: np.ndarray, bits: int) -> bytes:
-    """Zigzag codes at ``bits``: bit-packed up to 8 bits, byte planes at 16 and 24.
-
-    Examples:
-        >>> pack_levels(np.array([1, 258]), 16).hex()  # high bytes, then low bytes
-        '00010102'
-    """
-    if bits <= 8:
-        return pack_bits(codes, bits)
-    planes = np.asarray(codes, dtype=">u4").view(np.uint8).reshape(-1, 4)[:, 4 - bits // 8 :]
-    return planes.T.tobytes()
-
-
-def unpack_levels(data: bytes, count: int, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_levels` (the length is checked by the caller's layout)."""
-    if bits <= 8:
-        return unpack_bits(data, count, bits)
-    width = bits // 8
-    planes = np.frombuffer(data, dtype=np.uint8).reshape(width, count).astype(np.uint32)
-    codes = np.zeros(count, dtype=np.uint32)
-    for plane in planes:
-        codes <<= np.uint32(8)
-        codes |= plane
-    return codes
 
 
 def values_size(encoding: int, count: int, bits: int) -> int:

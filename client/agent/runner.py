@@ -380,7 +380,9 @@ class Agent:
         except grpc.RpcError as error:
             # The task stream may still hold what came before the server went (the
             # run-ended notice): read it before reconnecting.
-            LOG.warning("round %s: upload failed (%s)", task.group_id, _status(error))
+            LOG.warning(
+                "round %s: upload failed (%s)", task.group_id, last_error(details_of(error))
+            )
 
     def _heartbeats(self, keeper: SessionKeeper, done: threading.Event) -> None:
         period = keeper.current.heartbeat_seconds
@@ -394,8 +396,3 @@ class Agent:
 
 def _error(code: int, reason: str) -> tuple[bytes, bool]:
     return edge_pb2.ReplyError(code=code, reason=reason).SerializeToString(), True
-
-
-def _status(error: grpc.RpcError) -> str:
-    code = error.code() if isinstance(error, grpc.Call) else None
-    return code.name if code is not None else type(error).__name__
