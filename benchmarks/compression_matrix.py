@@ -9,9 +9,11 @@ reached 95% of FP32's final accuracy; and whether the row meets the targets: upl
 least 100x and downlink at least 10x smaller, the edge preset within 1 point of FP32
 (last-10 mean, averaged over the seeds).
 
-Rounds: each row runs until FP32 FedAvg has plateaued, by one rule: the rounds in which every
-device takes part about 10 times (``10 * num_devices / devices_per_round``), at least 40 and
-at most 150. The report checks the rule: FP32's gain between its last two 10-round windows.
+Rounds: each row runs until FP32 FedAvg has plateaued, by one rule. It starts from the rounds
+in which every device takes part about 10 times (``10 * num_devices / devices_per_round``, at
+least 40), runs FP32 there, and adds 20 rounds at a time while FP32's gain between its last
+two 10-round windows (mean over the seeds) is above 0.5 points, up to 150; the edge preset
+then runs for the same rounds. The report shows each row's final gain.
 
 Runs are resumable (a finished run is skipped), at most two at a time::
 
@@ -45,6 +47,7 @@ TAIL_ROUNDS = 10
 TARGET_SHARE = 0.95
 UPLINK_TARGET, DOWNLINK_TARGET, POINTS_TARGET = 100.0, 10.0, 1.0
 PARTICIPATIONS, MIN_ROUNDS, MAX_ROUNDS = 10, 40, 150
+PLATEAU_POINTS, EXTRA_ROUNDS = 0.5, 20
 
 
 @dataclass(frozen=True)
@@ -97,12 +100,49 @@ ROWS = (
 
 
 def row_rounds(row: Row) -> int:
-    """The row's rounds by the plateau rule (see the module docstring)."""
+    """The row's first candidate rounds: about 10 participations per device, 40 to 150."""
     from stamen.config import load_config
 
     federation = load_config(overrides=row.overrides).federation
     rounds = PARTICIPATIONS * federation.num_devices / federation.devices_per_round
     return int(min(MAX_ROUNDS, max(MIN_ROUNDS, 10 * math.ceil(rounds / 10))))
+
+
+def last_window_gain(runs: list[dict[str, Any]]) -> float:
+    """FP32's gain, in points, between its last two 10-round windows (mean over the runs)."""
+    gains = [
+        statistics.fmean(r["accuracy"] for r in run["rounds"][-TAIL_ROUNDS:])
+        - statistics.fmean(r["accuracy"] for r in run["rounds"][-2 * TAIL_ROUNDS : -TAIL_ROUNDS])
+        for run in runs
+    ]
+    return 100 * statistics.fmean(gains)
+
+
+def plateau_rounds(
+    row: Row, seeds: list[int], out: Path, pool: ProcessPoolExecutor | None
+) -> int | None:
+    """The row's rounds by the plateau rule, running FP32 where ``pool`` is given (else only
+    reading finished runs; ``None`` when they do not settle it)."""
+    rounds = row_rounds(row)
+    while True:
+        paths = [run_dir(out, row, "fp32", seed) for seed in seeds]
+        missing = [
+            seed for seed, path in zip(seeds, paths, strict=True) if not finished(path, rounds)
+        ]
+        if missing:
+            if pool is None:
+                return None
+            for future in [pool.submit(run_one, row, "fp32", s, rounds, out) for s in missing]:
+                print(future.result(), flush=True)
+        gain = last_window_gain([read_run(path) for path in paths])
+        if gain <= PLATEAU_POINTS or rounds >= MAX_ROUNDS:
+            return rounds
+        print(
+            f"{row.name}: FP32 gained {gain:+.2f} points in its last window at {rounds} "
+            f"rounds; {rounds + EXTRA_ROUNDS} next",
+            flush=True,
+        )
+        rounds = min(MAX_ROUNDS, rounds + EXTRA_ROUNDS)
 
 
 def run_dir(out: Path, row: Row, preset: str, seed: int) -> Path:
@@ -177,11 +217,7 @@ def row_report(row: Row, runs: dict[str, list[dict[str, Any]]], rounds: int) -> 
             "per_seed_final": [r["summary"]["final_accuracy"] for r in group],
             "per_seed_tail": [tail(r) for r in group],
         }
-    windows = [
-        mean([r["accuracy"] for r in run["rounds"][-2 * TAIL_ROUNDS : -TAIL_ROUNDS]])
-        for run in fp32
-    ]
-    report["fp32_last_window_gain_points"] = 100 * (report["fp32"]["tail_accuracy"] - mean(windows))
+    report["fp32_last_window_gain_points"] = last_window_gain(fp32)
     report["tail_diff_points"] = 100 * (
         report["edge"]["tail_accuracy"] - report["fp32"]["tail_accuracy"]
     )
@@ -257,7 +293,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         ]
     lines += [
         "",
-        "Rounds: 10 participations per device (10 x devices / devices per round), 40 to 150. "
+        "Rounds: from 10 participations per device (10 x devices / devices per round, at "
+        f"least {MIN_ROUNDS}), {EXTRA_ROUNDS} more at a time while FP32 gains more than "
+        f"{PLATEAU_POINTS} points between its last two 10-round windows (at most {MAX_ROUNDS}). "
         "FP32's gain between its last two 10-round windows, in points: "
         + ", ".join(
             f"{row['name']} {row['fp32_last_window_gain_points']:+.2f}" for row in result["rows"]
@@ -342,30 +380,38 @@ def main() -> None:
     args = parser.parse_args()
     jobs = max(1, min(2, args.jobs))
     rows = [row for row in ROWS if row.name in args.rows]
-    rounds = {row.name: row_rounds(row) for row in rows}
-    if not args.report_only:
-        todo = [
-            (row, preset, seed)
-            for row in rows
-            for seed in args.seeds
-            for preset in PRESETS
-            if not finished(run_dir(args.out, row, preset, seed), rounds[row.name])
-        ]
-        # The cheap rows first, so a stopped matrix has the most rows; MobileNet's last.
-        todo.sort(key=lambda job: (rounds[job[0].name] * ("mobilenet" in job[0].name),))
-        print(f"{len(todo)} runs to do, {jobs} at a time", flush=True)
+    # The cheap rows first, so a stopped matrix has the most rows; MobileNet's last.
+    rows.sort(key=lambda row: row_rounds(row) * ("mobilenet" in row.name))
+    rounds: dict[str, int | None] = {}
+    if args.report_only:
+        rounds = {row.name: plateau_rounds(row, args.seeds, args.out, None) for row in rows}
+    else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(run_one, r, p, s, rounds[r.name], args.out) for r, p, s in todo]
+            rounds = {row.name: plateau_rounds(row, args.seeds, args.out, pool) for row in rows}
+            todo = [
+                (row, seed)
+                for row in rows
+                for seed in args.seeds
+                if not finished(run_dir(args.out, row, "edge", seed), rounds[row.name] or 0)
+            ]
+            print(f"{len(todo)} edge runs to do, {jobs} at a time", flush=True)
+            futures = [
+                pool.submit(run_one, r, "edge", s, rounds[r.name] or 0, args.out) for r, s in todo
+            ]
             for number, future in enumerate(as_completed(futures), start=1):
                 print(f"[{number}/{len(todo)}] {future.result()}", flush=True)
     reports, curves = [], {}
     for row in rows:
+        settled = rounds[row.name]
+        if settled is None:
+            print(f"{row.name}: FP32's runs do not settle its rounds; left out of the report")
+            continue
         paths = {p: [run_dir(args.out, row, p, s) for s in args.seeds] for p in PRESETS}
-        if not all(finished(path, rounds[row.name]) for group in paths.values() for path in group):
+        if not all(finished(path, settled) for group in paths.values() for path in group):
             print(f"{row.name}: not every run has finished; left out of the report")
             continue
         runs = {preset: [read_run(path) for path in group] for preset, group in paths.items()}
-        reports.append(row_report(row, runs, rounds[row.name]))
+        reports.append(row_report(row, runs, settled))
         curves[row.name] = {preset: group[0]["rounds"] for preset, group in runs.items()}
     result: dict[str, Any] = {"seeds": args.seeds, "rows": reports}
     if any(r["name"].startswith("heart") for r in reports):

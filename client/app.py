@@ -58,6 +58,7 @@ from stamen.models import (
     load_exchanged_state,
     to_channels_last,
 )
+from stamen.transport import model_delta
 
 
 def client_app(fleet: FleetData | None = None) -> ClientApp:
@@ -296,7 +297,7 @@ def train_alone(job: TrainJob) -> Trained:
 def finish_training(job: TrainJob, trained: Trained) -> Message:
     """Encode the trained model's delta (with error feedback) into the reply."""
     task, decoded, context = job.task, job.decoded, job.context
-    delta = {name: trained.state[name] - base for name, base in decoded.tensors.items()}
+    delta = model_delta(trained.state, decoded.tensors)
     residual = load_residual(context, delta, decoded.masks) if task.uplink.error_feedback else None
     velocity = None
     if task.uplink.momentum > 0:

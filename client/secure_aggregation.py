@@ -51,6 +51,7 @@ from stamen.privacy import (
     skellam_noise,
     to_residues,
 )
+from stamen.transport import model_delta
 
 if TYPE_CHECKING:
     from stamen.client.app import Trained, TrainJob
@@ -230,7 +231,7 @@ def _masked_update(
     position: dict[int, int],
 ) -> tuple[np.ndarray, int]:
     decoded, context = job.decoded, job.context
-    delta = {name: trained.state[name] - base for name, base in decoded.tensors.items()}
+    delta = model_delta(trained.state, decoded.tensors)
     residual = (
         load_residual(context, delta, decoded.masks) if job.task.uplink.error_feedback else None
     )

@@ -29,7 +29,7 @@ from stamen.transport import (
     CompressedTransport,
     ValidUpdate,
     apply_masks_np,
-    non_negative_variances,
+    next_model,
     to_array_record,
     weighted_mean_delta,
 )
@@ -122,8 +122,7 @@ class CompressedFedAvg(CompressedTransport, FedAvg):
         if not accepted:
             LOG.warning("round %d: no valid updates; the global model is unchanged", server_round)
             return None, MetricRecord({"accepted": 0, "rejected": len(stats.rejections)})
-        new_model = self.apply_delta(sent.dense, self.aggregate_deltas(accepted))
-        new_model = non_negative_variances(new_model)
+        new_model = self.step(sent.dense, self.aggregate_deltas(accepted))
         if self.masks:
             new_model = apply_masks_np(new_model, self.masks)
         if not all(np.isfinite(value).all() for value in new_model.values()):
@@ -149,3 +148,10 @@ class CompressedFedAvg(CompressedTransport, FedAvg):
     ) -> dict[str, np.ndarray]:
         """The next global model from this round's model and the aggregated delta."""
         return {name: (value + delta[name]).astype(np.float32) for name, value in base.items()}
+
+    def step(
+        self, base: dict[str, np.ndarray], delta: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """:meth:`apply_delta`, with the running variances moved by their log-ratios
+        (:func:`stamen.transport.next_model`), whatever the strategy's step."""
+        return next_model(base, delta, self.apply_delta(base, delta))

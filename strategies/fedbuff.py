@@ -234,7 +234,7 @@ class FedBuff(CompressedFedAvg):
         stats.accepted = len(buffer)
         self.staleness[aggregation] = [staleness for _, staleness in buffer]
         scaled = staleness_scaled(buffer, self.staleness_exponent, self.server_lr)
-        model = self.apply_delta(run.model, self.aggregate_deltas(scaled))
+        model = self.step(run.model, self.aggregate_deltas(scaled))
         if self.masks:
             model = apply_masks_np(model, self.masks)
         metrics = MetricRecord({"accepted": len(buffer), "rejected": len(stats.rejections)})

@@ -237,7 +237,7 @@ class SecureFedAvg(CompressedFedAvg):
             summed = summed + self.noise_rng.normal(0.0, sigma, summed.shape)
         mean = summed / survivors
         delta = scatter(mean, coordinates, shapes)
-        new_model = self.apply_delta(sent.dense, delta)
+        new_model = self.step(sent.dense, delta)
         if self.masks:
             new_model = apply_masks_np(new_model, self.masks)
         if not all(np.isfinite(v).all() for v in new_model.values()):

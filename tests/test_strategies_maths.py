@@ -154,3 +154,25 @@ def test_every_strategy_is_registered_and_builds(name: StrategyName) -> None:
 def test_bad_strategy_settings_are_one_clear_line(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
         StrategySettings(**settings)
+
+
+@pytest.mark.parametrize("strategy", [StrategyName.FEDAVG, StrategyName.FEDADAM])
+def test_running_variances_move_by_factors_and_stay_positive(strategy: StrategyName) -> None:
+    """A BatchNorm variance goes as a log-ratio: whatever the strategy's step, devices that
+    each halved or doubled it give their geometric mean, and a sign code's overshoot (a
+    change far below -1) leaves it small but positive instead of pinning it at 0."""
+    from stamen.transport import model_delta
+
+    base = {"bn.running_var": np.array([1.0, 1.0, 0.01], np.float32), "w": np.zeros(3, np.float32)}
+    devices = [
+        {"bn.running_var": np.array([0.5, 2.0, 0.01], np.float32), "w": np.ones(3, np.float32)},
+        {"bn.running_var": np.array([2.0, 8.0, 0.01], np.float32), "w": np.ones(3, np.float32)},
+    ]
+    deltas = [model_delta(trained, base) for trained in devices]
+    deltas[1]["bn.running_var"][2] = -4.0  # a compressed change that overshoots
+    strat = build_strategy(StrategySettings(name=strategy), **common())
+    mean = weighted_mean_delta([ValidUpdate(d, 10, 0, False, None) for d in deltas])
+    new = strat.step(base, mean)
+    assert new["bn.running_var"][:2] == pytest.approx([1.0, 4.0], rel=1e-4)
+    assert 0 < new["bn.running_var"][2] < 0.01
+    assert np.all(np.isfinite(new["bn.running_var"]))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import math
 import os
 import threading
 import time
@@ -57,6 +58,14 @@ class DeviceEntry:
         return base64.b64decode(self.public_key_b64)
 
 
+RECHECK_SECONDS = 0.05
+"""How long the file's stamp is trusted before it is read again: a revocation by another
+process takes effect within this (a server asks several thousand times a second)."""
+MAX_REMEMBERED_STATUSES = 1_000_000
+"""At most this many keys' answers are remembered (unknown keys included: a flood of
+made-up keys must not grow memory without bound)."""
+
+
 class DeviceRegistry:
     """A JSON file of device entries, keyed by device id."""
 
@@ -65,6 +74,10 @@ class DeviceRegistry:
         self._lock = threading.Lock()
         self._cache: dict[str, DeviceEntry] = {}
         self._stamp: tuple[int, int] | None = None
+        self._checked = -math.inf
+        self._statuses: dict[bytes, DeviceStatus] = {}
+        """Answers of :meth:`status` for the file as last read: every upload and heartbeat
+        asks, and a device's id is a hash of its key."""
 
     def entries(self) -> list[DeviceEntry]:
         """Every entry, registered or revoked, in registration order."""
@@ -72,10 +85,18 @@ class DeviceRegistry:
 
     def status(self, public_key: bytes) -> DeviceStatus:
         """Whether ``public_key`` may join."""
-        entry = self._load().get(device_id(public_key))
+        entries = self._load()
+        known = self._statuses.get(public_key)
+        if known is not None:
+            return known
+        entry = entries.get(device_id(public_key))
         if entry is None or entry.public_key != public_key:
-            return DeviceStatus.UNKNOWN
-        return DeviceStatus.REVOKED if entry.revoked else DeviceStatus.REGISTERED
+            status = DeviceStatus.UNKNOWN
+        else:
+            status = DeviceStatus.REVOKED if entry.revoked else DeviceStatus.REGISTERED
+        if len(self._statuses) < MAX_REMEMBERED_STATUSES:
+            self._statuses[public_key] = status
+        return status
 
     def register(self, public_key: bytes, *, name: str | None = None) -> DeviceEntry:
         """Admit ``public_key`` (again, if it was revoked)."""
@@ -133,14 +154,20 @@ class DeviceRegistry:
         return matches[0]
 
     def _load(self) -> dict[str, DeviceEntry]:
+        now = time.monotonic()
+        if self._stamp is not None and now - self._checked < RECHECK_SECONDS:
+            return self._cache
+        self._checked = now
         try:
             stat = os.stat(self.path)
         except FileNotFoundError:
             self._cache, self._stamp = {}, None
+            self._statuses = {}
             return {}
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp == self._stamp:
             return self._cache
+        self._statuses = {}
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
             devices: list[dict[str, Any]] = raw["devices"]
