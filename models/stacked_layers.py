@@ -1,4 +1,4 @@
-"""The stacked forms of float layers (:mod:`stamen.models.stacking`'s rules).
+"""Stacked forms of float layers and of the functions models call (the stacking rules).
 
 - ``Conv2d``: one grouped convolution, ``groups`` times K, over ``(B, K*C, H, W)``
   channels-last; the weights stacked ``(K*out, in/groups, kh, kw)``.
@@ -6,6 +6,8 @@
 - ``BatchNorm2d``: one BatchNorm over ``K*C`` channels, so each device normalises by its own
   batch statistics and keeps its own running statistics.
 - parameterless layers (ReLU, pooling, ``Flatten``) as their functions.
+- functions (``F.relu``, pooling, ``torch.flatten``, ``x + y``): by what each does to a
+  layout (elementwise, per channel, flattening, arithmetic).
 
 A weight pruned with ``torch.nn.utils.prune`` trains ``weight_orig`` and computes with
 ``weight_orig * weight_mask``, as the pruned layer does; no other hook stacks.
@@ -13,7 +15,9 @@ A weight pruned with ``torch.nn.utils.prune`` trains ``weight_orig`` and compute
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -228,3 +232,64 @@ LAYER_RULES[nn.BatchNorm2d] = StackedBatchNorm2d
 LAYER_RULES.update(dict.fromkeys((*_PER_CHANNEL, *_ELEMENTWISE, nn.Flatten), StackedFunction))
 
 __all__ = ["StackedBatchNorm2d", "StackedConv2d", "StackedFunction", "StackedLinear"]
+
+# -- the functions a traced model calls (``F.relu``, ``torch.flatten``, ``x + y``) --------------
+
+
+def to_features(x: Activation) -> Activation:
+    """Per device, ``torch.flatten(x, 1)`` of its own activations: ``(K, B, F)``."""
+    if x.layout is Layout.DEVICES:
+        return x.like(x.tensor.flatten(2))
+    batch = x.tensor.shape[0]
+    features = x.tensor.reshape(batch, x.count, -1).transpose(0, 1)
+    return Activation(features, Layout.DEVICES, x.count)
+
+
+def _function(target: Any) -> Callable[..., torch.Tensor]:
+    return getattr(torch.Tensor, target) if isinstance(target, str) else target
+
+
+def _elementwise(target: Any, x: Activation, *args: Any, **kwargs: Any) -> Activation:
+    """A function of each element alone (ReLU): the same in any layout."""
+    return x.like(_function(target)(x.tensor, *args, **kwargs))
+
+
+def _per_channel(target: Any, x: Activation, *args: Any, **kwargs: Any) -> Activation:
+    """A function of each image channel alone (pooling): the same on ``(B, K*C, H, W)``."""
+    if x.layout is not Layout.CHANNELS:
+        raise NotStackable(f"{getattr(target, '__name__', target)} of a feature vector")
+    return x.like(_function(target)(x.tensor, *args, **kwargs))
+
+
+def _flatten(target: Any, x: Activation, start_dim: int = 1, end_dim: int = -1) -> Activation:
+    if start_dim != 1 or end_dim != -1:
+        raise NotStackable("only flatten(x, 1) stacks")
+    return to_features(x)
+
+
+def _arithmetic(target: Any, x: Any, y: Any) -> Activation:
+    """``x + y``, ``x * y`` and the like, with a number or a value of the same layout."""
+    if isinstance(x, Activation) and isinstance(y, Activation):
+        if x.layout is not y.layout:
+            raise NotStackable("arithmetic between values of different layouts")
+        return x.like(target(x.tensor, y.tensor))
+    if isinstance(x, Activation) and isinstance(y, int | float):
+        return x.like(target(x.tensor, y))
+    if isinstance(y, Activation) and isinstance(x, int | float):
+        return y.like(target(x, y.tensor))
+    raise NotStackable(f"{getattr(target, '__name__', target)} of these operands")
+
+
+FUNCTION_RULES.update(
+    dict.fromkeys(
+        (F.relu, torch.relu, F.relu6, F.leaky_relu, torch.sigmoid, torch.tanh, "relu", "sigmoid"),
+        _elementwise,
+    )
+)
+FUNCTION_RULES.update(
+    dict.fromkeys((F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d), _per_channel)
+)
+FUNCTION_RULES.update(dict.fromkeys((torch.flatten, "flatten"), _flatten))
+FUNCTION_RULES.update(
+    dict.fromkeys((operator.add, operator.mul, operator.sub, operator.truediv), _arithmetic)
+)

@@ -12,7 +12,7 @@ layer for all devices at once, device ``k`` from its own weights and inputs only
 - feature activations live as ``(K, B, F)``: a linear layer becomes one batched matmul.
 
 Each layer type has a rule (:data:`LAYER_RULES`, :data:`FUNCTION_RULES`): the float layers
-here and in :mod:`stamen.models.stacked_layers`, the quantization-aware ones in
+in :mod:`stamen.models.stacked_layers` (float layers and functions), the quantization-aware ones in
 :mod:`stamen.compression.stacked_qat`. A model with a layer or function no rule knows does
 not stack here (:class:`NotStackable`); :class:`~stamen.models.vmap_stack.VmapStack` and then
 one device at a time take it.
@@ -24,7 +24,6 @@ sum in a different order.
 from __future__ import annotations
 
 import enum
-import operator
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -358,62 +357,3 @@ def to_grouped(x: torch.Tensor) -> Activation:
     grouped = x.transpose(0, 1).reshape(batch, count * x.shape[2], *x.shape[3:])
     grouped = grouped.contiguous(memory_format=torch.channels_last)
     return Activation(grouped, Layout.CHANNELS, count)
-
-
-def to_features(x: Activation) -> Activation:
-    """Per device, ``torch.flatten(x, 1)`` of its own activations: ``(K, B, F)``."""
-    if x.layout is Layout.DEVICES:
-        return x.like(x.tensor.flatten(2))
-    batch = x.tensor.shape[0]
-    features = x.tensor.reshape(batch, x.count, -1).transpose(0, 1)
-    return Activation(features, Layout.DEVICES, x.count)
-
-
-def _function(target: Any) -> Callable[..., torch.Tensor]:
-    return getattr(torch.Tensor, target) if isinstance(target, str) else target
-
-
-def _elementwise(target: Any, x: Activation, *args: Any, **kwargs: Any) -> Activation:
-    """A function of each element alone (ReLU): the same in any layout."""
-    return x.like(_function(target)(x.tensor, *args, **kwargs))
-
-
-def _per_channel(target: Any, x: Activation, *args: Any, **kwargs: Any) -> Activation:
-    """A function of each image channel alone (pooling): the same on ``(B, K*C, H, W)``."""
-    if x.layout is not Layout.CHANNELS:
-        raise NotStackable(f"{getattr(target, '__name__', target)} of a feature vector")
-    return x.like(_function(target)(x.tensor, *args, **kwargs))
-
-
-def _flatten(target: Any, x: Activation, start_dim: int = 1, end_dim: int = -1) -> Activation:
-    if start_dim != 1 or end_dim != -1:
-        raise NotStackable("only flatten(x, 1) stacks")
-    return to_features(x)
-
-
-def _arithmetic(target: Any, x: Any, y: Any) -> Activation:
-    """``x + y``, ``x * y`` and the like, with a number or a value of the same layout."""
-    if isinstance(x, Activation) and isinstance(y, Activation):
-        if x.layout is not y.layout:
-            raise NotStackable("arithmetic between values of different layouts")
-        return x.like(target(x.tensor, y.tensor))
-    if isinstance(x, Activation) and isinstance(y, int | float):
-        return x.like(target(x.tensor, y))
-    if isinstance(y, Activation) and isinstance(x, int | float):
-        return y.like(target(x, y.tensor))
-    raise NotStackable(f"{getattr(target, '__name__', target)} of these operands")
-
-
-FUNCTION_RULES.update(
-    dict.fromkeys(
-        (F.relu, torch.relu, F.relu6, F.leaky_relu, torch.sigmoid, torch.tanh, "relu", "sigmoid"),
-        _elementwise,
-    )
-)
-FUNCTION_RULES.update(
-    dict.fromkeys((F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d), _per_channel)
-)
-FUNCTION_RULES.update(dict.fromkeys((torch.flatten, "flatten"), _flatten))
-FUNCTION_RULES.update(
-    dict.fromkeys((operator.add, operator.mul, operator.sub, operator.truediv), _arithmetic)
-)
