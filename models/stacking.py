@@ -11,9 +11,9 @@ layer for all devices at once, device ``k`` from its own weights and inputs only
   batch statistics and keeps its own running statistics), pooling and ReLU are unchanged;
 - feature activations live as ``(K, B, F)``: a linear layer becomes one batched matmul.
 
-Each layer type has a rule (:data:`LAYER_RULES`, :data:`FUNCTION_RULES`): the float layers
-in :mod:`stamen.models.stacked_layers` (float layers and functions), the quantization-aware ones in
-:mod:`stamen.compression.stacked_qat`. A model with a layer or function no rule knows does
+Each layer type and function has a rule (:data:`LAYER_RULES`, :data:`FUNCTION_RULES`): the
+float layers and functions in :mod:`stamen.models.stacked_layers`, the quantization-aware
+layers in :mod:`stamen.compression.stacked_qat`. A model with a layer or function no rule knows does
 not stack here (:class:`NotStackable`); :class:`~stamen.models.vmap_stack.VmapStack` and then
 one device at a time take it.
 
