@@ -81,9 +81,10 @@ def test_oversized_and_corrupt_uploads_are_refused_and_the_server_keeps_serving(
     task_id, group_id = tasks[0].task_id, tasks[0].group_id
 
     refusals = []
-    for data, declared in [
-        (b"x" * 10, 64 * 2**20),  # declares more than the limit
-        (b"not a record" * 100, None),  # parses as nothing Flower knows
+    for whole, data, declared in [
+        (False, b"x" * 10, 64 * 2**20),  # declares more than the limit
+        (False, b"not a record" * 100, None),  # parses as nothing Flower knows
+        (True, b"x" * 10, 11),  # sent whole, but a byte short of what it declares
     ]:
         header = edge_pb2.UploadHeader(
             session=session.token,
@@ -92,14 +93,23 @@ def test_oversized_and_corrupt_uploads_are_refused_and_the_server_keeps_serving(
             sha256=bytes(32),  # a wrong checksum too
             signature=key.sign(upload_signing_bytes(task_id, group_id, bytes(32), False)),
         )
+        chunk = edge_pb2.UploadChunk(header=header, data=data)
         with pytest.raises(grpc.RpcError) as refused:
-            hostile.stub.Upload(iter([edge_pb2.UploadChunk(header=header, data=data)]))
+            if whole:
+                hostile.stub.UploadWhole(chunk)
+            else:
+                hostile.stub.Upload(iter([chunk]))
         typed = edge_error_of(refused.value)
         assert typed is not None, refused.value
         refusals.append(typed)
-    assert [e.code_name for e in refusals] == [
+    with pytest.raises(grpc.RpcError) as refused:  # no header: nothing says whose it is
+        hostile.stub.UploadWhole(edge_pb2.UploadChunk(data=b"x"))
+    refusals.append(edge_error_of(refused.value))
+    assert [e.code_name if e else None for e in refusals] == [
         "ERROR_CODE_PAYLOAD_TOO_LARGE",
         "ERROR_CODE_CORRUPT_UPLOAD",
+        "ERROR_CODE_CORRUPT_UPLOAD",
+        "ERROR_CODE_BAD_REQUEST",
     ]
     assert "exceeds the server's limit" in str(refusals[0])
     hostile.close()
@@ -107,8 +117,8 @@ def test_oversized_and_corrupt_uploads_are_refused_and_the_server_keeps_serving(
     assert server.wait(timeout=200) == 0, site.text("server")[-3000:]
     summary = site.summary()
     assert summary["rounds"] == 2
-    assert summary["edge"]["refused_uploads"] == 2
-    assert metrics(site)[0]["accepted"] == 2
+    assert summary["edge"]["refused_uploads"] == 3
+    assert metrics(site)[0]["accepted"] == 2  # the real agents' uploads, sent whole
     assert metrics(site)[1]["accepted"] == 2
 
 

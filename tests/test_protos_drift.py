@@ -89,6 +89,7 @@ def test_edge_protocol_has_its_service_and_grpc_stubs() -> None:
         "Authenticate",
         "Tasks",
         "Upload",
+        "UploadWhole",
         "Heartbeat",
     ]
     assert hasattr(edge_pb2_grpc, "EdgeServiceStub")

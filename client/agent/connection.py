@@ -104,6 +104,8 @@ class EdgeConnection:
         self.key = key
         self.public_key = public_bytes(key.public_key())
         self.device_id = device_id(self.public_key)
+        self._whole_uploads = True
+        """Whether to send one-chunk uploads as one message (until a server says it cannot)."""
 
     def join(self, renews: str = "") -> SessionInfo:
         """Prove this device's identity and open a session; ``renews``: the token of this
@@ -148,11 +150,24 @@ class EdgeConnection:
     def upload(
         self, session: SessionInfo, task: edge_pb2.Task, data: bytes, *, is_error: bool = False
     ) -> edge_pb2.UploadAck:
-        """Send the reply to ``task`` in chunks, signed with this device's key."""
-        requests = upload_chunks(
-            self.key, session.token, task, data, session.chunk_bytes, is_error=is_error
-        )
-        ack: edge_pb2.UploadAck = _call(self.stub.Upload, requests, timeout=120.0)
+        """Send the reply to ``task`` signed with this device's key: as one message where it
+        fits in one chunk, else in chunks."""
+
+        def chunks() -> Iterator[edge_pb2.UploadChunk]:
+            return upload_chunks(
+                self.key, session.token, task, data, session.chunk_bytes, is_error=is_error
+            )
+
+        ack: edge_pb2.UploadAck
+        if len(data) <= session.chunk_bytes and self._whole_uploads:
+            try:
+                ack = _call(self.stub.UploadWhole, next(chunks()), timeout=120.0)
+                return ack
+            except grpc.RpcError as error:
+                if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self._whole_uploads = False  # a server from before UploadWhole
+        ack = _call(self.stub.Upload, chunks(), timeout=120.0)
         return ack
 
     def heartbeat(self, session: SessionInfo) -> float:

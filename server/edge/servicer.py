@@ -49,7 +49,13 @@ from stamen.server.edge.registry import DeviceRegistry, DeviceStatus
 from stamen.server.edge.roster import Roster
 from stamen.server.edge.rounds import RunEnd
 from stamen.server.edge.sessions import ChallengeBook, Session, SessionTable
-from stamen.server.edge.uploads import UploadRefused, first_chunk, receive, reply_message
+from stamen.server.edge.uploads import (
+    UploadRefused,
+    first_chunk,
+    no_more_chunks,
+    receive,
+    reply_message,
+)
 
 LOG = logging.getLogger("stamen.server.edge")
 
@@ -235,7 +241,18 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
         self, request_iterator: AsyncIterator[edge_pb2.UploadChunk], context: Context
     ) -> edge_pb2.UploadAck:
         """Receive one reply in chunks, check it whole, and hand it to the grid."""
-        first = await first_chunk(request_iterator)
+        return await self._upload(await first_chunk(request_iterator), request_iterator)
+
+    @refusing
+    async def UploadWhole(
+        self, request: edge_pb2.UploadChunk, context: Context
+    ) -> edge_pb2.UploadAck:
+        """Receive one reply that fits in one chunk; the same checks as :meth:`Upload`."""
+        return await self._upload(request, no_more_chunks())
+
+    async def _upload(
+        self, first: edge_pb2.UploadChunk | None, rest: AsyncIterator[edge_pb2.UploadChunk]
+    ) -> edge_pb2.UploadAck:
         if first is None or not first.HasField("header"):
             raise Refusal(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -271,7 +288,7 @@ class EdgeServicer(edge_pb2_grpc.EdgeServiceServicer):
                     f"upload of {header.total_bytes} bytes exceeds the server's limit of "
                     f"{self.max_payload_bytes} bytes",
                 )
-            data = await receive(first, request_iterator, header)
+            data = await receive(first, rest, header)
             reply = reply_message(data, header, instruction)
         except UploadRefused as refused:
             LOG.warning("refused an upload for task %s: %s", header.task_id[:12], refused)

@@ -34,6 +34,12 @@ async def first_chunk(chunks: AsyncIterator[edge_pb2.UploadChunk]) -> edge_pb2.U
         return None
 
 
+async def no_more_chunks() -> AsyncIterator[edge_pb2.UploadChunk]:
+    """The rest of an upload sent whole (``UploadWhole``): nothing."""
+    return
+    yield  # an async generator that yields nothing
+
+
 async def receive(
     first: edge_pb2.UploadChunk,
     rest: AsyncIterator[edge_pb2.UploadChunk],

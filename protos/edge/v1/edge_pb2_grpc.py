@@ -54,6 +54,11 @@ class EdgeServiceStub:
                 request_serializer=stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadChunk.SerializeToString,
                 response_deserializer=stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadAck.FromString,
                 _registered_method=True)
+        self.UploadWhole = channel.unary_unary(
+                '/stamen.edge.v1.EdgeService/UploadWhole',
+                request_serializer=stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadChunk.SerializeToString,
+                response_deserializer=stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadAck.FromString,
+                _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/stamen.edge.v1.EdgeService/Heartbeat',
                 request_serializer=stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.HeartbeatRequest.SerializeToString,
@@ -88,6 +93,14 @@ class EdgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadWhole(self, request, context):
+        """An upload whose data fits in one chunk, as one message (header and all its data):
+        the same checks as Upload, without a stream's extra round trips and reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Heartbeat(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -114,6 +127,11 @@ def add_EdgeServiceServicer_to_server(servicer, server):
             ),
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
+                    request_deserializer=stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadChunk.FromString,
+                    response_serializer=stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadAck.SerializeToString,
+            ),
+            'UploadWhole': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadWhole,
                     request_deserializer=stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadChunk.FromString,
                     response_serializer=stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadAck.SerializeToString,
             ),
@@ -229,6 +247,33 @@ class EdgeService:
             request_iterator,
             target,
             '/stamen.edge.v1.EdgeService/Upload',
+            stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadChunk.SerializeToString,
+            stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadWhole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stamen.edge.v1.EdgeService/UploadWhole',
             stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadChunk.SerializeToString,
             stamen_dot_protos_dot_edge_dot_v1_dot_edge__pb2.UploadAck.FromString,
             options,
