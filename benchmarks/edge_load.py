@@ -258,7 +258,19 @@ def figures(
         "agent_counts": counts,
         "run_ended_notices": ended,
         "final_accuracy": json.loads((results / "summary.json").read_text())["final_accuracy"],
+        "full_gc_pauses_in_rounds_seconds": gc_pauses_in_rounds(root, trace),
     }
+
+
+def gc_pauses_in_rounds(root: Path, trace: list[dict[str, Any]]) -> list[list[float]]:
+    """Per round, the server's full garbage collections (generation 2) that ended in it:
+    each pause stops every thread of the server."""
+    path = root / "server-gc.jsonl"
+    pauses = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return [
+        [round(p["seconds"], 3) for p in pauses if t["at"] - t["seconds"] <= p["at"] <= t["at"]]
+        for t in trace
+    ]
 
 
 def write_results(directory: Path, runs: list[dict[str, Any]], command: str) -> None:

@@ -12,6 +12,7 @@ limit (per key, refused keys, challenges) stays at its default.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import time
@@ -90,6 +91,21 @@ def main() -> None:
                 + "\n"
             )
 
+    collections = root / "server-gc.jsonl"
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        """Log each full collection (generation 2): its pause stops every thread."""
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        pause = time.perf_counter() - started[0]
+        with collections.open("a") as log:
+            log.write(json.dumps({"at": time.time(), "seconds": pause}) + "\n")
+
+    gc.callbacks.append(on_gc)
     edge = EdgeServer(settings, on_round=on_round)
     io_thread = edge._thread.native_id  # the event loop's thread: the gRPC side of the server
     sending = edge.grid.send_and_receive
