@@ -122,13 +122,16 @@ def plateau_rounds(
     row: Row, seeds: list[int], out: Path, pool: ProcessPoolExecutor | None
 ) -> int | None:
     """The row's rounds by the plateau rule, running FP32 where ``pool`` is given (else only
-    reading finished runs; ``None`` when they do not settle it)."""
+    reading finished runs; ``None`` when they do not settle it). A run folder holds its
+    latest run: FP32 runs already longer than a candidate mean the rule went past it."""
     rounds = row_rounds(row)
     while True:
         paths = [run_dir(out, row, "fp32", seed) for seed in seeds]
-        missing = [
-            seed for seed, path in zip(seeds, paths, strict=True) if not finished(path, rounds)
-        ]
+        done = [run_rounds(path) for path in paths]
+        if all(found is not None and found > rounds for found in done) and rounds < MAX_ROUNDS:
+            rounds = min(MAX_ROUNDS, rounds + EXTRA_ROUNDS)
+            continue
+        missing = [seed for seed, found in zip(seeds, done, strict=True) if found != rounds]
         if missing:
             if pool is None:
                 return None
@@ -149,12 +152,18 @@ def run_dir(out: Path, row: Row, preset: str, seed: int) -> Path:
     return out / row.name / f"{preset}-seed{seed}"
 
 
-def finished(path: Path, rounds: int) -> bool:
-    """Whether a run of ``rounds`` rounds finished in ``path`` (so it is skipped)."""
+def run_rounds(path: Path) -> int | None:
+    """The rounds of the run that finished in ``path`` (``None``: none did)."""
     summary = path / "summary.json"
     if not summary.is_file():
-        return False
-    return json.loads(summary.read_text()).get("rounds") == rounds
+        return None
+    rounds = json.loads(summary.read_text()).get("rounds")
+    return rounds if isinstance(rounds, int) else None
+
+
+def finished(path: Path, rounds: int) -> bool:
+    """Whether a run of ``rounds`` rounds finished in ``path`` (so it is skipped)."""
+    return run_rounds(path) == rounds
 
 
 def run_one(row: Row, preset: str, seed: int, rounds: int, out: Path) -> str:
