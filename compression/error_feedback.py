@@ -12,6 +12,11 @@ accumulates ``u`` rather than ``delta`` into the residual, so a coordinate that 
 is sent with the momentum it would have had; where an entry was sent, its velocity is
 zeroed, so the momentum of a sent entry does not push it again.
 
+Running statistics (BatchNorm's running mean and variance) keep no residual: their delta is
+the device's estimate minus the model's, so what one round does not send is already in the
+next round's delta; carried over as well, it would be sent twice, long after the device's
+data said it.
+
 The residual and velocity are plain ``dict[str, np.ndarray]`` that the caller keeps in the
 device's state between rounds; the codec itself holds no state.
 """
@@ -25,6 +30,7 @@ import numpy as np
 
 from stamen.compression.codecs import CodecPipeline
 from stamen.compression.flat_update import encode_tensors
+from stamen.models import is_running_statistic
 from stamen.protos.update.v1 import update_pb2 as pb
 
 
@@ -117,7 +123,10 @@ class ErrorFeedback:
         # The reconstruction is exactly what the server decodes from the messages.
         encoded = encode_tensors(self.pipeline, corrected, rng, flat=self.flat)
         decoded = encoded.decoded
-        new_residual = {name: value - decoded[name] for name, value in corrected.items()}
+        new_residual = {
+            name: np.zeros_like(value) if is_running_statistic(name) else value - decoded[name]
+            for name, value in corrected.items()
+        }
         if new_velocity is not None:
             new_velocity = {
                 name: np.where(decoded[name] != 0, np.float32(0), value)

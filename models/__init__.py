@@ -21,8 +21,10 @@ from stamen.models.stacked_layers import StackedBatchNorm2d, StackedConv2d, Stac
 from stamen.models.stacking import DeviceStack, GroupedStack, NotStackable
 from stamen.models.state import (
     DEVICE_LOCAL_ATTRIBUTE,
+    RUNNING_STATISTICS,
     count_parameters,
     exchanged_state,
+    is_running_statistic,
     load_exchanged_state,
 )
 from stamen.models.students import StudentSpec, parse_students, student_spec
@@ -31,6 +33,7 @@ from stamen.models.vmap_stack import VmapStack
 __all__ = [
     "DEVICE_LOCAL_ATTRIBUTE",
     "GLOBAL_MODEL_FILE",
+    "RUNNING_STATISTICS",
     "WEIGHT_BITS",
     "DeviceStack",
     "GroupedStack",
@@ -48,6 +51,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "exchanged_state",
+    "is_running_statistic",
     "load_exchanged_state",
     "load_model_file",
     "parse_students",

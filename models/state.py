@@ -20,6 +20,10 @@ DEVICE_LOCAL_ATTRIBUTE = "stamen_device_local"
 """A module whose attribute of this name is True holds state that never leaves the device
 (for example QAT activation observers); its tensors and those of its children are skipped."""
 
+RUNNING_STATISTICS = ("running_mean", "running_var")
+"""Name endings of the exchanged buffers that estimate the data (BatchNorm's running
+statistics) rather than being trained."""
+
 _ORIG_SUFFIX = "_orig"
 _MASK_SUFFIX = "_mask"
 
@@ -130,3 +134,13 @@ def _exchanged_tensors(model: nn.Module) -> Iterator[tuple[str, _ExchangedTensor
     for tensors in by_module.values():
         for name in sorted(tensors):
             yield name, tensors[name]
+
+
+def is_running_statistic(name: str) -> bool:
+    """Whether the exchanged tensor ``name`` is a running statistic (:data:`RUNNING_STATISTICS`).
+
+    Examples:
+        >>> is_running_statistic("blocks.0.1.running_var"), is_running_statistic("fc.weight")
+        (True, False)
+    """
+    return name.endswith(RUNNING_STATISTICS)

@@ -372,3 +372,22 @@ def test_dgc_momentum_accumulates_and_is_masked_where_sent() -> None:
     # The unsent entries carried 0.5 * their velocity plus the new delta into the residual.
     assert first.velocity["w"].tolist() == pytest.approx([0.0, 0.0, 0.1, 0.0])
     assert second.decoded["w"][2] == pytest.approx(0.1 + 0.1 + 0.05)
+
+
+def test_running_statistics_keep_no_residual_and_weights_keep_theirs() -> None:
+    """A statistic's next delta already holds what this round did not send (it is the
+    device's estimate minus the model's): carried over too, it would be sent twice."""
+    rng = np.random.default_rng(0)
+    delta = {
+        "conv.weight": (rng.standard_normal(2000) * 1e-3).astype(np.float32),
+        "bn.running_mean": (rng.standard_normal(64) * 0.3).astype(np.float32),
+        "bn.running_var": (rng.standard_normal(64) * 0.3).astype(np.float32),
+    }
+    pipeline = CodecPipeline([TopK(0.03), Sign()])
+    result = ErrorFeedback(pipeline, flat=True).encode(delta, None, rng)
+    assert not np.any(result.residual["bn.running_mean"])
+    assert not np.any(result.residual["bn.running_var"])
+    assert np.any(result.decoded["bn.running_var"])  # sent, at the sign code's precision
+    kept = result.residual["conv.weight"]
+    assert np.allclose(kept + result.decoded["conv.weight"], delta["conv.weight"])
+    assert np.count_nonzero(kept) > 1900  # what the top-3% left waits for later rounds
