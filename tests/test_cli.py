@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from interrupts import ctrl_c_delivered
 from typer.testing import CliRunner
 
 from stamen.cli.main import app
@@ -141,6 +142,7 @@ def start_long_run(out: Path, workers: int = 2) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=ctrl_c_delivered,
     )
 
 

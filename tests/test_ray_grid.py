@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from interrupts import ctrl_c_delivered
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STAMEN = Path(sys.executable).parent / "stamen"
@@ -69,6 +70,7 @@ def start_long_ray_run(out: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **QUIET_ENV},
+        preexec_fn=ctrl_c_delivered,
     )
 
 

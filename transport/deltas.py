@@ -96,6 +96,9 @@ VARIANCE_SUFFIX = "running_var"
 VARIANCE_EPS = 1e-5
 """Added to a variance before its logarithm: BatchNorm's own default ``eps``, below which a
 variance makes no difference to its layer's output."""
+MAX_LOG_STEP = 20.0
+"""A variance moves by at most ``e**20`` either way in one round, so no aggregate (a hostile
+one that the bounds let through included) overflows float32 and voids the round."""
 
 
 def model_delta(
@@ -107,8 +110,9 @@ def model_delta(
     Variances change by factors, not by amounts, and must stay positive. As a difference,
     a compressed change (one sign and one scale for a whole tensor) overshoots the small
     variances and pins them at 0, where BatchNorm divides by ``sqrt(eps)``: MobileNet's
-    central loss then read 50 to 800 while its devices trained normally. As a log-ratio, any
-    code, mean or noise moves a variance by a positive factor (:func:`next_model`).
+    central loss then spiked to hundreds or thousands while its devices trained normally.
+    As a log-ratio, any code, mean or noise moves a variance by a positive factor
+    (:func:`next_model`).
 
     Examples:
         >>> delta = model_delta({"bn.running_var": np.array([2.0]), "w": np.array([2.0])},
@@ -142,7 +146,8 @@ def next_model(
     model = dict(stepped)
     for name, value in base.items():
         if name.endswith(VARIANCE_SUFFIX):
-            moved = (value.astype(np.float64) + VARIANCE_EPS) * np.exp(delta[name]) - VARIANCE_EPS
+            step = np.clip(delta[name], -MAX_LOG_STEP, MAX_LOG_STEP)
+            moved = (value.astype(np.float64) + VARIANCE_EPS) * np.exp(step) - VARIANCE_EPS
             model[name] = np.maximum(moved, 0.0).astype(np.float32)
     return model
 
