@@ -24,7 +24,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from compression_matrix import RESULTS, ROWS, TAIL_ROUNDS, finished, read_run, run_dir, run_one
+from compression_matrix import RESULTS, ROWS, finished, read_run, run_dir, run_one
+from compression_report import TAIL_ROUNDS
 
 ROW = next(row for row in ROWS if row.name == "mnist-dir0.3-mobilenet")
 ROUNDS, SEED = 100, 0

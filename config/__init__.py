@@ -10,6 +10,7 @@ Examples:
     True
 """
 
+from stamen.config.attack_settings import AttackKind, AttackSettings
 from stamen.config.checks import require
 from stamen.config.defense_settings import DefenseSettings
 from stamen.config.distill_settings import DistillSettings, UnlabelledSource
@@ -23,8 +24,6 @@ from stamen.config.loading import (
 )
 from stamen.config.privacy_settings import PrivacyMode, PrivacySettings
 from stamen.config.settings import (
-    AttackKind,
-    AttackSettings,
     Backend,
     DataSettings,
     FederationSettings,

@@ -29,7 +29,14 @@ from textual.worker import get_current_worker
 
 from stamen.console.client import ConnectionSettings, MonitorClient, MonitorError
 from stamen.console.devices import DeviceFilter
-from stamen.console.view import RunView, connection_line, header_text, human_bytes
+from stamen.console.view import (
+    END_STYLES,
+    RunView,
+    connection_line,
+    header_markup,
+    header_text,
+    human_bytes,
+)
 from stamen.console.widgets import Chart, ConfirmStop, DeviceTable
 from stamen.protos.monitor.v1 import monitor_pb2 as pb
 
@@ -39,8 +46,6 @@ CONTROL_NAMES = {
     pb.CONTROL_ACTION_STOP: "stop",
     pb.CONTROL_ACTION_SET_DEVICES_PER_ROUND: "devices per round",
 }
-
-END_STYLES = {"finished": "bold green", "stopped": "bold yellow", "failed": "bold red"}
 
 
 class ConsoleApp(App[None]):
@@ -301,13 +306,8 @@ class ConsoleApp(App[None]):
 
     def _render_header(self) -> None:
         first, second = self.header_lines()
-        if self.refused or (self.view.ended and self.view.state == "failed"):
-            style = "bold red"
-        elif self.problem:
-            style = "yellow"
-        else:
-            style = "dim"
-        self.header.update(f"[bold]Stamen[/] · {_escape(first)}\n[{style}]{_escape(second)}[/]")
+        alarm = self.refused or (self.view.ended and self.view.state == "failed")
+        self.header.update(header_markup(first, second, alarm=alarm, problem=bool(self.problem)))
 
     def _render_charts(self) -> None:
         view = self.view
@@ -396,7 +396,3 @@ class ConsoleApp(App[None]):
 
     def _control_failed(self, name: str, reason: str) -> None:
         self.write_log(f"{name} refused: {reason}", "bold red")
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")

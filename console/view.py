@@ -30,6 +30,22 @@ HEALTH_NAMES = {value: name.removeprefix("HEALTH_").lower() for name, value in p
 ENDED_STATES = frozenset({"finished", "stopped", "failed"})
 
 
+END_STYLES = {"finished": "bold green", "stopped": "bold yellow", "failed": "bold red"}
+"""How the event log shows the end of a run, by how it ended."""
+
+
+def header_markup(first: str, second: str, *, alarm: bool, problem: bool) -> str:
+    """The console's two header lines as Rich markup: the second in red when the run
+    failed or the server refused the console, in yellow while the connection has a
+    problem, dim otherwise."""
+    style = "bold red" if alarm else "yellow" if problem else "dim"
+    return f"[bold]Stamen[/] · {_escape(first)}\n[{style}]{_escape(second)}[/]"
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
 def human_bytes(count: float) -> str:
     """``1536`` to ``'1.5 KB'``."""
     for unit in ("B", "KB", "MB", "GB"):

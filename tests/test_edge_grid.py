@@ -45,7 +45,7 @@ from stamen.server.edge import (
     RunEndReason,
     init_certs,
 )
-from stamen.server.edge.grid import DEVICE_LOST, TASK_EXPIRED
+from stamen.server.edge.tasks_in_flight import DEVICE_LOST, TASK_EXPIRED
 from stamen.server.federation import build_strategy, model_spec
 from stamen.transport.deltas import to_array_record
 

@@ -17,7 +17,7 @@ from stamen.launch import simulate
 from stamen.simulations.device_states import DeviceStates
 from stamen.simulations.profiles import build_fleet
 from stamen.simulations.sim_grid import NodeIds
-from stamen.transport.transport import sorted_node_ids
+from stamen.transport.node_ids import sorted_node_ids
 
 MILLION = 1_000_000
 

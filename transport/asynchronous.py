@@ -16,9 +16,10 @@ from flwr.app import MessageType
 from flwr.serverapp import Grid
 
 from stamen.core.fleet import PolicyGrid, RoundPolicy
+from stamen.transport.node_ids import sorted_node_ids
 from stamen.transport.reply_validation import SentModel, ValidUpdate
 from stamen.transport.stats import RoundStats
-from stamen.transport.transport import CompressedTransport, sorted_node_ids
+from stamen.transport.transport import CompressedTransport
 
 
 class AsyncDispatch:

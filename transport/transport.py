@@ -40,6 +40,7 @@ from stamen.core.fleet import PolicyGrid, RoundPolicy, StreamingGrid
 from stamen.models import load_exchanged_state
 from stamen.transport.bounding import BoundedRound, bound_updates
 from stamen.transport.deltas import apply_masks_np, to_numpy
+from stamen.transport.node_ids import sorted_node_ids
 from stamen.transport.outgoing import CheckedReply, HeldModels, OutgoingRecords
 from stamen.transport.reply_validation import (
     SentModel,
@@ -387,16 +388,3 @@ class CompressedTransport:
             outcome = error
         self.held.note_reply(reply, sent, None if isinstance(outcome, InvalidUpdate) else outcome)
         self._checked[reply.metadata.reply_to_message_id] = CheckedReply(sent, outcome)
-
-
-def sorted_node_ids(grid: Grid) -> np.ndarray:
-    """The grid's node ids, ascending, as one array.
-
-    A grid that hands its ids as an array (the simulation grid's million devices) is
-    sorted without a Python object per device.
-    """
-    ids = grid.get_node_ids()
-    if hasattr(ids, "__array__"):
-        return np.sort(np.asarray(ids))
-    # Flower's node ids are unsigned 64-bit: its own grids draw them at random.
-    return np.array(sorted(ids), dtype=np.uint64)

@@ -32,7 +32,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Error, Message
@@ -41,53 +40,19 @@ from stamen.core.grid import RoundPolicyGrid, assign_message_id
 from stamen.protos.edge.v1 import edge_pb2
 from stamen.server.edge.rounds import EdgeRoundStats, RunEnd
 from stamen.server.edge.sealing import TaskSealer, seal_run_end
+from stamen.server.edge.tasks_in_flight import (
+    DEVICE_LOST,
+    TASK_EXPIRED,
+    NodeLink,
+    OpenRound,
+    PendingTask,
+    StreamItem,
+)
 
 LOG = logging.getLogger("stamen.server.edge")
 
-DEVICE_LOST = 2
-"""Error code of the reply a pull gets for a task whose device is gone (as in simulation)."""
-TASK_EXPIRED = 3
-"""Error code of the reply a pull gets for a task that passed its deadline unanswered."""
 CLOSED_TASKS_KEPT = 100_000
 """Closed tasks remembered, to count their late uploads against their round."""
-
-StreamItem = edge_pb2.Task | RunEnd | None
-"""What goes down a task stream: a task, the end of the run, or ``None`` (close it)."""
-
-
-@dataclass
-class NodeLink:
-    """A device's open task stream, as the grid holds it."""
-
-    node_id: int
-    device_id: str
-    send: Callable[[StreamItem], None]
-    """Queue an item on the stream; callable from any thread."""
-
-
-@dataclass
-class _Round:
-    stats: EdgeRoundStats
-    size: int
-    quorum: int
-    answered: int = 0
-    good: int = 0
-    """Replies that are not errors, of ``answered``."""
-    lost: int = 0
-    """Tasks that will get no reply: their device dropped out."""
-
-    @property
-    def done(self) -> bool:
-        """Every task resolved, or the quorum of good replies in: the round may close."""
-        return self.answered + self.lost >= self.size or self.good >= self.quorum
-
-
-@dataclass
-class _Pending:
-    message: Message
-    node_id: int
-    round: _Round | None
-    """``None``: pushed, for an asynchronous pull."""
 
 
 class EdgeGrid(RoundPolicyGrid):
@@ -114,7 +79,7 @@ class EdgeGrid(RoundPolicyGrid):
         self._started = time.monotonic()
         self._cond = threading.Condition()
         self._links: dict[int, NodeLink] = {}
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, PendingTask] = {}
         self._by_node: dict[int, set[str]] = {}
         self._replies: dict[str, Message] = {}
         self._expiries: list[tuple[float, str]] = []
@@ -173,7 +138,7 @@ class EdgeGrid(RoundPolicyGrid):
         limits = [t for t in (self.round_policy.deadline, timeout) if t is not None]
         deadline = time.time() + min(limits) if limits else 0.0
         quorum = min(self.round_policy.quorum or len(batch), len(batch))
-        round_ = _Round(self._new_stats(batch), size=len(batch), quorum=quorum)
+        round_ = OpenRound(self._new_stats(batch), size=len(batch), quorum=quorum)
         round_.stats.over_selected = len(batch) - quorum
         ids = self._push(batch, deadline, round_)
         round_.stats.dispatch_seconds = time.monotonic() - started
@@ -314,7 +279,7 @@ class EdgeGrid(RoundPolicyGrid):
             message_type=first.message_type if first else "",
         )
 
-    def _push(self, batch: list[Message], deadline: float, round_: _Round | None) -> list[str]:
+    def _push(self, batch: list[Message], deadline: float, round_: OpenRound | None) -> list[str]:
         """Seal every task outside the lock, then register and send them."""
         sealed = []
         for message in batch:
@@ -328,7 +293,7 @@ class EdgeGrid(RoundPolicyGrid):
                 if round_ is not None:
                     round_.stats.sent += 1
                 if link is not None:
-                    self._pending[task_id] = _Pending(message, node_id, round_)
+                    self._pending[task_id] = PendingTask(message, node_id, round_)
                     self._by_node.setdefault(node_id, set()).add(task_id)
                     sends.append((link, task))
                 elif round_ is not None:

@@ -23,11 +23,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from stamen.server.edge.grid import EdgeGrid, NodeLink, StreamItem
+from stamen.server.edge.grid import EdgeGrid
 from stamen.server.edge.presence import Lapse, Presence
 from stamen.server.edge.refusal import Refusal, refused_device
 from stamen.server.edge.registry import DeviceRegistry, DeviceStatus
 from stamen.server.edge.sessions import Session
+from stamen.server.edge.tasks_in_flight import NodeLink, StreamItem
 
 LOG = logging.getLogger("stamen.server.edge")
 
