@@ -71,6 +71,12 @@ RETRIED = {
     grpc.StatusCode.CANCELLED,
 }
 """Join failures a device retries (with backoff and jitter), as ``stamen agent`` would."""
+MODELS_KEPT = 64
+"""Global models the process keeps (as bases for the deltas its devices receive), and
+updates (one per distinct task content). A device sampled in round 1 and next in round 7
+gets a delta against round 1's model, so a round's tasks carry up to as many distinct
+contents as rounds have passed; this must exceed a run's rounds (each of the benchmark's
+MLP models is a few KB)."""
 
 
 class Fleet:
@@ -194,7 +200,7 @@ class Fleet:
         update = self.updates.get(key)
         if update is None:
             update = self.updates[key] = self.cheap_update(task, rng)
-            while len(self.updates) > 4:
+            while len(self.updates) > MODELS_KEPT:
                 del self.updates[next(iter(self.updates))]
         return update
 
@@ -230,7 +236,7 @@ class Fleet:
             except InvalidUpdate:
                 continue
             self.models[decoded.model_hash] = decoded
-            while len(self.models) > 4:
+            while len(self.models) > MODELS_KEPT:
                 del self.models[next(iter(self.models))]
             return decoded
         raise InvalidUpdate("a delta against no model this emulator kept")

@@ -40,6 +40,8 @@ ARMS: dict[str, dict[str, Any]] = {
         "uplink.scope": "tensor",
         "uplink.lossless": "none",
     },
+    "uplink-per-tensor": {"uplink.scope": "tensor"},
+    "uplink-hadamard": {"uplink.values": "hadamard"},
 }
 
 

@@ -244,12 +244,19 @@ def run_edge_federation(
 
     from stamen.cli.monitor_setup import start_monitored_run
     from stamen.cli.render import ProgressReporter, results_table, summary_lines
-    from stamen.server import CollectingReporter, Reporters, ResultsWriter, server_app
+    from stamen.server import (
+        CollectingReporter,
+        HeapFreezer,
+        Reporters,
+        ResultsWriter,
+        server_app,
+    )
 
     monitored = start_monitored_run(monitor, config, out_dir, console) if monitor else None
     collector = CollectingReporter()
     progress = ProgressReporter(console)
     reporters = Reporters(
+        HeapFreezer(),
         edge_log,
         progress,
         collector,

@@ -7,6 +7,7 @@ The server produces one :class:`RoundRecord` per round and hands it to a
 from __future__ import annotations
 
 import dataclasses
+import gc
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -126,3 +127,27 @@ class CollectingReporter:
     def on_finish(self, summary: dict[str, Any]) -> None:
         """Keep the summary."""
         self.summary = summary
+
+
+class HeapFreezer:
+    """Moves everything alive when the first round starts out of the garbage collector's
+    reach (``gc.freeze``).
+
+    A server holding thousands of device sessions, their streams and the loaded dataset
+    has millions of long-lived objects; each full collection walks them all, a pause of
+    0.7 s at 10,000 devices that stops every thread, the gRPC loop included, and fell
+    inside rounds. They live for the run anyway. A full collection first, so that no
+    garbage is frozen with them; what the run allocates later is collected as usual.
+    """
+
+    def on_start(self, total_rounds: int, initial_accuracy: float) -> None:
+        """Collect once, then freeze what survives."""
+        gc.collect()
+        gc.freeze()
+
+    def on_round(self, record: RoundRecord) -> None:
+        """Nothing to do per round."""
+
+    def on_finish(self, summary: dict[str, Any]) -> None:
+        """Give the frozen objects back to the collector."""
+        gc.unfreeze()

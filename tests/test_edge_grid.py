@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from stamen.server.edge import (
     RunEndReason,
     init_certs,
 )
+from stamen.server.edge import grid as edge_grid_module
 from stamen.server.edge.tasks_in_flight import DEVICE_LOST, TASK_EXPIRED
 from stamen.server.federation import build_strategy, model_spec
 from stamen.transport.deltas import to_array_record
@@ -259,14 +260,21 @@ def test_a_tampered_task_is_refused_and_a_sound_one_is_trained(make_fleet: objec
     assert any(np.any(a != b) for a, b in zip(after, before, strict=True))  # the model moved
 
 
+def run_now(work: Callable[..., object], *args: object) -> None:
+    """A stream's ``post`` without an event loop: the queues here are thread-safe."""
+    work(*args)
+
+
 class Devices:
     """Task streams as the servicer opens them, without gRPC: each node's inbox."""
 
     def __init__(self, grid: EdgeGrid, nodes: tuple[int, ...]) -> None:
         self.grid = grid
         self.inboxes: dict[int, queue.Queue[object]] = {n: queue.Queue() for n in nodes}
-        for node, inbox in self.inboxes.items():
-            grid.connect(node, f"device-{node}", inbox.put)
+        self.links = {
+            node: grid.connect(node, f"device-{node}", inbox.put, run_now)
+            for node, inbox in self.inboxes.items()
+        }
 
     def task(self, node: int) -> edge_pb2.Task:
         item = self.inboxes[node].get(timeout=5)
@@ -394,6 +402,36 @@ def test_the_run_ended_notice_is_signed_for_its_node_and_session() -> None:
     )
     assert run_end_line(notice, 2, "token-1", public) is None  # another node's
     assert run_end_line(notice, 1, "token-2", public) is None  # another session's
+
+
+def test_run_ended_notices_go_out_in_waves_each_after_the_last_has_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(edge_grid_module, "RUN_END_WAVE", 2)
+    grid = EdgeGrid(generate_key())
+    devices = Devices(grid, (1, 2, 3, 4, 5))
+    end = RunEnd(RunEndReason.FINISHED, "all 3 rounds done")
+    ending = threading.Thread(target=grid.end_run, args=(end,), kwargs={"within": 30.0})
+    ending.start()
+    for wave in ((1, 2), (3, 4), (5,)):
+        for node in wave:
+            assert devices.inboxes[node].get(timeout=5) == end
+        time.sleep(0.2)  # the next wave waits for this one's streams to close
+        assert all(devices.inboxes[node].empty() for node in (1, 2, 3, 4, 5))
+        for node in wave:
+            grid.disconnect(devices.links[node])
+    ending.join(timeout=5)
+    assert not ending.is_alive()
+
+
+def test_past_its_time_every_device_left_is_told_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(edge_grid_module, "RUN_END_WAVE", 2)
+    grid = EdgeGrid(generate_key())
+    devices = Devices(grid, (1, 2, 3, 4, 5))  # none of them closes its stream
+    started = time.monotonic()
+    grid.end_run(RunEnd(RunEndReason.FINISHED, "done"), within=0.3)
+    assert time.monotonic() - started < 2.0
+    assert all(inbox.get_nowait() == grid.run_end for inbox in devices.inboxes.values())
 
 
 def test_a_task_a_restarted_server_sends_again_is_trained_from_the_same_residual(

@@ -81,11 +81,10 @@ class Roster:
         """Open ``session``'s device's task stream (closing an older one of the same device)."""
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[StreamItem | Refusal] = asyncio.Queue()
-
-        def send(item: StreamItem) -> None:  # from the ServerApp's thread, or this loop's
-            loop.call_soon_threadsafe(inbox.put_nowait, item)
-
-        stream = Stream(session, inbox, self.grid.connect(session.node_id, session.device_id, send))
+        link = self.grid.connect(
+            session.node_id, session.device_id, inbox.put_nowait, loop.call_soon_threadsafe
+        )
+        stream = Stream(session, inbox, link)
         self._streams[session.node_id] = stream
         self._presence.watch(session, streaming=True)
         return stream

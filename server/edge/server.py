@@ -223,8 +223,8 @@ class EdgeServer:
         if not self._thread.is_alive():
             return
         if ended is not None:
-            self.grid.end_run(ended)
             limit = time.monotonic() + grace
+            self.grid.end_run(ended, within=grace)
             while self.grid.get_node_ids() and time.monotonic() < limit:
                 time.sleep(0.05)
         self.grid.close()

@@ -3,6 +3,8 @@ round's tally, each pending task, and the error codes of replies that will never
 
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +13,10 @@ from flwr.app import Message
 from stamen.protos.edge.v1 import edge_pb2
 from stamen.server.edge.rounds import EdgeRoundStats, RunEnd
 
+LOG = logging.getLogger("stamen.server.edge")
+
+CLOSED_TASKS_KEPT = 100_000
+"""Closed tasks remembered, to count their late uploads against their round."""
 DEVICE_LOST = 2
 """Error code of the reply a pull gets for a task whose device is gone (as in simulation)."""
 TASK_EXPIRED = 3
@@ -26,8 +32,30 @@ class NodeLink:
 
     node_id: int
     device_id: str
-    send: Callable[[StreamItem], None]
-    """Queue an item on the stream; callable from any thread."""
+    put: Callable[[StreamItem], None]
+    """Queue an item on the stream; only on the event loop that serves the stream."""
+    post: Callable[..., object]
+    """Run a callable with its arguments on that event loop; callable from any thread
+    (``loop.call_soon_threadsafe``)."""
+
+    def send(self, item: StreamItem) -> None:
+        """Queue an item on the stream; callable from any thread."""
+        self.post(self.put, item)
+
+
+def send_all(items: list[tuple[NodeLink, StreamItem]]) -> None:
+    """Queue each item on its stream, from any thread, waking each event loop once:
+    a round's thousand tasks are one hand-over to the loop, not a thousand."""
+    by_loop: dict[Callable[..., object], list[tuple[NodeLink, StreamItem]]] = {}
+    for link, item in items:
+        by_loop.setdefault(link.post, []).append((link, item))
+    for post, batch in by_loop.items():
+        post(_put_each, batch)
+
+
+def _put_each(items: list[tuple[NodeLink, StreamItem]]) -> None:
+    for link, item in items:
+        link.put(item)
 
 
 @dataclass
@@ -57,3 +85,28 @@ class PendingTask:
     node_id: int
     round: OpenRound | None
     """``None``: pushed, for an asynchronous pull."""
+
+
+class ClosedTasks:
+    """The rounds of the newest :data:`CLOSED_TASKS_KEPT` closed tasks, so that a late
+    upload is counted against its round (``None``: a pushed task, no round)."""
+
+    def __init__(self) -> None:
+        self._rounds: OrderedDict[str, EdgeRoundStats | None] = OrderedDict()
+
+    def remember(self, task_id: str, stats: EdgeRoundStats | None) -> None:
+        """Keep a closed task's round, forgetting the oldest past the bound."""
+        self._rounds[task_id] = stats
+        while len(self._rounds) > CLOSED_TASKS_KEPT:
+            self._rounds.popitem(last=False)
+
+    def round_of(self, task_id: str) -> EdgeRoundStats | None:
+        """The round a closed task belonged to, if it is remembered and had one."""
+        return self._rounds.get(task_id)
+
+    def count_late(self, task_id: str, node_id: int) -> None:
+        """Count an upload for a closed task against its round."""
+        closed = self._rounds.get(task_id)
+        if closed is not None:
+            closed.late_dropped += 1
+            LOG.warning("round %s: dropped a late reply from node %d", closed.group_id, node_id)
