@@ -7,7 +7,9 @@ seed 0 (``runs/compression-matrix``, made by ``compression_matrix.py``):
 
 - ``qat-off``: no quantization-aware training;
 - ``uplink-fp32``: every update sent dense in float32 (no top-k, no sign code, no error
-  feedback); QAT, pruning and the delta downlink as in the preset.
+  feedback); QAT, pruning and the delta downlink as in the preset;
+- ``tensor-scales``: the same top-k, with a sign scale per tensor instead of one for
+  every kept value (``uplink.tensor_scales``).
 
 Runs are resumable (a finished run is skipped), two at a time. Writes
 ``mobilenet_ablation.{json,md}`` into ``--results`` (``benchmarks/results``).
@@ -40,8 +42,7 @@ ARMS: dict[str, dict[str, Any]] = {
         "uplink.scope": "tensor",
         "uplink.lossless": "none",
     },
-    "uplink-per-tensor": {"uplink.scope": "tensor"},
-    "uplink-hadamard": {"uplink.values": "hadamard"},
+    "tensor-scales": {"uplink.tensor_scales": True},
 }
 
 

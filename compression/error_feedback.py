@@ -66,7 +66,12 @@ class ErrorFeedback:
     """
 
     def __init__(
-        self, pipeline: CodecPipeline, momentum: float = 0.0, *, flat: bool = False
+        self,
+        pipeline: CodecPipeline,
+        momentum: float = 0.0,
+        *,
+        flat: bool = False,
+        tensor_scales: bool = False,
     ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
@@ -74,6 +79,8 @@ class ErrorFeedback:
         self.momentum = momentum
         self.flat = flat
         """Encode the tensors as one vector (``scope = model``)."""
+        self.tensor_scales = tensor_scales
+        """In that vector, a value scale per tensor (``uplink.tensor_scales``)."""
 
     @staticmethod
     def corrected(
@@ -121,7 +128,9 @@ class ErrorFeedback:
             delta = new_velocity
         corrected = self.corrected(delta, residual)
         # The reconstruction is exactly what the server decodes from the messages.
-        encoded = encode_tensors(self.pipeline, corrected, rng, flat=self.flat)
+        encoded = encode_tensors(
+            self.pipeline, corrected, rng, flat=self.flat, tensor_scales=self.tensor_scales
+        )
         decoded = encoded.decoded
         new_residual = {
             name: np.zeros_like(value) if is_running_statistic(name) else value - decoded[name]

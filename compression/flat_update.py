@@ -96,9 +96,11 @@ def encode_tensors(
     rng: np.random.Generator | None,
     *,
     flat: bool,
+    tensor_scales: bool = False,
 ) -> EncodedTensors:
     """Encode ``tensors`` one by one, or as a flat update (``flat``), and compute exactly
-    what a receiver decodes from the messages (per tensor)."""
+    what a receiver decodes from the messages (per tensor). With ``tensor_scales``, the
+    top-k's tensors in a flat update have a scale each too, as the whole ones do."""
     messages: list[pb.CompressedTensor] = []
     decoded: dict[str, np.ndarray] = {}
     if not flat:
@@ -119,9 +121,12 @@ def encode_tensors(
         shapes = {name: np.shape(value) for name, value in part.items()}
         vector = flatten(part)[FLAT_NAME] if part else np.zeros(0, np.float32)
         kept = np.arange(vector.size) if dense else _kept(pipeline.sparsifier, vector)
-        # The top-k's tensors share the value code's one scale; each whole one has its own.
+        # The top-k's tensors share the value code's one scale (unless ``tensor_scales``);
+        # each whole one has its own.
         part_scales = (
-            _kept_scales(vector, kept, shapes) if dense else np.ones(len(part), np.float16)
+            _kept_scales(vector, kept, shapes)
+            if dense or tensor_scales
+            else np.ones(len(part), np.float16)
         )
         per_entry = np.repeat(
             part_scales.astype(np.float64), [math.prod(s) for s in shapes.values()]
@@ -136,13 +141,13 @@ def encode_tensors(
         decoded.update(_scaled_back(segments, part_scales))
         scales.update(zip(part, part_scales, strict=True))
     order = list(tensors)
-    if not any(whole):  # one vector at one scale: nothing more to say
+    if not any(whole) and not tensor_scales:  # one vector at one scale: nothing more to say
         return EncodedTensors(messages, {name: decoded[name] for name in order})
     return EncodedTensors(
         messages,
         {name: decoded[name] for name in order},
         np.asarray([scales[name] for name in order], np.float16).astype("<f2").tobytes(),
-        np.packbits(whole).tobytes(),
+        np.packbits(whole).tobytes() if any(whole) else b"",
     )
 
 

@@ -54,7 +54,9 @@ class UplinkCodecConfig:
     are per-tensor affine quantization of the kept values, ``sign`` one bit and one scale
     (STC's ternary code after top-k), ``hadamard`` one bit after a random rotation (DRIVE).
     ``scope`` ``model`` runs one top-k and one value scale over the whole model as a single
-    vector (layer-adaptive sparsity, one header). ``momentum`` > 0 is DGC's momentum
+    vector (layer-adaptive sparsity, one header); with ``tensor_scales`` its kept values
+    still get a scale per tensor (a float16 each), where they share one by default.
+    ``momentum`` > 0 is DGC's momentum
     correction (needs error feedback), and ``warmup_rounds`` starts from a denser top-k
     that falls geometrically to ``topk_ratio`` (DGC's warm-up; the server applies it).
     """
@@ -65,6 +67,7 @@ class UplinkCodecConfig:
     lossless: Lossless = Lossless.NONE
     stochastic_rounding: bool = True
     scope: CodecScope = CodecScope.TENSOR
+    tensor_scales: bool = False
     momentum: float = 0.0
     warmup_rounds: int = 0
 
@@ -76,7 +79,7 @@ class UplinkCodecConfig:
         object.__setattr__(self, "values", coerce_choice(self.values, ValueFormat, "values"))
         object.__setattr__(self, "lossless", coerce_choice(self.lossless, Lossless, "lossless"))
         object.__setattr__(self, "scope", coerce_choice(self.scope, CodecScope, "scope"))
-        for field in ("error_feedback", "stochastic_rounding"):
+        for field in ("error_feedback", "stochastic_rounding", "tensor_scales"):
             if not isinstance(getattr(self, field), bool):
                 raise ConfigError(f"{field} must be true or false; got {getattr(self, field)!r}")
         momentum = self.momentum
@@ -199,12 +202,19 @@ class UplinkCodec:
         )
         new_residual = new_velocity = None
         if self.config.error_feedback:
-            feedback = ErrorFeedback(self.pipeline, self.config.momentum, flat=flat)
+            feedback = ErrorFeedback(
+                self.pipeline,
+                self.config.momentum,
+                flat=flat,
+                tensor_scales=self.config.tensor_scales,
+            )
             result = feedback.encode(delta, residual, rng, velocity)
             tensors, scales, dense = result.tensors, result.scales, result.dense
             new_residual, new_velocity = result.residual, result.velocity
         else:
-            encoded = encode_tensors(self.pipeline, delta, rng, flat=flat)
+            encoded = encode_tensors(
+                self.pipeline, delta, rng, flat=flat, tensor_scales=self.config.tensor_scales
+            )
             tensors, scales, dense = encoded.messages, encoded.scales, encoded.dense
         envelope.tensors.extend(tensors)
         envelope.scales = scales

@@ -119,6 +119,7 @@ class TrainTask:
             "stochastic-rounding": self.uplink.stochastic_rounding,
             "proximal-mu": self.proximal_mu,
             "scope": self.uplink.scope.value,
+            "tensor-scales": self.uplink.tensor_scales,
             "uplink-momentum": self.uplink.momentum,
         }
         record = ConfigRecord({f"{_PREFIX}{key}": value for key, value in values.items()})
@@ -156,6 +157,7 @@ class TrainTask:
             enum_value("scope", CodecScope) if f"{_PREFIX}scope" in record else CodecScope.TENSOR
         )
         momentum = get("uplink-momentum", float) if f"{_PREFIX}uplink-momentum" in record else 0.0
+        tensor_scales = get("tensor-scales", bool) if f"{_PREFIX}tensor-scales" in record else False
         if not proximal_mu >= 0:
             raise ConfigError(f"train task '{_PREFIX}proximal-mu' must be >= 0; got {proximal_mu}")
         qat = None
@@ -181,6 +183,7 @@ class TrainTask:
                 lossless=enum_value("lossless", Lossless),
                 stochastic_rounding=get("stochastic-rounding", bool),
                 scope=scope,
+                tensor_scales=tensor_scales,
                 momentum=momentum,
             ),
             proximal_mu=proximal_mu,
