@@ -9,7 +9,9 @@ seed 0 (``runs/compression-matrix``, made by ``compression_matrix.py``):
 - ``uplink-fp32``: every update sent dense in float32 (no top-k, no sign code, no error
   feedback); QAT, pruning and the delta downlink as in the preset;
 - ``tensor-scales``: the same top-k, with a sign scale per tensor instead of one for
-  every kept value (``uplink.tensor_scales``).
+  every kept value (``uplink.tensor_scales``);
+- ``whole-vectors``: biases and BatchNorm's affine weights (every 1-D tensor) sent whole,
+  a bit an entry, outside the top-k (``uplink.whole_vectors``).
 
 Runs are resumable (a finished run is skipped), two at a time. Writes
 ``mobilenet_ablation.{json,md}`` into ``--results`` (``benchmarks/results``).
@@ -43,6 +45,7 @@ ARMS: dict[str, dict[str, Any]] = {
         "uplink.lossless": "none",
     },
     "tensor-scales": {"uplink.tensor_scales": True},
+    "whole-vectors": {"uplink.whole_vectors": True},
 }
 
 

@@ -72,6 +72,7 @@ class ErrorFeedback:
         *,
         flat: bool = False,
         tensor_scales: bool = False,
+        whole_vectors: bool = False,
     ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
@@ -81,6 +82,8 @@ class ErrorFeedback:
         """Encode the tensors as one vector (``scope = model``)."""
         self.tensor_scales = tensor_scales
         """In that vector, a value scale per tensor (``uplink.tensor_scales``)."""
+        self.whole_vectors = whole_vectors
+        """1-D tensors sent whole (``uplink.whole_vectors``)."""
 
     @staticmethod
     def corrected(
@@ -129,7 +132,12 @@ class ErrorFeedback:
         corrected = self.corrected(delta, residual)
         # The reconstruction is exactly what the server decodes from the messages.
         encoded = encode_tensors(
-            self.pipeline, corrected, rng, flat=self.flat, tensor_scales=self.tensor_scales
+            self.pipeline,
+            corrected,
+            rng,
+            flat=self.flat,
+            tensor_scales=self.tensor_scales,
+            whole_vectors=self.whole_vectors,
         )
         decoded = encoded.decoded
         new_residual = {

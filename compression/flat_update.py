@@ -77,6 +77,15 @@ class EncodedTensors:
     """A flat update's bitmask of the tensors sent whole (empty: none)."""
 
 
+def sent_whole(tensors: Mapping[str, np.ndarray], *, vectors: bool) -> list[bool]:
+    """Which tensors a flat update sends whole: the outsized ones, and with ``vectors``
+    every 1-D tensor (biases, normalization weights) too."""
+    whole = outsized(tensors)
+    if not vectors:
+        return whole
+    return [w or np.ndim(value) <= 1 for w, value in zip(whole, tensors.values(), strict=True)]
+
+
 def outsized(tensors: Mapping[str, np.ndarray]) -> list[bool]:
     """Which tensors are more than :data:`OUTSIZED` powers of two above the typical one
     (the median ``floor(log2(rms))`` over all entries)."""
@@ -97,10 +106,12 @@ def encode_tensors(
     *,
     flat: bool,
     tensor_scales: bool = False,
+    whole_vectors: bool = False,
 ) -> EncodedTensors:
     """Encode ``tensors`` one by one, or as a flat update (``flat``), and compute exactly
     what a receiver decodes from the messages (per tensor). With ``tensor_scales``, the
-    top-k's tensors in a flat update have a scale each too, as the whole ones do."""
+    top-k's tensors in a flat update have a scale each too, as the whole ones do; with
+    ``whole_vectors``, its 1-D tensors go whole (:func:`sent_whole`)."""
     messages: list[pb.CompressedTensor] = []
     decoded: dict[str, np.ndarray] = {}
     if not flat:
@@ -108,7 +119,7 @@ def encode_tensors(
             message, decoded[name] = pipeline.encode_and_reconstruct(name, value, rng)
             messages.append(message)
         return EncodedTensors(messages, decoded)
-    whole = outsized(tensors)
+    whole = sent_whole(tensors, vectors=whole_vectors)
     lossless = [pipeline.zlib] if pipeline.zlib else []
     groups = [
         ({n: v for (n, v), w in zip(tensors.items(), whole, strict=True) if not w}, False),

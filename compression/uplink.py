@@ -55,7 +55,9 @@ class UplinkCodecConfig:
     (STC's ternary code after top-k), ``hadamard`` one bit after a random rotation (DRIVE).
     ``scope`` ``model`` runs one top-k and one value scale over the whole model as a single
     vector (layer-adaptive sparsity, one header); with ``tensor_scales`` its kept values
-    still get a scale per tensor (a float16 each), where they share one by default.
+    still get a scale per tensor (a float16 each), where they share one by default, and
+    with ``whole_vectors`` its 1-D tensors (biases, normalization weights) go whole, one
+    bit an entry at their own scale, as outsized tensors do.
     ``momentum`` > 0 is DGC's momentum
     correction (needs error feedback), and ``warmup_rounds`` starts from a denser top-k
     that falls geometrically to ``topk_ratio`` (DGC's warm-up; the server applies it).
@@ -68,6 +70,7 @@ class UplinkCodecConfig:
     stochastic_rounding: bool = True
     scope: CodecScope = CodecScope.TENSOR
     tensor_scales: bool = False
+    whole_vectors: bool = False
     momentum: float = 0.0
     warmup_rounds: int = 0
 
@@ -79,7 +82,7 @@ class UplinkCodecConfig:
         object.__setattr__(self, "values", coerce_choice(self.values, ValueFormat, "values"))
         object.__setattr__(self, "lossless", coerce_choice(self.lossless, Lossless, "lossless"))
         object.__setattr__(self, "scope", coerce_choice(self.scope, CodecScope, "scope"))
-        for field in ("error_feedback", "stochastic_rounding", "tensor_scales"):
+        for field in ("error_feedback", "stochastic_rounding", "tensor_scales", "whole_vectors"):
             if not isinstance(getattr(self, field), bool):
                 raise ConfigError(f"{field} must be true or false; got {getattr(self, field)!r}")
         momentum = self.momentum
@@ -207,13 +210,19 @@ class UplinkCodec:
                 self.config.momentum,
                 flat=flat,
                 tensor_scales=self.config.tensor_scales,
+                whole_vectors=self.config.whole_vectors,
             )
             result = feedback.encode(delta, residual, rng, velocity)
             tensors, scales, dense = result.tensors, result.scales, result.dense
             new_residual, new_velocity = result.residual, result.velocity
         else:
             encoded = encode_tensors(
-                self.pipeline, delta, rng, flat=flat, tensor_scales=self.config.tensor_scales
+                self.pipeline,
+                delta,
+                rng,
+                flat=flat,
+                tensor_scales=self.config.tensor_scales,
+                whole_vectors=self.config.whole_vectors,
             )
             tensors, scales, dense = encoded.messages, encoded.scales, encoded.dense
         envelope.tensors.extend(tensors)

@@ -120,6 +120,7 @@ class TrainTask:
             "proximal-mu": self.proximal_mu,
             "scope": self.uplink.scope.value,
             "tensor-scales": self.uplink.tensor_scales,
+            "whole-vectors": self.uplink.whole_vectors,
             "uplink-momentum": self.uplink.momentum,
         }
         record = ConfigRecord({f"{_PREFIX}{key}": value for key, value in values.items()})
@@ -158,6 +159,7 @@ class TrainTask:
         )
         momentum = get("uplink-momentum", float) if f"{_PREFIX}uplink-momentum" in record else 0.0
         tensor_scales = get("tensor-scales", bool) if f"{_PREFIX}tensor-scales" in record else False
+        whole_vectors = get("whole-vectors", bool) if f"{_PREFIX}whole-vectors" in record else False
         if not proximal_mu >= 0:
             raise ConfigError(f"train task '{_PREFIX}proximal-mu' must be >= 0; got {proximal_mu}")
         qat = None
@@ -184,6 +186,7 @@ class TrainTask:
                 stochastic_rounding=get("stochastic-rounding", bool),
                 scope=scope,
                 tensor_scales=tensor_scales,
+                whole_vectors=whole_vectors,
                 momentum=momentum,
             ),
             proximal_mu=proximal_mu,

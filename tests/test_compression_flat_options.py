@@ -1,5 +1,6 @@
-"""One top-k over the whole model with a value scale per tensor (``uplink.tensor_scales``):
-reconstruction error, encoded size, and hostile bytes."""
+"""Options of one top-k over the whole model: a value scale per tensor
+(``uplink.tensor_scales``) and 1-D tensors sent whole (``uplink.whole_vectors``).
+Reconstruction error, encoded size, hostile bytes, and the train task that carries them."""
 
 from __future__ import annotations
 
@@ -109,14 +110,50 @@ def test_hostile_tensor_scales_are_refused() -> None:
     rejects(_scaled_update(overflow), "not all finite once scaled")
 
 
-def test_tensor_scales_must_be_true_or_false() -> None:
-    with pytest.raises(ConfigError, match="tensor_scales must be true or false"):
-        UplinkCodecConfig(scope="model", tensor_scales="yes")  # type: ignore[arg-type]
+@pytest.mark.parametrize("field", ["tensor_scales", "whole_vectors"])
+def test_the_options_must_be_true_or_false(field: str) -> None:
+    with pytest.raises(ConfigError, match=f"{field} must be true or false"):
+        UplinkCodecConfig(scope="model", **{field: "yes"})  # type: ignore[arg-type]
 
 
-def test_the_train_task_carries_the_setting_to_devices() -> None:
-    task = TrainTask(uplink=UplinkCodecConfig(scope="model", tensor_scales=True))
-    record = task.to_config_record()
-    assert TrainTask.from_config_record(record).uplink.tensor_scales
-    del record["stamen.tensor-scales"]  # a server that predates it: one shared scale
-    assert not TrainTask.from_config_record(record).uplink.tensor_scales
+def test_the_train_task_carries_the_settings_to_devices() -> None:
+    uplink = UplinkCodecConfig(scope="model", tensor_scales=True, whole_vectors=True)
+    record = TrainTask(uplink=uplink).to_config_record()
+    assert TrainTask.from_config_record(record).uplink == uplink
+    del record["stamen.tensor-scales"], record["stamen.whole-vectors"]  # an older server's
+    parsed = TrainTask.from_config_record(record).uplink
+    assert not parsed.tensor_scales and not parsed.whole_vectors
+
+
+def _vectors_update(whole_vectors: bool) -> tuple[bytes, dict]:
+    delta = {"fc.weight": normal(160).reshape(16, 10), "fc.bias": 0.5 * normal(10, seed=1)}
+    config = UplinkCodecConfig(
+        topk_ratio=0.1, values="sign", scope="model", whole_vectors=whole_vectors
+    )
+    encoded = UplinkCodec(config).encode(
+        delta, round_num=1, base_model_hash="ab" * 32, residual=None, rng=np.random.default_rng(0)
+    )
+    return encoded.payload, delta
+
+
+def test_whole_vectors_send_every_bias_entry_at_its_own_scale() -> None:
+    payload, delta = _vectors_update(whole_vectors=True)
+    envelope = pb.ModelUpdate.FromString(payload)
+    assert len(envelope.tensors) == 2  # the top-k's vector and the whole one
+    assert np.unpackbits(np.frombuffer(envelope.dense, np.uint8))[:2].tolist() == [0, 1]
+    decoded = decode_update(payload, expected_shapes=SHAPES).tensors
+    bias = decoded["fc.bias"]
+    assert np.array_equal(np.sign(bias), np.sign(delta["fc.bias"]))
+    assert np.allclose(np.abs(bias), np.mean(np.abs(delta["fc.bias"])), rtol=2e-3)
+    # The top-k is the weight's alone: 10% of its 160 entries.
+    assert np.count_nonzero(decoded["fc.weight"]) == 16
+    # Without the option, the small bias gets few or none of the top-k's slots.
+    shared = decode_update(_vectors_update(whole_vectors=False)[0], expected_shapes=SHAPES)
+    assert np.count_nonzero(shared.tensors["fc.bias"]) < 10
+
+
+def test_whole_vectors_cost_a_bit_an_entry_and_a_scale_a_tensor() -> None:
+    whole, _ = _vectors_update(whole_vectors=True)
+    shared, _ = _vectors_update(whole_vectors=False)
+    # 10 bias bits (2 bytes), 2 float16 scales, a 1-byte mask, a second vector's header.
+    assert 0 < len(whole) - len(shared) < 60
