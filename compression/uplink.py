@@ -57,10 +57,9 @@ class UplinkCodecConfig:
     vector (layer-adaptive sparsity, one header); with ``tensor_scales`` its kept values
     still get a scale per tensor (a float16 each), where they share one by default, and
     with ``whole_vectors`` its 1-D tensors (biases, normalization weights) go whole, one
-    bit an entry at their own scale, as outsized tensors do.
-    ``momentum`` > 0 is DGC's momentum
-    correction (needs error feedback), and ``warmup_rounds`` starts from a denser top-k
-    that falls geometrically to ``topk_ratio`` (DGC's warm-up; the server applies it).
+    bit an entry at their own scale, as outsized tensors do. ``momentum`` > 0 is DGC's
+    momentum correction (needs error feedback), and ``warmup_rounds`` starts from a denser
+    top-k that falls geometrically to ``topk_ratio`` (DGC's warm-up; the server applies it).
     """
 
     topk_ratio: float = 1.0
@@ -85,6 +84,9 @@ class UplinkCodecConfig:
         for field in ("error_feedback", "stochastic_rounding", "tensor_scales", "whole_vectors"):
             if not isinstance(getattr(self, field), bool):
                 raise ConfigError(f"{field} must be true or false; got {getattr(self, field)!r}")
+        for field in ("tensor_scales", "whole_vectors"):
+            if getattr(self, field) and self.scope != CodecScope.MODEL:
+                raise ConfigError(f'{field} shapes a whole-model update: it needs scope = "model"')
         momentum = self.momentum
         if isinstance(momentum, bool) or not isinstance(momentum, int | float):
             raise ConfigError(f"momentum must be a number in [0, 1); got {momentum!r}")

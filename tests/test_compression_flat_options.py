@@ -157,3 +157,9 @@ def test_whole_vectors_cost_a_bit_an_entry_and_a_scale_a_tensor() -> None:
     shared, _ = _vectors_update(whole_vectors=False)
     # 10 bias bits (2 bytes), 2 float16 scales, a 1-byte mask, a second vector's header.
     assert 0 < len(whole) - len(shared) < 60
+
+
+@pytest.mark.parametrize("field", ["tensor_scales", "whole_vectors"])
+def test_the_options_need_the_model_scope(field: str) -> None:
+    with pytest.raises(ConfigError, match='it needs scope = "model"'):
+        UplinkCodecConfig(scope="tensor", **{field: True})
