@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stamen.compression.codecs import CodecPipeline
-from stamen.compression.flat_update import encode_tensors
+from stamen.compression.flat_update import ONE_SCALE, FlatLayout, encode_tensors
 from stamen.models import is_running_statistic
 from stamen.protos.update.v1 import update_pb2 as pb
 
@@ -71,8 +71,7 @@ class ErrorFeedback:
         momentum: float = 0.0,
         *,
         flat: bool = False,
-        tensor_scales: bool = False,
-        whole_vectors: bool = False,
+        layout: FlatLayout = ONE_SCALE,
     ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
@@ -80,10 +79,8 @@ class ErrorFeedback:
         self.momentum = momentum
         self.flat = flat
         """Encode the tensors as one vector (``scope = model``)."""
-        self.tensor_scales = tensor_scales
-        """In that vector, a value scale per tensor (``uplink.tensor_scales``)."""
-        self.whole_vectors = whole_vectors
-        """1-D tensors sent whole (``uplink.whole_vectors``)."""
+        self.layout = layout
+        """How that vector departs from one top-k at one scale."""
 
     @staticmethod
     def corrected(
@@ -131,14 +128,7 @@ class ErrorFeedback:
             delta = new_velocity
         corrected = self.corrected(delta, residual)
         # The reconstruction is exactly what the server decodes from the messages.
-        encoded = encode_tensors(
-            self.pipeline,
-            corrected,
-            rng,
-            flat=self.flat,
-            tensor_scales=self.tensor_scales,
-            whole_vectors=self.whole_vectors,
-        )
+        encoded = encode_tensors(self.pipeline, corrected, rng, flat=self.flat, layout=self.layout)
         decoded = encoded.decoded
         new_residual = {
             name: np.zeros_like(value) if is_running_statistic(name) else value - decoded[name]

@@ -77,6 +77,20 @@ class EncodedTensors:
     """A flat update's bitmask of the tensors sent whole (empty: none)."""
 
 
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where a flat update departs from one top-k at one scale (``[uplink]`` keys of the
+    same names): ``tensor_scales`` gives each top-k'd tensor its own scale, as whole ones
+    have; ``whole_vectors`` sends every 1-D tensor whole (:func:`sent_whole`)."""
+
+    tensor_scales: bool = False
+    whole_vectors: bool = False
+
+
+ONE_SCALE = FlatLayout()
+"""The default layout: one top-k at one scale, only outsized tensors whole."""
+
+
 def sent_whole(tensors: Mapping[str, np.ndarray], *, vectors: bool) -> list[bool]:
     """Which tensors a flat update sends whole: the outsized ones, and with ``vectors``
     every 1-D tensor (biases, normalization weights) too."""
@@ -105,13 +119,10 @@ def encode_tensors(
     rng: np.random.Generator | None,
     *,
     flat: bool,
-    tensor_scales: bool = False,
-    whole_vectors: bool = False,
+    layout: FlatLayout = ONE_SCALE,
 ) -> EncodedTensors:
-    """Encode ``tensors`` one by one, or as a flat update (``flat``), and compute exactly
-    what a receiver decodes from the messages (per tensor). With ``tensor_scales``, the
-    top-k's tensors in a flat update have a scale each too, as the whole ones do; with
-    ``whole_vectors``, its 1-D tensors go whole (:func:`sent_whole`)."""
+    """Encode ``tensors`` one by one, or as a flat update (``flat``, laid out as ``layout``
+    says), and compute exactly what a receiver decodes from the messages (per tensor)."""
     messages: list[pb.CompressedTensor] = []
     decoded: dict[str, np.ndarray] = {}
     if not flat:
@@ -119,7 +130,7 @@ def encode_tensors(
             message, decoded[name] = pipeline.encode_and_reconstruct(name, value, rng)
             messages.append(message)
         return EncodedTensors(messages, decoded)
-    whole = sent_whole(tensors, vectors=whole_vectors)
+    whole = sent_whole(tensors, vectors=layout.whole_vectors)
     lossless = [pipeline.zlib] if pipeline.zlib else []
     groups = [
         ({n: v for (n, v), w in zip(tensors.items(), whole, strict=True) if not w}, False),
@@ -136,7 +147,7 @@ def encode_tensors(
         # each whole one has its own.
         part_scales = (
             _kept_scales(vector, kept, shapes)
-            if dense or tensor_scales
+            if dense or layout.tensor_scales
             else np.ones(len(part), np.float16)
         )
         per_entry = np.repeat(
@@ -152,7 +163,7 @@ def encode_tensors(
         decoded.update(_scaled_back(segments, part_scales))
         scales.update(zip(part, part_scales, strict=True))
     order = list(tensors)
-    if not any(whole) and not tensor_scales:  # one vector at one scale: nothing more to say
+    if not any(whole) and not layout.tensor_scales:  # one vector at one scale: nothing more to say
         return EncodedTensors(messages, {name: decoded[name] for name in order})
     return EncodedTensors(
         messages,

@@ -32,7 +32,7 @@ from stamen.compression.codecs import (
     coerce_choice,
 )
 from stamen.compression.error_feedback import ErrorFeedback
-from stamen.compression.flat_update import decode_flat_update, encode_tensors
+from stamen.compression.flat_update import FlatLayout, decode_flat_update, encode_tensors
 from stamen.compression.wire import (
     FORMAT_VERSION,
     decode_tensors,
@@ -176,6 +176,7 @@ class UplinkCodec:
     def __init__(self, config: UplinkCodecConfig) -> None:
         self.config = config
         self.pipeline = config.pipeline()
+        self.layout = FlatLayout(config.tensor_scales, config.whole_vectors)
 
     def encode(
         self,
@@ -208,24 +209,13 @@ class UplinkCodec:
         new_residual = new_velocity = None
         if self.config.error_feedback:
             feedback = ErrorFeedback(
-                self.pipeline,
-                self.config.momentum,
-                flat=flat,
-                tensor_scales=self.config.tensor_scales,
-                whole_vectors=self.config.whole_vectors,
+                self.pipeline, self.config.momentum, flat=flat, layout=self.layout
             )
             result = feedback.encode(delta, residual, rng, velocity)
             tensors, scales, dense = result.tensors, result.scales, result.dense
             new_residual, new_velocity = result.residual, result.velocity
         else:
-            encoded = encode_tensors(
-                self.pipeline,
-                delta,
-                rng,
-                flat=flat,
-                tensor_scales=self.config.tensor_scales,
-                whole_vectors=self.config.whole_vectors,
-            )
+            encoded = encode_tensors(self.pipeline, delta, rng, flat=flat, layout=self.layout)
             tensors, scales, dense = encoded.messages, encoded.scales, encoded.dense
         envelope.tensors.extend(tensors)
         envelope.scales = scales
