@@ -18,9 +18,9 @@ replace the global ones) while its convolutions' weights move by thousandths.
   512x above.
 - **What values.** The top-k's entries share the value code's one scale (they are the
   largest of similar tensors); each dense tensor's entries are divided by their own mean
-  magnitude first, and those scales travel with the update, a float16 a tensor (1 for the
-  top-k's), so that one sign code serves statistics of any size. An update without dense
-  tensors carries neither scales nor a mask.
+  magnitude first, and those scales travel with the update, a float16 for each tensor sent
+  whole (the top-k's need none), so that one sign code serves statistics of any size. An
+  update without dense tensors carries neither scales nor a mask.
 
 Examples:
     >>> from stamen.compression.codec_stages import Sign, TopK
@@ -163,12 +163,12 @@ def encode_tensors(
         decoded.update(_scaled_back(segments, part_scales))
         scales.update(zip(part, part_scales, strict=True))
     order = list(tensors)
-    if not any(whole) and not layout.tensor_scales:  # one vector at one scale: nothing more to say
-        return EncodedTensors(messages, {name: decoded[name] for name in order})
+    # The top-k's tensors share one scale, the value code's: only the others' travel.
+    scaled_names = [n for n, w in zip(order, whole, strict=True) if w or layout.tensor_scales]
     return EncodedTensors(
         messages,
         {name: decoded[name] for name in order},
-        np.asarray([scales[name] for name in order], np.float16).astype("<f2").tobytes(),
+        np.asarray([scales[name] for name in scaled_names], np.float16).astype("<f2").tobytes(),
         np.packbits(whole).tobytes() if any(whole) else b"",
     )
 
@@ -203,13 +203,18 @@ def decode_flat_update(
     segments = {name: segments[name] for name in expected_shapes}
     if not scales:
         return segments
-    if len(scales) != 2 * count:
+    # A scale for every tensor, or (the top-k's tensors sharing one) for each sent whole.
+    if len(scales) not in (2 * count, 2 * sum(whole)):
         raise InvalidUpdate(
-            f"a flat update needs {count} scales, one a tensor; got {len(scales) / 2:g}"
+            f"a flat update needs {count} scales, one a tensor, or {sum(whole)}, one a tensor "
+            f"sent whole; got {len(scales) / 2:g}"
         )
     values = np.frombuffer(scales, "<f2").astype(np.float32)
     if not (np.isfinite(values).all() and (values >= 0).all()):
         raise InvalidUpdate("a flat update's scales must be finite and not negative")
+    if values.size < count:
+        values = np.ones(count, np.float32)
+        values[np.asarray(whole, bool)] = np.frombuffer(scales, "<f2")
     with np.errstate(over="ignore", invalid="ignore"):
         tensors = _scaled_back(segments, values)
     if not all(np.isfinite(value).all() for value in tensors.values()):

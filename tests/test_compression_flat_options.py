@@ -155,8 +155,21 @@ def test_whole_vectors_send_every_bias_entry_at_its_own_scale() -> None:
 def test_whole_vectors_cost_a_bit_an_entry_and_a_scale_a_tensor() -> None:
     whole, _ = _vectors_update(whole_vectors=True)
     shared, _ = _vectors_update(whole_vectors=False)
-    # 10 bias bits (2 bytes), 2 float16 scales, a 1-byte mask, a second vector's header.
+    # 10 bias bits (2 bytes), the bias's float16 scale, a 1-byte mask, a second vector's header.
     assert 0 < len(whole) - len(shared) < 60
+
+
+def test_only_the_tensors_sent_whole_carry_a_scale_and_all_tensors_scales_still_decode() -> None:
+    payload, _ = _vectors_update(whole_vectors=True)
+    envelope = pb.ModelUpdate.FromString(payload)
+    assert len(envelope.scales) == 2  # the bias's; the top-k's weight shares the code's scale
+    decoded = decode_update(payload, expected_shapes=SHAPES).tensors
+    # An encoder that sends every tensor's scale (1 for the top-k's) says the same.
+    every = np.concatenate([np.ones(1, "<f2"), np.frombuffer(envelope.scales, "<f2")])
+    envelope.scales = every.astype("<f2").tobytes()
+    spelled_out = decode_update(envelope.SerializeToString(), expected_shapes=SHAPES).tensors
+    for name, value in decoded.items():
+        assert np.array_equal(spelled_out[name], value)
 
 
 @pytest.mark.parametrize("field", ["tensor_scales", "whole_vectors"])
