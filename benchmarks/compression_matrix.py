@@ -71,16 +71,18 @@ ROWS = (
         "mnist-dir0.1-lenet",
         "MNIST, Dirichlet(0.1), LeNet",
         {"dataset": "mnist", "partition": "dirichlet", "alpha": 0.1, "model": "lenet"},
-        why="one or two classes a device: each device's held-back error feedback reaches the "
-        "model only when the device is next sampled, about 10 rounds later (per seed: -0.84, "
-        "-1.27 and -1.29 points)",
+        why="the uplink's top-3% sign code, about 0.7 of it: with every update sent dense in "
+        "float32 and the rest of the preset, -0.45 points; pruning about 0.25 (without it, "
+        "-0.89); QAT nothing measurable (without it, -1.10) (benchmarks/preset_ablation.py "
+        "--row mnist-dir0.1-lenet, 3 seeds)",
     ),
     Row(
         "mnist-dir0.3-mobilenet",
         "MNIST, Dirichlet(0.3), MobileNet",
         {"dataset": "mnist", "partition": "dirichlet", "alpha": 0.3, "model": "mobilenet"},
         why="the uplink's top-3% sign code: on seed 0, the preset with every update sent "
-        "dense ends -0.50 points and without QAT -3.48 (benchmarks/mobilenet_ablation.py)",
+        "dense ends -0.50 points and without QAT -3.48; its 1-D tensors sent whole halve the "
+        "gap (-2.16) but need 50% more bytes, 87x (benchmarks/preset_ablation.py)",
     ),
     Row("watch-subject-mlp", "Watch IMU, one device per subject, MLP", {"dataset": "watch"}),
     Row(
@@ -92,8 +94,10 @@ ROWS = (
         "spoken-digits-mlp",
         "Spoken digits (MFCC), Dirichlet(0.3), MLP",
         {"dataset": "spoken-digits"},
-        why="by 0.05: the top-3% uplink is still converging where FP32 has plateaued (per "
-        "seed: -0.82, -1.03 and -1.30 points)",
+        why="by 0.05, less than the seeds' spread: the uplink's top-3% sign code, about 0.9 "
+        "of it (every update dense in float32, the rest of the preset: -0.14 points), QAT "
+        "about 0.3 (without it, -0.76) (benchmarks/preset_ablation.py --row "
+        "spoken-digits-mlp, 3 seeds)",
     ),
 )
 
@@ -179,6 +183,13 @@ def run_one(row: Row, preset: str, seed: int, rounds: int, out: Path) -> str:
     return f"{row.name} {preset} seed {seed}: {time.perf_counter() - started:.0f} s"
 
 
+def test_samples(row: Row) -> int:
+    """How many samples the row's central evaluation scores each round."""
+    from stamen.data import load_dataset
+
+    return int(load_dataset(row.overrides["dataset"]).y_test.size)
+
+
 def read_run(path: Path) -> dict[str, Any]:
     summary = json.loads((path / "summary.json").read_text())
     rounds = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
@@ -249,7 +260,7 @@ def main() -> None:
             print(f"{row.name}: not every run has finished; left out of the report")
             continue
         runs = {preset: [read_run(path) for path in group] for preset, group in paths.items()}
-        reports.append(row_report(row, runs, settled))
+        reports.append(row_report(row, runs, settled, test_samples(row)))
         curves[row.name] = {preset: group[0]["rounds"] for preset, group in runs.items()}
     result: dict[str, Any] = {"seeds": args.seeds, "rows": reports}
     if any(r["name"].startswith("heart") for r in reports):

@@ -30,8 +30,11 @@ def last_window_gain(runs: list[dict[str, Any]]) -> float:
     return 100 * statistics.fmean(gains)
 
 
-def row_report(row: Row, runs: dict[str, list[dict[str, Any]]], rounds: int) -> dict[str, Any]:
-    """Means over the seeds, the bytes to 95% of FP32's final accuracy, and the verdict."""
+def row_report(
+    row: Row, runs: dict[str, list[dict[str, Any]]], rounds: int, test_samples: int
+) -> dict[str, Any]:
+    """Means over the seeds, the bytes to 95% of FP32's final accuracy, and the verdict;
+    ``test_samples`` is the size of the test set every round's accuracy is measured on."""
     from stamen.contract import bytes_to_accuracy
 
     def mean(values: list[float]) -> float:
@@ -67,6 +70,13 @@ def row_report(row: Row, runs: dict[str, list[dict[str, Any]]], rounds: int) -> 
     report["final_diff_points"] = 100 * (
         report["edge"]["final_accuracy"] - report["fp32"]["final_accuracy"]
     )
+    report["per_seed_tail_diff_points"] = [
+        100 * (edge - fp)
+        for edge, fp in zip(
+            report["edge"]["per_seed_tail"], report["fp32"]["per_seed_tail"], strict=True
+        )
+    ]
+    report["test_samples"] = test_samples
     report["uplink_ratio"] = report["fp32"]["uplink_bytes"] / report["edge"]["uplink_bytes"]
     report["downlink_ratio"] = report["fp32"]["downlink_bytes"] / report["edge"]["downlink_bytes"]
     misses = []
@@ -91,23 +101,38 @@ def to_markdown(result: dict[str, Any], rounds_rule: str) -> str:
         "final accuracy (mean over the seeds that reached it). Uplink and downlink: how many "
         "times fewer bytes than FP32 over the whole run.",
         "",
-        "| row | rounds | FP32 final | FP32 last 10 | edge final | edge last 10 | difference, "
-        "last 10 (points) | uplink | downlink | FP32 to target, up / down | "
-        "edge to target, up / down | targets |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| row | rounds | test samples | FP32 final | FP32 last 10 | edge final | edge last 10 | "
+        "difference, last 10 (points) | per seed | uplink | downlink | "
+        "FP32 to target, up / down | edge to target, up / down | targets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for row in result["rows"]:
         fp32, edge = row["fp32"], row["edge"]
         verdict = "met" if not row["misses"] else "missed: " + "; ".join(row["misses"])
         if row["why"]:
             verdict += f" ({row['why']})"
+        per_seed = ", ".join(f"{diff:+.2f}" for diff in row["per_seed_tail_diff_points"])
         lines.append(
-            f"| {row['title']} | {row['rounds']} | {100 * fp32['final_accuracy']:.2f}% | "
+            f"| {row['title']} | {row['rounds']} | {row['test_samples']:,} | "
+            f"{100 * fp32['final_accuracy']:.2f}% | "
             f"{100 * fp32['tail_accuracy']:.2f}% | {100 * edge['final_accuracy']:.2f}% | "
-            f"{100 * edge['tail_accuracy']:.2f}% | {row['tail_diff_points']:+.2f} | "
+            f"{100 * edge['tail_accuracy']:.2f}% | {row['tail_diff_points']:+.2f} | {per_seed} | "
             f"{row['uplink_ratio']:.0f}x | {row['downlink_ratio']:.1f}x | "
             f"{_to_target(fp32)} | {_to_target(edge, fp32)} | {verdict} |"
         )
+    coarse = [row for row in result["rows"] if 100 / row["test_samples"] > POINTS_TARGET]
+    if coarse:
+        lines += [
+            "",
+            "Too few test samples to resolve the accuracy target: "
+            + "; ".join(
+                f"{row['title']}, {row['test_samples']} (one sample is "
+                f"{100 / row['test_samples']:.2f} points, more than the {POINTS_TARGET:g}-point "
+                "target, so its difference says little either way)"
+                for row in coarse
+            )
+            + ".",
+        ]
     pooled = result.get("heart_pooled")
     if pooled:
         heart = next(r for r in result["rows"] if r["name"].startswith("heart"))
