@@ -126,9 +126,9 @@ def to_markdown(result: dict[str, Any], rounds_rule: str) -> str:
             "",
             "Too few test samples to resolve the accuracy target: "
             + "; ".join(
-                f"{row['title']}, {row['test_samples']} (one sample is "
+                f"{row['title']}: {row['test_samples']}, so one sample is "
                 f"{100 / row['test_samples']:.2f} points, more than the {POINTS_TARGET:g}-point "
-                "target, so its difference says little either way)"
+                "target, and its difference says little either way"
                 for row in coarse
             )
             + ".",
