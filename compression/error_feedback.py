@@ -44,7 +44,7 @@ class ErrorFeedbackResult:
     velocity: dict[str, np.ndarray] | None = None
     """DGC's momentum (None without momentum correction)."""
     scales: bytes = b""
-    """A flat update's per-tensor scales (see :mod:`stamen.compression.flat_update`)."""
+    """A flat update's float16 scales (see :mod:`stamen.compression.flat_update`)."""
     dense: bytes = b""
     """A flat update's mask of the tensors sent whole."""
 

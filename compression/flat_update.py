@@ -72,7 +72,8 @@ class EncodedTensors:
     messages: list[pb.CompressedTensor]
     decoded: dict[str, np.ndarray]
     scales: bytes = b""
-    """A flat update's float16 scale per tensor."""
+    """A flat update's float16 scales: one per tensor sent whole (every tensor's under
+    ``tensor_scales``)."""
     dense: bytes = b""
     """A flat update's bitmask of the tensors sent whole (empty: none)."""
 
