@@ -10,8 +10,9 @@ of the same seeds (``runs/compression-matrix``, which must hold them):
   feedback); QAT, pruning and the delta downlink as in the preset;
 - ``tensor-scales``: the same top-k, with a sign scale per tensor instead of one for
   every kept value (``uplink.tensor_scales``);
-- ``whole-vectors``: biases and BatchNorm's affine weights (every 1-D tensor) sent whole,
-  a bit an entry, outside the top-k (``uplink.whole_vectors``).
+- ``whole-vectors``: every 1-D tensor (biases, BatchNorm's affine weights and running
+  statistics) sent whole each round, a bit an entry, outside the top-k
+  (``uplink.whole_vectors``).
 
 Runs are resumable (a finished run is skipped), two at a time. Writes
 ``preset_ablation_<row>.{json,md}`` into ``--results`` (``benchmarks/results``)::

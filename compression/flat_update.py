@@ -94,7 +94,7 @@ ONE_SCALE = FlatLayout()
 
 def sent_whole(tensors: Mapping[str, np.ndarray], *, vectors: bool) -> list[bool]:
     """Which tensors a flat update sends whole: the outsized ones, and with ``vectors``
-    every 1-D tensor (biases, normalization weights) too."""
+    every 1-D tensor (biases, normalization weights and statistics) too."""
     whole = outsized(tensors)
     if not vectors:
         return whole
@@ -214,8 +214,9 @@ def decode_flat_update(
     if not (np.isfinite(values).all() and (values >= 0).all()):
         raise InvalidUpdate("a flat update's scales must be finite and not negative")
     if values.size < count:
-        values = np.ones(count, np.float32)
-        values[np.asarray(whole, bool)] = np.frombuffer(scales, "<f2")
+        every = np.ones(count, np.float32)
+        every[np.asarray(whole, bool)] = values
+        values = every
     with np.errstate(over="ignore", invalid="ignore"):
         tensors = _scaled_back(segments, values)
     if not all(np.isfinite(value).all() for value in tensors.values()):

@@ -56,10 +56,11 @@ class UplinkCodecConfig:
     ``scope`` ``model`` runs one top-k and one value scale over the whole model as a single
     vector (layer-adaptive sparsity, one header); with ``tensor_scales`` its kept values
     still get a scale per tensor (a float16 each), where they share one by default, and
-    with ``whole_vectors`` its 1-D tensors (biases, normalization weights) go whole, one
-    bit an entry at their own scale, as outsized tensors do. ``momentum`` > 0 is DGC's
-    momentum correction (needs error feedback), and ``warmup_rounds`` starts from a denser
-    top-k that falls geometrically to ``topk_ratio`` (DGC's warm-up; the server applies it).
+    with ``whole_vectors`` its 1-D tensors (biases, normalization weights and statistics)
+    go whole, one bit an entry at their own scale, as outsized tensors do. ``momentum`` > 0
+    is DGC's momentum correction (needs error feedback), and ``warmup_rounds`` starts from a
+    denser top-k that falls geometrically to ``topk_ratio`` (DGC's warm-up; the server
+    applies it).
     """
 
     topk_ratio: float = 1.0
