@@ -129,3 +129,23 @@ def test_the_engine_never_applies_a_non_finite_or_exploded_model() -> None:
     assert sorted(result.refused) == [2, 3]
     assert "NaN" in result.refused[2] and "moved by" in result.refused[3]
     assert float(result.arrays["w"].numpy()[0]) == 2.0
+
+
+def test_agreement_and_clip_bound_match_float64_on_float32_deltas() -> None:
+    # The server measures agreement with float32 products (no float64 copy of the deltas);
+    # the figures it reports and bounds by stay those of float64 arithmetic.
+    rng = np.random.default_rng(3)
+    shared = rng.standard_normal(5000)
+    deltas = [(shared + 2.0 * rng.standard_normal(5000)).astype(np.float32) for _ in range(40)]
+    updates = [
+        ValidUpdate({"a": d[:4000].reshape(40, 100), "b": d[4000:]}, 10, 0, False, None)
+        for d in deltas
+    ]
+    units = [d.astype(np.float64) / np.linalg.norm(d.astype(np.float64)) for d in deltas]
+    total = np.sum(units, axis=0)
+    expected = [float(u @ (total - u) / np.linalg.norm(total - u)) for u in units]
+    defense = DefenseSettings()
+    bounded = bound_updates(updates, defense)
+    assert bounded.median_cosine == pytest.approx(float(np.median(expected)), abs=1e-6)
+    norms = [float(np.linalg.norm(d.astype(np.float64))) for d in deltas]
+    assert bounded.clip_bound == pytest.approx(defense.clip_factor * float(np.median(norms)))
