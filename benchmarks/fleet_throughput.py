@@ -18,8 +18,12 @@ devices, 1,000 a round), each trained four ways on the simulation grid:
 For each it reports steady-state device-updates per second (rounds 2 to R-1:
 no start-up, no final central evaluation), the time from the start of the run
 to the start of round 1, and the peak memory summed over the whole process
-tree (PSS, so pages shared after a fork count once). Writes
-``fleet_throughput.json`` and ``fleet_throughput.md`` into ``--out``
+tree (PSS, so pages shared after a fork count once). Every path runs
+``--repeats`` times (3), the repeats interleaved (every path once, then every
+path again), so that the machine's drift over the invocation reaches every path
+alike; the tables give each path's median updates per second with its range,
+ratios of medians, the median first round and the highest peak. Writes
+``fleet_throughput.json`` (every run) and ``fleet_throughput.md`` into ``--out``
 (``benchmarks/results``).
 
     python benchmarks/fleet_throughput.py
@@ -36,6 +40,7 @@ import argparse
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -241,9 +246,46 @@ def measure(
     }
 
 
-def to_markdown(rows: list[dict[str, Any]]) -> str:
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per path, scale and build, over its repeats: the median updates per second
+    with the lowest and highest, the median first round, the highest peak memory; a path
+    whose every run failed keeps the first failure."""
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["path"], run["devices"], run.get("build", "this")), []).append(run)
+    rows = []
+    for group in groups.values():
+        done = [run for run in group if "error" not in run and run["updates_per_second"]]
+        if not done:
+            rows.append(group[0])
+            continue
+        rates = [run["updates_per_second"] for run in done]
+        rows.append(
+            {
+                **done[0],
+                "runs": len(done),
+                "failed_runs": len(group) - len(done),
+                "updates_per_second": statistics.median(rates),
+                "updates_per_second_range": [min(rates), max(rates)],
+                "first_round_seconds": statistics.median(r["first_round_seconds"] for r in done),
+                "peak_memory_mib": max(run["peak_memory_mib"] for run in done),
+            }
+        )
+    return rows
+
+
+def rate_cell(row: dict[str, Any]) -> str:
+    """``median (lowest-highest)`` updates per second."""
+    low, high = row.get("updates_per_second_range", [row["updates_per_second"]] * 2)
+    spread = f" ({low:.0f}-{high:.0f})" if row.get("runs", 1) > 1 else ""
+    return f"{row['updates_per_second']:.0f}{spread}"
+
+
+def to_markdown(runs: list[dict[str, Any]]) -> str:
     """The README table, with ratios against stock Flower at the same scale, then the
     models' table, with ratios against the same model trained one device at a time."""
+    rows = summarize(runs)
+    repeats = max((row.get("runs", 1) for row in rows), default=1)
     lines = [
         "| devices (per round) | path | updates/s | vs stock Flower | first round | peak memory |",
         "|---|---|---:|---:|---:|---:|",
@@ -270,9 +312,16 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             else "-"
         )
         lines.append(
-            f"| {scale} | {label} | {row['updates_per_second']:.0f} | {speedup} | "
+            f"| {scale} | {label} | {rate_cell(row)} | {speedup} | "
             f"{row['first_round_seconds']:.1f} s | {row['peak_memory_mib']:.0f} MiB |"
         )
+    if repeats > 1:
+        lines += [
+            "",
+            f"Updates/s: the median of {repeats} runs (lowest-highest), the runs of all paths "
+            "interleaved; ratios are of medians; first round: the median; peak memory: the "
+            "highest.",
+        ]
     lines += before_and_after(rows)
     lines += models_table(rows)
     return "\n".join(lines) + "\n"
@@ -311,7 +360,7 @@ def models_table(rows: list[dict[str, Any]]) -> list[str]:
             else "-"
         )
         lines.append(
-            f"| {model} | {scale} | {form} | {row['updates_per_second']:.0f} | {ratio} | "
+            f"| {model} | {scale} | {form} | {rate_cell(row)} | {ratio} | "
             f"{row['first_round_seconds']:.1f} s | {row['peak_memory_mib']:.0f} MiB |"
         )
     return lines
@@ -353,6 +402,9 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=6, help="rounds per run; the first and last are not timed"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of every path, interleaved (default 3)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
         "--before",
@@ -375,15 +427,20 @@ def main() -> None:
     ]
     rows = []
     with tempfile.TemporaryDirectory(prefix="fleet-throughput-") as scratch:
-        for path, scale in runs:
+        for repeat, (path, scale) in itertools.product(range(args.repeats), runs):
             devices, per_round = (int(v) for v in scale.split(":"))
             builds = [None]
             if args.before is not None and path.startswith("stamen-local"):
                 builds.append(args.before)
             for before in builds:
                 label = "the earlier build" if before else "this build"
-                print(f"== {path} at {devices} devices, {per_round} per round, {label}", flush=True)
+                print(
+                    f"== {path} at {devices} devices, {per_round} per round, {label}, "
+                    f"run {repeat + 1} of {args.repeats}",
+                    flush=True,
+                )
                 row = measure(path, devices, per_round, args.rounds, Path(scratch), before)
+                row["repeat"] = repeat
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 (args.out / "fleet_throughput.json").write_text(json.dumps(rows, indent=2) + "\n")
