@@ -222,7 +222,13 @@ def measure(
     done.set()
     sampler.join()
     if code != 0:
-        return {"path": path, "build": build, "devices": devices, "error": f"exit code {code}"}
+        return {
+            "path": path,
+            "build": build,
+            "devices": devices,
+            "per_round": per_round,
+            "error": f"exit code {code}",
+        }
     raw = json.loads(result_file.read_text())
     marks = raw["marks"]
     # Round i ends at marks[i]; rounds 2 .. R-1 are the intervals between marks[1] and
