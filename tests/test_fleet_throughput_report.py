@@ -1,10 +1,9 @@
-"""The throughput benchmark's tables over repeated runs (``benchmarks/fleet_throughput.py``):
+"""The throughput benchmark's tables over repeated runs (``benchmarks/fleet_throughput_report.py``):
 medians with their range, ratios of medians, failures kept apart."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -12,18 +11,14 @@ from typing import Any
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def fleet_throughput() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "fleet_throughput", BENCHMARKS / "fleet_throughput.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def fleet_throughput_report() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "fleet_throughput_report", BENCHMARKS / "fleet_throughput_report.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(path: str, rate: float, first: float = 2.0, peak: float = 1000.0) -> dict[str, Any]:
@@ -39,7 +34,7 @@ def run(path: str, rate: float, first: float = 2.0, peak: float = 1000.0) -> dic
 
 
 def test_repeated_runs_table_as_medians_with_their_range_and_ratios_of_medians() -> None:
-    module = fleet_throughput()
+    module = fleet_throughput_report()
     failed = {
         "path": "stamen-local-edge",
         "build": "this",
@@ -70,7 +65,8 @@ def test_repeated_runs_table_as_medians_with_their_range_and_ratios_of_medians()
 
 
 def test_a_single_run_is_tabled_without_a_range() -> None:
-    table = fleet_throughput().to_markdown([run("flower-ray", 40.0), run("mlp-alone", 300.0)])
+    runs = [run("flower-ray", 40.0), run("mlp-alone", 300.0)]
+    table = fleet_throughput_report().to_markdown(runs)
     assert "| flower-ray | 40 | 1.0x |" in table
     assert "| mlp | 10,000 (1,000) | alone | 300 | 1.0x |" in table
     assert "median of" not in table
