@@ -53,6 +53,19 @@ def rate_cell(row: dict[str, Any]) -> str:
     return f"{row['updates_per_second']:.0f}{spread}"
 
 
+def measured_cells(row: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """A row's updates/s, its ratio to ``base``'s, its first round and its peak memory."""
+    ratio = (
+        f"{row['updates_per_second'] / base['updates_per_second']:.1f}x"
+        if base and base["updates_per_second"] and row["updates_per_second"]
+        else "-"
+    )
+    return (
+        f"{rate_cell(row)} | {ratio} | "
+        f"{row['first_round_seconds']:.1f} s | {row['peak_memory_mib']:.0f} MiB"
+    )
+
+
 def to_markdown(runs: list[dict[str, Any]]) -> str:
     """The README table, with ratios against stock Flower at the same scale, then the
     models' table, with ratios against the same model trained one device at a time."""
@@ -78,15 +91,7 @@ def to_markdown(runs: list[dict[str, Any]]) -> str:
             ),
             None,
         )
-        speedup = (
-            f"{row['updates_per_second'] / base['updates_per_second']:.1f}x"
-            if base and base["updates_per_second"] and row["updates_per_second"]
-            else "-"
-        )
-        lines.append(
-            f"| {scale} | {label} | {rate_cell(row)} | {speedup} | "
-            f"{row['first_round_seconds']:.1f} s | {row['peak_memory_mib']:.0f} MiB |"
-        )
+        lines.append(f"| {scale} | {label} | {measured_cells(row, base)} |")
     if repeats > 1:
         lines += [
             "",
@@ -126,15 +131,7 @@ def models_table(rows: list[dict[str, Any]]) -> list[str]:
             ),
             None,
         )
-        ratio = (
-            f"{row['updates_per_second'] / alone['updates_per_second']:.1f}x"
-            if alone and alone["updates_per_second"] and row["updates_per_second"]
-            else "-"
-        )
-        lines.append(
-            f"| {model} | {scale} | {form} | {rate_cell(row)} | {ratio} | "
-            f"{row['first_round_seconds']:.1f} s | {row['peak_memory_mib']:.0f} MiB |"
-        )
+        lines.append(f"| {model} | {scale} | {form} | {measured_cells(row, alone)} |")
     return lines
 
 
